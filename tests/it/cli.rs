@@ -1,0 +1,182 @@
+//! The `cascade` binary as an operator runs it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cascade");
+
+/// Runs `cascade` with only the given `CASCADE_*` variables (the test
+/// runner's own environment must not leak configuration in).
+fn cascade(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CASCADE_") || key == "RUST_LOG" {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    command
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    cascade(args, env).output().expect("run cascade")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bad_address_exits_2_naming_the_variable() {
+    let output = run(
+        &["control-plane"],
+        &[("CASCADE_CONTROL_PLANE__LISTEN", "abc")],
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("CASCADE_CONTROL_PLANE__LISTEN: invalid socket address syntax (got \"abc\")"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_number_exits_2_naming_the_variable() {
+    let output = run(
+        &["control-plane"],
+        &[("CASCADE_CONTROL_PLANE__MAX_BODY_BYTES", "ten")],
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("CASCADE_CONTROL_PLANE__MAX_BODY_BYTES: invalid type"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_key_in_file_exits_2_naming_file_and_key() {
+    let dir = std::env::temp_dir().join(format!("cascade-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cascade.toml");
+    std::fs::write(&file, "[control_plane]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+    let output = run(&["--config", file.to_str().unwrap(), "control-plane"], &[]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "control_plane.lisen in {}: unknown key",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("listen"), "lists the valid keys: {err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn out_of_range_value_exits_2() {
+    let output = run(
+        &["control-plane"],
+        &[("CASCADE_CONTROL_PLANE__DRAIN_TIMEOUT_SECS", "0")],
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "CASCADE_CONTROL_PLANE__DRAIN_TIMEOUT_SECS: must be between 1 and 300 (got 0)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn print_config_shows_effective_values_with_secrets_redacted() {
+    let output = run(
+        &["control-plane", "--print-config"],
+        &[
+            ("CASCADE_CONTROL_PLANE__LISTEN", "0.0.0.0:9999"),
+            (
+                "CASCADE_CONTROL_PLANE__DATABASE__URL",
+                "postgres://cascade:hunter2@db.internal:5432/cascade",
+            ),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = String::from_utf8(output.stdout).unwrap();
+    assert!(out.contains("listen = \"0.0.0.0:9999\""), "{out}");
+    assert!(
+        out.contains("postgres://cascade:[redacted]@db.internal:5432/cascade"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
+}
+
+/// Starts `cascade control-plane` on a free port with JSON logs and returns
+/// the child and the address it logged.
+fn start_control_plane() -> (Child, String) {
+    let mut child = cascade(
+        &["control-plane"],
+        &[
+            ("CASCADE_CONTROL_PLANE__LISTEN", "127.0.0.1:0"),
+            ("CASCADE_TELEMETRY__LOG_FORMAT", "json"),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn cascade");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("cascade exited before binding")
+            .expect("read log line");
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        if event["message"] == "control plane bound" {
+            break event["addr"].as_str().expect("addr field").to_owned();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_serving_control_plane_with_exit_0_within_5s() {
+    let (mut child, addr) = start_control_plane();
+    let health = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok\n");
+
+    let sent = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    assert!(
+        reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .is_err(),
+        "the port is closed after exit"
+    );
+}

@@ -1,0 +1,185 @@
+//! A control plane started in-process through the production start-up path.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use control_plane::ControlPlaneConfig;
+use testkit::control_plane::TestControlPlane;
+
+const STOP_WITHIN: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn health_metrics_and_graceful_shutdown_on_port_0() {
+    let cp = TestControlPlane::start(ControlPlaneConfig::for_tests())
+        .await
+        .unwrap();
+    assert_ne!(cp.http_addr().port(), 0);
+
+    let health = reqwest::get(cp.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(cp.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "no dependencies configured: ready");
+
+    let missing = reqwest::get(cp.url("/v1/does-not-exist")).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+
+    let metrics = reqwest::get(cp.url("/metrics")).await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let content_type = metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = metrics.text().await.unwrap();
+    // The requests above were counted by route template and status.
+    assert!(
+        text.contains(
+            r#"cascade_http_requests_total{method="GET",route="/healthz",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"cascade_http_requests_total{method="GET",route="unmatched",status="404"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
+
+    let addr = cp.http_addr();
+    cp.stop(STOP_WITHIN).await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_check() {
+    let Some(promtool) = testkit::promtool() else {
+        return;
+    };
+    let cp = TestControlPlane::start(ControlPlaneConfig::for_tests())
+        .await
+        .unwrap();
+    // Exercise a few routes so histograms and counters have samples.
+    for path in ["/healthz", "/readyz", "/nope"] {
+        reqwest::get(cp.url(path)).await.unwrap();
+    }
+    let text = reqwest::get(cp.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "promtool: {complaints}\n---\n{text}"
+    );
+    assert!(complaints.trim().is_empty(), "promtool lint: {complaints}");
+    cp.stop(STOP_WITHIN).await.unwrap();
+}
+
+/// Polls `/readyz` until it answers `want` or `within` passes; returns the
+/// last status and body.
+async fn readyz_until(cp: &TestControlPlane, want: u16, within: Duration) -> (u16, String) {
+    let started = Instant::now();
+    loop {
+        let response = reqwest::get(cp.url("/readyz")).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        if status == want || started.elapsed() > within {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn ready_with_real_postgres_and_redis() {
+    let (Some(pg), Some(redis)) = (
+        testkit::servers::postgres_url(),
+        testkit::servers::redis_url(),
+    ) else {
+        return;
+    };
+    let mut config = ControlPlaneConfig::for_tests();
+    config.database.url = Some(pg);
+    config.redis.url = Some(redis);
+    let cp = TestControlPlane::start(config).await.unwrap();
+    let (status, body) = readyz_until(&cp, 200, Duration::from_secs(10)).await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["postgres", "redis"]);
+    assert!(
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true)
+    );
+    cp.stop(STOP_WITHIN).await.unwrap();
+}
+
+#[tokio::test]
+async fn not_ready_while_a_dependency_is_unreachable_but_still_healthy() {
+    // Bind and release a port so nothing is listening on it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let mut config = ControlPlaneConfig::for_tests();
+    config.database.url = Some(format!(
+        "postgres://cascade:sekrit-password@127.0.0.1:{dead_port}/cascade"
+    ));
+    let cp = TestControlPlane::start(config).await.unwrap();
+
+    let started = Instant::now();
+    let response = reqwest::get(cp.url("/readyz")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered within the check deadline"
+    );
+    let body = response.text().await.unwrap();
+    assert!(body.contains("\"name\":\"postgres\""), "{body}");
+    assert!(body.contains("\"ok\":false"), "{body}");
+    assert!(
+        !body.contains("sekrit-password"),
+        "no credentials in readiness output: {body}"
+    );
+
+    let health = reqwest::get(cp.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200, "alive even when a dependency is down");
+    cp.stop(STOP_WITHIN).await.unwrap();
+}

@@ -1,0 +1,12 @@
+//! Integration tests of the `cascade` binary and its services, over real
+//! sockets (and real Postgres/Redis where a test says so).
+//!
+//! - `cli`: the built binary as an operator runs it: configuration errors,
+//!   `--print-config`, start-up and SIGTERM.
+//! - `control_plane`: a control plane started in-process through the same
+//!   `build` → `run` path, checked over HTTP.
+
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+mod cli;
+mod control_plane;
