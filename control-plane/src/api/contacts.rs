@@ -1,0 +1,158 @@
+//! Contacts: requests, acceptance, blocks.
+//!
+//! Each relationship is stored as two rows, one per side. A block is one
+//! sided: the blocker sees `blocked`, the blocked user's row disappears (so
+//! they learn nothing), and a request from them is accepted silently but
+//! never reaches the blocker.
+
+use axum::Json;
+use uuid::Uuid;
+
+use super::wire::{ContactAction, ContactList, ContactState, ContactView, ContactsQuery};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, now};
+use crate::error::{ApiError, ErrorBody};
+use crate::store::ContactStatus::{self, Accepted, Blocked, Incoming, Outgoing};
+
+/// The caller's contacts and pending requests.
+#[utoipa::path(get, path = "/v1/contacts", tag = "contacts",
+    params(ContactsQuery),
+    responses((status = 200, body = ContactList), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    state: AppState,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ContactsQuery>,
+) -> Result<Json<ContactList>, ApiError> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(ContactStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                "status must be outgoing, incoming, accepted or blocked",
+            )
+        })?),
+    };
+    let entries = state.store.contacts(caller.user_id, status).await?;
+    Ok(Json(ContactList {
+        contacts: entries.iter().map(ContactView::from).collect(),
+    }))
+}
+
+/// Ask `user_id` to be a contact (accepts their request if they asked first).
+#[utoipa::path(post, path = "/v1/contacts/{user_id}", tag = "contacts",
+    responses(
+        (status = 200, body = ContactState),
+        (status = 404, body = ErrorBody, description = "No such user"),
+        (status = 409, body = ErrorBody, description = "`blocked`: the caller blocked them (unblock first)"),
+        (status = 422, body = ErrorBody, description = "`self_contact`"),
+    ),
+    security(("bearer" = [])))]
+pub async fn request(
+    state: AppState,
+    caller: Caller,
+    ApiPath(other): ApiPath<Uuid>,
+) -> Result<Json<ContactState>, ApiError> {
+    let me = caller.user_id;
+    check_other(&state, me, other).await?;
+    let mine = state.store.contact(me, other).await?;
+    let theirs = state.store.contact(other, me).await?;
+    let (my_view, their_view) = match (mine, theirs) {
+        (Some(Blocked), _) => {
+            return Err(ApiError::conflict(
+                "blocked",
+                "you blocked this user; unblock them first",
+            ));
+        }
+        (Some(Accepted), _) => return Ok(Json(ContactState::new(other, Some(Accepted)))),
+        // They blocked me: look like a pending request, reach nobody.
+        (_, Some(Blocked)) => (Some(Outgoing), Some(Blocked)),
+        (Some(Incoming), _) => (Some(Accepted), Some(Accepted)),
+        _ => (Some(Outgoing), Some(Incoming)),
+    };
+    state
+        .store
+        .set_contact_pair(me, other, my_view, their_view, now())
+        .await?;
+    Ok(Json(ContactState::new(other, my_view)))
+}
+
+/// Accept, decline, block, unblock or remove.
+#[utoipa::path(patch, path = "/v1/contacts/{user_id}", tag = "contacts",
+    request_body = ContactAction,
+    responses(
+        (status = 200, body = ContactState),
+        (status = 404, body = ErrorBody, description = "No such user, or nothing to accept/decline"),
+        (status = 422, body = ErrorBody, description = "Unknown action"),
+    ),
+    security(("bearer" = [])))]
+pub async fn update(
+    state: AppState,
+    caller: Caller,
+    ApiPath(other): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<ContactAction>,
+) -> Result<Json<ContactState>, ApiError> {
+    let me = caller.user_id;
+    check_other(&state, me, other).await?;
+    let mine = state.store.contact(me, other).await?;
+    let theirs = state.store.contact(other, me).await?;
+    // The new (mine, theirs) views.
+    let (my_view, their_view) = match body.action.as_str() {
+        "accept" => match mine {
+            Some(Incoming) => (Some(Accepted), Some(Accepted)),
+            Some(Accepted) => (mine, theirs),
+            _ => return Err(ApiError::not_found("no contact request from this user")),
+        },
+        "decline" => match mine {
+            Some(Incoming) => (None, keep_block(theirs)),
+            _ => return Err(ApiError::not_found("no contact request from this user")),
+        },
+        "remove" => match mine {
+            Some(Blocked) | None => (mine, theirs),
+            _ => (None, keep_block(theirs)),
+        },
+        // Blocking drops any relationship; their side vanishes unless they
+        // blocked me too.
+        "block" => (Some(Blocked), keep_block(theirs)),
+        "unblock" => match mine {
+            Some(Blocked) => (None, keep_block(theirs)),
+            _ => (mine, theirs),
+        },
+        other => {
+            return Err(ApiError::invalid(
+                "invalid_action",
+                format!("unknown action {other:?}; use accept, decline, block, unblock or remove"),
+            ));
+        }
+    };
+    if (my_view, their_view) != (mine, theirs) {
+        state
+            .store
+            .set_contact_pair(me, other, my_view, their_view, now())
+            .await?;
+    }
+    Ok(Json(ContactState::new(other, my_view)))
+}
+
+/// The other side keeps only a block of its own.
+fn keep_block(theirs: Option<ContactStatus>) -> Option<ContactStatus> {
+    theirs.filter(|s| *s == Blocked)
+}
+
+async fn check_other(state: &AppState, me: Uuid, other: Uuid) -> Result<(), ApiError> {
+    if me == other {
+        return Err(ApiError::invalid("self_contact", "you cannot add yourself"));
+    }
+    if state.store.user(other).await?.is_none() {
+        return Err(ApiError::not_found("no such user"));
+    }
+    Ok(())
+}
+
+impl AppState {
+    /// Whether either of two users blocked the other (then they may not
+    /// start a direct conversation or call, nor post in one).
+    pub async fn blocked_between(&self, a: Uuid, b: Uuid) -> Result<bool, ApiError> {
+        Ok(self.store.contact(a, b).await? == Some(Blocked)
+            || self.store.contact(b, a).await? == Some(Blocked))
+    }
+}

@@ -1,0 +1,388 @@
+//! Messages, reactions and read pointers. Members only: everything answers
+//! 404 to a non-member.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use uuid::Uuid;
+
+use super::conversations::page_limit;
+use super::wire::{
+    EditMessage, MarkRead, MessageList, MessageView, MessagesQuery, ReactionView, ReadState,
+    SendMessage,
+};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, now};
+use crate::error::{ApiError, ErrorBody};
+use crate::store::{Conversation, ConversationKind, Message, MessagePage, NewMessage, Role};
+
+/// Longest client message id.
+const MAX_CLIENT_ID_CHARS: usize = 64;
+/// Longest emoji sequence accepted as a reaction (ZWJ sequences are long).
+const MAX_EMOJI_CHARS: usize = 16;
+
+fn check_body(state: &AppState, body: &str) -> Result<(), ApiError> {
+    let max = state.config.limits.max_message_chars as usize;
+    if body.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "empty_message",
+            "a message needs some text",
+        ));
+    }
+    if body.chars().count() > max {
+        return Err(ApiError::invalid(
+            "message_too_long",
+            format!("a message has at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// An emoji (or emoji sequence): short, no letters, digits, spaces or
+/// control characters.
+fn check_emoji(emoji: &str) -> Result<(), ApiError> {
+    let chars = emoji.chars().count();
+    let plausible = (1..=MAX_EMOJI_CHARS).contains(&chars)
+        && !emoji
+            .chars()
+            .any(|c| c.is_ascii_alphanumeric() || c.is_whitespace() || c.is_control());
+    if !plausible {
+        return Err(ApiError::invalid(
+            "invalid_emoji",
+            "a reaction is one emoji",
+        ));
+    }
+    Ok(())
+}
+
+impl AppState {
+    /// In a direct conversation, refuses to post if either person blocked
+    /// the other.
+    async fn check_not_blocked(
+        &self,
+        conversation: &Conversation,
+        me: Uuid,
+    ) -> Result<(), ApiError> {
+        if conversation.kind != ConversationKind::Direct {
+            return Ok(());
+        }
+        let members = self.store.members(conversation.id).await?;
+        for other in members.iter().filter(|m| m.member.user_id != me) {
+            if self.blocked_between(me, other.member.user_id).await? {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "blocked",
+                    "you cannot message this user",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn message_in(&self, conversation: Uuid, message: Uuid) -> Result<Message, ApiError> {
+        self.store
+            .message(conversation, message)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such message"))
+    }
+
+    /// Views of `messages` with their reaction counts as `viewer` sees them.
+    async fn message_views(
+        &self,
+        conversation: Uuid,
+        messages: &[Message],
+        viewer: Uuid,
+    ) -> Result<Vec<MessageView>, ApiError> {
+        let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
+            return Ok(Vec::new());
+        };
+        let counts = self
+            .store
+            .reactions(
+                conversation,
+                (first.seq.min(last.seq), first.seq.max(last.seq)),
+                viewer,
+            )
+            .await?;
+        let mut by_message: HashMap<Uuid, Vec<ReactionView>> = HashMap::new();
+        for count in &counts {
+            by_message
+                .entry(count.message_id)
+                .or_default()
+                .push(count.into());
+        }
+        Ok(messages
+            .iter()
+            .map(|m| MessageView::new(m, by_message.remove(&m.id).unwrap_or_default()))
+            .collect())
+    }
+
+    async fn message_view(&self, message: &Message, viewer: Uuid) -> Result<MessageView, ApiError> {
+        let mut views = self
+            .message_views(
+                message.conversation_id,
+                std::slice::from_ref(message),
+                viewer,
+            )
+            .await?;
+        Ok(views.remove(0))
+    }
+}
+
+/// A page of messages, oldest first. Without `before`/`after`: the newest.
+#[utoipa::path(get, path = "/v1/conversations/{conversation_id}/messages", tag = "messages",
+    params(MessagesQuery),
+    responses((status = 200, body = MessageList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    state: AppState,
+    caller: Caller,
+    ApiPath(conversation_id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<MessagesQuery>,
+) -> Result<Json<MessageList>, ApiError> {
+    state.member_of(conversation_id, caller.user_id).await?;
+    let limit = page_limit(query.limit)?;
+    // One extra row tells whether there is more.
+    let (page, newer) = match (query.before, query.after) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "use before or after, not both",
+            ));
+        }
+        (Some(seq), None) => (
+            MessagePage::Before {
+                seq,
+                limit: limit + 1,
+            },
+            false,
+        ),
+        (None, Some(seq)) => (
+            MessagePage::After {
+                seq,
+                limit: limit + 1,
+            },
+            true,
+        ),
+        (None, None) => (MessagePage::Latest { limit: limit + 1 }, false),
+    };
+    let mut messages = state.store.messages(conversation_id, page).await?;
+    let has_more = messages.len() as i64 > limit;
+    if has_more {
+        if newer {
+            messages.pop();
+        } else {
+            messages.remove(0);
+        }
+    }
+    let messages = state
+        .message_views(conversation_id, &messages, caller.user_id)
+        .await?;
+    Ok(Json(MessageList { messages, has_more }))
+}
+
+/// Send a message. With `client_message_id`, a retry returns the message
+/// already stored (200) instead of storing it twice.
+#[utoipa::path(post, path = "/v1/conversations/{conversation_id}/messages", tag = "messages",
+    request_body = SendMessage,
+    responses(
+        (status = 201, body = MessageView, description = "Stored"),
+        (status = 200, body = MessageView, description = "Already stored under this client_message_id"),
+        (status = 403, body = ErrorBody, description = "`blocked`"),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn send(
+    state: AppState,
+    caller: Caller,
+    ApiPath(conversation_id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<SendMessage>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (conversation, _) = state.member_of(conversation_id, caller.user_id).await?;
+    check_body(&state, &body.body)?;
+    if let Some(id) = &body.client_message_id
+        && (id.is_empty()
+            || id.chars().count() > MAX_CLIENT_ID_CHARS
+            || id.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "invalid_client_message_id",
+            format!("client_message_id must be 1-{MAX_CLIENT_ID_CHARS} printable characters"),
+        ));
+    }
+    state
+        .check_not_blocked(&conversation, caller.user_id)
+        .await?;
+    if let Some(reply_to) = body.reply_to
+        && state
+            .store
+            .message(conversation_id, reply_to)
+            .await?
+            .is_none()
+    {
+        return Err(ApiError::invalid(
+            "invalid_reply_to",
+            "reply_to is not a message of this conversation",
+        ));
+    }
+    let (message, created) = state
+        .store
+        .send_message(&NewMessage {
+            id: Uuid::now_v7(),
+            conversation_id,
+            author_id: caller.user_id,
+            client_message_id: body.client_message_id,
+            body: body.body,
+            reply_to: body.reply_to,
+            now: now(),
+        })
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(state.message_view(&message, caller.user_id).await?),
+    ))
+}
+
+/// Edit your own message.
+#[utoipa::path(patch, path = "/v1/conversations/{conversation_id}/messages/{message_id}", tag = "messages",
+    request_body = EditMessage,
+    responses(
+        (status = 200, body = MessageView),
+        (status = 403, body = ErrorBody, description = "Not the author"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`message_deleted`"),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn edit(
+    state: AppState,
+    caller: Caller,
+    ApiPath((conversation_id, message_id)): ApiPath<(Uuid, Uuid)>,
+    ApiJson(body): ApiJson<EditMessage>,
+) -> Result<Json<MessageView>, ApiError> {
+    state.member_of(conversation_id, caller.user_id).await?;
+    let message = state.message_in(conversation_id, message_id).await?;
+    if message.author_id != Some(caller.user_id) {
+        return Err(ApiError::forbidden("only the author can edit a message"));
+    }
+    if message.deleted_at.is_some() {
+        return Err(ApiError::conflict(
+            "message_deleted",
+            "a deleted message cannot be edited",
+        ));
+    }
+    check_body(&state, &body.body)?;
+    let edited = state
+        .store
+        .edit_message(message_id, &body.body, now())
+        .await?;
+    Ok(Json(state.message_view(&edited, caller.user_id).await?))
+}
+
+/// Delete a message: its text is removed and a tombstone keeps its place.
+/// The author may delete it; in groups, admins and the owner too.
+#[utoipa::path(delete, path = "/v1/conversations/{conversation_id}/messages/{message_id}", tag = "messages",
+    responses((status = 200, body = MessageView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    state: AppState,
+    caller: Caller,
+    ApiPath((conversation_id, message_id)): ApiPath<(Uuid, Uuid)>,
+) -> Result<Json<MessageView>, ApiError> {
+    let (conversation, member) = state.member_of(conversation_id, caller.user_id).await?;
+    let message = state.message_in(conversation_id, message_id).await?;
+    let moderator = conversation.kind == ConversationKind::Group
+        && matches!(member.role, Role::Owner | Role::Admin);
+    if message.author_id != Some(caller.user_id) && !moderator {
+        return Err(ApiError::forbidden(
+            "only the author or a group admin can delete a message",
+        ));
+    }
+    let deleted = state.store.delete_message(message_id, now()).await?;
+    Ok(Json(MessageView::new(&deleted, Vec::new())))
+}
+
+/// React with an emoji (idempotent).
+#[utoipa::path(put, path = "/v1/conversations/{conversation_id}/messages/{message_id}/reactions/{emoji}", tag = "messages",
+    responses((status = 200, body = MessageView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn add_reaction(
+    state: AppState,
+    caller: Caller,
+    ApiPath((conversation_id, message_id, emoji)): ApiPath<(Uuid, Uuid, String)>,
+) -> Result<Json<MessageView>, ApiError> {
+    state.member_of(conversation_id, caller.user_id).await?;
+    check_emoji(&emoji)?;
+    let message = state.message_in(conversation_id, message_id).await?;
+    if message.deleted_at.is_some() {
+        return Err(ApiError::conflict(
+            "message_deleted",
+            "a deleted message cannot get reactions",
+        ));
+    }
+    state
+        .store
+        .add_reaction(message_id, caller.user_id, &emoji, now())
+        .await?;
+    Ok(Json(state.message_view(&message, caller.user_id).await?))
+}
+
+/// Withdraw a reaction (idempotent).
+#[utoipa::path(delete, path = "/v1/conversations/{conversation_id}/messages/{message_id}/reactions/{emoji}", tag = "messages",
+    responses((status = 200, body = MessageView), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove_reaction(
+    state: AppState,
+    caller: Caller,
+    ApiPath((conversation_id, message_id, emoji)): ApiPath<(Uuid, Uuid, String)>,
+) -> Result<Json<MessageView>, ApiError> {
+    state.member_of(conversation_id, caller.user_id).await?;
+    let message = state.message_in(conversation_id, message_id).await?;
+    state
+        .store
+        .remove_reaction(message_id, caller.user_id, &emoji)
+        .await?;
+    Ok(Json(state.message_view(&message, caller.user_id).await?))
+}
+
+/// Mark everything up to a message as read. The pointer never moves back.
+#[utoipa::path(post, path = "/v1/conversations/{conversation_id}/read", tag = "messages",
+    request_body = MarkRead,
+    responses((status = 200, body = ReadState), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn mark_read(
+    state: AppState,
+    caller: Caller,
+    ApiPath(conversation_id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<MarkRead>,
+) -> Result<Json<ReadState>, ApiError> {
+    state.member_of(conversation_id, caller.user_id).await?;
+    let message = state.message_in(conversation_id, body.message_id).await?;
+    let last_read_seq = state
+        .store
+        .mark_read(conversation_id, caller.user_id, message.seq)
+        .await?;
+    Ok(Json(ReadState { last_read_seq }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emoji_are_short_and_not_words() {
+        for ok in ["👍", "❤️", "👨‍👩‍👧‍👦", "🎉"] {
+            assert!(check_emoji(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "like", "👍 ", "a👍", &"👍".repeat(17)] {
+            assert!(check_emoji(bad).is_err(), "{bad:?}");
+        }
+    }
+}

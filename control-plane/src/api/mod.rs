@@ -1,0 +1,284 @@
+//! The REST API under `/v1`: handlers, their wire types, and the OpenAPI
+//! document generated from them.
+//!
+//! Every handler takes its input through the extractors here ([`ApiJson`],
+//! [`ApiPath`], [`ApiQuery`], [`Caller`]), so malformed input always gets
+//! the JSON error body of `shared/api.md` and never axum's plain text.
+
+mod accounts;
+mod admin;
+mod contacts;
+mod conversations;
+mod messages;
+pub mod wire;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::auth::{AccessClaims, Passwords, Tokens};
+use crate::config::ControlPlaneConfig;
+use crate::error::ApiError;
+use crate::ratelimit::RateLimiter;
+use crate::store::{AuditEntry, Store};
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+/// The parts of [`AppState`].
+pub struct Shared {
+    /// The system of record.
+    pub store: Arc<dyn Store>,
+    /// Password hashing and policy.
+    pub passwords: Passwords,
+    /// Token issuing and checking.
+    pub tokens: Tokens,
+    /// Failed-login counting.
+    pub limiter: Arc<dyn RateLimiter>,
+    /// The replica's configuration.
+    pub config: ControlPlaneConfig,
+    /// Counts limiter failures (we fail open, so this must be visible).
+    pub limiter_errors: prometheus::IntCounter,
+}
+
+impl AppState {
+    /// Wraps the shared parts.
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// Handlers take the state as a plain argument.
+impl FromRequestParts<AppState> for AppState {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(state.clone())
+    }
+}
+
+impl AppState {
+    /// Appends to the audit log. A failure to audit is logged, not returned:
+    /// the action itself already happened.
+    pub async fn audit(
+        &self,
+        actor: Option<Uuid>,
+        action: &str,
+        target: Option<(&str, String)>,
+        ip: Option<IpAddr>,
+        details: serde_json::Value,
+    ) {
+        let (target_type, target_id) = match target {
+            Some((kind, id)) => (Some(kind.to_owned()), Some(id)),
+            None => (None, None),
+        };
+        let entry = AuditEntry {
+            id: Uuid::now_v7(),
+            at: crate::store::now_utc(),
+            actor_id: actor,
+            action: action.to_owned(),
+            target_type,
+            target_id,
+            ip: ip.map(|ip| ip.to_string()),
+            details: details.to_string(),
+        };
+        if let Err(error) = self.store.audit(&entry).await {
+            tracing::error!(%error, action, "could not write the audit log");
+        }
+    }
+}
+
+/// `axum::Json` with errors in our JSON shape (400 malformed, 415 wrong
+/// content type, 413 too large, 422 wrong fields).
+#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::Serialize> axum::response::IntoResponse for ApiJson<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Path` with errors in our JSON shape (a malformed id is a
+/// 404: it names nothing).
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// `axum::extract::Query` with errors in our JSON shape.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// The authenticated caller, from `Authorization: Bearer <access token>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The user.
+    pub user_id: Uuid,
+    /// Their login (refresh-token family).
+    pub family_id: Uuid,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(&parts.headers)
+            .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+        let AccessClaims { sub, sid, .. } = state
+            .tokens
+            .verify_access(token)
+            .map_err(|_| ApiError::unauthorized("invalid or expired access token"))?;
+        Ok(Caller {
+            user_id: sub,
+            family_id: sid,
+        })
+    }
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The client's address: from the configured load-balancer header when set,
+/// else the TCP peer.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(name) = &state.config.auth.client_address_header {
+            let forwarded = parts
+                .headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|first| first.trim().parse::<IpAddr>().ok());
+            if forwarded.is_some() {
+                return Ok(ClientAddr(forwarded));
+            }
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        Ok(ClientAddr(peer))
+    }
+}
+
+/// Deserializes an optional body field that distinguishes "absent" (keep)
+/// from `null` (clear): `Option<Option<T>>`.
+pub fn double_option<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: DeserializeOwned,
+    D: serde::Deserializer<'de>,
+{
+    use serde::Deserialize;
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// The time handlers use for "now".
+pub fn now() -> OffsetDateTime {
+    crate::store::now_utc()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Cascade control plane",
+        description = "Accounts, contacts, conversations and messages. Errors are \
+                       `{\"error\": {\"code\": \"snake_case\", \"message\": \"...\"}}`.",
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Registration, login, tokens"),
+        (name = "users", description = "Profiles and search"),
+        (name = "contacts", description = "Contact requests and blocks"),
+        (name = "conversations", description = "Direct and group conversations"),
+        (name = "messages", description = "Messages, reactions, read pointers"),
+        (name = "admin", description = "Site administration"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API routes and their OpenAPI document.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(accounts::register))
+        .routes(routes!(accounts::login))
+        .routes(routes!(accounts::refresh))
+        .routes(routes!(accounts::logout))
+        .routes(routes!(accounts::change_password))
+        .routes(routes!(accounts::me, accounts::update_me))
+        .routes(routes!(accounts::search_users))
+        .routes(routes!(accounts::user))
+        .routes(routes!(accounts::jwks))
+        .routes(routes!(contacts::list))
+        .routes(routes!(contacts::request, contacts::update))
+        .routes(routes!(conversations::list, conversations::create))
+        .routes(routes!(
+            conversations::get,
+            conversations::rename,
+            conversations::delete
+        ))
+        .routes(routes!(conversations::add_members))
+        .routes(routes!(
+            conversations::remove_member,
+            conversations::set_role
+        ))
+        .routes(routes!(messages::list, messages::send))
+        .routes(routes!(messages::edit, messages::delete))
+        .routes(routes!(messages::add_reaction, messages::remove_reaction))
+        .routes(routes!(messages::mark_read))
+        .routes(routes!(admin::audit_log))
+        .split_for_parts()
+}

@@ -1,0 +1,8 @@
+//! Credentials: password hashing and policy ([`passwords`]), signed access
+//! tokens and opaque refresh tokens ([`tokens`]).
+
+pub mod passwords;
+pub mod tokens;
+
+pub use passwords::Passwords;
+pub use tokens::{AccessClaims, SigningKey, Tokens};

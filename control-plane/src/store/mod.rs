@@ -1,0 +1,236 @@
+//! The system of record behind one trait, [`Store`], with two
+//! implementations sharing their SQL: Postgres (production, several
+//! replicas) and SQLite (the embedded default: one process, no servers).
+//!
+//! Rules every implementation keeps:
+//! - Times are passed in (`now`), never read from the database clock, so
+//!   both backends agree and tests control time.
+//! - Every write transaction starts with a write, so SQLite takes its write
+//!   lock up front (a read that later upgrades can fail with "database is
+//!   locked") and Postgres row locks serialise conflicting writers.
+//! - A missing row is `Ok(None)` or [`StoreError::NotFound`]; a broken
+//!   uniqueness rule is [`StoreError::Conflict`]; everything else is
+//!   [`StoreError::Backend`] and is never shown to clients.
+
+mod model;
+mod open;
+mod sql;
+
+pub use model::*;
+pub use open::{OpenError, open};
+pub use sql::{PgStore, SqliteStore, unix_micros};
+
+/// The current time, truncated to microseconds: what Postgres keeps, so
+/// both backends return exactly the times they were given.
+pub fn now_utc() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now)
+}
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row the operation needs does not exist (any more).
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was broken; the string names which (`username`,
+    /// `email`, ...).
+    #[error("conflict on {0}")]
+    Conflict(&'static str),
+    /// The database failed or returned something unexpected.
+    #[error("database error")]
+    Backend(#[from] sqlx::Error),
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything the control plane keeps durably.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database can run a trivial query (readiness).
+    async fn ping(&self) -> StoreResult<()>;
+
+    // --- accounts -----------------------------------------------------------
+
+    /// Inserts a user. `Conflict("username")` / `Conflict("email")` when taken.
+    async fn create_user(&self, user: &User) -> StoreResult<()>;
+    /// A user by id.
+    async fn user(&self, id: Uuid) -> StoreResult<Option<User>>;
+    /// A user by username or e-mail (both already lower-cased).
+    async fn user_by_login(&self, login: &str) -> StoreResult<Option<User>>;
+    /// Users whose username or display name starts with `prefix`
+    /// (lower-cased, wildcards already escaped), by username.
+    async fn search_users(&self, prefix: &str, limit: i64) -> StoreResult<Vec<User>>;
+    /// Replaces the editable profile fields.
+    async fn update_profile(
+        &self,
+        id: Uuid,
+        profile: &Profile,
+        now: OffsetDateTime,
+    ) -> StoreResult<User>;
+    /// Replaces the password hash.
+    async fn set_password_hash(&self, id: Uuid, hash: &str, now: OffsetDateTime)
+    -> StoreResult<()>;
+    /// Grants or withdraws site administration.
+    async fn set_admin(&self, username: &str, is_admin: bool) -> StoreResult<bool>;
+
+    // --- sessions (refresh tokens) -----------------------------------------
+
+    /// Stores a new refresh token.
+    async fn create_session(&self, session: &Session) -> StoreResult<()>;
+    /// Rotates the refresh token whose hash is `presented`: marks it used and
+    /// stores `next` in the same family, atomically. See [`Rotation`].
+    async fn rotate_session(
+        &self,
+        presented: &[u8],
+        next: &Session,
+        now: OffsetDateTime,
+    ) -> StoreResult<Rotation>;
+    /// The live session holding this token hash, if any.
+    async fn session_by_token(&self, hash: &[u8]) -> StoreResult<Option<Session>>;
+    /// Revokes every token of a family (one login). Returns how many were live.
+    async fn revoke_family(&self, family_id: Uuid, now: OffsetDateTime) -> StoreResult<u64>;
+    /// Revokes every session of a user except (optionally) one family.
+    async fn revoke_user_sessions(
+        &self,
+        user_id: Uuid,
+        except_family: Option<Uuid>,
+        now: OffsetDateTime,
+    ) -> StoreResult<u64>;
+
+    /// The token signing key shared by all replicas: inserts `candidate` if
+    /// there is none yet, and returns whichever key is stored.
+    async fn signing_key(&self, candidate: &SigningKeyRecord) -> StoreResult<SigningKeyRecord>;
+
+    // --- contacts -----------------------------------------------------------
+
+    /// `owner`'s view of their relationship with `other`.
+    async fn contact(&self, owner: Uuid, other: Uuid) -> StoreResult<Option<ContactStatus>>;
+    /// Sets both sides of a relationship in one transaction (`None` deletes
+    /// that side's row).
+    async fn set_contact_pair(
+        &self,
+        a: Uuid,
+        b: Uuid,
+        a_view: Option<ContactStatus>,
+        b_view: Option<ContactStatus>,
+        now: OffsetDateTime,
+    ) -> StoreResult<()>;
+    /// `owner`'s relationships, optionally of one status, with the other user.
+    async fn contacts(
+        &self,
+        owner: Uuid,
+        status: Option<ContactStatus>,
+    ) -> StoreResult<Vec<ContactEntry>>;
+
+    // --- conversations ------------------------------------------------------
+
+    /// The direct conversation of a pair, creating it if needed. The bool
+    /// says whether it was created.
+    async fn direct_conversation(
+        &self,
+        a: Uuid,
+        b: Uuid,
+        now: OffsetDateTime,
+    ) -> StoreResult<(Conversation, bool)>;
+    /// Creates a group owned by `owner` with `members` as members.
+    async fn create_group(
+        &self,
+        conversation: &Conversation,
+        owner: Uuid,
+        members: &[Uuid],
+    ) -> StoreResult<()>;
+    /// The conversation and `user`'s membership, if `user` is a member.
+    async fn membership(
+        &self,
+        conversation: Uuid,
+        user: Uuid,
+    ) -> StoreResult<Option<(Conversation, Member)>>;
+    /// `user`'s conversations, most recently active first, after `cursor`.
+    async fn conversations(
+        &self,
+        user: Uuid,
+        cursor: Option<ActivityCursor>,
+        limit: i64,
+    ) -> StoreResult<Vec<ConversationSummary>>;
+    /// One conversation summary for `user` (who must be a member).
+    async fn conversation_summary(
+        &self,
+        conversation: Uuid,
+        user: Uuid,
+    ) -> StoreResult<Option<ConversationSummary>>;
+    /// Renames a group.
+    async fn rename_conversation(
+        &self,
+        conversation: Uuid,
+        name: &str,
+        now: OffsetDateTime,
+    ) -> StoreResult<()>;
+    /// Deletes a conversation with its members and messages.
+    async fn delete_conversation(&self, conversation: Uuid) -> StoreResult<()>;
+    /// Members with their user records, by join time.
+    async fn members(&self, conversation: Uuid) -> StoreResult<Vec<MemberEntry>>;
+    /// Adds members (ignoring ones already in); returns the ids added.
+    /// `Conflict("member_limit")` when the group would exceed `max_members`.
+    async fn add_members(
+        &self,
+        conversation: Uuid,
+        users: &[Uuid],
+        max_members: i64,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<Uuid>>;
+    /// Removes a member. If the owner leaves, the longest-standing admin (or
+    /// member) becomes owner; an empty group is deleted. Returns whether the
+    /// user was a member.
+    async fn remove_member(&self, conversation: Uuid, user: Uuid) -> StoreResult<bool>;
+    /// Changes a member's role.
+    async fn set_role(&self, conversation: Uuid, user: Uuid, role: Role) -> StoreResult<()>;
+
+    // --- messages -----------------------------------------------------------
+
+    /// Appends a message (taking the next sequence number), or returns the
+    /// earlier one with the same client id. The bool says whether it is new.
+    async fn send_message(&self, message: &NewMessage) -> StoreResult<(Message, bool)>;
+    /// A message of a conversation.
+    async fn message(&self, conversation: Uuid, id: Uuid) -> StoreResult<Option<Message>>;
+    /// A page of messages in ascending sequence order.
+    async fn messages(&self, conversation: Uuid, page: MessagePage) -> StoreResult<Vec<Message>>;
+    /// Replaces a message's text and sets `edited_at`.
+    async fn edit_message(&self, id: Uuid, body: &str, now: OffsetDateTime)
+    -> StoreResult<Message>;
+    /// Soft-deletes: clears the text, keeps the tombstone, drops reactions.
+    async fn delete_message(&self, id: Uuid, now: OffsetDateTime) -> StoreResult<Message>;
+    /// Adds a reaction (idempotent).
+    async fn add_reaction(
+        &self,
+        message: Uuid,
+        user: Uuid,
+        emoji: &str,
+        now: OffsetDateTime,
+    ) -> StoreResult<()>;
+    /// Removes a reaction (idempotent).
+    async fn remove_reaction(&self, message: Uuid, user: Uuid, emoji: &str) -> StoreResult<()>;
+    /// Reaction counts of the messages whose sequence numbers lie in
+    /// `seqs` (inclusive), and whether `viewer` reacted.
+    async fn reactions(
+        &self,
+        conversation: Uuid,
+        seqs: (i64, i64),
+        viewer: Uuid,
+    ) -> StoreResult<Vec<ReactionCount>>;
+    /// Moves `user`'s read pointer forward to `seq` (never backwards).
+    async fn mark_read(&self, conversation: Uuid, user: Uuid, seq: i64) -> StoreResult<i64>;
+
+    // --- audit --------------------------------------------------------------
+
+    /// Appends an audit entry.
+    async fn audit(&self, entry: &AuditEntry) -> StoreResult<()>;
+    /// Audit entries, newest first, older than `before` (an entry id).
+    async fn audit_log(&self, before: Option<Uuid>, limit: i64) -> StoreResult<Vec<AuditEntry>>;
+}

@@ -1,0 +1,384 @@
+//! Rows and values the store reads and writes. These are internal types:
+//! the HTTP API has its own wire types, so the schema can change without
+//! changing the contract.
+
+use std::fmt;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A registered person.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct User {
+    /// Stable id.
+    pub id: Uuid,
+    /// Unique, lower-case `[a-z0-9_.]{3,32}`.
+    pub username: String,
+    /// Unique, lower-cased.
+    pub email: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Shown to others; defaults to the username.
+    pub display_name: String,
+    /// Free text ("in a meeting").
+    pub status_text: String,
+    /// An http(s) URL, if set.
+    pub avatar_url: Option<String>,
+    /// Site administrator (may read the audit log).
+    pub is_admin: bool,
+    /// When the account was created.
+    pub created_at: OffsetDateTime,
+    /// Last profile or password change.
+    pub updated_at: OffsetDateTime,
+}
+
+/// The fields a user may edit about themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// See [`User::display_name`].
+    pub display_name: String,
+    /// See [`User::status_text`].
+    pub status_text: String,
+    /// See [`User::avatar_url`].
+    pub avatar_url: Option<String>,
+}
+
+/// One refresh token of one login ("family").
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Session {
+    /// Row id.
+    pub id: Uuid,
+    /// Whose session.
+    pub user_id: Uuid,
+    /// Every rotation of one login shares this id; access tokens carry it.
+    pub family_id: Uuid,
+    /// SHA-256 of the token; the token itself is never stored.
+    pub token_hash: Vec<u8>,
+    /// When issued.
+    pub created_at: OffsetDateTime,
+    /// When it stops being accepted.
+    pub expires_at: OffsetDateTime,
+    /// Set when exchanged for a newer token; presenting it again is reuse.
+    pub rotated_at: Option<OffsetDateTime>,
+    /// Set on logout, password change, or detected reuse.
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Client description at login, for the user's session list.
+    pub user_agent: Option<String>,
+    /// Client address at login.
+    pub ip: Option<String>,
+}
+
+/// What presenting a refresh token led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The token was live; the new one is stored.
+    Rotated {
+        /// Whose token it was.
+        user_id: Uuid,
+        /// The login it belongs to.
+        family_id: Uuid,
+    },
+    /// The token had already been rotated: someone replayed it. The caller
+    /// must revoke the family.
+    Reused {
+        /// Whose token it was.
+        user_id: Uuid,
+        /// The family to revoke.
+        family_id: Uuid,
+    },
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// A token signing key as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SigningKeyRecord {
+    /// Key id, published in JWKS and token headers.
+    pub kid: String,
+    /// Ed25519 private key, PKCS#8 DER.
+    pub private_pkcs8: Vec<u8>,
+    /// Ed25519 public key, 32 raw bytes.
+    pub public_key: Vec<u8>,
+    /// When generated.
+    pub created_at: OffsetDateTime,
+}
+
+/// A stored enum value that no variant matches (a newer schema, or damage).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {kind} {value:?} in the database")]
+pub struct UnknownValue {
+    kind: &'static str,
+    value: String,
+}
+
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident, $kind:literal { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// The stored (and wire) spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// Parses the stored (and wire) spelling.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = UnknownValue;
+
+            fn try_from(value: String) -> Result<Self, UnknownValue> {
+                $name::parse(&value).ok_or(UnknownValue { kind: $kind, value })
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// One side's view of a relationship.
+    ContactStatus, "contact status" {
+        /// I asked them; they have not answered.
+        Outgoing = "outgoing",
+        /// They asked me; I have not answered.
+        Incoming = "incoming",
+        /// We are contacts.
+        Accepted = "accepted",
+        /// I blocked them.
+        Blocked = "blocked",
+    }
+);
+
+text_enum!(
+    /// Direct (two people, fixed) or group (named, managed).
+    ConversationKind, "conversation kind" {
+        /// Exactly two people; one per pair.
+        Direct = "direct",
+        /// Named, with roles.
+        Group = "group",
+    }
+);
+
+text_enum!(
+    /// A member's powers in a conversation.
+    Role, "role" {
+        /// Created it (or inherited it); may delete it and manage admins.
+        Owner = "owner",
+        /// May rename, add and remove members.
+        Admin = "admin",
+        /// May read and post.
+        Member = "member",
+    }
+);
+
+impl Role {
+    /// Admins and the owner manage a group.
+    pub fn can_manage(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+/// A relationship as listed for its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactEntry {
+    /// The other person.
+    pub user: User,
+    /// The owner's view.
+    pub status: ContactStatus,
+    /// Last change.
+    pub updated_at: OffsetDateTime,
+}
+
+/// A conversation.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Conversation {
+    /// Stable id.
+    pub id: Uuid,
+    /// Direct or group.
+    #[sqlx(try_from = "String")]
+    pub kind: ConversationKind,
+    /// Group name (direct conversations have none).
+    pub name: Option<String>,
+    /// Who created it.
+    pub created_by: Option<Uuid>,
+    /// When created.
+    pub created_at: OffsetDateTime,
+    /// Sequence number of the newest message (0: none yet).
+    pub last_seq: i64,
+    /// Newest message or change, Unix microseconds: the list order.
+    pub last_activity_us: i64,
+}
+
+impl Conversation {
+    /// [`Conversation::last_activity_us`] as a time.
+    pub fn last_activity_at(&self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.last_activity_us) * 1000)
+            .unwrap_or(self.created_at)
+    }
+}
+
+/// A member of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Member {
+    /// Which conversation.
+    pub conversation_id: Uuid,
+    /// Who.
+    pub user_id: Uuid,
+    /// Their powers.
+    #[sqlx(try_from = "String")]
+    pub role: Role,
+    /// When they joined.
+    pub joined_at: OffsetDateTime,
+    /// Newest sequence number they have read.
+    pub last_read_seq: i64,
+}
+
+/// A member with their user record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEntry {
+    /// The membership.
+    pub member: Member,
+    /// The person.
+    pub user: User,
+}
+
+/// A conversation as its member sees it in their list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// The viewer's membership.
+    pub member: Member,
+    /// Messages by others after the viewer's read pointer.
+    pub unread_count: i64,
+    /// The newest message, if any.
+    pub last_message: Option<Message>,
+}
+
+/// Position in the activity-ordered conversation list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivityCursor {
+    /// `last_activity_us` of the last conversation seen.
+    pub activity_us: i64,
+    /// Its id (tie-breaker).
+    pub id: Uuid,
+}
+
+/// A message to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Id for the new row (UUIDv7).
+    pub id: Uuid,
+    /// Target conversation.
+    pub conversation_id: Uuid,
+    /// Sender.
+    pub author_id: Uuid,
+    /// The sender's idempotency key.
+    pub client_message_id: Option<String>,
+    /// Text.
+    pub body: String,
+    /// Message replied to (same conversation, checked by the caller).
+    pub reply_to: Option<Uuid>,
+    /// When sent.
+    pub now: OffsetDateTime,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Message {
+    /// Stable id (UUIDv7).
+    pub id: Uuid,
+    /// Its conversation.
+    pub conversation_id: Uuid,
+    /// Gapless position in the conversation, from 1.
+    pub seq: i64,
+    /// Sender (None if their account is gone).
+    pub author_id: Option<Uuid>,
+    /// The sender's idempotency key.
+    pub client_message_id: Option<String>,
+    /// Text; None once deleted.
+    pub body: Option<String>,
+    /// Message replied to.
+    pub reply_to: Option<Uuid>,
+    /// When sent.
+    pub created_at: OffsetDateTime,
+    /// Last edit.
+    pub edited_at: Option<OffsetDateTime>,
+    /// When deleted (tombstone).
+    pub deleted_at: Option<OffsetDateTime>,
+}
+
+/// Which messages to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessagePage {
+    /// The newest `limit`.
+    Latest {
+        /// How many.
+        limit: i64,
+    },
+    /// Up to `limit` immediately before `seq` (older).
+    Before {
+        /// Exclusive bound.
+        seq: i64,
+        /// How many.
+        limit: i64,
+    },
+    /// Up to `limit` immediately after `seq` (newer).
+    After {
+        /// Exclusive bound.
+        seq: i64,
+        /// How many.
+        limit: i64,
+    },
+}
+
+/// How many people reacted to a message with one emoji.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReactionCount {
+    /// The message.
+    pub message_id: Uuid,
+    /// The emoji.
+    pub emoji: String,
+    /// How many people.
+    pub count: i64,
+    /// Whether the viewer is one of them.
+    pub reacted: bool,
+}
+
+/// A security-relevant event.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditEntry {
+    /// UUIDv7: ordered by time.
+    pub id: Uuid,
+    /// When.
+    pub at: OffsetDateTime,
+    /// Who did it, if known.
+    pub actor_id: Option<Uuid>,
+    /// What (`login.succeeded`, `member.removed`, ...).
+    pub action: String,
+    /// Kind of thing acted on (`user`, `conversation`, `session`).
+    pub target_type: Option<String>,
+    /// Its id.
+    pub target_id: Option<String>,
+    /// Client address.
+    pub ip: Option<String>,
+    /// JSON object with details.
+    pub details: String,
+}

@@ -1,0 +1,1095 @@
+//! The SQL behind [`Store`], written once and compiled for both backends.
+//!
+//! sqlx's `Any` driver has no UUID or time types, and code generic over
+//! `sqlx::Database` drowns in trait bounds, so [`sql_store!`] expands the
+//! same method bodies for [`PgStore`] and [`SqliteStore`]. The SQL itself
+//! sticks to what both dialects share: `$n` placeholders, `RETURNING`,
+//! `ON CONFLICT`, row values, and no database clock.
+
+use async_trait::async_trait;
+use sqlx::{PgPool, SqlitePool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::*;
+
+/// The store on Postgres.
+#[derive(Clone)]
+pub struct PgStore {
+    pub(crate) pool: PgPool,
+}
+
+/// The store on SQLite (embedded mode).
+#[derive(Clone)]
+pub struct SqliteStore {
+    pub(crate) pool: SqlitePool,
+}
+
+/// Whether `error` is a broken UNIQUE constraint.
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
+}
+
+/// The text that names the broken constraint, on either backend (Postgres
+/// names the constraint, SQLite the columns).
+fn violated(error: &sqlx::Error) -> String {
+    error
+        .as_database_error()
+        .map(|e| format!("{} {}", e.constraint().unwrap_or_default(), e.message()))
+        .unwrap_or_default()
+}
+
+/// Columns of `users`, bare or qualified with `u.`.
+macro_rules! user_cols {
+    () => {
+        "id, username, email, password_hash, display_name, status_text, avatar_url, is_admin, created_at, updated_at"
+    };
+    (u) => {
+        "u.id, u.username, u.email, u.password_hash, u.display_name, u.status_text, u.avatar_url, u.is_admin, u.created_at, u.updated_at"
+    };
+}
+
+macro_rules! session_cols {
+    () => {
+        "id, user_id, family_id, token_hash, created_at, expires_at, rotated_at, revoked_at, user_agent, ip"
+    };
+}
+
+macro_rules! message_cols {
+    () => {
+        "id, conversation_id, seq, author_id, client_message_id, body, reply_to, created_at, edited_at, deleted_at"
+    };
+}
+
+macro_rules! conversation_cols {
+    () => {
+        "id, kind, name, created_by, created_at, last_seq, last_activity_us"
+    };
+}
+
+/// The conversation-list row: conversation, the viewer's membership, unread
+/// count and the newest message (aliased `lm_*`).
+macro_rules! summary_select {
+    () => {
+        "SELECT c.id, c.kind, c.name, c.created_by, c.created_at, c.last_seq, c.last_activity_us, \
+                m.conversation_id, m.user_id, m.role, m.joined_at, m.last_read_seq, \
+                (SELECT COUNT(*) FROM messages x \
+                  WHERE x.conversation_id = c.id AND x.seq > m.last_read_seq \
+                    AND x.deleted_at IS NULL \
+                    AND (x.author_id IS NULL OR x.author_id <> m.user_id)) AS unread_count, \
+                lm.id AS lm_id, lm.seq AS lm_seq, lm.author_id AS lm_author_id, \
+                lm.client_message_id AS lm_client_message_id, lm.body AS lm_body, \
+                lm.reply_to AS lm_reply_to, lm.created_at AS lm_created_at, \
+                lm.edited_at AS lm_edited_at, lm.deleted_at AS lm_deleted_at \
+         FROM members m \
+         JOIN conversations c ON c.id = m.conversation_id \
+         LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = c.last_seq "
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct SummaryRow {
+    #[sqlx(flatten)]
+    conversation: Conversation,
+    #[sqlx(flatten)]
+    member: Member,
+    unread_count: i64,
+    lm_id: Option<Uuid>,
+    lm_seq: Option<i64>,
+    lm_author_id: Option<Uuid>,
+    lm_client_message_id: Option<String>,
+    lm_body: Option<String>,
+    lm_reply_to: Option<Uuid>,
+    lm_created_at: Option<OffsetDateTime>,
+    lm_edited_at: Option<OffsetDateTime>,
+    lm_deleted_at: Option<OffsetDateTime>,
+}
+
+impl From<SummaryRow> for ConversationSummary {
+    fn from(row: SummaryRow) -> Self {
+        let last_message = match (row.lm_id, row.lm_seq, row.lm_created_at) {
+            (Some(id), Some(seq), Some(created_at)) => Some(Message {
+                id,
+                conversation_id: row.conversation.id,
+                seq,
+                author_id: row.lm_author_id,
+                client_message_id: row.lm_client_message_id,
+                body: row.lm_body,
+                reply_to: row.lm_reply_to,
+                created_at,
+                edited_at: row.lm_edited_at,
+                deleted_at: row.lm_deleted_at,
+            }),
+            _ => None,
+        };
+        ConversationSummary {
+            conversation: row.conversation,
+            member: row.member,
+            unread_count: row.unread_count,
+            last_message,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct MembershipRow {
+    #[sqlx(flatten)]
+    conversation: Conversation,
+    #[sqlx(flatten)]
+    member: Member,
+}
+
+#[derive(sqlx::FromRow)]
+struct ContactRow {
+    #[sqlx(try_from = "String")]
+    status: ContactStatus,
+    contact_updated_at: OffsetDateTime,
+    #[sqlx(flatten)]
+    user: User,
+}
+
+#[derive(sqlx::FromRow)]
+struct MemberRow {
+    #[sqlx(flatten)]
+    member: Member,
+    #[sqlx(flatten)]
+    user: User,
+}
+
+/// Microseconds since the Unix epoch: the integer form of activity times.
+pub fn unix_micros(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+/// `"<smaller>:<larger>"`: the one key of a pair's direct conversation.
+fn direct_key(a: Uuid, b: Uuid) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("{lo}:{hi}")
+}
+
+macro_rules! sql_store {
+    ($store:ident) => {
+        #[async_trait]
+        impl Store for $store {
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn create_user(&self, user: &User) -> StoreResult<()> {
+                let result = sqlx::query(
+                    "INSERT INTO users (id, username, email, password_hash, display_name, \
+                     status_text, avatar_url, is_admin, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(user.id)
+                .bind(&user.username)
+                .bind(&user.email)
+                .bind(&user.password_hash)
+                .bind(&user.display_name)
+                .bind(&user.status_text)
+                .bind(&user.avatar_url)
+                .bind(user.is_admin)
+                .bind(user.created_at)
+                .bind(user.updated_at)
+                .execute(&self.pool)
+                .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_unique_violation(&e) => {
+                        if violated(&e).contains("email") {
+                            Err(StoreError::Conflict("email"))
+                        } else {
+                            Err(StoreError::Conflict("username"))
+                        }
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn user(&self, id: Uuid) -> StoreResult<Option<User>> {
+                Ok(sqlx::query_as::<_, User>(concat!(
+                    "SELECT ",
+                    user_cols!(),
+                    " FROM users WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn user_by_login(&self, login: &str) -> StoreResult<Option<User>> {
+                Ok(sqlx::query_as::<_, User>(concat!(
+                    "SELECT ",
+                    user_cols!(),
+                    " FROM users WHERE username = $1 OR email = $1"
+                ))
+                .bind(login)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn search_users(&self, prefix: &str, limit: i64) -> StoreResult<Vec<User>> {
+                let pattern = format!("{prefix}%");
+                Ok(sqlx::query_as::<_, User>(concat!(
+                    "SELECT ",
+                    user_cols!(),
+                    " FROM users WHERE username LIKE $1 ESCAPE '\\' \
+                       OR lower(display_name) LIKE $1 ESCAPE '\\' \
+                     ORDER BY username LIMIT $2"
+                ))
+                .bind(pattern)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn update_profile(
+                &self,
+                id: Uuid,
+                profile: &Profile,
+                now: OffsetDateTime,
+            ) -> StoreResult<User> {
+                sqlx::query_as::<_, User>(concat!(
+                    "UPDATE users SET display_name = $2, status_text = $3, avatar_url = $4, \
+                     updated_at = $5 WHERE id = $1 RETURNING ",
+                    user_cols!()
+                ))
+                .bind(id)
+                .bind(&profile.display_name)
+                .bind(&profile.status_text)
+                .bind(&profile.avatar_url)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)
+            }
+
+            async fn set_password_hash(
+                &self,
+                id: Uuid,
+                hash: &str,
+                now: OffsetDateTime,
+            ) -> StoreResult<()> {
+                let done = sqlx::query(
+                    "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(hash)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn set_admin(&self, username: &str, is_admin: bool) -> StoreResult<bool> {
+                let done = sqlx::query("UPDATE users SET is_admin = $2 WHERE username = $1")
+                    .bind(username)
+                    .bind(is_admin)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn create_session(&self, session: &Session) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO sessions (id, user_id, family_id, token_hash, created_at, \
+                     expires_at, rotated_at, revoked_at, user_agent, ip) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(session.id)
+                .bind(session.user_id)
+                .bind(session.family_id)
+                .bind(&session.token_hash)
+                .bind(session.created_at)
+                .bind(session.expires_at)
+                .bind(session.rotated_at)
+                .bind(session.revoked_at)
+                .bind(&session.user_agent)
+                .bind(&session.ip)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn rotate_session(
+                &self,
+                presented: &[u8],
+                next: &Session,
+                now: OffsetDateTime,
+            ) -> StoreResult<Rotation> {
+                let mut tx = self.pool.begin().await?;
+                // Claim the presented token first (a write, so concurrent
+                // refreshes of one token serialise and only one wins).
+                let claimed = sqlx::query_as::<_, Session>(concat!(
+                    "UPDATE sessions SET rotated_at = $2 \
+                     WHERE token_hash = $1 AND rotated_at IS NULL AND revoked_at IS NULL \
+                     RETURNING ",
+                    session_cols!()
+                ))
+                .bind(presented)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match claimed {
+                    Some(old) if old.expires_at > now => {
+                        let next = Session {
+                            user_id: old.user_id,
+                            family_id: old.family_id,
+                            ..next.clone()
+                        };
+                        sqlx::query(
+                            "INSERT INTO sessions (id, user_id, family_id, token_hash, created_at, \
+                             expires_at, rotated_at, revoked_at, user_agent, ip) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                        )
+                        .bind(next.id)
+                        .bind(next.user_id)
+                        .bind(next.family_id)
+                        .bind(&next.token_hash)
+                        .bind(next.created_at)
+                        .bind(next.expires_at)
+                        .bind(next.rotated_at)
+                        .bind(next.revoked_at)
+                        .bind(&next.user_agent)
+                        .bind(&next.ip)
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        Ok(Rotation::Rotated {
+                            user_id: old.user_id,
+                            family_id: old.family_id,
+                        })
+                    }
+                    Some(_expired) => {
+                        tx.rollback().await?;
+                        Ok(Rotation::Invalid)
+                    }
+                    None => {
+                        tx.rollback().await?;
+                        let known = sqlx::query_as::<_, Session>(concat!(
+                            "SELECT ",
+                            session_cols!(),
+                            " FROM sessions WHERE token_hash = $1"
+                        ))
+                        .bind(presented)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                        Ok(match known {
+                            Some(s) if s.revoked_at.is_none() && s.rotated_at.is_some() => {
+                                Rotation::Reused {
+                                    user_id: s.user_id,
+                                    family_id: s.family_id,
+                                }
+                            }
+                            _ => Rotation::Invalid,
+                        })
+                    }
+                }
+            }
+
+            async fn session_by_token(&self, hash: &[u8]) -> StoreResult<Option<Session>> {
+                Ok(sqlx::query_as::<_, Session>(concat!(
+                    "SELECT ",
+                    session_cols!(),
+                    " FROM sessions WHERE token_hash = $1"
+                ))
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn revoke_family(&self, family_id: Uuid, now: OffsetDateTime) -> StoreResult<u64> {
+                let done = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
+                )
+                .bind(family_id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn revoke_user_sessions(
+                &self,
+                user_id: Uuid,
+                except_family: Option<Uuid>,
+                now: OffsetDateTime,
+            ) -> StoreResult<u64> {
+                let done = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $2 \
+                     WHERE user_id = $1 AND revoked_at IS NULL \
+                       AND ($3 IS NULL OR family_id <> $3)",
+                )
+                .bind(user_id)
+                .bind(now)
+                .bind(except_family)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn signing_key(&self, candidate: &SigningKeyRecord) -> StoreResult<SigningKeyRecord> {
+                const OLDEST: &str = "SELECT kid, private_pkcs8, public_key, created_at \
+                     FROM signing_keys ORDER BY created_at, kid LIMIT 1";
+                if let Some(key) = sqlx::query_as::<_, SigningKeyRecord>(OLDEST)
+                    .fetch_optional(&self.pool)
+                    .await?
+                {
+                    return Ok(key);
+                }
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, private_pkcs8, public_key, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (kid) DO NOTHING",
+                )
+                .bind(&candidate.kid)
+                .bind(&candidate.private_pkcs8)
+                .bind(&candidate.public_key)
+                .bind(candidate.created_at)
+                .execute(&self.pool)
+                .await?;
+                // Replicas racing here each insert a key; all of them then
+                // pick the same (oldest) one.
+                sqlx::query_as::<_, SigningKeyRecord>(OLDEST)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or(StoreError::NotFound)
+            }
+
+            async fn contact(&self, owner: Uuid, other: Uuid) -> StoreResult<Option<ContactStatus>> {
+                let status: Option<String> = sqlx::query_scalar(
+                    "SELECT status FROM contacts WHERE owner_id = $1 AND other_id = $2",
+                )
+                .bind(owner)
+                .bind(other)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(status.as_deref().and_then(ContactStatus::parse))
+            }
+
+            async fn set_contact_pair(
+                &self,
+                a: Uuid,
+                b: Uuid,
+                a_view: Option<ContactStatus>,
+                b_view: Option<ContactStatus>,
+                now: OffsetDateTime,
+            ) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                for (owner, other, view) in [(a, b, a_view), (b, a, b_view)] {
+                    match view {
+                        Some(status) => {
+                            sqlx::query(
+                                "INSERT INTO contacts (owner_id, other_id, status, created_at, updated_at) \
+                                 VALUES ($1, $2, $3, $4, $4) \
+                                 ON CONFLICT (owner_id, other_id) \
+                                 DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+                            )
+                            .bind(owner)
+                            .bind(other)
+                            .bind(status.as_str())
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        None => {
+                            sqlx::query("DELETE FROM contacts WHERE owner_id = $1 AND other_id = $2")
+                                .bind(owner)
+                                .bind(other)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn contacts(
+                &self,
+                owner: Uuid,
+                status: Option<ContactStatus>,
+            ) -> StoreResult<Vec<ContactEntry>> {
+                let rows = sqlx::query_as::<_, ContactRow>(concat!(
+                    "SELECT c.status, c.updated_at AS contact_updated_at, ",
+                    user_cols!(u),
+                    " FROM contacts c JOIN users u ON u.id = c.other_id \
+                     WHERE c.owner_id = $1 AND ($2 IS NULL OR c.status = $2) \
+                     ORDER BY u.username"
+                ))
+                .bind(owner)
+                .bind(status.map(ContactStatus::as_str))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|row| ContactEntry {
+                        user: row.user,
+                        status: row.status,
+                        updated_at: row.contact_updated_at,
+                    })
+                    .collect())
+            }
+
+            async fn direct_conversation(
+                &self,
+                a: Uuid,
+                b: Uuid,
+                now: OffsetDateTime,
+            ) -> StoreResult<(Conversation, bool)> {
+                let key = direct_key(a, b);
+                let mut tx = self.pool.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO conversations (id, kind, name, direct_key, created_by, created_at, \
+                     last_seq, last_activity_us) VALUES ($1, 'direct', NULL, $2, $3, $4, 0, $5) \
+                     ON CONFLICT (direct_key) DO NOTHING",
+                )
+                .bind(Uuid::now_v7())
+                .bind(&key)
+                .bind(a)
+                .bind(now)
+                .bind(unix_micros(now))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if inserted {
+                    let id: Uuid =
+                        sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
+                            .bind(&key)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    for user in [a, b] {
+                        sqlx::query(
+                            "INSERT INTO members (conversation_id, user_id, role, joined_at, last_read_seq) \
+                             VALUES ($1, $2, 'member', $3, 0)",
+                        )
+                        .bind(id)
+                        .bind(user)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                tx.commit().await?;
+                let conversation = sqlx::query_as::<_, Conversation>(concat!(
+                    "SELECT ",
+                    conversation_cols!(),
+                    " FROM conversations WHERE direct_key = $1"
+                ))
+                .bind(&key)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok((conversation, inserted))
+            }
+
+            async fn create_group(
+                &self,
+                conversation: &Conversation,
+                owner: Uuid,
+                members: &[Uuid],
+            ) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO conversations (id, kind, name, direct_key, created_by, created_at, \
+                     last_seq, last_activity_us) VALUES ($1, 'group', $2, NULL, $3, $4, 0, $5)",
+                )
+                .bind(conversation.id)
+                .bind(&conversation.name)
+                .bind(owner)
+                .bind(conversation.created_at)
+                .bind(unix_micros(conversation.created_at))
+                .execute(&mut *tx)
+                .await?;
+                let others = members.iter().copied().filter(|m| *m != owner);
+                for (user, role) in std::iter::once((owner, Role::Owner))
+                    .chain(others.map(|m| (m, Role::Member)))
+                {
+                    sqlx::query(
+                        "INSERT INTO members (conversation_id, user_id, role, joined_at, last_read_seq) \
+                         VALUES ($1, $2, $3, $4, 0) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(conversation.id)
+                    .bind(user)
+                    .bind(role.as_str())
+                    .bind(conversation.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn membership(
+                &self,
+                conversation: Uuid,
+                user: Uuid,
+            ) -> StoreResult<Option<(Conversation, Member)>> {
+                let row = sqlx::query_as::<_, MembershipRow>(
+                    "SELECT c.id, c.kind, c.name, c.created_by, c.created_at, c.last_seq, \
+                            c.last_activity_us, m.conversation_id, m.user_id, m.role, m.joined_at, \
+                            m.last_read_seq \
+                     FROM members m JOIN conversations c ON c.id = m.conversation_id \
+                     WHERE m.conversation_id = $1 AND m.user_id = $2",
+                )
+                .bind(conversation)
+                .bind(user)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|r| (r.conversation, r.member)))
+            }
+
+            async fn conversations(
+                &self,
+                user: Uuid,
+                cursor: Option<ActivityCursor>,
+                limit: i64,
+            ) -> StoreResult<Vec<ConversationSummary>> {
+                let rows = sqlx::query_as::<_, SummaryRow>(concat!(
+                    summary_select!(),
+                    "WHERE m.user_id = $1 AND ($2 IS NULL OR c.last_activity_us < $2 \
+                        OR (c.last_activity_us = $2 AND c.id < $3)) \
+                     ORDER BY c.last_activity_us DESC, c.id DESC LIMIT $4"
+                ))
+                .bind(user)
+                .bind(cursor.map(|c| c.activity_us))
+                .bind(cursor.map(|c| c.id))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn conversation_summary(
+                &self,
+                conversation: Uuid,
+                user: Uuid,
+            ) -> StoreResult<Option<ConversationSummary>> {
+                let row = sqlx::query_as::<_, SummaryRow>(concat!(
+                    summary_select!(),
+                    "WHERE m.user_id = $1 AND c.id = $2"
+                ))
+                .bind(user)
+                .bind(conversation)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn rename_conversation(
+                &self,
+                conversation: Uuid,
+                name: &str,
+                now: OffsetDateTime,
+            ) -> StoreResult<()> {
+                let done = sqlx::query(
+                    "UPDATE conversations SET name = $2, last_activity_us = $3 WHERE id = $1",
+                )
+                .bind(conversation)
+                .bind(name)
+                .bind(unix_micros(now))
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn delete_conversation(&self, conversation: Uuid) -> StoreResult<()> {
+                sqlx::query("DELETE FROM conversations WHERE id = $1")
+                    .bind(conversation)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn members(&self, conversation: Uuid) -> StoreResult<Vec<MemberEntry>> {
+                let rows = sqlx::query_as::<_, MemberRow>(concat!(
+                    "SELECT m.conversation_id, m.user_id, m.role, m.joined_at, m.last_read_seq, ",
+                    user_cols!(u),
+                    " FROM members m JOIN users u ON u.id = m.user_id \
+                     WHERE m.conversation_id = $1 ORDER BY m.joined_at, u.username"
+                ))
+                .bind(conversation)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| MemberEntry {
+                        member: r.member,
+                        user: r.user,
+                    })
+                    .collect())
+            }
+
+            async fn add_members(
+                &self,
+                conversation: Uuid,
+                users: &[Uuid],
+                max_members: i64,
+                now: OffsetDateTime,
+            ) -> StoreResult<Vec<Uuid>> {
+                let mut tx = self.pool.begin().await?;
+                // Lock the conversation first so concurrent additions cannot
+                // both pass the member limit.
+                let touched = sqlx::query(
+                    "UPDATE conversations SET last_activity_us = $2 WHERE id = $1",
+                )
+                .bind(conversation)
+                .bind(unix_micros(now))
+                .execute(&mut *tx)
+                .await?;
+                if touched.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                let mut added = Vec::new();
+                for &user in users {
+                    if added.contains(&user) {
+                        continue;
+                    }
+                    let done = sqlx::query(
+                        "INSERT INTO members (conversation_id, user_id, role, joined_at, last_read_seq) \
+                         VALUES ($1, $2, 'member', $3, 0) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(conversation)
+                    .bind(user)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 1 {
+                        added.push(user);
+                    }
+                }
+                let count: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE conversation_id = $1")
+                        .bind(conversation)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if count > max_members {
+                    tx.rollback().await?;
+                    return Err(StoreError::Conflict("member_limit"));
+                }
+                tx.commit().await?;
+                Ok(added)
+            }
+
+            async fn remove_member(&self, conversation: Uuid, user: Uuid) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let role: Option<String> = sqlx::query_scalar(
+                    "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2 RETURNING role",
+                )
+                .bind(conversation)
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(role) = role else {
+                    tx.rollback().await?;
+                    return Ok(false);
+                };
+                if Role::parse(&role) == Some(Role::Owner) {
+                    let heir: Option<Uuid> = sqlx::query_scalar(
+                        "SELECT user_id FROM members WHERE conversation_id = $1 \
+                         ORDER BY CASE role WHEN 'admin' THEN 0 ELSE 1 END, joined_at LIMIT 1",
+                    )
+                    .bind(conversation)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match heir {
+                        Some(heir) => {
+                            sqlx::query(
+                                "UPDATE members SET role = 'owner' \
+                                 WHERE conversation_id = $1 AND user_id = $2",
+                            )
+                            .bind(conversation)
+                            .bind(heir)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        None => {
+                            sqlx::query("DELETE FROM conversations WHERE id = $1")
+                                .bind(conversation)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn set_role(&self, conversation: Uuid, user: Uuid, role: Role) -> StoreResult<()> {
+                let done = sqlx::query(
+                    "UPDATE members SET role = $3 WHERE conversation_id = $1 AND user_id = $2",
+                )
+                .bind(conversation)
+                .bind(user)
+                .bind(role.as_str())
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn send_message(&self, message: &NewMessage) -> StoreResult<(Message, bool)> {
+                let mut tx = self.pool.begin().await?;
+                // Taking the next sequence number locks the conversation, so
+                // sends in one conversation are serialised: sequence numbers
+                // are gapless and a retried send sees the first one.
+                let seq: Option<i64> = sqlx::query_scalar(
+                    "UPDATE conversations SET last_seq = last_seq + 1, last_activity_us = $2 \
+                     WHERE id = $1 RETURNING last_seq",
+                )
+                .bind(message.conversation_id)
+                .bind(unix_micros(message.now))
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(seq) = seq else {
+                    tx.rollback().await?;
+                    return Err(StoreError::NotFound);
+                };
+                if let Some(client_id) = &message.client_message_id {
+                    let earlier = sqlx::query_as::<_, Message>(concat!(
+                        "SELECT ",
+                        message_cols!(),
+                        " FROM messages WHERE conversation_id = $1 AND author_id = $2 \
+                         AND client_message_id = $3"
+                    ))
+                    .bind(message.conversation_id)
+                    .bind(message.author_id)
+                    .bind(client_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(earlier) = earlier {
+                        tx.rollback().await?;
+                        return Ok((earlier, false));
+                    }
+                }
+                let stored = sqlx::query_as::<_, Message>(concat!(
+                    "INSERT INTO messages (id, conversation_id, seq, author_id, client_message_id, \
+                     body, reply_to, created_at, edited_at, deleted_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL) RETURNING ",
+                    message_cols!()
+                ))
+                .bind(message.id)
+                .bind(message.conversation_id)
+                .bind(seq)
+                .bind(message.author_id)
+                .bind(&message.client_message_id)
+                .bind(&message.body)
+                .bind(message.reply_to)
+                .bind(message.now)
+                .fetch_one(&mut *tx)
+                .await?;
+                // The sender has read everything up to their own message.
+                sqlx::query(
+                    "UPDATE members SET last_read_seq = $3 \
+                     WHERE conversation_id = $1 AND user_id = $2 AND last_read_seq < $3",
+                )
+                .bind(message.conversation_id)
+                .bind(message.author_id)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok((stored, true))
+            }
+
+            async fn message(&self, conversation: Uuid, id: Uuid) -> StoreResult<Option<Message>> {
+                Ok(sqlx::query_as::<_, Message>(concat!(
+                    "SELECT ",
+                    message_cols!(),
+                    " FROM messages WHERE conversation_id = $1 AND id = $2"
+                ))
+                .bind(conversation)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn messages(&self, conversation: Uuid, page: MessagePage) -> StoreResult<Vec<Message>> {
+                let mut rows = match page {
+                    MessagePage::Latest { limit } => {
+                        sqlx::query_as::<_, Message>(concat!(
+                            "SELECT ",
+                            message_cols!(),
+                            " FROM messages WHERE conversation_id = $1 ORDER BY seq DESC LIMIT $2"
+                        ))
+                        .bind(conversation)
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?
+                    }
+                    MessagePage::Before { seq, limit } => {
+                        sqlx::query_as::<_, Message>(concat!(
+                            "SELECT ",
+                            message_cols!(),
+                            " FROM messages WHERE conversation_id = $1 AND seq < $2 \
+                             ORDER BY seq DESC LIMIT $3"
+                        ))
+                        .bind(conversation)
+                        .bind(seq)
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?
+                    }
+                    MessagePage::After { seq, limit } => {
+                        sqlx::query_as::<_, Message>(concat!(
+                            "SELECT ",
+                            message_cols!(),
+                            " FROM messages WHERE conversation_id = $1 AND seq > $2 \
+                             ORDER BY seq ASC LIMIT $3"
+                        ))
+                        .bind(conversation)
+                        .bind(seq)
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?
+                    }
+                };
+                rows.sort_by_key(|m| m.seq);
+                Ok(rows)
+            }
+
+            async fn edit_message(&self, id: Uuid, body: &str, now: OffsetDateTime) -> StoreResult<Message> {
+                sqlx::query_as::<_, Message>(concat!(
+                    "UPDATE messages SET body = $2, edited_at = $3 \
+                     WHERE id = $1 AND deleted_at IS NULL RETURNING ",
+                    message_cols!()
+                ))
+                .bind(id)
+                .bind(body)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)
+            }
+
+            async fn delete_message(&self, id: Uuid, now: OffsetDateTime) -> StoreResult<Message> {
+                let mut tx = self.pool.begin().await?;
+                let message = sqlx::query_as::<_, Message>(concat!(
+                    "UPDATE messages SET body = NULL, deleted_at = COALESCE(deleted_at, $2) \
+                     WHERE id = $1 RETURNING ",
+                    message_cols!()
+                ))
+                .bind(id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+                sqlx::query("DELETE FROM reactions WHERE message_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(message)
+            }
+
+            async fn add_reaction(
+                &self,
+                message: Uuid,
+                user: Uuid,
+                emoji: &str,
+                now: OffsetDateTime,
+            ) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO reactions (message_id, user_id, emoji, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(message)
+                .bind(user)
+                .bind(emoji)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn remove_reaction(&self, message: Uuid, user: Uuid, emoji: &str) -> StoreResult<()> {
+                sqlx::query(
+                    "DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3",
+                )
+                .bind(message)
+                .bind(user)
+                .bind(emoji)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn reactions(
+                &self,
+                conversation: Uuid,
+                seqs: (i64, i64),
+                viewer: Uuid,
+            ) -> StoreResult<Vec<ReactionCount>> {
+                Ok(sqlx::query_as::<_, ReactionCount>(
+                    "SELECT r.message_id, r.emoji, COUNT(*) AS count, \
+                            (COUNT(CASE WHEN r.user_id = $4 THEN 1 END) > 0) AS reacted \
+                     FROM reactions r JOIN messages m ON m.id = r.message_id \
+                     WHERE m.conversation_id = $1 AND m.seq >= $2 AND m.seq <= $3 \
+                     GROUP BY r.message_id, r.emoji ORDER BY r.message_id, r.emoji",
+                )
+                .bind(conversation)
+                .bind(seqs.0)
+                .bind(seqs.1)
+                .bind(viewer)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn mark_read(&self, conversation: Uuid, user: Uuid, seq: i64) -> StoreResult<i64> {
+                sqlx::query_scalar(
+                    "UPDATE members SET last_read_seq = \
+                       CASE WHEN last_read_seq < $3 THEN $3 ELSE last_read_seq END \
+                     WHERE conversation_id = $1 AND user_id = $2 RETURNING last_read_seq",
+                )
+                .bind(conversation)
+                .bind(user)
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)
+            }
+
+            async fn audit(&self, entry: &AuditEntry) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO audit_log (id, at, actor_id, action, target_type, target_id, ip, details) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(entry.id)
+                .bind(entry.at)
+                .bind(entry.actor_id)
+                .bind(&entry.action)
+                .bind(&entry.target_type)
+                .bind(&entry.target_id)
+                .bind(&entry.ip)
+                .bind(&entry.details)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn audit_log(&self, before: Option<Uuid>, limit: i64) -> StoreResult<Vec<AuditEntry>> {
+                Ok(sqlx::query_as::<_, AuditEntry>(
+                    "SELECT id, at, actor_id, action, target_type, target_id, ip, details \
+                     FROM audit_log WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+                )
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+        }
+    };
+}
+
+sql_store!(PgStore);
+sql_store!(SqliteStore);

@@ -1,0 +1,482 @@
+//! Registration, login, tokens, rate limits, profile, search, contacts,
+//! audit.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use reqwest::Method;
+use serde_json::json;
+use testkit::app::{Backend, TestApp};
+use testkit::both_backends;
+
+both_backends!(
+    register_login_and_profile,
+    register_login_and_profile_scenario
+);
+async fn register_login_and_profile_scenario(app: TestApp) {
+    let alice = app.register("alice").await;
+    let me = app.get("/v1/me", &alice).await.expect(200);
+    assert_eq!(me.body["username"], "alice");
+    assert_eq!(me.body["email"], "alice@example.com");
+    assert_eq!(me.body["display_name"], "alice");
+
+    // Login by username (any case) and by e-mail.
+    app.login("ALICE", &alice.password).await.expect(200);
+    let by_email = app
+        .login("Alice@Example.com", &alice.password)
+        .await
+        .expect(200);
+    assert_eq!(by_email.body["user"]["id"], alice.id.as_str());
+    let wrong = app.login("alice", "not-the-password").await.expect(401);
+    assert_eq!(wrong.code(), "invalid_credentials");
+    let unknown = app.login("nobody", "whatever-password").await.expect(401);
+    assert_eq!(
+        unknown.code(),
+        "invalid_credentials",
+        "unknown accounts look the same"
+    );
+
+    // Unique case-insensitively; e-mail unique too.
+    let taken = app
+        .call(Method::POST, "/v1/auth/register", None, Some(json!({
+            "username": "Alice", "email": "other@example.com", "password": "plum-ferry-quartz-91"
+        })))
+        .await
+        .expect(409);
+    assert_eq!(taken.code(), "username_taken");
+    let email_taken = app
+        .call(Method::POST, "/v1/auth/register", None, Some(json!({
+            "username": "alice2", "email": "ALICE@example.com", "password": "plum-ferry-quartz-91"
+        })))
+        .await
+        .expect(409);
+    assert_eq!(email_taken.code(), "email_taken");
+
+    // Weak and malformed input.
+    for (body, code) in [
+        (
+            json!({"username": "bob", "email": "bob@example.com", "password": "password123"}),
+            "weak_password",
+        ),
+        (
+            json!({"username": "bob", "email": "bob@example.com", "password": "short"}),
+            "weak_password",
+        ),
+        (
+            json!({"username": "bob", "email": "bob@example.com", "password": "bob@example.com!"}),
+            "weak_password",
+        ),
+        (
+            json!({"username": "b!", "email": "bob@example.com", "password": "plum-ferry-quartz-91"}),
+            "invalid_username",
+        ),
+        (
+            json!({"username": "bob", "email": "bob@", "password": "plum-ferry-quartz-91"}),
+            "invalid_email",
+        ),
+    ] {
+        let reply = app
+            .call(Method::POST, "/v1/auth/register", None, Some(body))
+            .await
+            .expect(422);
+        assert_eq!(reply.code(), code);
+    }
+
+    // Profile edits; avatar null clears it.
+    let updated = app
+        .patch(
+            "/v1/me",
+            &alice,
+            json!({
+                "display_name": "Alice Liddell", "status_text": "down the rabbit hole",
+                "avatar_url": "https://cdn.example.com/alice.png"
+            }),
+        )
+        .await
+        .expect(200);
+    assert_eq!(updated.body["display_name"], "Alice Liddell");
+    assert_eq!(
+        updated.body["avatar_url"],
+        "https://cdn.example.com/alice.png"
+    );
+    let cleared = app
+        .patch("/v1/me", &alice, json!({ "avatar_url": null }))
+        .await
+        .expect(200);
+    assert_eq!(cleared.body["avatar_url"], serde_json::Value::Null);
+    assert_eq!(
+        cleared.body["display_name"], "Alice Liddell",
+        "absent fields stay"
+    );
+    app.patch(
+        "/v1/me",
+        &alice,
+        json!({ "avatar_url": "javascript:alert(1)" }),
+    )
+    .await
+    .expect(422);
+
+    // No token, bad token.
+    app.call(Method::GET, "/v1/me", None, None)
+        .await
+        .expect(401);
+    app.call(Method::GET, "/v1/me", Some("garbage"), None)
+        .await
+        .expect(401);
+}
+
+both_backends!(refresh_rotation_and_reuse_detection, refresh_scenario);
+async fn refresh_scenario(app: TestApp) {
+    let alice = app.register("alice").await;
+    let refresh = |token: String| {
+        let app = &app;
+        async move {
+            app.call(
+                Method::POST,
+                "/v1/auth/refresh",
+                None,
+                Some(json!({ "refresh_token": token })),
+            )
+            .await
+        }
+    };
+    // Rotation: each refresh gives a new pair; the new access token works.
+    let first = refresh(alice.refresh.clone()).await.expect(200);
+    let second_refresh = first.body["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(second_refresh, alice.refresh);
+    let access = first.body["access_token"].as_str().unwrap();
+    app.call(Method::GET, "/v1/me", Some(access), None)
+        .await
+        .expect(200);
+
+    // A second login is its own family and must survive what follows.
+    let other_login = app.login("alice", &alice.password).await.expect(200);
+    let other_refresh = other_login.body["tokens"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Replaying the rotated token: reuse detected, the whole family revoked.
+    let reused = refresh(alice.refresh.clone()).await.expect(401);
+    assert_eq!(reused.code(), "refresh_token_reused");
+    let revoked = refresh(second_refresh).await.expect(401);
+    assert_eq!(
+        revoked.code(),
+        "invalid_refresh_token",
+        "the thief's newer token died with the family"
+    );
+    refresh(other_refresh).await.expect(200);
+
+    refresh("not-a-token".into()).await.expect(401);
+    app.call(Method::POST, "/v1/auth/refresh", None, Some(json!({})))
+        .await
+        .expect(422);
+}
+
+both_backends!(logout_and_password_change_revoke_sessions, logout_scenario);
+async fn logout_scenario(app: TestApp) {
+    let alice = app.register("alice").await;
+    let second = app.login("alice", &alice.password).await.expect(200);
+    let second_access = second.body["tokens"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second_refresh = second.body["tokens"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let third = app.login("alice", &alice.password).await.expect(200);
+    let third_refresh = third.body["tokens"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Logout revokes this session's refresh token only.
+    app.call(Method::POST, "/v1/auth/logout", Some(&second_access), None)
+        .await
+        .expect(204);
+    let refresh = |token: &str| {
+        app.call(
+            Method::POST,
+            "/v1/auth/refresh",
+            None,
+            Some(json!({ "refresh_token": token })),
+        )
+    };
+    refresh(&second_refresh).await.expect(401);
+
+    // Changing the password revokes the other sessions but not this one.
+    let wrong = app
+        .post(
+            "/v1/auth/password",
+            &alice,
+            json!({
+                "current_password": "wrong-password-here", "new_password": "lantern-orbit-meadow-42"
+            }),
+        )
+        .await
+        .expect(403);
+    assert_eq!(wrong.code(), "invalid_credentials");
+    app.post(
+        "/v1/auth/password",
+        &alice,
+        json!({
+            "current_password": alice.password, "new_password": "lantern-orbit-meadow-42"
+        }),
+    )
+    .await
+    .expect(204);
+    refresh(&third_refresh).await.expect(401);
+    refresh(&alice.refresh).await.expect(200);
+    app.login("alice", &alice.password).await.expect(401);
+    app.login("alice", "lantern-orbit-meadow-42")
+        .await
+        .expect(200);
+
+    // Logout everywhere.
+    app.call(
+        Method::POST,
+        "/v1/auth/logout?all=true",
+        Some(&second_access),
+        None,
+    )
+    .await
+    .expect(204);
+    let fourth = app
+        .login("alice", "lantern-orbit-meadow-42")
+        .await
+        .expect(200);
+    assert!(fourth.body["tokens"]["refresh_token"].is_string());
+}
+
+both_backends!(search_finds_by_prefix_without_emails, search_scenario);
+async fn search_scenario(app: TestApp) {
+    let alice = app.register("alice").await;
+    for name in ["bob", "bobby", "bobcat", "carol"] {
+        app.register(name).await;
+    }
+    let found = app.get("/v1/users?q=BOB", &alice).await.expect(200);
+    let names: Vec<&str> = found.body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bob", "bobby", "bobcat"]);
+    assert!(
+        !found.body.to_string().contains("@example.com"),
+        "no e-mails: {}",
+        found.body
+    );
+    app.get("/v1/users?q=b", &alice).await.expect(422);
+    // Wildcards are literal.
+    let none = app.get("/v1/users?q=%25%25", &alice).await.expect(200);
+    assert_eq!(none.body["users"].as_array().unwrap().len(), 0);
+    // At most 20 results.
+    for i in 0..22 {
+        app.register(&format!("zed{i:02}")).await;
+    }
+    let many = app.get("/v1/users?q=zed", &alice).await.expect(200);
+    assert_eq!(many.body["users"].as_array().unwrap().len(), 20);
+}
+
+both_backends!(contacts_requests_and_blocks, contacts_scenario);
+async fn contacts_scenario(app: TestApp) {
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let to = |u: &testkit::app::TestUser| format!("/v1/contacts/{}", u.id);
+
+    let asked = app.post(&to(&bob), &alice, json!({})).await.expect(200);
+    assert_eq!(asked.body["status"], "outgoing");
+    let incoming = app
+        .get("/v1/contacts?status=incoming", &bob)
+        .await
+        .expect(200);
+    assert_eq!(incoming.body["contacts"][0]["user"]["username"], "alice");
+    let accepted = app
+        .patch(&to(&alice), &bob, json!({ "action": "accept" }))
+        .await
+        .expect(200);
+    assert_eq!(accepted.body["status"], "accepted");
+    let list = app.get("/v1/contacts", &alice).await.expect(200);
+    assert_eq!(list.body["contacts"][0]["status"], "accepted");
+
+    // Decline.
+    app.post(&to(&bob), &carol, json!({})).await.expect(200);
+    app.patch(&to(&carol), &bob, json!({ "action": "decline" }))
+        .await
+        .expect(200);
+    let none = app.get("/v1/contacts", &carol).await.expect(200);
+    assert_eq!(none.body["contacts"].as_array().unwrap().len(), 0);
+    app.patch(&to(&carol), &bob, json!({ "action": "accept" }))
+        .await
+        .expect(404);
+
+    // Block: bob blocks alice. Alice's side disappears; she cannot start a
+    // direct conversation with him, nor post in the existing one.
+    let existing = app.direct(&alice, &bob).await;
+    app.patch(&to(&alice), &bob, json!({ "action": "block" }))
+        .await
+        .expect(200);
+    let alice_view = app.get("/v1/contacts", &alice).await.expect(200);
+    assert_eq!(alice_view.body["contacts"].as_array().unwrap().len(), 0);
+    let refused = app
+        .post(
+            "/v1/conversations",
+            &alice,
+            json!({ "kind": "direct", "user_id": bob.id }),
+        )
+        .await
+        .expect(403);
+    assert_eq!(refused.code(), "blocked");
+    app.post(
+        &format!("/v1/conversations/{existing}/messages"),
+        &alice,
+        json!({ "body": "hi" }),
+    )
+    .await
+    .expect(403);
+    // Her request is swallowed: it looks pending to her, bob never sees it.
+    let pending = app.post(&to(&bob), &alice, json!({})).await.expect(200);
+    assert_eq!(pending.body["status"], "outgoing");
+    let bob_incoming = app
+        .get("/v1/contacts?status=incoming", &bob)
+        .await
+        .expect(200);
+    assert_eq!(bob_incoming.body["contacts"].as_array().unwrap().len(), 0);
+    // Unblock restores messaging.
+    app.patch(&to(&alice), &bob, json!({ "action": "unblock" }))
+        .await
+        .expect(200);
+    app.send(&existing, &alice, "hello again").await;
+
+    app.post(&format!("/v1/contacts/{}", alice.id), &alice, json!({}))
+        .await
+        .expect(422);
+    app.post(
+        "/v1/contacts/00000000-0000-0000-0000-000000000000",
+        &alice,
+        json!({}),
+    )
+    .await
+    .expect(404);
+    app.patch(&to(&bob), &alice, json!({ "action": "hug" }))
+        .await
+        .expect(422);
+}
+
+/// Failed logins are limited per account: the limit answers 429 with
+/// Retry-After (even for the right password), and lifts when the window ends.
+#[tokio::test]
+async fn failed_logins_are_rate_limited_and_released_embedded() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.auth.max_failed_logins_per_account = 3;
+        c.auth.login_window_secs = 2;
+    })
+    .await
+    .unwrap();
+    rate_limit_scenario(&app).await;
+}
+
+/// The same through Redis, so the limit holds across replicas.
+#[tokio::test]
+async fn failed_logins_are_rate_limited_through_redis() {
+    let Some(redis) = testkit::servers::redis_url() else {
+        return;
+    };
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.auth.max_failed_logins_per_account = 3;
+        c.auth.login_window_secs = 2;
+        c.redis.url = Some(redis);
+    })
+    .await
+    .unwrap();
+    rate_limit_scenario(&app).await;
+}
+
+async fn rate_limit_scenario(app: &TestApp) {
+    // A unique name: the Redis keys outlive the test's database.
+    let name = format!("rl{}", &uuid_suffix());
+    let user = app.register(&name).await;
+    for _ in 0..3 {
+        app.login(&name, "wrong-password-x").await.expect(401);
+    }
+    let limited = app.login(&name, &user.password).await.expect(429);
+    assert_eq!(limited.code(), "too_many_requests");
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    tokio::time::sleep(Duration::from_secs(retry) + Duration::from_millis(300)).await;
+    app.login(&name, &user.password).await.expect(200);
+}
+
+fn uuid_suffix() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        .to_string()
+}
+
+both_backends!(audit_log_is_for_admins, audit_scenario);
+async fn audit_scenario(app: TestApp) {
+    let alice = app.register("alice").await;
+    app.login("alice", "wrong-password-x").await.expect(401);
+    app.get("/v1/admin/audit", &alice).await.expect(404);
+}
+
+/// Admins come from configuration and read the audit log.
+#[tokio::test]
+async fn configured_admin_reads_the_audit_log() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.auth.admin_usernames = vec!["root".into()]
+    })
+    .await
+    .unwrap();
+    let root = app.register("root").await;
+    let eve = app.register("eve").await;
+    app.login("eve", "wrong-password-x").await.expect(401);
+    let group = app.group(&root, "ops", &[&eve]).await;
+    app.delete(
+        &format!("/v1/conversations/{group}/members/{}", eve.id),
+        &root,
+    )
+    .await
+    .expect(204);
+    let log = app.get("/v1/admin/audit", &root).await.expect(200);
+    let actions: Vec<&str> = log.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"login.failed"), "{actions:?}");
+    assert!(actions.contains(&"member.removed"), "{actions:?}");
+    assert!(actions.contains(&"user.registered"), "{actions:?}");
+    assert_eq!(actions[0], "member.removed", "newest first: {actions:?}");
+    app.get("/v1/admin/audit", &eve).await.expect(404);
+}
+
+/// JWKS publishes the key that verifies access tokens.
+#[tokio::test]
+async fn jwks_publishes_the_signing_key() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let alice = app.register("alice").await;
+    let jwks = app
+        .call(Method::GET, "/.well-known/jwks.json", None, None)
+        .await
+        .expect(200);
+    let key = &jwks.body["keys"][0];
+    assert_eq!(key["kty"], "OKP");
+    assert_eq!(key["crv"], "Ed25519");
+    let header = alice.access.split('.').next().unwrap();
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["kid"], key["kid"]);
+}

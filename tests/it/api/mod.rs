@@ -1,0 +1,7 @@
+//! The control plane's REST API end to end: each scenario runs against
+//! in-memory SQLite and against a fresh Postgres database.
+
+mod accounts;
+mod conversations;
+mod errors;
+mod messages;
