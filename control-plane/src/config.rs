@@ -53,17 +53,15 @@ pub struct AuthConfig {
     /// PEM file with the Ed25519 key that signs tokens. Unset: a key kept in
     /// the database, generated on first start and shared by all replicas.
     pub signing_key_file: Option<PathBuf>,
-    /// Users who may read the audit log (by username).
-    pub admin_usernames: Vec<String>,
     /// Failed logins allowed per account within the window.
     pub max_failed_logins_per_account: u32,
     /// Failed logins allowed per client address within the window.
     pub max_failed_logins_per_address: u32,
     /// The rate-limit window, seconds.
     pub login_window_secs: u64,
-    /// Header carrying the client address set by the operator's load
-    /// balancer (e.g. `x-forwarded-for`, first entry used). Unset: the TCP
-    /// peer address. Only set this behind a proxy that overwrites it.
+    /// Header carrying the client address appended by the operator's load
+    /// balancer (e.g. `x-forwarded-for`; the rightmost entry is used, since
+    /// earlier ones come from the client). Unset: the TCP peer address.
     pub client_address_header: Option<String>,
 }
 
@@ -77,7 +75,6 @@ impl Default for AuthConfig {
             argon2_parallelism: 1,
             min_password_score: 3,
             signing_key_file: None,
-            admin_usernames: Vec::new(),
             max_failed_logins_per_account: 10,
             max_failed_logins_per_address: 50,
             login_window_secs: 15 * 60,

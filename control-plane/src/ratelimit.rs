@@ -1,18 +1,21 @@
-//! Counting failures per key in fixed windows, to slow down password
+//! Counting attempts per key in fixed windows, to slow down password
 //! guessing. Two implementations behind [`RateLimiter`]: Redis (shared by
 //! every replica, so an attacker cannot spread guesses across them) and an
 //! in-process map (embedded mode, one replica).
 //!
-//! A window starts at the first failure and lasts `window`; once a key has
-//! `limit` failures it is refused until the window ends, and callers answer
-//! 429 with `Retry-After` set to what is left of it.
+//! An attempt is counted *before* the slow password check, atomically with
+//! the limit check, so many guesses sent at once cannot all slip in before
+//! the first failure is recorded. A successful attempt is then forgiven.
+//! A window opens at the first attempt and lasts `window`; attempts past
+//! `limit` within it are refused, and callers answer 429 with `Retry-After`
+//! set to what is left of the window.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::prelude::{Expiration, KeysInterface, SetOptions};
+use fred::interfaces::{KeysInterface, LuaInterface};
 use tokio::time::Instant;
 
 /// Why the limiter could not answer. Callers fail open (and log), so an
@@ -22,16 +25,20 @@ use tokio::time::Instant;
 #[error("rate limiter backend failed")]
 pub struct LimiterError(#[source] pub fred::error::Error);
 
-/// Failure counting per key.
+/// Attempt counting per key.
 #[async_trait]
 pub trait RateLimiter: Send + Sync + 'static {
-    /// If `key` already has `limit` failures in its window, how long until
-    /// the window ends.
-    async fn blocked_for(&self, key: &str, limit: u32) -> Result<Option<Duration>, LimiterError>;
-    /// Counts one failure for `key`, starting a window of `window` if none is
-    /// open. Returns the failures counted in the window so far.
-    async fn record_failure(&self, key: &str, window: Duration) -> Result<u32, LimiterError>;
-    /// Forgets `key` (after a successful login).
+    /// Counts one attempt for `key` (opening a window of `window` if none is
+    /// open). `Some(wait)`: the key is over `limit`; refuse the attempt.
+    async fn hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Option<Duration>, LimiterError>;
+    /// Takes one attempt back (it succeeded).
+    async fn forgive(&self, key: &str) -> Result<(), LimiterError>;
+    /// Forgets `key` entirely.
     async fn reset(&self, key: &str) -> Result<(), LimiterError>;
 }
 
@@ -47,16 +54,12 @@ const SWEEP_ABOVE: usize = 10_000;
 
 #[async_trait]
 impl RateLimiter for MemoryLimiter {
-    async fn blocked_for(&self, key: &str, limit: u32) -> Result<Option<Duration>, LimiterError> {
-        let now = Instant::now();
-        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(match windows.get(key) {
-            Some(&(count, ends)) if ends > now && count >= limit => Some(ends - now),
-            _ => None,
-        })
-    }
-
-    async fn record_failure(&self, key: &str, window: Duration) -> Result<u32, LimiterError> {
+    async fn hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Option<Duration>, LimiterError> {
         let now = Instant::now();
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if windows.len() > SWEEP_ABOVE {
@@ -67,7 +70,15 @@ impl RateLimiter for MemoryLimiter {
             *entry = (0, now + window);
         }
         entry.0 = entry.0.saturating_add(1);
-        Ok(entry.0)
+        Ok((entry.0 > limit).then(|| entry.1 - now))
+    }
+
+    async fn forgive(&self, key: &str) -> Result<(), LimiterError> {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = windows.get_mut(key) {
+            entry.0 = entry.0.saturating_sub(1);
+        }
+        Ok(())
     }
 
     async fn reset(&self, key: &str) -> Result<(), LimiterError> {
@@ -96,40 +107,58 @@ fn redis_key(key: &str) -> String {
     format!("cascade:ratelimit:{key}")
 }
 
+/// Counts and checks in one step, and gives a counter without an expiry
+/// (created by any race) its window, so no key can block forever.
+/// Returns the milliseconds left when over the limit, else -1.
+const HIT_SCRIPT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+if n > tonumber(ARGV[2]) then return ttl end
+return -1
+";
+
+/// Decrements, deleting the key at zero (DECR on a missing key would leave
+/// a negative counter with no expiry).
+const FORGIVE_SCRIPT: &str = r"
+local n = redis.call('DECR', KEYS[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) end
+return n
+";
+
 #[async_trait]
 impl RateLimiter for RedisLimiter {
-    async fn blocked_for(&self, key: &str, limit: u32) -> Result<Option<Duration>, LimiterError> {
-        let key = redis_key(key);
-        let count: Option<u32> = self.client.get(&key).await.map_err(LimiterError)?;
-        if count.unwrap_or(0) < limit {
-            return Ok(None);
-        }
-        let ttl_ms: i64 = self.client.pttl(&key).await.map_err(LimiterError)?;
-        // -1 (no expiry) cannot happen with our writes; treat it as a fresh
-        // second rather than blocking forever.
-        Ok(Some(Duration::from_millis(
-            u64::try_from(ttl_ms).unwrap_or(1000).max(1),
-        )))
-    }
-
-    async fn record_failure(&self, key: &str, window: Duration) -> Result<u32, LimiterError> {
-        let key = redis_key(key);
-        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        // SET NX with an expiry opens the window exactly once; INCR keeps the
-        // expiry. A crash between the two leaves a counter that still expires.
-        let _: Option<String> = self
+    async fn hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Option<Duration>, LimiterError> {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
+        let left: i64 = self
             .client
-            .set(
-                &key,
-                0,
-                Some(Expiration::PX(window_ms)),
-                Some(SetOptions::NX),
-                false,
+            .eval(
+                HIT_SCRIPT,
+                vec![redis_key(key)],
+                vec![window_ms, i64::from(limit)],
             )
             .await
             .map_err(LimiterError)?;
-        let count: i64 = self.client.incr(&key).await.map_err(LimiterError)?;
-        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+        Ok(u64::try_from(left)
+            .ok()
+            .map(|ms| Duration::from_millis(ms.max(1))))
+    }
+
+    async fn forgive(&self, key: &str) -> Result<(), LimiterError> {
+        let _: i64 = self
+            .client
+            .eval(FORGIVE_SCRIPT, vec![redis_key(key)], Vec::<i64>::new())
+            .await
+            .map_err(LimiterError)?;
+        Ok(())
     }
 
     async fn reset(&self, key: &str) -> Result<(), LimiterError> {
@@ -147,34 +176,39 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn memory_limiter_blocks_at_the_limit_and_releases_after_the_window() {
+    async fn memory_limiter_refuses_past_the_limit_and_releases_after_the_window() {
         let limiter = MemoryLimiter::default();
         let window = Duration::from_secs(60);
-        for expected in 1..=3 {
-            assert_eq!(limiter.blocked_for("k", 3).await.unwrap(), None);
-            assert_eq!(limiter.record_failure("k", window).await.unwrap(), expected);
+        for _ in 0..3 {
+            assert_eq!(limiter.hit("k", 3, window).await.unwrap(), None);
         }
-        let blocked = limiter.blocked_for("k", 3).await.unwrap().expect("blocked");
+        let blocked = limiter
+            .hit("k", 3, window)
+            .await
+            .unwrap()
+            .expect("over the limit");
         assert!(blocked <= window && blocked > Duration::from_secs(59));
-        assert_eq!(limiter.blocked_for("other", 3).await.unwrap(), None);
+        assert_eq!(limiter.hit("other", 3, window).await.unwrap(), None);
 
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(limiter.blocked_for("k", 3).await.unwrap(), None);
         assert_eq!(
-            limiter.record_failure("k", window).await.unwrap(),
-            1,
+            limiter.hit("k", 3, window).await.unwrap(),
+            None,
             "a new window"
         );
     }
 
     #[tokio::test]
-    async fn memory_limiter_reset_forgets_the_key() {
+    async fn forgiven_attempts_do_not_count_and_reset_forgets() {
         let limiter = MemoryLimiter::default();
-        limiter
-            .record_failure("k", Duration::from_secs(60))
-            .await
-            .unwrap();
+        let window = Duration::from_secs(60);
+        for _ in 0..5 {
+            assert_eq!(limiter.hit("k", 1, window).await.unwrap(), None);
+            limiter.forgive("k").await.unwrap();
+        }
+        limiter.hit("k", 1, window).await.unwrap();
+        assert!(limiter.hit("k", 1, window).await.unwrap().is_some());
         limiter.reset("k").await.unwrap();
-        assert_eq!(limiter.blocked_for("k", 1).await.unwrap(), None);
+        assert_eq!(limiter.hit("k", 1, window).await.unwrap(), None);
     }
 }

@@ -101,11 +101,33 @@ impl TestApp {
                 Some(db)
             }
         };
+        Some(Self::start(backend, config, database, tweak).await)
+    }
+
+    /// A control plane on a fresh database created on the Postgres server
+    /// at `admin_url` (for benchmarks, which name their server explicitly).
+    pub async fn spawn_on_postgres(
+        admin_url: &str,
+        tweak: impl FnOnce(&mut ControlPlaneConfig),
+    ) -> Self {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut config = ControlPlaneConfig::for_tests();
+        let db = PgTestDatabase::create(admin_url).await;
+        config.database.url = Some(db.url.clone());
+        Self::start(Backend::Postgres, config, Some(db), tweak).await
+    }
+
+    async fn start(
+        backend: Backend,
+        mut config: ControlPlaneConfig,
+        database: Option<PgTestDatabase>,
+        tweak: impl FnOnce(&mut ControlPlaneConfig),
+    ) -> Self {
         tweak(&mut config);
         let server = TestControlPlane::start(config.clone())
             .await
             .expect("control plane starts");
-        Some(TestApp {
+        TestApp {
             server: Some(server),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -114,7 +136,7 @@ impl TestApp {
             backend,
             config,
             _database: database,
-        })
+        }
     }
 
     /// [`TestApp::spawn_with`] with the plain test configuration.

@@ -7,6 +7,7 @@
 //! - [`app`]: `TestApp`, a control plane on a fresh database (in-memory
 //!   SQLite, or a Postgres database made for the test) with typed API
 //!   helpers, and `both_backends!` to run one scenario on both.
+//! - [`bench`]: the load generators behind `cascade bench`.
 //! - [`promtool`]: finds Prometheus' `promtool` to check `/metrics` output.
 //!
 //! Architecture invariant: testkit drives services only through their
@@ -14,6 +15,7 @@
 //! production code.
 
 pub mod app;
+pub mod bench;
 pub mod control_plane;
 pub mod servers;
 

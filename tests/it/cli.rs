@@ -182,3 +182,80 @@ async fn sigterm_stops_a_serving_control_plane_with_exit_0_within_5s() {
         "the port is closed after exit"
     );
 }
+
+/// Site administration is granted by the operator on an existing account
+/// (`cascade admin grant`), and lets that user read the audit log.
+#[tokio::test]
+async fn operator_grants_admin_who_then_reads_the_audit_log() {
+    let dir = std::env::temp_dir().join(format!("cascade-admin-{}", std::process::id()));
+    let data_dir = dir.to_str().unwrap().to_owned();
+    let env = [("CASCADE_CONTROL_PLANE__DATA_DIR", data_dir.as_str())];
+    let (mut child, addr) = start_control_plane(&env);
+    let http = reqwest::Client::new();
+    let register = |name: &str| {
+        let body = serde_json::json!({
+            "username": name, "email": format!("{name}@example.com"), "password": "plum-ferry-quartz-91"
+        });
+        let request = http
+            .post(format!("http://{addr}/v1/auth/register"))
+            .json(&body);
+        async move {
+            let reply: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            reply["tokens"]["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let root = register("root").await;
+    let eve = register("eve").await;
+    let failed = http
+        .post(format!("http://{addr}/v1/auth/login"))
+        .json(&serde_json::json!({ "login": "eve", "password": "my-password-typed-here" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 401);
+    let audit = |token: &str| {
+        http.get(format!("http://{addr}/v1/admin/audit"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(
+        audit(&root).await.unwrap().status(),
+        404,
+        "not an admin yet"
+    );
+
+    let granted = run(&["admin", "grant", "root"], &env);
+    assert!(granted.status.success(), "{}", stderr(&granted));
+    assert!(String::from_utf8_lossy(&granted.stdout).contains("root is now a site administrator"));
+    let unknown = run(&["admin", "grant", "nobody"], &env);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("no user named \"nobody\""),
+        "{}",
+        stderr(&unknown)
+    );
+
+    let log: serde_json::Value = audit(&root).await.unwrap().json().await.unwrap();
+    let entries = log["entries"].as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions[0], "login.failed", "newest first: {actions:?}");
+    assert!(actions.contains(&"user.registered"), "{actions:?}");
+    assert!(
+        !log.to_string().contains("my-password-typed-here"),
+        "nothing typed into the login form is stored: {log}"
+    );
+    assert_eq!(audit(&eve).await.unwrap().status(), 404);
+
+    assert!(run(&["admin", "revoke", "root"], &env).status.success());
+    assert_eq!(audit(&root).await.unwrap().status(), 404, "revoked");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -9,6 +9,9 @@ CREATE TABLE users (
     email         TEXT NOT NULL UNIQUE,
     password_hash TEXT NOT NULL,
     display_name  TEXT NOT NULL,
+    -- display_name lower-cased in Rust (full Unicode, same on both
+    -- backends), for prefix search.
+    search_name   TEXT NOT NULL,
     status_text   TEXT NOT NULL DEFAULT '',
     avatar_url    TEXT,
     is_admin      BOOLEAN NOT NULL DEFAULT FALSE,
@@ -17,7 +20,7 @@ CREATE TABLE users (
 );
 -- Prefix search on username and display name.
 CREATE INDEX users_username_prefix ON users (username text_pattern_ops);
-CREATE INDEX users_display_name_prefix ON users (lower(display_name) text_pattern_ops);
+CREATE INDEX users_search_name_prefix ON users (search_name text_pattern_ops);
 
 -- One row per refresh token. A family is one login; every refresh rotates
 -- the token within the family. Presenting a rotated token again revokes the
@@ -38,9 +41,11 @@ CREATE INDEX sessions_family ON sessions (family_id);
 CREATE INDEX sessions_user ON sessions (user_id);
 
 -- Token signing keys, shared by every replica through the database unless
--- the operator configures a key file.
+-- the operator configures a key file. One row per purpose: the first
+-- replica to insert wins and every replica reads the same row.
 CREATE TABLE signing_keys (
-    kid           TEXT PRIMARY KEY,
+    purpose       TEXT PRIMARY KEY,
+    kid           TEXT NOT NULL,
     private_pkcs8 BYTEA NOT NULL,
     public_key    BYTEA NOT NULL,
     created_at    TIMESTAMPTZ NOT NULL

@@ -136,16 +136,6 @@ impl AppState {
         )
     }
 
-    /// Grants site administration to users named in the configuration.
-    async fn apply_admin_config(&self, user: &mut User) -> Result<(), ApiError> {
-        let configured = self.config.auth.admin_usernames.contains(&user.username);
-        if configured && !user.is_admin {
-            self.store.set_admin(&user.username, true).await?;
-            user.is_admin = true;
-        }
-        Ok(())
-    }
-
     /// The caller's user row; a token for a deleted account is a 401.
     pub async fn caller_user(&self, caller: Caller) -> Result<User, ApiError> {
         self.store
@@ -154,46 +144,88 @@ impl AppState {
             .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))
     }
 
-    /// How long `keys` must wait, if any of them is over its limit. Fails
-    /// open (counted and logged) when the limiter's backend is down.
-    async fn login_blocked(&self, keys: &[(String, u32)]) -> Option<Duration> {
-        let mut longest: Option<Duration> = None;
-        for (key, limit) in keys {
-            match self.limiter.blocked_for(key, *limit).await {
-                Ok(Some(wait)) => longest = Some(longest.map_or(wait, |l| l.max(wait))),
-                Ok(None) => {}
-                Err(error) => {
-                    self.limiter_errors.inc();
-                    tracing::warn!(%error, "rate limiter unavailable; not limiting");
-                }
-            }
-        }
-        longest
-    }
-
-    async fn record_login_failure(&self, keys: &[(String, u32)]) {
-        let window = Duration::from_secs(self.config.auth.login_window_secs);
-        for (key, _) in keys {
-            if let Err(error) = self.limiter.record_failure(key, window).await {
-                self.limiter_errors.inc();
-                tracing::warn!(%error, "rate limiter unavailable; failure not counted");
-            }
-        }
-    }
-
-    fn login_keys(&self, login: &str, ip: Option<std::net::IpAddr>) -> Vec<(String, u32)> {
+    /// Counts a login attempt against every key; `Err(429)` if any is over
+    /// its limit. Counted before the password check, so parallel guesses
+    /// cannot all get in before the first failure is recorded. Fails open
+    /// (counted and logged) when the limiter's backend is down.
+    async fn count_attempt(&self, keys: &LoginKeys) -> Result<(), ApiError> {
         let auth = &self.config.auth;
-        let mut keys = vec![(
-            format!("login:account:{login}"),
-            auth.max_failed_logins_per_account,
-        )];
-        if let Some(ip) = ip {
-            keys.push((
-                format!("login:address:{ip}"),
-                auth.max_failed_logins_per_address,
-            ));
+        let window = Duration::from_secs(auth.login_window_secs);
+        let mut wait: Option<Duration> = None;
+        let limits = [
+            Some((&keys.account, auth.max_failed_logins_per_account)),
+            keys.address
+                .as_ref()
+                .map(|a| (a, auth.max_failed_logins_per_address)),
+        ];
+        for (key, limit) in limits.into_iter().flatten() {
+            match self.limiter.hit(key, limit, window).await {
+                Ok(Some(w)) => wait = Some(wait.map_or(w, |l| l.max(w))),
+                Ok(None) => {}
+                Err(error) => self.limiter_failed(&error),
+            }
         }
-        keys
+        match wait {
+            Some(wait) => Err(ApiError::too_many_requests(wait)),
+            None => Ok(()),
+        }
+    }
+
+    /// A successful attempt: the account's counter starts over; the address
+    /// only gets this attempt back (one good password must not reopen
+    /// guessing at other accounts from there).
+    async fn attempt_succeeded(&self, keys: &LoginKeys) {
+        if let Err(error) = self.limiter.reset(&keys.account).await {
+            self.limiter_failed(&error);
+        }
+        if let Some(address) = &keys.address
+            && let Err(error) = self.limiter.forgive(address).await
+        {
+            self.limiter_failed(&error);
+        }
+    }
+
+    fn limiter_failed(&self, error: &crate::ratelimit::LimiterError) {
+        self.limiter_errors.inc();
+        tracing::warn!(%error, "rate limiter unavailable; not limiting");
+    }
+}
+
+/// The rate-limit keys of one login attempt.
+struct LoginKeys {
+    /// Per account: its id if it exists, else a digest of the login text
+    /// (bounded size; and once the account exists, guesses at `alice` and
+    /// `alice@example.com` land on one counter).
+    account: String,
+    /// Per client address; IPv6 by /64, since one host usually owns a /64.
+    address: Option<String>,
+}
+
+impl LoginKeys {
+    fn new(user: Option<&User>, login: &str, ip: Option<std::net::IpAddr>) -> Self {
+        let account = match user {
+            Some(user) => format!("login:account:{}", user.id),
+            None => {
+                let digest =
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, login.as_bytes());
+                let hex: String = digest.as_ref()[..16]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("login:unknown:{hex}")
+            }
+        };
+        let address = ip.map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => format!("login:address:{v4}"),
+            std::net::IpAddr::V6(v6) => {
+                let s = v6.segments();
+                format!(
+                    "login:address:{:x}:{:x}:{:x}:{:x}::/64",
+                    s[0], s[1], s[2], s[3]
+                )
+            }
+        });
+        LoginKeys { account, address }
     }
 }
 
@@ -234,7 +266,7 @@ pub async fn register(
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let now = now();
-    let mut user = User {
+    let user = User {
         id: Uuid::now_v7(),
         username,
         email,
@@ -262,7 +294,6 @@ pub async fn register(
         }
         Err(e) => return Err(e.into()),
     }
-    state.apply_admin_config(&mut user).await?;
     let tokens = state.open_session(&user, ip, user_agent(&headers)).await?;
     state
         .audit(
@@ -298,24 +329,27 @@ pub async fn login(
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<Session>, ApiError> {
     let login = body.login.trim().to_lowercase();
-    let keys = state.login_keys(&login, ip);
-    if let Some(wait) = state.login_blocked(&keys).await {
-        state
-            .audit(
-                None,
-                "login.rate_limited",
-                None,
-                ip,
-                serde_json::json!({ "login": login }),
-            )
-            .await;
-        return Err(ApiError::too_many_requests(wait));
-    }
-    let found = if login.is_empty() || login.len() > MAX_EMAIL_LEN {
+    // Postgres refuses NUL in text; such a login names no account.
+    let found = if login.is_empty() || login.len() > MAX_EMAIL_LEN || login.contains('\0') {
         None
     } else {
         state.store.user_by_login(&login).await?
     };
+    let keys = LoginKeys::new(found.as_ref(), &login, ip);
+    let target = || found.as_ref().map(|u| ("user", u.id.to_string()));
+    if let Err(limited) = state.count_attempt(&keys).await {
+        // The login text is not recorded: people type passwords into it.
+        state
+            .audit(
+                None,
+                "login.rate_limited",
+                target(),
+                ip,
+                serde_json::json!({}),
+            )
+            .await;
+        return Err(limited);
+    }
     let verified = state
         .passwords
         .verify(
@@ -323,16 +357,9 @@ pub async fn login(
             found.as_ref().map(|u| u.password_hash.as_str()),
         )
         .await;
-    let Some(mut user) = found.filter(|_| verified) else {
-        state.record_login_failure(&keys).await;
+    let Some(user) = found.as_ref().filter(|_| verified).cloned() else {
         state
-            .audit(
-                None,
-                "login.failed",
-                None,
-                ip,
-                serde_json::json!({ "login": login }),
-            )
+            .audit(None, "login.failed", target(), ip, serde_json::json!({}))
             .await;
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -340,13 +367,7 @@ pub async fn login(
             "wrong login or password",
         ));
     };
-    // A successful login clears the account's counter (not the address's:
-    // one good password must not unlock guessing at other accounts).
-    if let Err(error) = state.limiter.reset(&keys[0].0).await {
-        state.limiter_errors.inc();
-        tracing::warn!(%error, "rate limiter unavailable; counter not reset");
-    }
-    state.apply_admin_config(&mut user).await?;
+    state.attempt_succeeded(&keys).await;
     let tokens = state.open_session(&user, ip, user_agent(&headers)).await?;
     state
         .audit(
@@ -427,7 +448,8 @@ pub async fn refresh(
 }
 
 /// Revoke this login's refresh tokens (or every login with `?all=true`).
-/// Access tokens already issued stay valid until they expire (15 min).
+/// Access tokens already issued stay valid until they expire
+/// (`access_token_ttl_secs`, 15 minutes by default).
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
     params(LogoutQuery),
     responses((status = 204, description = "Logged out"), (status = 401, body = ErrorBody)),
@@ -478,22 +500,20 @@ pub async fn change_password(
 ) -> Result<StatusCode, ApiError> {
     let user = state.caller_user(caller).await?;
     // Guessing the current password here counts like failed logins.
-    let keys = state.login_keys(&user.username, ip);
-    if let Some(wait) = state.login_blocked(&keys).await {
-        return Err(ApiError::too_many_requests(wait));
-    }
+    let keys = LoginKeys::new(Some(&user), &user.username, ip);
+    state.count_attempt(&keys).await?;
     if !state
         .passwords
         .verify(&body.current_password, Some(&user.password_hash))
         .await
     {
-        state.record_login_failure(&keys).await;
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "invalid_credentials",
             "the current password is wrong",
         ));
     }
+    state.attempt_succeeded(&keys).await;
     state
         .passwords
         .check_policy(
@@ -579,7 +599,7 @@ pub async fn search_users(
     ApiQuery(query): ApiQuery<SearchQuery>,
 ) -> Result<Json<UserList>, ApiError> {
     let q = query.q.trim().to_lowercase();
-    if q.chars().count() < 2 || q.chars().count() > 64 {
+    if q.chars().count() < 2 || q.chars().count() > 64 || q.contains('\0') {
         return Err(ApiError::invalid(
             "query_too_short",
             "search needs 2-64 characters",

@@ -1,9 +1,14 @@
 //! Contacts: requests, acceptance, blocks.
 //!
 //! Each relationship is stored as two rows, one per side. A block is one
-//! sided: the blocker sees `blocked`, the blocked user's row disappears (so
-//! they learn nothing), and a request from them is accepted silently but
-//! never reaches the blocker.
+//! sided: the blocker sees `blocked`, the blocked user's row disappears, and
+//! a contact request from them is accepted silently but never reaches the
+//! blocker. (Starting a direct conversation or posting in one answers 403
+//! `blocked`, which does tell them: a silent failure there would lose
+//! messages the sender believes were delivered.)
+//!
+//! Every change is a compare-and-set on both rows, retried on a stale read,
+//! so concurrent requests cannot undo a block.
 
 use axum::Json;
 use uuid::Uuid;
@@ -54,27 +59,58 @@ pub async fn request(
 ) -> Result<Json<ContactState>, ApiError> {
     let me = caller.user_id;
     check_other(&state, me, other).await?;
-    let mine = state.store.contact(me, other).await?;
-    let theirs = state.store.contact(other, me).await?;
-    let (my_view, their_view) = match (mine, theirs) {
-        (Some(Blocked), _) => {
-            return Err(ApiError::conflict(
-                "blocked",
-                "you blocked this user; unblock them first",
-            ));
-        }
-        (Some(Accepted), _) => return Ok(Json(ContactState::new(other, Some(Accepted)))),
-        // They blocked me: look like a pending request, reach nobody.
-        (_, Some(Blocked)) => (Some(Outgoing), Some(Blocked)),
-        (Some(Incoming), _) => (Some(Accepted), Some(Accepted)),
-        _ => (Some(Outgoing), Some(Incoming)),
-    };
-    state
-        .store
-        .set_contact_pair(me, other, my_view, their_view, now())
-        .await?;
-    Ok(Json(ContactState::new(other, my_view)))
+    let view = change(&state, me, other, |mine, theirs| {
+        Ok(match (mine, theirs) {
+            (Some(Blocked), _) => {
+                return Err(ApiError::conflict(
+                    "blocked",
+                    "you blocked this user; unblock them first",
+                ));
+            }
+            (Some(Accepted), _) => (mine, theirs),
+            // They blocked me: look like a pending request, reach nobody.
+            (_, Some(Blocked)) => (Some(Outgoing), Some(Blocked)),
+            (Some(Incoming), _) => (Some(Accepted), Some(Accepted)),
+            _ => (Some(Outgoing), Some(Incoming)),
+        })
+    })
+    .await?;
+    Ok(Json(ContactState::new(other, view)))
 }
+
+/// How often a change is retried when the relationship changed between
+/// reading and writing it.
+const ATTEMPTS: usize = 5;
+
+/// Reads both sides, lets `decide` choose the new views, and writes them
+/// if nothing changed meanwhile. Returns the caller's new view.
+async fn change(
+    state: &AppState,
+    me: Uuid,
+    other: Uuid,
+    decide: impl Fn(Option<ContactStatus>, Option<ContactStatus>) -> Result<Views, ApiError>,
+) -> Result<Option<ContactStatus>, ApiError> {
+    for _ in 0..ATTEMPTS {
+        let mine = state.store.contact(me, other).await?;
+        let theirs = state.store.contact(other, me).await?;
+        let views = decide(mine, theirs)?;
+        if views == (mine, theirs)
+            || state
+                .store
+                .set_contact_pair(me, other, (mine, theirs), views, now())
+                .await?
+        {
+            return Ok(views.0);
+        }
+    }
+    Err(ApiError::conflict(
+        "concurrent_update",
+        "the relationship kept changing; try again",
+    ))
+}
+
+/// The (caller's, other's) views of a relationship.
+type Views = (Option<ContactStatus>, Option<ContactStatus>);
 
 /// Accept, decline, block, unblock or remove.
 #[utoipa::path(patch, path = "/v1/contacts/{user_id}", tag = "contacts",
@@ -93,44 +129,41 @@ pub async fn update(
 ) -> Result<Json<ContactState>, ApiError> {
     let me = caller.user_id;
     check_other(&state, me, other).await?;
-    let mine = state.store.contact(me, other).await?;
-    let theirs = state.store.contact(other, me).await?;
-    // The new (mine, theirs) views.
-    let (my_view, their_view) = match body.action.as_str() {
-        "accept" => match mine {
-            Some(Incoming) => (Some(Accepted), Some(Accepted)),
-            Some(Accepted) => (mine, theirs),
-            _ => return Err(ApiError::not_found("no contact request from this user")),
-        },
-        "decline" => match mine {
-            Some(Incoming) => (None, keep_block(theirs)),
-            _ => return Err(ApiError::not_found("no contact request from this user")),
-        },
-        "remove" => match mine {
-            Some(Blocked) | None => (mine, theirs),
-            _ => (None, keep_block(theirs)),
-        },
-        // Blocking drops any relationship; their side vanishes unless they
-        // blocked me too.
-        "block" => (Some(Blocked), keep_block(theirs)),
-        "unblock" => match mine {
-            Some(Blocked) => (None, keep_block(theirs)),
-            _ => (mine, theirs),
-        },
-        other => {
-            return Err(ApiError::invalid(
-                "invalid_action",
-                format!("unknown action {other:?}; use accept, decline, block, unblock or remove"),
-            ));
-        }
-    };
-    if (my_view, their_view) != (mine, theirs) {
-        state
-            .store
-            .set_contact_pair(me, other, my_view, their_view, now())
-            .await?;
+    let action = body.action.as_str();
+    if !["accept", "decline", "remove", "block", "unblock"].contains(&action) {
+        return Err(ApiError::invalid(
+            "invalid_action",
+            format!("unknown action {action:?}; use accept, decline, block, unblock or remove"),
+        ));
     }
-    Ok(Json(ContactState::new(other, my_view)))
+    let view = change(&state, me, other, |mine, theirs| {
+        let no_request = || ApiError::not_found("no contact request from this user");
+        Ok(match action {
+            "accept" => match mine {
+                Some(Incoming) => (Some(Accepted), Some(Accepted)),
+                Some(Accepted) => (mine, theirs),
+                _ => return Err(no_request()),
+            },
+            "decline" => match mine {
+                Some(Incoming) => (None, keep_block(theirs)),
+                _ => return Err(no_request()),
+            },
+            "remove" => match mine {
+                Some(Blocked) | None => (mine, theirs),
+                _ => (None, keep_block(theirs)),
+            },
+            // Blocking drops any relationship; their side vanishes unless
+            // they blocked me too.
+            "block" => (Some(Blocked), keep_block(theirs)),
+            // "unblock"
+            _ => match mine {
+                Some(Blocked) => (None, keep_block(theirs)),
+                _ => (mine, theirs),
+            },
+        })
+    })
+    .await?;
+    Ok(Json(ContactState::new(other, view)))
 }
 
 /// The other side keeps only a block of its own.

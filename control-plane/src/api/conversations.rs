@@ -14,7 +14,7 @@ use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, ClientAddr, now};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::{ActivityCursor, Conversation, ConversationKind, Member, Role, StoreError};
 
-/// Default and largest page size.
+/// Page size when `limit` is absent.
 pub const DEFAULT_LIMIT: i64 = 50;
 /// Largest page size (`shared/api.md`).
 pub const MAX_LIMIT: i64 = 100;
@@ -83,10 +83,19 @@ impl AppState {
         Ok(ConversationView::new(&summary, Some(&members)))
     }
 
-    async fn existing_users(&self, ids: &[Uuid]) -> Result<(), ApiError> {
+    /// Checks that `ids` exist and that none of them blocked `adder` (or
+    /// was blocked by them): a group must not become a way around a block.
+    async fn addable_users(&self, adder: Uuid, ids: &[Uuid]) -> Result<(), ApiError> {
         for id in ids {
             if self.store.user(*id).await?.is_none() {
                 return Err(ApiError::invalid("unknown_user", format!("no user {id}")));
+            }
+            if self.blocked_between(adder, *id).await? {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "blocked",
+                    format!("you cannot add user {id}"),
+                ));
             }
         }
         Ok(())
@@ -202,7 +211,7 @@ pub async fn create(
                     ),
                 ));
             }
-            state.existing_users(&members).await?;
+            state.addable_users(me, &members).await?;
             let conversation = Conversation {
                 id: Uuid::now_v7(),
                 kind: ConversationKind::Group,
@@ -322,7 +331,7 @@ pub async fn add_members(
             format!("add 1-{MAX_LIMIT} users at a time"),
         ));
     }
-    state.existing_users(&body.user_ids).await?;
+    state.addable_users(caller.user_id, &body.user_ids).await?;
     let max = i64::from(state.config.limits.max_group_members);
     let added = match state
         .store
@@ -378,8 +387,16 @@ pub async fn remove_member(
         };
         require(&me, allowed, &format!("remove a {}", target.role))?;
     }
-    if !state.store.remove_member(conversation_id, user_id).await? {
-        return Err(ApiError::not_found("not a member"));
+    match state.store.remove_member(conversation_id, user_id).await {
+        Ok(true) => {}
+        Ok(false) => return Err(ApiError::not_found("not a member")),
+        Err(StoreError::Conflict(_)) => {
+            return Err(ApiError::conflict(
+                "concurrent_update",
+                "membership changed meanwhile; try again",
+            ));
+        }
+        Err(e) => return Err(e.into()),
     }
     let action = if user_id == caller.user_id {
         "member.left"

@@ -30,6 +30,13 @@ fn check_body(state: &AppState, body: &str) -> Result<(), ApiError> {
             "a message needs some text",
         ));
     }
+    // Newlines and tabs are text; NUL is not (and Postgres refuses it).
+    if body.contains('\0') {
+        return Err(ApiError::invalid(
+            "invalid_message",
+            "a message cannot contain NUL characters",
+        ));
+    }
     if body.chars().count() > max {
         return Err(ApiError::invalid(
             "message_too_long",
@@ -39,14 +46,18 @@ fn check_body(state: &AppState, body: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// An emoji (or emoji sequence): short, no letters, digits, spaces or
-/// control characters.
+/// An emoji (or emoji sequence): short, with no letters, spaces or control
+/// characters. Digits are allowed inside keycaps (`1️⃣`), but a plain
+/// number is refused.
 fn check_emoji(emoji: &str) -> Result<(), ApiError> {
     let chars = emoji.chars().count();
     let plausible = (1..=MAX_EMOJI_CHARS).contains(&chars)
         && !emoji
             .chars()
-            .any(|c| c.is_ascii_alphanumeric() || c.is_whitespace() || c.is_control());
+            .all(|c| c.is_ascii_digit() || c == '#' || c == '*')
+        && !emoji
+            .chars()
+            .any(|c| c.is_alphabetic() || c.is_whitespace() || c.is_control());
     if !plausible {
         return Err(ApiError::invalid(
             "invalid_emoji",
@@ -267,11 +278,14 @@ pub async fn edit(
     ApiPath((conversation_id, message_id)): ApiPath<(Uuid, Uuid)>,
     ApiJson(body): ApiJson<EditMessage>,
 ) -> Result<Json<MessageView>, ApiError> {
-    state.member_of(conversation_id, caller.user_id).await?;
+    let (conversation, _) = state.member_of(conversation_id, caller.user_id).await?;
     let message = state.message_in(conversation_id, message_id).await?;
     if message.author_id != Some(caller.user_id) {
         return Err(ApiError::forbidden("only the author can edit a message"));
     }
+    state
+        .check_not_blocked(&conversation, caller.user_id)
+        .await?;
     if message.deleted_at.is_some() {
         return Err(ApiError::conflict(
             "message_deleted",
@@ -318,7 +332,7 @@ pub async fn add_reaction(
     caller: Caller,
     ApiPath((conversation_id, message_id, emoji)): ApiPath<(Uuid, Uuid, String)>,
 ) -> Result<Json<MessageView>, ApiError> {
-    state.member_of(conversation_id, caller.user_id).await?;
+    let (conversation, _) = state.member_of(conversation_id, caller.user_id).await?;
     check_emoji(&emoji)?;
     let message = state.message_in(conversation_id, message_id).await?;
     if message.deleted_at.is_some() {
@@ -327,6 +341,9 @@ pub async fn add_reaction(
             "a deleted message cannot get reactions",
         ));
     }
+    state
+        .check_not_blocked(&conversation, caller.user_id)
+        .await?;
     state
         .store
         .add_reaction(message_id, caller.user_id, &emoji, now())
@@ -344,6 +361,7 @@ pub async fn remove_reaction(
     ApiPath((conversation_id, message_id, emoji)): ApiPath<(Uuid, Uuid, String)>,
 ) -> Result<Json<MessageView>, ApiError> {
     state.member_of(conversation_id, caller.user_id).await?;
+    check_emoji(&emoji)?;
     let message = state.message_in(conversation_id, message_id).await?;
     state
         .store
@@ -378,10 +396,10 @@ mod tests {
 
     #[test]
     fn emoji_are_short_and_not_words() {
-        for ok in ["👍", "❤️", "👨‍👩‍👧‍👦", "🎉"] {
+        for ok in ["👍", "❤️", "👨‍👩‍👧‍👦", "🎉", "1️⃣"] {
             assert!(check_emoji(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "like", "👍 ", "a👍", &"👍".repeat(17)] {
+        for bad in ["", "like", "ЖЖ", "42", "👍 ", "a👍", "\0", &"👍".repeat(17)] {
             assert!(check_emoji(bad).is_err(), "{bad:?}");
         }
     }

@@ -180,12 +180,16 @@ impl FromRequestParts<AppState> for ClientAddr {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         if let Some(name) = &state.config.auth.client_address_header {
+            // The rightmost entry is the one our load balancer appended; the
+            // ones before it came from the client and prove nothing.
             let forwarded = parts
                 .headers
-                .get(name.as_str())
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|first| first.trim().parse::<IpAddr>().ok());
+                .get_all(name.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .next_back()
+                .and_then(|last| last.trim().parse::<IpAddr>().ok());
             if forwarded.is_some() {
                 return Ok(ClientAddr(forwarded));
             }

@@ -3,8 +3,11 @@
 //! Hashing costs tens of milliseconds of CPU by design, so it runs on the
 //! blocking pool, never on the async workers that serve other requests.
 
+use std::sync::Arc;
+
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::Semaphore;
 
 use crate::config::AuthConfig;
 
@@ -17,6 +20,10 @@ pub struct Passwords {
     /// an unknown account, so response time does not reveal which accounts
     /// exist.
     decoy: String,
+    /// Hashes running at once. Each one holds `argon2_memory_kib` of memory,
+    /// so an unauthenticated login flood must queue here rather than run
+    /// hundreds of hashes on the blocking pool at once.
+    permits: Arc<Semaphore>,
 }
 
 /// Why a password could not be hashed.
@@ -45,10 +52,12 @@ impl Passwords {
             None,
         )
         .map_err(|e| PasswordError::Hash(e.to_string()))?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut passwords = Passwords {
             params,
             min_score: config.min_password_score,
             decoy: String::new(),
+            permits: Arc::new(Semaphore::new(cores.max(2))),
         };
         passwords.decoy = passwords.hash_blocking("decoy password that nobody has")?;
         Ok(passwords)
@@ -67,6 +76,11 @@ impl Passwords {
 
     /// The PHC string (`$argon2id$v=19$m=...`) of `password`, with a fresh salt.
     pub async fn hash(&self, password: &str) -> Result<String, PasswordError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PasswordError::Interrupted)?;
         let this = self.clone();
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || this.hash_blocking(&password))
@@ -77,6 +91,9 @@ impl Passwords {
     /// Whether `password` matches `phc` (`None`: check against the decoy and
     /// return false, taking the same time as a real check).
     pub async fn verify(&self, password: &str, phc: Option<&str>) -> bool {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return false;
+        };
         let hasher = self.hasher();
         let known = phc.is_some();
         let phc = phc.unwrap_or(&self.decoy).to_owned();

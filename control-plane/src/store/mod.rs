@@ -92,8 +92,6 @@ pub trait Store: Send + Sync + 'static {
         next: &Session,
         now: OffsetDateTime,
     ) -> StoreResult<Rotation>;
-    /// The live session holding this token hash, if any.
-    async fn session_by_token(&self, hash: &[u8]) -> StoreResult<Option<Session>>;
     /// Revokes every token of a family (one login). Returns how many were live.
     async fn revoke_family(&self, family_id: Uuid, now: OffsetDateTime) -> StoreResult<u64>;
     /// Revokes every session of a user except (optionally) one family.
@@ -112,16 +110,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// `owner`'s view of their relationship with `other`.
     async fn contact(&self, owner: Uuid, other: Uuid) -> StoreResult<Option<ContactStatus>>;
-    /// Sets both sides of a relationship in one transaction (`None` deletes
-    /// that side's row).
+    /// Sets both sides of a relationship (`None` deletes that side's row),
+    /// provided both sides still are `expected`: a compare-and-set, so a
+    /// decision made on a stale read is refused (`Ok(false)`) rather than
+    /// undoing a concurrent change such as a block.
     async fn set_contact_pair(
         &self,
         a: Uuid,
         b: Uuid,
-        a_view: Option<ContactStatus>,
-        b_view: Option<ContactStatus>,
+        expected: (Option<ContactStatus>, Option<ContactStatus>),
+        views: (Option<ContactStatus>, Option<ContactStatus>),
         now: OffsetDateTime,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<bool>;
     /// `owner`'s relationships, optionally of one status, with the other user.
     async fn contacts(
         &self,

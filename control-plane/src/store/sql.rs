@@ -158,6 +158,13 @@ struct MemberRow {
     user: User,
 }
 
+/// The form of a display name that search matches: lower-cased with
+/// Unicode rules in Rust, so both backends agree (SQLite's `lower()` only
+/// folds ASCII).
+fn search_name(display_name: &str) -> String {
+    display_name.to_lowercase()
+}
+
 /// Microseconds since the Unix epoch: the integer form of activity times.
 pub fn unix_micros(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
@@ -181,8 +188,8 @@ macro_rules! sql_store {
             async fn create_user(&self, user: &User) -> StoreResult<()> {
                 let result = sqlx::query(
                     "INSERT INTO users (id, username, email, password_hash, display_name, \
-                     status_text, avatar_url, is_admin, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     status_text, avatar_url, is_admin, created_at, updated_at, search_name) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(user.id)
                 .bind(&user.username)
@@ -194,6 +201,7 @@ macro_rules! sql_store {
                 .bind(user.is_admin)
                 .bind(user.created_at)
                 .bind(user.updated_at)
+                .bind(search_name(&user.display_name))
                 .execute(&self.pool)
                 .await;
                 match result {
@@ -237,7 +245,7 @@ macro_rules! sql_store {
                     "SELECT ",
                     user_cols!(),
                     " FROM users WHERE username LIKE $1 ESCAPE '\\' \
-                       OR lower(display_name) LIKE $1 ESCAPE '\\' \
+                       OR search_name LIKE $1 ESCAPE '\\' \
                      ORDER BY username LIMIT $2"
                 ))
                 .bind(pattern)
@@ -254,7 +262,7 @@ macro_rules! sql_store {
             ) -> StoreResult<User> {
                 sqlx::query_as::<_, User>(concat!(
                     "UPDATE users SET display_name = $2, status_text = $3, avatar_url = $4, \
-                     updated_at = $5 WHERE id = $1 RETURNING ",
+                     updated_at = $5, search_name = $6 WHERE id = $1 RETURNING ",
                     user_cols!()
                 ))
                 .bind(id)
@@ -262,6 +270,7 @@ macro_rules! sql_store {
                 .bind(&profile.status_text)
                 .bind(&profile.avatar_url)
                 .bind(now)
+                .bind(search_name(&profile.display_name))
                 .fetch_optional(&self.pool)
                 .await?
                 .ok_or(StoreError::NotFound)
@@ -393,26 +402,26 @@ macro_rules! sql_store {
                 }
             }
 
-            async fn session_by_token(&self, hash: &[u8]) -> StoreResult<Option<Session>> {
-                Ok(sqlx::query_as::<_, Session>(concat!(
-                    "SELECT ",
-                    session_cols!(),
-                    " FROM sessions WHERE token_hash = $1"
-                ))
-                .bind(hash)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
-
             async fn revoke_family(&self, family_id: Uuid, now: OffsetDateTime) -> StoreResult<u64> {
-                let done = sqlx::query(
-                    "UPDATE sessions SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
-                )
-                .bind(family_id)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
-                Ok(done.rows_affected())
+                // A rotation racing with this revocation may commit a new
+                // token that the first UPDATE's snapshot cannot see; repeat
+                // until a pass finds nothing (rotations only claim tokens that
+                // are not revoked, so this converges in a pass or two).
+                let mut revoked = 0;
+                for _ in 0..8 {
+                    let done = sqlx::query(
+                        "UPDATE sessions SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL",
+                    )
+                    .bind(family_id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        break;
+                    }
+                    revoked += done.rows_affected();
+                }
+                Ok(revoked)
             }
 
             async fn revoke_user_sessions(
@@ -435,17 +444,11 @@ macro_rules! sql_store {
             }
 
             async fn signing_key(&self, candidate: &SigningKeyRecord) -> StoreResult<SigningKeyRecord> {
-                const OLDEST: &str = "SELECT kid, private_pkcs8, public_key, created_at \
-                     FROM signing_keys ORDER BY created_at, kid LIMIT 1";
-                if let Some(key) = sqlx::query_as::<_, SigningKeyRecord>(OLDEST)
-                    .fetch_optional(&self.pool)
-                    .await?
-                {
-                    return Ok(key);
-                }
+                // One row per purpose: whichever replica inserts first wins,
+                // and every replica then reads that same row.
                 sqlx::query(
-                    "INSERT INTO signing_keys (kid, private_pkcs8, public_key, created_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (kid) DO NOTHING",
+                    "INSERT INTO signing_keys (purpose, kid, private_pkcs8, public_key, created_at) \
+                     VALUES ('access', $1, $2, $3, $4) ON CONFLICT (purpose) DO NOTHING",
                 )
                 .bind(&candidate.kid)
                 .bind(&candidate.private_pkcs8)
@@ -453,12 +456,13 @@ macro_rules! sql_store {
                 .bind(candidate.created_at)
                 .execute(&self.pool)
                 .await?;
-                // Replicas racing here each insert a key; all of them then
-                // pick the same (oldest) one.
-                sqlx::query_as::<_, SigningKeyRecord>(OLDEST)
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .ok_or(StoreError::NotFound)
+                sqlx::query_as::<_, SigningKeyRecord>(
+                    "SELECT kid, private_pkcs8, public_key, created_at \
+                     FROM signing_keys WHERE purpose = 'access'",
+                )
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)
             }
 
             async fn contact(&self, owner: Uuid, other: Uuid) -> StoreResult<Option<ContactStatus>> {
@@ -476,12 +480,34 @@ macro_rules! sql_store {
                 &self,
                 a: Uuid,
                 b: Uuid,
-                a_view: Option<ContactStatus>,
-                b_view: Option<ContactStatus>,
+                expected: (Option<ContactStatus>, Option<ContactStatus>),
+                views: (Option<ContactStatus>, Option<ContactStatus>),
                 now: OffsetDateTime,
-            ) -> StoreResult<()> {
+            ) -> StoreResult<bool> {
                 let mut tx = self.pool.begin().await?;
-                for (owner, other, view) in [(a, b, a_view), (b, a, b_view)] {
+                // Lock the pair (through the smaller user's row) before
+                // reading, so two changes to one relationship serialise and
+                // a block can never be overwritten by a request in flight.
+                sqlx::query("UPDATE users SET updated_at = updated_at WHERE id = $1")
+                    .bind(a.min(b))
+                    .execute(&mut *tx)
+                    .await?;
+                let mut current = Vec::with_capacity(2);
+                for (owner, other) in [(a, b), (b, a)] {
+                    let status: Option<String> = sqlx::query_scalar(
+                        "SELECT status FROM contacts WHERE owner_id = $1 AND other_id = $2",
+                    )
+                    .bind(owner)
+                    .bind(other)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    current.push(status.as_deref().and_then(ContactStatus::parse));
+                }
+                if (current[0], current[1]) != expected {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                for (owner, other, view) in [(a, b, views.0), (b, a, views.1)] {
                     match view {
                         Some(status) => {
                             sqlx::query(
@@ -507,7 +533,7 @@ macro_rules! sql_store {
                     }
                 }
                 tx.commit().await?;
-                Ok(())
+                Ok(true)
             }
 
             async fn contacts(
@@ -781,6 +807,12 @@ macro_rules! sql_store {
 
             async fn remove_member(&self, conversation: Uuid, user: Uuid) -> StoreResult<bool> {
                 let mut tx = self.pool.begin().await?;
+                // Lock the conversation so two departures cannot both pick
+                // the other as heir and leave the group without an owner.
+                sqlx::query("UPDATE conversations SET last_seq = last_seq WHERE id = $1")
+                    .bind(conversation)
+                    .execute(&mut *tx)
+                    .await?;
                 let role: Option<String> = sqlx::query_scalar(
                     "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2 RETURNING role",
                 )
@@ -802,7 +834,7 @@ macro_rules! sql_store {
                     .await?;
                     match heir {
                         Some(heir) => {
-                            sqlx::query(
+                            let promoted = sqlx::query(
                                 "UPDATE members SET role = 'owner' \
                                  WHERE conversation_id = $1 AND user_id = $2",
                             )
@@ -810,6 +842,10 @@ macro_rules! sql_store {
                             .bind(heir)
                             .execute(&mut *tx)
                             .await?;
+                            if promoted.rows_affected() != 1 {
+                                tx.rollback().await?;
+                                return Err(StoreError::Conflict("owner"));
+                            }
                         }
                         None => {
                             sqlx::query("DELETE FROM conversations WHERE id = $1")

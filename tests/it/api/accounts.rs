@@ -31,6 +31,7 @@ async fn register_login_and_profile_scenario(app: TestApp) {
     let wrong = app.login("alice", "not-the-password").await.expect(401);
     assert_eq!(wrong.code(), "invalid_credentials");
     let unknown = app.login("nobody", "whatever-password").await.expect(401);
+    app.login("ali\u{0}ce", &alice.password).await.expect(401);
     assert_eq!(
         unknown.code(),
         "invalid_credentials",
@@ -270,6 +271,22 @@ async fn search_scenario(app: TestApp) {
         found.body
     );
     app.get("/v1/users?q=b", &alice).await.expect(422);
+    app.get("/v1/users?q=b%00", &alice).await.expect(422);
+    // Unicode case folding is the same on both backends.
+    let elodie = app.register("elodie").await;
+    app.patch(
+        "/v1/me",
+        &elodie,
+        json!({ "display_name": "Élodie Durand" }),
+    )
+    .await
+    .expect(200);
+    let accented = app.get("/v1/users?q=%C3%A9lo", &alice).await.expect(200);
+    assert_eq!(
+        accented.body["users"][0]["username"], "elodie",
+        "{}",
+        accented.body
+    );
     // Wildcards are literal.
     let none = app.get("/v1/users?q=%25%25", &alice).await.expect(200);
     assert_eq!(none.body["users"].as_array().unwrap().len(), 0);
@@ -317,6 +334,7 @@ async fn contacts_scenario(app: TestApp) {
     // Block: bob blocks alice. Alice's side disappears; she cannot start a
     // direct conversation with him, nor post in the existing one.
     let existing = app.direct(&alice, &bob).await;
+    let earlier = app.send(&existing, &alice, "before the block").await;
     app.patch(&to(&alice), &bob, json!({ "action": "block" }))
         .await
         .expect(200);
@@ -346,6 +364,41 @@ async fn contacts_scenario(app: TestApp) {
         .await
         .expect(200);
     assert_eq!(bob_incoming.body["contacts"].as_array().unwrap().len(), 0);
+    // Nor can she get around it through a group, or keep editing and
+    // reacting in the old conversation.
+    let around = app
+        .post(
+            "/v1/conversations",
+            &alice,
+            json!({ "kind": "group", "name": "sneaky", "member_ids": [bob.id] }),
+        )
+        .await
+        .expect(403);
+    assert_eq!(around.code(), "blocked");
+    let own_group = app.group(&alice, "mine", &[]).await;
+    app.post(
+        &format!("/v1/conversations/{own_group}/members"),
+        &alice,
+        json!({ "user_ids": [bob.id] }),
+    )
+    .await
+    .expect(403);
+    let old_message = earlier["id"].as_str().unwrap();
+    app.patch(
+        &format!("/v1/conversations/{existing}/messages/{old_message}"),
+        &alice,
+        json!({ "body": "edited" }),
+    )
+    .await
+    .expect(403);
+    app.call(
+        reqwest::Method::PUT,
+        &format!("/v1/conversations/{existing}/messages/{old_message}/reactions/👍"),
+        Some(&alice.access),
+        None,
+    )
+    .await
+    .expect(403);
     // Unblock restores messaging.
     app.patch(&to(&alice), &bob, json!({ "action": "unblock" }))
         .await
@@ -400,9 +453,17 @@ async fn rate_limit_scenario(app: &TestApp) {
     // A unique name: the Redis keys outlive the test's database.
     let name = format!("rl{}", &uuid_suffix());
     let user = app.register(&name).await;
-    for _ in 0..3 {
-        app.login(&name, "wrong-password-x").await.expect(401);
-    }
+    // Twenty guesses at once: the attempt is counted before the (slow)
+    // password check, so no more than the limit get an answer.
+    let guesses =
+        futures_util::future::join_all((0..20).map(|_| app.login(&name, "wrong-password-x"))).await;
+    let answered = guesses.iter().filter(|r| r.status == 401).count();
+    let limited = guesses.iter().filter(|r| r.status == 429).count();
+    assert_eq!(
+        (answered, limited),
+        (3, 17),
+        "only the limit's worth of guesses were checked"
+    );
     let limited = app.login(&name, &user.password).await.expect(429);
     assert_eq!(limited.code(), "too_many_requests");
     let retry: u64 = limited.headers["retry-after"]
@@ -428,38 +489,6 @@ async fn audit_scenario(app: TestApp) {
     let alice = app.register("alice").await;
     app.login("alice", "wrong-password-x").await.expect(401);
     app.get("/v1/admin/audit", &alice).await.expect(404);
-}
-
-/// Admins come from configuration and read the audit log.
-#[tokio::test]
-async fn configured_admin_reads_the_audit_log() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        c.auth.admin_usernames = vec!["root".into()]
-    })
-    .await
-    .unwrap();
-    let root = app.register("root").await;
-    let eve = app.register("eve").await;
-    app.login("eve", "wrong-password-x").await.expect(401);
-    let group = app.group(&root, "ops", &[&eve]).await;
-    app.delete(
-        &format!("/v1/conversations/{group}/members/{}", eve.id),
-        &root,
-    )
-    .await
-    .expect(204);
-    let log = app.get("/v1/admin/audit", &root).await.expect(200);
-    let actions: Vec<&str> = log.body["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
-    assert!(actions.contains(&"login.failed"), "{actions:?}");
-    assert!(actions.contains(&"member.removed"), "{actions:?}");
-    assert!(actions.contains(&"user.registered"), "{actions:?}");
-    assert_eq!(actions[0], "member.removed", "newest first: {actions:?}");
-    app.get("/v1/admin/audit", &eve).await.expect(404);
 }
 
 /// JWKS publishes the key that verifies access tokens.

@@ -278,6 +278,16 @@ async fn lifecycle_scenario(app: TestApp) {
     react(&alice.access, "👍").await.expect(409);
 
     // Validation.
+    app.post(&base, &alice, json!({ "body": "nul\u{0}byte" }))
+        .await
+        .expect(422);
+    app.post(
+        &base,
+        &alice,
+        json!({ "body": "tabs\tand\nnewlines are text" }),
+    )
+    .await
+    .expect(201);
     app.post(&base, &alice, json!({ "body": "   " }))
         .await
         .expect(422);

@@ -1,0 +1,146 @@
+//! Load generators behind `cascade bench`. They drive real services over
+//! real sockets and report throughput and latency percentiles; they assert
+//! nothing (speed is measured, not tested).
+
+pub mod api;
+
+use std::time::{Duration, Instant};
+
+/// One measured workload.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// What was measured.
+    pub name: String,
+    /// Operations completed successfully.
+    pub ops: u64,
+    /// Operations that failed.
+    pub errors: u64,
+    /// Wall time of the measurement.
+    pub elapsed: Duration,
+    /// Latency percentiles (p50, p90, p99) and maximum.
+    pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Slowest operation.
+    pub max: Duration,
+}
+
+impl Measurement {
+    /// Operations per second.
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// From per-operation latencies.
+    pub fn from_samples(
+        name: &str,
+        mut samples: Vec<Duration>,
+        errors: u64,
+        elapsed: Duration,
+    ) -> Self {
+        samples.sort_unstable();
+        let pick = |q: f64| {
+            if samples.is_empty() {
+                Duration::ZERO
+            } else {
+                let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+                samples[index]
+            }
+        };
+        Measurement {
+            name: name.to_owned(),
+            ops: samples.len() as u64,
+            errors,
+            elapsed,
+            p50: pick(0.50),
+            p90: pick(0.90),
+            p99: pick(0.99),
+            max: samples.last().copied().unwrap_or_default(),
+        }
+    }
+}
+
+/// A Markdown table of `rows`.
+pub fn markdown(rows: &[Measurement]) -> String {
+    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
+    let mut out = String::from(
+        "| workload | ops/s | ops | errors | p50 ms | p90 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for m in rows {
+        out.push_str(&format!(
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+            m.name,
+            m.rate(),
+            m.ops,
+            m.errors,
+            ms(m.p50),
+            ms(m.p90),
+            ms(m.p99),
+            ms(m.max)
+        ));
+    }
+    out
+}
+
+/// Runs `workers` copies of `op` concurrently for `duration`; each call
+/// returns whether it succeeded. Latency is measured around each call.
+pub async fn closed_loop<F, Fut>(
+    name: &str,
+    workers: usize,
+    duration: Duration,
+    op: F,
+) -> Measurement
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut errors = 0u64;
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if op(worker, i).await {
+                    samples.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+                i += 1;
+            }
+            (samples, errors)
+        }));
+    }
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        if let Ok((s, e)) = task.await {
+            samples.extend(s);
+            errors += e;
+        }
+    }
+    Measurement::from_samples(name, samples, errors, started.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_the_sorted_samples() {
+        let samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        let m = Measurement::from_samples("x", samples, 2, Duration::from_secs(2));
+        assert_eq!(m.ops, 100);
+        assert_eq!(m.p50, Duration::from_millis(51));
+        assert_eq!(m.p99, Duration::from_millis(99));
+        assert_eq!(m.max, Duration::from_millis(100));
+        assert!((m.rate() - 50.0).abs() < 1e-9);
+        assert!(markdown(&[m]).contains("| x | 50 | 100 | 2 |"));
+    }
+}
