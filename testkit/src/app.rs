@@ -320,15 +320,17 @@ impl TestApp {
     }
 }
 
-/// A database created on the test Postgres server for one test.
-struct PgTestDatabase {
+/// A database created on the test Postgres server for one test, dropped
+/// (with any connections still open) when this value is dropped.
+pub struct PgTestDatabase {
     admin_url: String,
     name: String,
     url: String,
 }
 
 impl PgTestDatabase {
-    async fn create(admin_url: &str) -> Self {
+    /// Creates a uniquely named database on the server at `admin_url`.
+    pub async fn create(admin_url: &str) -> Self {
         let name = format!("cascade_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = sqlx::PgConnection::connect(admin_url)
             .await
@@ -345,6 +347,11 @@ impl PgTestDatabase {
             name,
             url: url.to_string(),
         }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 }
 

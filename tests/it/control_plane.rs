@@ -177,3 +177,63 @@ async fn unreachable_database_fails_start_up_clearly_without_leaking_the_passwor
     );
     assert!(!text.contains("sekrit-password"), "{text}");
 }
+
+/// Replicas starting together on one new database: migrations run once
+/// (under Postgres' advisory lock) and all replicas sign with the same key,
+/// so a token from one is accepted by the others.
+#[tokio::test]
+async fn replicas_starting_together_migrate_once_and_share_the_signing_key() {
+    let Some(admin_url) = testkit::servers::postgres_url() else {
+        return;
+    };
+    let db = testkit::app::PgTestDatabase::create(&admin_url).await;
+    let mut config = ControlPlaneConfig::for_tests();
+    config.database.url = Some(db.url().to_owned());
+    let replicas =
+        futures_util::future::join_all((0..3).map(|_| TestControlPlane::start(config.clone())))
+            .await;
+    let replicas: Vec<TestControlPlane> = replicas
+        .into_iter()
+        .map(|r| r.expect("every replica starts"))
+        .collect();
+    let http = reqwest::Client::new();
+    let session: serde_json::Value = http
+        .post(replicas[0].url("/v1/auth/register"))
+        .json(&serde_json::json!({
+            "username": "alice", "email": "alice@example.com", "password": "plum-ferry-quartz-91"
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = session["tokens"]["access_token"].as_str().unwrap();
+    let mut kids = Vec::new();
+    for replica in &replicas {
+        let me = http
+            .get(replica.url("/v1/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            me.status(),
+            200,
+            "a token from replica 0 works on every replica"
+        );
+        let jwks: serde_json::Value = http
+            .get(replica.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        kids.push(jwks["keys"][0]["kid"].as_str().unwrap().to_owned());
+    }
+    assert!(kids.windows(2).all(|w| w[0] == w[1]), "{kids:?}");
+    for replica in replicas {
+        replica.stop(STOP_WITHIN).await.unwrap();
+    }
+}

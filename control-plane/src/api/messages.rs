@@ -250,15 +250,18 @@ pub async fn send(
             now: now(),
         })
         .await?;
+    // A message just stored has no reactions yet: skip that query.
+    let view = if created {
+        MessageView::new(&message, Vec::new())
+    } else {
+        state.message_view(&message, caller.user_id).await?
+    };
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(state.message_view(&message, caller.user_id).await?),
-    ))
+    Ok((status, Json(view)))
 }
 
 /// Edit your own message.

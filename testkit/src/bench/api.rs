@@ -17,6 +17,19 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{Measurement, closed_loop};
+
+/// Whether the response has `status`, reading the whole body as a real
+/// client would (an unread body also keeps the connection from being
+/// reused, which would measure connection set-up instead).
+async fn answered(response: reqwest::Result<reqwest::Response>, status: u16) -> bool {
+    match response {
+        Ok(response) => {
+            let ok = response.status().as_u16() == status;
+            response.bytes().await.is_ok() && ok
+        }
+        Err(_) => false,
+    }
+}
 use crate::app::{TestApp, TestUser};
 
 /// What to run.
@@ -67,13 +80,7 @@ pub async fn run(options: &ApiBenchOptions) -> Vec<Measurement> {
             options.duration,
             move |_, _| {
                 let a = a.clone();
-                async move {
-                    a.http
-                        .get(a.url("/healthz"))
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success())
-                }
+                async move { answered(a.http.get(a.url("/healthz")).send().await, 200).await }
             },
         )
         .await,
@@ -86,13 +93,11 @@ pub async fn run(options: &ApiBenchOptions) -> Vec<Measurement> {
             let (a, u, c) = (a.clone(), u.clone(), c.clone());
             async move {
                 let conversation = &c[(worker + i as usize) % c.len()];
-                a.http
+                answered(a.http
                     .post(a.url(&format!("/v1/conversations/{conversation}/messages")))
                     .bearer_auth(&u[worker].access)
                     .json(&json!({ "body": format!("message {i} from {worker}"), "client_message_id": format!("{worker}-{i}") }))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 201)
+                    .send().await, 201).await
             }
         })
         .await,
@@ -174,14 +179,17 @@ pub async fn run(options: &ApiBenchOptions) -> Vec<Measurement> {
                 let (a, u, c) = (a.clone(), u.clone(), c.clone());
                 async move {
                     let conversation = &c[(worker + i as usize) % c.len()];
-                    a.http
-                        .get(a.url(&format!(
-                            "/v1/conversations/{conversation}/messages?limit=50"
-                        )))
-                        .bearer_auth(&u[worker].access)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status() == 200)
+                    answered(
+                        a.http
+                            .get(a.url(&format!(
+                                "/v1/conversations/{conversation}/messages?limit=50"
+                            )))
+                            .bearer_auth(&u[worker].access)
+                            .send()
+                            .await,
+                        200,
+                    )
+                    .await
                 }
             },
         )
@@ -201,14 +209,17 @@ pub async fn run(options: &ApiBenchOptions) -> Vec<Measurement> {
                 async move {
                     let conversation = &c[(worker + i as usize) % c.len()];
                     let before = 51 + (i * 7919 + worker as u64) % depth.max(52);
-                    a.http
-                        .get(a.url(&format!(
-                            "/v1/conversations/{conversation}/messages?limit=50&before={before}"
-                        )))
-                        .bearer_auth(&u[worker].access)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status() == 200)
+                    answered(
+                        a.http
+                            .get(a.url(&format!(
+                                "/v1/conversations/{conversation}/messages?limit=50&before={before}"
+                            )))
+                            .bearer_auth(&u[worker].access)
+                            .send()
+                            .await,
+                        200,
+                    )
+                    .await
                 }
             },
         )
@@ -225,12 +236,15 @@ pub async fn run(options: &ApiBenchOptions) -> Vec<Measurement> {
             move |worker, _| {
                 let (a, u) = (a.clone(), u.clone());
                 async move {
-                    a.http
-                        .get(a.url("/v1/conversations?limit=20"))
-                        .bearer_auth(&u[worker].access)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status() == 200)
+                    answered(
+                        a.http
+                            .get(a.url("/v1/conversations?limit=20"))
+                            .bearer_auth(&u[worker].access)
+                            .send()
+                            .await,
+                        200,
+                    )
+                    .await
                 }
             },
         )
