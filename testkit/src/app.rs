@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use control_plane::ControlPlaneConfig;
-use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
 use sqlx::Connection;
 
+use crate::client::ApiClient;
+pub use crate::client::{Reply, TestUser};
 use crate::control_plane::TestControlPlane;
 
 /// Which store the control plane runs on.
@@ -26,59 +26,15 @@ pub enum Backend {
 pub struct TestApp {
     /// The service.
     pub server: Option<TestControlPlane>,
-    /// Plain HTTP client (no cookies, no redirects followed).
-    pub http: reqwest::Client,
+    /// The API client, pointed at the server (also reachable through
+    /// `Deref`: `app.register(..)`, `app.http`).
+    pub client: ApiClient,
     /// Which backend.
     pub backend: Backend,
     /// The configuration it runs with (database URL included).
     pub config: ControlPlaneConfig,
     /// Held for its `Drop`, which removes the test database.
     _database: Option<PgTestDatabase>,
-}
-
-/// A registered user and their current tokens.
-#[derive(Debug, Clone)]
-pub struct TestUser {
-    /// User id.
-    pub id: String,
-    /// Username.
-    pub username: String,
-    /// Password (as registered).
-    pub password: String,
-    /// Current access token.
-    pub access: String,
-    /// Current refresh token.
-    pub refresh: String,
-}
-
-/// A response: status, headers and JSON body (`Value::Null` when empty).
-#[derive(Debug)]
-pub struct Reply {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Headers.
-    pub headers: reqwest::header::HeaderMap,
-    /// Parsed JSON body.
-    pub body: Value,
-}
-
-impl Reply {
-    /// Asserts the status (printing the body if it differs) and returns self.
-    #[track_caller]
-    pub fn expect(self, status: u16) -> Self {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "unexpected status; body: {}",
-            self.body
-        );
-        self
-    }
-
-    /// The `error.code` of an error body.
-    pub fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
 }
 
 impl TestApp {
@@ -127,12 +83,10 @@ impl TestApp {
         let server = TestControlPlane::start(config.clone())
             .await
             .expect("control plane starts");
+        let client = ApiClient::new(server.http_addr());
         TestApp {
             server: Some(server),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("HTTP client"),
+            client,
             backend,
             config,
             _database: database,
@@ -142,161 +96,6 @@ impl TestApp {
     /// [`TestApp::spawn_with`] with the plain test configuration.
     pub async fn spawn(backend: Backend) -> Option<Self> {
         Self::spawn_with(backend, |_| {}).await
-    }
-
-    /// `http://addr` + `path`.
-    pub fn url(&self, path: &str) -> String {
-        self.server.as_ref().expect("server running").url(path)
-    }
-
-    /// Sends a request with an optional bearer token and JSON body.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut request = self.http.request(method, self.url(path));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request sent");
-        Self::reply(response).await
-    }
-
-    /// Reads a response into a [`Reply`].
-    pub async fn reply(response: reqwest::Response) -> Reply {
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.expect("response body");
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    /// GET as `user`.
-    pub async fn get(&self, path: &str, user: &TestUser) -> Reply {
-        self.call(Method::GET, path, Some(&user.access), None).await
-    }
-
-    /// POST JSON as `user`.
-    pub async fn post(&self, path: &str, user: &TestUser, body: Value) -> Reply {
-        self.call(Method::POST, path, Some(&user.access), Some(body))
-            .await
-    }
-
-    /// PATCH JSON as `user`.
-    pub async fn patch(&self, path: &str, user: &TestUser, body: Value) -> Reply {
-        self.call(Method::PATCH, path, Some(&user.access), Some(body))
-            .await
-    }
-
-    /// DELETE as `user`.
-    pub async fn delete(&self, path: &str, user: &TestUser) -> Reply {
-        self.call(Method::DELETE, path, Some(&user.access), None)
-            .await
-    }
-
-    /// Registers `username` with a strong password.
-    pub async fn register(&self, username: &str) -> TestUser {
-        let password = format!("{username}-Plum-Ferry-Quartz-91");
-        let reply = self
-            .call(
-                Method::POST,
-                "/v1/auth/register",
-                None,
-                Some(json!({
-                    "username": username,
-                    "email": format!("{username}@example.com"),
-                    "password": password,
-                })),
-            )
-            .await
-            .expect(201);
-        TestUser {
-            id: reply.body["user"]["id"]
-                .as_str()
-                .expect("user id")
-                .to_owned(),
-            username: username.to_owned(),
-            password,
-            access: reply.body["tokens"]["access_token"]
-                .as_str()
-                .expect("access")
-                .to_owned(),
-            refresh: reply.body["tokens"]["refresh_token"]
-                .as_str()
-                .expect("refresh")
-                .to_owned(),
-        }
-    }
-
-    /// Logs in as `user` again (a new session); returns the raw reply.
-    pub async fn login(&self, login: &str, password: &str) -> Reply {
-        self.call(
-            Method::POST,
-            "/v1/auth/login",
-            None,
-            Some(json!({ "login": login, "password": password })),
-        )
-        .await
-    }
-
-    /// A direct conversation between `a` and `b`; returns its id.
-    pub async fn direct(&self, a: &TestUser, b: &TestUser) -> String {
-        let reply = self
-            .post(
-                "/v1/conversations",
-                a,
-                json!({ "kind": "direct", "user_id": b.id }),
-            )
-            .await;
-        assert!(reply.status.is_success(), "{}", reply.body);
-        reply.body["id"]
-            .as_str()
-            .expect("conversation id")
-            .to_owned()
-    }
-
-    /// A group owned by `owner` with `members`; returns its id.
-    pub async fn group(&self, owner: &TestUser, name: &str, members: &[&TestUser]) -> String {
-        let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
-        let reply = self
-            .post(
-                "/v1/conversations",
-                owner,
-                json!({ "kind": "group", "name": name, "member_ids": ids }),
-            )
-            .await
-            .expect(201);
-        reply.body["id"]
-            .as_str()
-            .expect("conversation id")
-            .to_owned()
-    }
-
-    /// Sends `text` to `conversation` as `user`; returns the message JSON.
-    pub async fn send(&self, conversation: &str, user: &TestUser, text: &str) -> Value {
-        self.post(
-            &format!("/v1/conversations/{conversation}/messages"),
-            user,
-            json!({ "body": text }),
-        )
-        .await
-        .expect(201)
-        .body
     }
 
     /// Stops the control plane (keeping the database for a restart).
@@ -312,11 +111,19 @@ impl TestApp {
     /// Starts the control plane again on the same database.
     pub async fn restart(&mut self) {
         self.stop().await;
-        self.server = Some(
-            TestControlPlane::start(self.config.clone())
-                .await
-                .expect("control plane restarts"),
-        );
+        let server = TestControlPlane::start(self.config.clone())
+            .await
+            .expect("control plane restarts");
+        self.client = ApiClient::new(server.http_addr());
+        self.server = Some(server);
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.client
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`app`]: `TestApp`, a control plane on a fresh database (in-memory
 //!   SQLite, or a Postgres database made for the test) with typed API
 //!   helpers, and `both_backends!` to run one scenario on both.
+//! - [`client`]: `ApiClient`, typed API calls against any address.
 //! - [`bench`]: the load generators behind `cascade bench`.
 //! - [`promtool`]: finds Prometheus' `promtool` to check `/metrics` output.
 //!
@@ -16,6 +17,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod client;
 pub mod control_plane;
 pub mod servers;
 

@@ -191,38 +191,11 @@ async fn operator_grants_admin_who_then_reads_the_audit_log() {
     let data_dir = dir.to_str().unwrap().to_owned();
     let env = [("CASCADE_CONTROL_PLANE__DATA_DIR", data_dir.as_str())];
     let (mut child, addr) = start_control_plane(&env);
-    let http = reqwest::Client::new();
-    let register = |name: &str| {
-        let body = serde_json::json!({
-            "username": name, "email": format!("{name}@example.com"), "password": "plum-ferry-quartz-91"
-        });
-        let request = http
-            .post(format!("http://{addr}/v1/auth/register"))
-            .json(&body);
-        async move {
-            let reply: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
-            reply["tokens"]["access_token"].as_str().unwrap().to_owned()
-        }
-    };
-    let root = register("root").await;
-    let eve = register("eve").await;
-    let failed = http
-        .post(format!("http://{addr}/v1/auth/login"))
-        .json(&serde_json::json!({ "login": "eve", "password": "my-password-typed-here" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(failed.status(), 401);
-    let audit = |token: &str| {
-        http.get(format!("http://{addr}/v1/admin/audit"))
-            .bearer_auth(token)
-            .send()
-    };
-    assert_eq!(
-        audit(&root).await.unwrap().status(),
-        404,
-        "not an admin yet"
-    );
+    let api = testkit::client::ApiClient::new(&addr);
+    let root = api.register("root").await;
+    let eve = api.register("eve").await;
+    api.login("eve", "my-password-typed-here").await.expect(401);
+    api.get("/v1/admin/audit", &root).await.expect(404);
 
     let granted = run(&["admin", "grant", "root"], &env);
     assert!(granted.status.success(), "{}", stderr(&granted));
@@ -235,9 +208,10 @@ async fn operator_grants_admin_who_then_reads_the_audit_log() {
         stderr(&unknown)
     );
 
-    let log: serde_json::Value = audit(&root).await.unwrap().json().await.unwrap();
-    let entries = log["entries"].as_array().unwrap();
-    let actions: Vec<&str> = entries
+    let log = api.get("/v1/admin/audit", &root).await.expect(200).body;
+    let actions: Vec<&str> = log["entries"]
+        .as_array()
+        .unwrap()
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
@@ -247,10 +221,10 @@ async fn operator_grants_admin_who_then_reads_the_audit_log() {
         !log.to_string().contains("my-password-typed-here"),
         "nothing typed into the login form is stored: {log}"
     );
-    assert_eq!(audit(&eve).await.unwrap().status(), 404);
+    api.get("/v1/admin/audit", &eve).await.expect(404);
 
     assert!(run(&["admin", "revoke", "root"], &env).status.success());
-    assert_eq!(audit(&root).await.unwrap().status(), 404, "revoked");
+    api.get("/v1/admin/audit", &root).await.expect(404);
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -196,41 +196,18 @@ async fn replicas_starting_together_migrate_once_and_share_the_signing_key() {
         .into_iter()
         .map(|r| r.expect("every replica starts"))
         .collect();
-    let http = reqwest::Client::new();
-    let session: serde_json::Value = http
-        .post(replicas[0].url("/v1/auth/register"))
-        .json(&serde_json::json!({
-            "username": "alice", "email": "alice@example.com", "password": "plum-ferry-quartz-91"
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = session["tokens"]["access_token"].as_str().unwrap();
+    let alice = testkit::client::ApiClient::new(replicas[0].http_addr())
+        .register("alice")
+        .await;
     let mut kids = Vec::new();
     for replica in &replicas {
-        let me = http
-            .get(replica.url("/v1/me"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            me.status(),
-            200,
-            "a token from replica 0 works on every replica"
-        );
-        let jwks: serde_json::Value = http
-            .get(replica.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        kids.push(jwks["keys"][0]["kid"].as_str().unwrap().to_owned());
+        let api = testkit::client::ApiClient::new(replica.http_addr());
+        // A token from replica 0 works on every replica.
+        api.get("/v1/me", &alice).await.expect(200);
+        let jwks = api
+            .call(reqwest::Method::GET, "/.well-known/jwks.json", None, None)
+            .await;
+        kids.push(jwks.body["keys"][0]["kid"].as_str().unwrap().to_owned());
     }
     assert!(kids.windows(2).all(|w| w[0] == w[1]), "{kids:?}");
     for replica in replicas {

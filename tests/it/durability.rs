@@ -4,8 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use testkit::app::{Backend, TestApp};
+use testkit::client::{ApiClient, TestUser};
 
 use crate::cli::start_control_plane;
 
@@ -31,51 +31,14 @@ async fn acknowledged_messages_survive_sigkill_on_embedded_sqlite() {
 }
 
 async fn survives_sigkill(env: &[(&str, &str)]) {
-    let http = reqwest::Client::new();
     let (mut child, addr) = start_control_plane(env);
-    let url = |path: &str| format!("http://{addr}{path}");
-
-    let register = |name: &'static str| {
-        let http = http.clone();
-        let url = url("/v1/auth/register");
-        async move {
-            let reply: Value = http
-                .post(url)
-                .json(&json!({ "username": name, "email": format!("{name}@example.com"), "password": "plum-ferry-quartz-91" }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            (
-                reply["user"]["id"].as_str().unwrap().to_owned(),
-                reply["tokens"]["access_token"].as_str().unwrap().to_owned(),
-            )
-        }
-    };
-    let (_, alice) = register("alice").await;
-    let (bob_id, _) = register("bob").await;
-    let chat: Value = http
-        .post(url("/v1/conversations"))
-        .bearer_auth(&alice)
-        .json(&json!({ "kind": "direct", "user_id": bob_id }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let chat = chat["id"].as_str().unwrap().to_owned();
+    let api = ApiClient::new(&addr);
+    let alice = api.register("alice").await;
+    let bob = api.register("bob").await;
+    let chat = api.direct(&alice, &bob).await;
     for i in 0..MESSAGES {
-        let sent = http
-            .post(url(&format!("/v1/conversations/{chat}/messages")))
-            .bearer_auth(&alice)
-            .json(&json!({ "body": format!("durable {i}") }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(sent.status(), 201, "acknowledged");
+        // `send` asserts the 201: each message was acknowledged.
+        api.send(&chat, &alice, &format!("durable {i}")).await;
     }
 
     // No shutdown, no flush: the process simply stops existing.
@@ -87,30 +50,23 @@ async fn survives_sigkill(env: &[(&str, &str)]) {
     assert!(!status.success(), "killed, not exited: {status:?}");
 
     let (mut child, addr) = start_control_plane(env);
-    let login: Value = http
-        .post(format!("http://{addr}/v1/auth/login"))
-        .json(&json!({ "login": "alice", "password": "plum-ferry-quartz-91" }))
-        .send()
+    let api = ApiClient::new(&addr);
+    let login = api.login("alice", &alice.password).await.expect(200);
+    let alice = TestUser {
+        access: login.body["tokens"]["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        ..alice
+    };
+    let page = api
+        .get(
+            &format!("/v1/conversations/{chat}/messages?limit=100"),
+            &alice,
+        )
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["tokens"]["access_token"]
-        .as_str()
-        .expect("alice can log in after the restart");
-    let page: Value = http
-        .get(format!(
-            "http://{addr}/v1/conversations/{chat}/messages?limit=100"
-        ))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bodies: Vec<&str> = page["messages"]
+        .expect(200);
+    let bodies: Vec<&str> = page.body["messages"]
         .as_array()
         .unwrap()
         .iter()

@@ -19,7 +19,7 @@ async fn malformed_requests_get_json_errors() {
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
-        async move { TestApp::reply(request.send().await.unwrap()).await }
+        async move { testkit::client::ApiClient::reply(request.send().await.unwrap()).await }
     };
     let cases = [
         (
