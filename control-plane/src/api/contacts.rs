@@ -94,11 +94,21 @@ async fn change(
         let mine = state.store.contact(me, other).await?;
         let theirs = state.store.contact(other, me).await?;
         let views = decide(mine, theirs)?;
-        if views == (mine, theirs)
-            || state
-                .store
-                .set_contact_pair(me, other, (mine, theirs), views, now())
-                .await?
+        if views == (mine, theirs) {
+            return Ok(views.0);
+        }
+        // Each side whose view changed hears about it (on all its devices).
+        let mut events = Vec::new();
+        if views.0 != mine {
+            events.push(super::events::contact(me, other, views.0));
+        }
+        if views.1 != theirs {
+            events.push(super::events::contact(other, me, views.1));
+        }
+        if state
+            .store
+            .set_contact_pair(me, other, (mine, theirs), views, &events, now())
+            .await?
         {
             return Ok(views.0);
         }

@@ -188,7 +188,12 @@ pub async fn create(
                     "you cannot message this user",
                 ));
             }
-            let (conversation, created) = state.store.direct_conversation(me, user_id, now).await?;
+            let id = Uuid::now_v7();
+            let events = [super::events::conversation_updated(id, "direct", None)];
+            let (conversation, created) = state
+                .store
+                .direct_conversation(id, me, user_id, &events, now)
+                .await?;
             let view = state.conversation_view(conversation.id, me).await?;
             let status = if created {
                 StatusCode::CREATED
@@ -221,9 +226,14 @@ pub async fn create(
                 last_seq: 0,
                 last_activity_us: crate::store::unix_micros(now),
             };
+            let events = [super::events::conversation_updated(
+                conversation.id,
+                "group",
+                conversation.name.as_deref(),
+            )];
             state
                 .store
-                .create_group(&conversation, me, &members)
+                .create_group(&conversation, me, &members, &events)
                 .await?;
             let view = state.conversation_view(conversation.id, me).await?;
             Ok((StatusCode::CREATED, Json(view)))
@@ -267,9 +277,14 @@ pub async fn rename(
     group_only(&conversation)?;
     require(&member, member.role.can_manage(), "rename the group")?;
     let name = check_group_name(&state, &body.name)?;
+    let events = [super::events::conversation_updated(
+        conversation_id,
+        "group",
+        Some(&name),
+    )];
     state
         .store
-        .rename_conversation(conversation_id, &name, now())
+        .rename_conversation(conversation_id, &name, &events, now())
         .await?;
     Ok(Json(
         state
@@ -291,7 +306,10 @@ pub async fn delete(
     let (conversation, member) = state.member_of(conversation_id, caller.user_id).await?;
     group_only(&conversation)?;
     require(&member, member.role == Role::Owner, "delete the group")?;
-    state.store.delete_conversation(conversation_id).await?;
+    state
+        .store
+        .delete_conversation(conversation_id, super::events::conversation_deleted, now())
+        .await?;
     state
         .audit(
             Some(caller.user_id),
@@ -335,7 +353,13 @@ pub async fn add_members(
     let max = i64::from(state.config.limits.max_group_members);
     let added = match state
         .store
-        .add_members(conversation_id, &body.user_ids, max, now())
+        .add_members(
+            conversation_id,
+            &body.user_ids,
+            max,
+            super::events::member_added,
+            now(),
+        )
         .await
     {
         Err(StoreError::Conflict(_)) => {
@@ -387,7 +411,12 @@ pub async fn remove_member(
         };
         require(&me, allowed, &format!("remove a {}", target.role))?;
     }
-    match state.store.remove_member(conversation_id, user_id).await {
+    let events = [super::events::member_removed(conversation_id, user_id)];
+    match state
+        .store
+        .remove_member(conversation_id, user_id, &events, now())
+        .await
+    {
         Ok(true) => {}
         Ok(false) => return Err(ApiError::not_found("not a member")),
         Err(StoreError::Conflict(_)) => {

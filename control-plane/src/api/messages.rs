@@ -240,15 +240,18 @@ pub async fn send(
     }
     let (message, created) = state
         .store
-        .send_message(&NewMessage {
-            id: Uuid::now_v7(),
-            conversation_id,
-            author_id: caller.user_id,
-            client_message_id: body.client_message_id,
-            body: body.body,
-            reply_to: body.reply_to,
-            now: now(),
-        })
+        .send_message(
+            &NewMessage {
+                id: Uuid::now_v7(),
+                conversation_id,
+                author_id: caller.user_id,
+                client_message_id: body.client_message_id,
+                body: body.body,
+                reply_to: body.reply_to,
+                now: now(),
+            },
+            super::events::message_created,
+        )
         .await?;
     // A message just stored has no reactions yet: skip that query.
     let view = if created {
@@ -298,7 +301,12 @@ pub async fn edit(
     check_body(&state, &body.body)?;
     let edited = state
         .store
-        .edit_message(message_id, &body.body, now())
+        .edit_message(
+            message_id,
+            &body.body,
+            super::events::message_updated,
+            now(),
+        )
         .await?;
     Ok(Json(state.message_view(&edited, caller.user_id).await?))
 }
@@ -322,7 +330,10 @@ pub async fn delete(
             "only the author or a group admin can delete a message",
         ));
     }
-    let deleted = state.store.delete_message(message_id, now()).await?;
+    let deleted = state
+        .store
+        .delete_message(message_id, super::events::message_deleted, now())
+        .await?;
     Ok(Json(MessageView::new(&deleted, Vec::new())))
 }
 
@@ -388,7 +399,13 @@ pub async fn mark_read(
     let message = state.message_in(conversation_id, body.message_id).await?;
     let last_read_seq = state
         .store
-        .mark_read(conversation_id, caller.user_id, message.seq)
+        .mark_read(
+            conversation_id,
+            caller.user_id,
+            message.seq,
+            &super::events::read_updated(conversation_id, caller.user_id, message.seq),
+            now(),
+        )
         .await?;
     Ok(Json(ReadState { last_read_seq }))
 }

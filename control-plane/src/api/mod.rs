@@ -9,6 +9,7 @@ mod accounts;
 mod admin;
 mod contacts;
 mod conversations;
+pub mod events;
 mod messages;
 pub mod wire;
 

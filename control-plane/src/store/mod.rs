@@ -8,6 +8,9 @@
 //! - Every write transaction starts with a write, so SQLite takes its write
 //!   lock up front (a read that later upgrades can fail with "database is
 //!   locked") and Postgres row locks serialise conflicting writers.
+//! - Every change a client must hear about appends its event to the log in
+//!   the same transaction (see [`Store::events_after`]), so an acknowledged
+//!   change is never missing from the WebSocket stream or a resume.
 //! - A missing row is `Ok(None)` or [`StoreError::NotFound`]; a broken
 //!   uniqueness rule is [`StoreError::Conflict`]; everything else is
 //!   [`StoreError::Backend`] and is never shown to clients.
@@ -110,16 +113,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// `owner`'s view of their relationship with `other`.
     async fn contact(&self, owner: Uuid, other: Uuid) -> StoreResult<Option<ContactStatus>>;
-    /// Sets both sides of a relationship (`None` deletes that side's row),
-    /// provided both sides still are `expected`: a compare-and-set, so a
-    /// decision made on a stale read is refused (`Ok(false)`) rather than
-    /// undoing a concurrent change such as a block.
+    /// Sets both sides of a relationship (`None` deletes that side's row)
+    /// and appends `events`, provided both sides still are `expected`: a
+    /// compare-and-set, so a decision made on a stale read is refused
+    /// (`Ok(false)`) rather than undoing a concurrent change such as a block.
     async fn set_contact_pair(
         &self,
         a: Uuid,
         b: Uuid,
         expected: (Option<ContactStatus>, Option<ContactStatus>),
         views: (Option<ContactStatus>, Option<ContactStatus>),
+        events: &[NewEvent],
         now: OffsetDateTime,
     ) -> StoreResult<bool>;
     /// `owner`'s relationships, optionally of one status, with the other user.
@@ -131,12 +135,14 @@ pub trait Store: Send + Sync + 'static {
 
     // --- conversations ------------------------------------------------------
 
-    /// The direct conversation of a pair, creating it if needed. The bool
-    /// says whether it was created.
+    /// The direct conversation of a pair, creating it (with id `id`, and
+    /// appending `events`) if needed. The bool says whether it was created.
     async fn direct_conversation(
         &self,
+        id: Uuid,
         a: Uuid,
         b: Uuid,
+        events: &[NewEvent],
         now: OffsetDateTime,
     ) -> StoreResult<(Conversation, bool)>;
     /// Creates a group owned by `owner` with `members` as members.
@@ -145,6 +151,7 @@ pub trait Store: Send + Sync + 'static {
         conversation: &Conversation,
         owner: Uuid,
         members: &[Uuid],
+        events: &[NewEvent],
     ) -> StoreResult<()>;
     /// The conversation and `user`'s membership, if `user` is a member.
     async fn membership(
@@ -170,42 +177,72 @@ pub trait Store: Send + Sync + 'static {
         &self,
         conversation: Uuid,
         name: &str,
+        events: &[NewEvent],
         now: OffsetDateTime,
     ) -> StoreResult<()>;
-    /// Deletes a conversation with its members and messages.
-    async fn delete_conversation(&self, conversation: Uuid) -> StoreResult<()>;
+    /// Deletes a conversation with its members and messages, first
+    /// appending `render(conversation, member)` for each member.
+    async fn delete_conversation(
+        &self,
+        conversation: Uuid,
+        render: RenderMemberEvent,
+        now: OffsetDateTime,
+    ) -> StoreResult<()>;
     /// Members with their user records, by join time.
     async fn members(&self, conversation: Uuid) -> StoreResult<Vec<MemberEntry>>;
-    /// Adds members (ignoring ones already in); returns the ids added.
-    /// `Conflict("member_limit")` when the group would exceed `max_members`.
+    /// Adds members (ignoring ones already in), appending `render` for each
+    /// one added; returns the ids added. `Conflict("member_limit")` when the
+    /// group would exceed `max_members`.
     async fn add_members(
         &self,
         conversation: Uuid,
         users: &[Uuid],
         max_members: i64,
+        render: RenderMemberEvent,
         now: OffsetDateTime,
     ) -> StoreResult<Vec<Uuid>>;
-    /// Removes a member. If the owner leaves, the longest-standing admin (or
-    /// member) becomes owner; an empty group is deleted. Returns whether the
-    /// user was a member.
-    async fn remove_member(&self, conversation: Uuid, user: Uuid) -> StoreResult<bool>;
+    /// Removes a member (appending `events` if they were one). If the owner
+    /// leaves, the longest-standing admin (or member) becomes owner; an
+    /// empty group is deleted. Returns whether the user was a member.
+    async fn remove_member(
+        &self,
+        conversation: Uuid,
+        user: Uuid,
+        events: &[NewEvent],
+        now: OffsetDateTime,
+    ) -> StoreResult<bool>;
     /// Changes a member's role.
     async fn set_role(&self, conversation: Uuid, user: Uuid, role: Role) -> StoreResult<()>;
 
     // --- messages -----------------------------------------------------------
 
-    /// Appends a message (taking the next sequence number), or returns the
-    /// earlier one with the same client id. The bool says whether it is new.
-    async fn send_message(&self, message: &NewMessage) -> StoreResult<(Message, bool)>;
+    /// Appends a message (taking the next sequence number) with the event
+    /// `render` makes of it, or returns the earlier one with the same client
+    /// id. The bool says whether it is new.
+    async fn send_message(
+        &self,
+        message: &NewMessage,
+        render: RenderMessageEvent,
+    ) -> StoreResult<(Message, bool)>;
     /// A message of a conversation.
     async fn message(&self, conversation: Uuid, id: Uuid) -> StoreResult<Option<Message>>;
     /// A page of messages in ascending sequence order.
     async fn messages(&self, conversation: Uuid, page: MessagePage) -> StoreResult<Vec<Message>>;
     /// Replaces a message's text and sets `edited_at`.
-    async fn edit_message(&self, id: Uuid, body: &str, now: OffsetDateTime)
-    -> StoreResult<Message>;
+    async fn edit_message(
+        &self,
+        id: Uuid,
+        body: &str,
+        render: RenderMessageEvent,
+        now: OffsetDateTime,
+    ) -> StoreResult<Message>;
     /// Soft-deletes: clears the text, keeps the tombstone, drops reactions.
-    async fn delete_message(&self, id: Uuid, now: OffsetDateTime) -> StoreResult<Message>;
+    async fn delete_message(
+        &self,
+        id: Uuid,
+        render: RenderMessageEvent,
+        now: OffsetDateTime,
+    ) -> StoreResult<Message>;
     /// Adds a reaction (idempotent).
     async fn add_reaction(
         &self,
@@ -224,8 +261,34 @@ pub trait Store: Send + Sync + 'static {
         seqs: (i64, i64),
         viewer: Uuid,
     ) -> StoreResult<Vec<ReactionCount>>;
-    /// Moves `user`'s read pointer forward to `seq` (never backwards).
-    async fn mark_read(&self, conversation: Uuid, user: Uuid, seq: i64) -> StoreResult<i64>;
+    /// Moves `user`'s read pointer forward to `seq` (never backwards),
+    /// appending `event` only if it moved. Returns the pointer.
+    async fn mark_read(
+        &self,
+        conversation: Uuid,
+        user: Uuid,
+        seq: i64,
+        event: &NewEvent,
+        now: OffsetDateTime,
+    ) -> StoreResult<i64>;
+
+    // --- event log ----------------------------------------------------------
+
+    /// Final events after `after`, in log order, at most `limit`. "Final":
+    /// no event can ever appear before the last one returned.
+    async fn events_after(&self, after: EventCursor, limit: i64) -> StoreResult<Vec<StoredEvent>>;
+    /// Like [`Store::events_after`], only those `user` receives: addressed
+    /// to them, or in a conversation they are a member of now.
+    async fn user_events_after(
+        &self,
+        user: Uuid,
+        after: EventCursor,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>>;
+    /// The newest final event's position (where a new reader starts).
+    async fn event_head(&self) -> StoreResult<EventCursor>;
+    /// The conversations `user` is a member of.
+    async fn conversation_ids(&self, user: Uuid) -> StoreResult<Vec<Uuid>>;
 
     // --- audit --------------------------------------------------------------
 

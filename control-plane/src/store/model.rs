@@ -382,3 +382,84 @@ pub struct AuditEntry {
     /// JSON object with details.
     pub details: String,
 }
+
+/// A position in the event log: events are ordered by the writing
+/// transaction, then by id (see `migrations/*/0002_events.sql`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventCursor {
+    /// The writing transaction (always 0 on SQLite).
+    pub txid: i64,
+    /// The event's id.
+    pub id: i64,
+}
+
+impl fmt::Display for EventCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.txid, self.id)
+    }
+}
+
+impl std::str::FromStr for EventCursor {
+    type Err = ();
+
+    /// Parses `"<txid>.<id>"`, the form clients echo back.
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let (txid, id) = text.split_once('.').ok_or(())?;
+        let cursor = EventCursor {
+            txid: txid.parse().map_err(drop)?,
+            id: id.parse().map_err(drop)?,
+        };
+        if cursor.txid < 0 || cursor.id < 0 {
+            return Err(());
+        }
+        Ok(cursor)
+    }
+}
+
+/// A durable event to append in the same transaction as its change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Its members receive it.
+    pub conversation_id: Option<Uuid>,
+    /// This user receives it (as well).
+    pub user_id: Option<Uuid>,
+    /// The event name (`message.created`, ...).
+    pub kind: &'static str,
+    /// The JSON body clients receive as `data`.
+    pub payload: String,
+}
+
+/// An event read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredEvent {
+    /// Writing transaction (0 on SQLite).
+    pub txid: i64,
+    /// Id.
+    pub id: i64,
+    /// Audience: members of this conversation.
+    pub conversation_id: Option<Uuid>,
+    /// Audience: this user.
+    pub user_id: Option<Uuid>,
+    /// Event name.
+    pub kind: String,
+    /// JSON body.
+    pub payload: String,
+}
+
+impl StoredEvent {
+    /// Its position in the log.
+    pub fn cursor(&self) -> EventCursor {
+        EventCursor {
+            txid: self.txid,
+            id: self.id,
+        }
+    }
+}
+
+/// Renders the event for a message after its transaction assigned what
+/// only the transaction knows (its `seq`). A plain function, so it crosses
+/// the `Store` trait object without boxing.
+pub type RenderMessageEvent = fn(&Message) -> NewEvent;
+
+/// Renders the event for a member added inside a transaction.
+pub type RenderMemberEvent = fn(conversation: Uuid, user: Uuid) -> NewEvent;

@@ -176,8 +176,30 @@ fn direct_key(a: Uuid, b: Uuid) -> String {
     format!("{lo}:{hi}")
 }
 
+/// Appends `events` inside the transaction `tx`.
+macro_rules! append_events {
+    ($tx:ident, $events:expr, $now:expr) => {
+        for event in $events {
+            sqlx::query(
+                "INSERT INTO events (conversation_id, user_id, kind, payload, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(event.conversation_id)
+            .bind(event.user_id)
+            .bind(event.kind)
+            .bind(&event.payload)
+            .bind($now)
+            .execute(&mut *$tx)
+            .await?;
+        }
+    };
+}
+
+/// Implements [`Store`] for `$store`. `$watermark` is SQL for the oldest
+/// transaction id that may still commit: events at or above it are not
+/// final yet (see `migrations/postgres/0002_events.sql`).
 macro_rules! sql_store {
-    ($store:ident) => {
+    ($store:ident, $watermark:literal) => {
         #[async_trait]
         impl Store for $store {
             async fn ping(&self) -> StoreResult<()> {
@@ -482,6 +504,7 @@ macro_rules! sql_store {
                 b: Uuid,
                 expected: (Option<ContactStatus>, Option<ContactStatus>),
                 views: (Option<ContactStatus>, Option<ContactStatus>),
+                events: &[NewEvent],
                 now: OffsetDateTime,
             ) -> StoreResult<bool> {
                 let mut tx = self.pool.begin().await?;
@@ -532,6 +555,7 @@ macro_rules! sql_store {
                         }
                     }
                 }
+                append_events!(tx, events, now);
                 tx.commit().await?;
                 Ok(true)
             }
@@ -564,8 +588,10 @@ macro_rules! sql_store {
 
             async fn direct_conversation(
                 &self,
+                id: Uuid,
                 a: Uuid,
                 b: Uuid,
+                events: &[NewEvent],
                 now: OffsetDateTime,
             ) -> StoreResult<(Conversation, bool)> {
                 let key = direct_key(a, b);
@@ -575,7 +601,7 @@ macro_rules! sql_store {
                      last_seq, last_activity_us) VALUES ($1, 'direct', NULL, $2, $3, $4, 0, $5) \
                      ON CONFLICT (direct_key) DO NOTHING",
                 )
-                .bind(Uuid::now_v7())
+                .bind(id)
                 .bind(&key)
                 .bind(a)
                 .bind(now)
@@ -585,11 +611,6 @@ macro_rules! sql_store {
                 .rows_affected()
                     == 1;
                 if inserted {
-                    let id: Uuid =
-                        sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
-                            .bind(&key)
-                            .fetch_one(&mut *tx)
-                            .await?;
                     for user in [a, b] {
                         sqlx::query(
                             "INSERT INTO members (conversation_id, user_id, role, joined_at, last_read_seq) \
@@ -601,6 +622,7 @@ macro_rules! sql_store {
                         .execute(&mut *tx)
                         .await?;
                     }
+                    append_events!(tx, events, now);
                 }
                 tx.commit().await?;
                 let conversation = sqlx::query_as::<_, Conversation>(concat!(
@@ -619,6 +641,7 @@ macro_rules! sql_store {
                 conversation: &Conversation,
                 owner: Uuid,
                 members: &[Uuid],
+                events: &[NewEvent],
             ) -> StoreResult<()> {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(
@@ -647,6 +670,7 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                 }
+                append_events!(tx, events, conversation.created_at);
                 tx.commit().await?;
                 Ok(())
             }
@@ -711,27 +735,51 @@ macro_rules! sql_store {
                 &self,
                 conversation: Uuid,
                 name: &str,
+                events: &[NewEvent],
                 now: OffsetDateTime,
             ) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
                 let done = sqlx::query(
                     "UPDATE conversations SET name = $2, last_activity_us = $3 WHERE id = $1",
                 )
                 .bind(conversation)
                 .bind(name)
                 .bind(unix_micros(now))
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
                 if done.rows_affected() == 0 {
+                    tx.rollback().await?;
                     return Err(StoreError::NotFound);
                 }
+                append_events!(tx, events, now);
+                tx.commit().await?;
                 Ok(())
             }
 
-            async fn delete_conversation(&self, conversation: Uuid) -> StoreResult<()> {
+            async fn delete_conversation(
+                &self,
+                conversation: Uuid,
+                render: RenderMemberEvent,
+                now: OffsetDateTime,
+            ) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                // Lock first, so nobody joins between listing and deleting.
+                sqlx::query("UPDATE conversations SET last_seq = last_seq WHERE id = $1")
+                    .bind(conversation)
+                    .execute(&mut *tx)
+                    .await?;
+                let members: Vec<Uuid> =
+                    sqlx::query_scalar("SELECT user_id FROM members WHERE conversation_id = $1")
+                        .bind(conversation)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let events: Vec<NewEvent> = members.iter().map(|m| render(conversation, *m)).collect();
+                append_events!(tx, &events, now);
                 sqlx::query("DELETE FROM conversations WHERE id = $1")
                     .bind(conversation)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -759,6 +807,7 @@ macro_rules! sql_store {
                 conversation: Uuid,
                 users: &[Uuid],
                 max_members: i64,
+                render: RenderMemberEvent,
                 now: OffsetDateTime,
             ) -> StoreResult<Vec<Uuid>> {
                 let mut tx = self.pool.begin().await?;
@@ -801,11 +850,19 @@ macro_rules! sql_store {
                     tx.rollback().await?;
                     return Err(StoreError::Conflict("member_limit"));
                 }
+                let events: Vec<NewEvent> = added.iter().map(|u| render(conversation, *u)).collect();
+                append_events!(tx, &events, now);
                 tx.commit().await?;
                 Ok(added)
             }
 
-            async fn remove_member(&self, conversation: Uuid, user: Uuid) -> StoreResult<bool> {
+            async fn remove_member(
+                &self,
+                conversation: Uuid,
+                user: Uuid,
+                events: &[NewEvent],
+                now: OffsetDateTime,
+            ) -> StoreResult<bool> {
                 let mut tx = self.pool.begin().await?;
                 // Lock the conversation so two departures cannot both pick
                 // the other as heir and leave the group without an owner.
@@ -855,6 +912,7 @@ macro_rules! sql_store {
                         }
                     }
                 }
+                append_events!(tx, events, now);
                 tx.commit().await?;
                 Ok(true)
             }
@@ -874,7 +932,11 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn send_message(&self, message: &NewMessage) -> StoreResult<(Message, bool)> {
+            async fn send_message(
+                &self,
+                message: &NewMessage,
+                render: RenderMessageEvent,
+            ) -> StoreResult<(Message, bool)> {
                 let mut tx = self.pool.begin().await?;
                 // Taking the next sequence number locks the conversation, so
                 // sends in one conversation are serialised: sequence numbers
@@ -934,6 +996,7 @@ macro_rules! sql_store {
                 .bind(seq)
                 .execute(&mut *tx)
                 .await?;
+                append_events!(tx, &[render(&stored)], message.now);
                 tx.commit().await?;
                 Ok((stored, true))
             }
@@ -994,8 +1057,15 @@ macro_rules! sql_store {
                 Ok(rows)
             }
 
-            async fn edit_message(&self, id: Uuid, body: &str, now: OffsetDateTime) -> StoreResult<Message> {
-                sqlx::query_as::<_, Message>(concat!(
+            async fn edit_message(
+                &self,
+                id: Uuid,
+                body: &str,
+                render: RenderMessageEvent,
+                now: OffsetDateTime,
+            ) -> StoreResult<Message> {
+                let mut tx = self.pool.begin().await?;
+                let message = sqlx::query_as::<_, Message>(concat!(
                     "UPDATE messages SET body = $2, edited_at = $3 \
                      WHERE id = $1 AND deleted_at IS NULL RETURNING ",
                     message_cols!()
@@ -1003,12 +1073,20 @@ macro_rules! sql_store {
                 .bind(id)
                 .bind(body)
                 .bind(now)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?
-                .ok_or(StoreError::NotFound)
+                .ok_or(StoreError::NotFound)?;
+                append_events!(tx, &[render(&message)], now);
+                tx.commit().await?;
+                Ok(message)
             }
 
-            async fn delete_message(&self, id: Uuid, now: OffsetDateTime) -> StoreResult<Message> {
+            async fn delete_message(
+                &self,
+                id: Uuid,
+                render: RenderMessageEvent,
+                now: OffsetDateTime,
+            ) -> StoreResult<Message> {
                 let mut tx = self.pool.begin().await?;
                 let message = sqlx::query_as::<_, Message>(concat!(
                     "UPDATE messages SET body = NULL, deleted_at = COALESCE(deleted_at, $2) \
@@ -1024,6 +1102,7 @@ macro_rules! sql_store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                append_events!(tx, &[render(&message)], now);
                 tx.commit().await?;
                 Ok(message)
             }
@@ -1081,18 +1160,92 @@ macro_rules! sql_store {
                 .await?)
             }
 
-            async fn mark_read(&self, conversation: Uuid, user: Uuid, seq: i64) -> StoreResult<i64> {
-                sqlx::query_scalar(
-                    "UPDATE members SET last_read_seq = \
-                       CASE WHEN last_read_seq < $3 THEN $3 ELSE last_read_seq END \
-                     WHERE conversation_id = $1 AND user_id = $2 RETURNING last_read_seq",
+            async fn mark_read(
+                &self,
+                conversation: Uuid,
+                user: Uuid,
+                seq: i64,
+                event: &NewEvent,
+                now: OffsetDateTime,
+            ) -> StoreResult<i64> {
+                let mut tx = self.pool.begin().await?;
+                let moved = sqlx::query(
+                    "UPDATE members SET last_read_seq = $3 \
+                     WHERE conversation_id = $1 AND user_id = $2 AND last_read_seq < $3",
                 )
                 .bind(conversation)
                 .bind(user)
                 .bind(seq)
-                .fetch_optional(&self.pool)
+                .execute(&mut *tx)
                 .await?
-                .ok_or(StoreError::NotFound)
+                .rows_affected()
+                    == 1;
+                if moved {
+                    append_events!(tx, std::slice::from_ref(event), now);
+                }
+                let pointer: Option<i64> = sqlx::query_scalar(
+                    "SELECT last_read_seq FROM members WHERE conversation_id = $1 AND user_id = $2",
+                )
+                .bind(conversation)
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                pointer.ok_or(StoreError::NotFound)
+            }
+
+            async fn events_after(&self, after: EventCursor, limit: i64) -> StoreResult<Vec<StoredEvent>> {
+                Ok(sqlx::query_as::<_, StoredEvent>(concat!(
+                    "SELECT txid, id, conversation_id, user_id, kind, payload FROM events \
+                     WHERE (txid, id) > ($1, $2) AND txid < ",
+                    $watermark,
+                    " ORDER BY txid, id LIMIT $3"
+                ))
+                .bind(after.txid)
+                .bind(after.id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn user_events_after(
+                &self,
+                user: Uuid,
+                after: EventCursor,
+                limit: i64,
+            ) -> StoreResult<Vec<StoredEvent>> {
+                Ok(sqlx::query_as::<_, StoredEvent>(concat!(
+                    "SELECT txid, id, conversation_id, user_id, kind, payload FROM events e \
+                     WHERE (txid, id) > ($1, $2) AND txid < ",
+                    $watermark,
+                    " AND (e.user_id = $3 OR e.conversation_id IN \
+                       (SELECT conversation_id FROM members WHERE user_id = $3)) \
+                     ORDER BY txid, id LIMIT $4"
+                ))
+                .bind(after.txid)
+                .bind(after.id)
+                .bind(user)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn event_head(&self) -> StoreResult<EventCursor> {
+                let head: Option<(i64, i64)> = sqlx::query_as(concat!(
+                    "SELECT txid, id FROM events WHERE txid < ",
+                    $watermark,
+                    " ORDER BY txid DESC, id DESC LIMIT 1"
+                ))
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(head.map_or(EventCursor::default(), |(txid, id)| EventCursor { txid, id }))
+            }
+
+            async fn conversation_ids(&self, user: Uuid) -> StoreResult<Vec<Uuid>> {
+                Ok(sqlx::query_scalar("SELECT conversation_id FROM members WHERE user_id = $1")
+                    .bind(user)
+                    .fetch_all(&self.pool)
+                    .await?)
             }
 
             async fn audit(&self, entry: &AuditEntry) -> StoreResult<()> {
@@ -1127,5 +1280,9 @@ macro_rules! sql_store {
     };
 }
 
-sql_store!(PgStore);
-sql_store!(SqliteStore);
+sql_store!(
+    PgStore,
+    "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint)"
+);
+// SQLite serialises writers: every committed event is final.
+sql_store!(SqliteStore, "9223372036854775807");

@@ -134,7 +134,9 @@ pub async fn run(options: &ApiBenchOptions) -> Vec<Measurement> {
                         reply_to: None,
                         now: control_plane::store::now_utc(),
                     };
-                    s.send_message(&message).await.is_ok()
+                    s.send_message(&message, control_plane::api::events::message_created)
+                        .await
+                        .is_ok()
                 }
             },
         )
@@ -155,15 +157,18 @@ pub async fn run(options: &ApiBenchOptions) -> Vec<Measurement> {
             .unwrap_or(0);
         for i in have..options.history {
             let _ = store
-                .send_message(&NewMessage {
-                    id: Uuid::now_v7(),
-                    conversation_id: *conversation,
-                    author_id: author_ids[i % author_ids.len()],
-                    client_message_id: None,
-                    body: format!("history {i}"),
-                    reply_to: None,
-                    now: control_plane::store::now_utc(),
-                })
+                .send_message(
+                    &NewMessage {
+                        id: Uuid::now_v7(),
+                        conversation_id: *conversation,
+                        author_id: author_ids[i % author_ids.len()],
+                        client_message_id: None,
+                        body: format!("history {i}"),
+                        reply_to: None,
+                        now: control_plane::store::now_utc(),
+                    },
+                    control_plane::api::events::message_created,
+                )
                 .await;
         }
     }
