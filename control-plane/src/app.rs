@@ -20,12 +20,18 @@ use crate::auth::{Passwords, SigningKey, Tokens};
 use crate::config::ControlPlaneConfig;
 use crate::dependencies::{Dependencies, DependencyError};
 use crate::error;
+use crate::gateway::Gateway;
+use crate::gateway::bus::{Bus, LocalBus, RedisBus};
+use crate::gateway::hub::HubSettings;
+use crate::gateway::metrics::GatewayMetrics;
+use crate::gateway::presence::Presence;
 use crate::ratelimit::{MemoryLimiter, RateLimiter, RedisLimiter};
 use crate::store::StoreError;
 
 /// One control-plane replica, bound and ready to run.
 pub struct ControlPlane {
     http: HttpServer,
+    hub: crate::gateway::hub::HubTask,
     router: Router,
     readiness: Readiness,
     dependencies: Dependencies,
@@ -99,18 +105,50 @@ impl Service for ControlPlane {
         )
         .expect("metric definition is static and valid");
         metrics.register(Box::new(limiter_errors.clone()));
+        let bus: Arc<dyn Bus> = match (&config.redis.url, &dependencies.redis) {
+            (Some(url), Some(client)) => RedisBus::start(url, client.clone())
+                .map_err(|e| StartError::Dependency(DependencyError::Redis(e)))?,
+            _ => Arc::new(LocalBus::default()),
+        };
+        let gateway_metrics = GatewayMetrics::new(&metrics);
+        let (hub, hub_task) = crate::gateway::hub::hub(
+            dependencies.store.clone(),
+            bus.clone(),
+            HubSettings {
+                outbound_queue: config.gateway.outbound_queue,
+                poll_interval: std::time::Duration::from_millis(config.gateway.poll_interval_ms),
+                max_replay: config.gateway.max_replay,
+            },
+            gateway_metrics.clone(),
+        );
+        let tokens = Tokens::new(
+            key,
+            std::time::Duration::from_secs(config.auth.access_token_ttl_secs),
+        );
+        let gateway = Gateway {
+            hub,
+            bus: bus.clone(),
+            presence: Arc::new(Presence::new(
+                dependencies.redis.clone(),
+                bus.clone(),
+                dependencies.store.clone(),
+                std::time::Duration::from_secs(config.gateway.presence_ttl_secs),
+            )),
+            store: dependencies.store.clone(),
+            tokens: tokens.clone(),
+            settings: (&config.gateway).into(),
+            metrics: gateway_metrics,
+        };
         let state = AppState::new(Shared {
             store: dependencies.store.clone(),
             passwords: Passwords::new(&config.auth).map_err(StartError::Passwords)?,
-            tokens: Tokens::new(
-                key,
-                std::time::Duration::from_secs(config.auth.access_token_ttl_secs),
-            ),
+            tokens,
             limiter,
             config: config.clone(),
             limiter_errors,
+            gateway,
         });
-        let router = router(&config, state, metrics, readiness.clone());
+        let router = router(&config, state, bus, metrics, readiness.clone());
         let http = HttpServer::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -124,6 +162,7 @@ impl Service for ControlPlane {
         );
         Ok(ControlPlane {
             http,
+            hub: hub_task,
             router,
             readiness,
             dependencies,
@@ -138,6 +177,7 @@ impl Service for ControlPlane {
     }
 
     async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
+        let hub = tokio::spawn(self.hub.run(shutdown.clone()));
         let readiness = self.readiness.clone();
         let served = self
             .http
@@ -145,6 +185,8 @@ impl Service for ControlPlane {
                 readiness.start_draining()
             })
             .await;
+        // The hub closes its WebSockets (1001) when shutdown fires.
+        let _ = tokio::time::timeout(self.drain_timeout, hub).await;
         self.dependencies.close().await;
         tracing::info!("control plane stopped");
         served.map_err(StartError::Serve)
@@ -157,12 +199,19 @@ impl Service for ControlPlane {
 pub fn router(
     config: &ControlPlaneConfig,
     state: AppState,
+    bus: Arc<dyn Bus>,
     metrics: Metrics,
     readiness: Readiness,
 ) -> Router {
     let (api, openapi) = api::routes();
     let app = api
+        .route("/v1/ws", axum::routing::get(crate::gateway::upgrade))
         .with_state(state)
+        // Every successful write wakes the hubs of all replicas.
+        .layer(axum::middleware::from_fn_with_state(
+            bus,
+            crate::gateway::wake_hubs,
+        ))
         // Serves /docs (Swagger UI) and /openapi.json.
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .merge(service::ops::routes(metrics.clone(), readiness))

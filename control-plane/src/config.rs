@@ -32,6 +32,8 @@ pub struct ControlPlaneConfig {
     pub auth: AuthConfig,
     /// Sizes users may not exceed.
     pub limits: LimitsConfig,
+    /// The WebSocket gateway.
+    pub gateway: crate::gateway::GatewayConfig,
 }
 
 /// `[control_plane.auth]`.
@@ -139,6 +141,7 @@ impl Default for ControlPlaneConfig {
             redis: RedisConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            gateway: crate::gateway::GatewayConfig::default(),
         }
     }
 }
@@ -204,6 +207,7 @@ impl Validate for ControlPlaneConfig {
         v.section("redis", &self.redis);
         v.section("auth", &self.auth);
         v.section("limits", &self.limits);
+        v.section("gateway", &self.gateway);
     }
 }
 

@@ -11,6 +11,8 @@
 //! - [`store`]: the [`store::Store`] trait over Postgres or embedded SQLite.
 //! - [`ratelimit`]: failed-login counting in Redis or in process.
 //! - [`dependencies`]: opening the store and Redis, with readiness checks.
+//! - [`gateway`]: the WebSocket gateway (`GET /v1/ws`): the hub that reads
+//!   the event log, presence, and the bus between replicas.
 //! - [`error`]: [`ApiError`], the JSON error body every handler returns.
 //!
 //! Architecture invariant: handlers never see a raw database or Redis
@@ -23,6 +25,7 @@ pub mod auth;
 pub mod config;
 pub mod dependencies;
 pub mod error;
+pub mod gateway;
 pub mod ratelimit;
 pub mod store;
 

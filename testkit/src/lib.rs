@@ -8,6 +8,7 @@
 //!   SQLite, or a Postgres database made for the test) with typed API
 //!   helpers, and `both_backends!` to run one scenario on both.
 //! - [`client`]: `ApiClient`, typed API calls against any address.
+//! - [`ws`]: `WsClient`, a gateway WebSocket client with timeouts.
 //! - [`bench`]: the load generators behind `cascade bench`.
 //! - [`promtool`]: finds Prometheus' `promtool` to check `/metrics` output.
 //!
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod client;
 pub mod control_plane;
 pub mod servers;
+pub mod ws;
 
 use std::path::PathBuf;
 

@@ -7,6 +7,8 @@
 //!   `build` → `run` path, checked over HTTP.
 //! - `api`: the REST API scenario by scenario, each on SQLite and Postgres.
 //! - `durability`: acknowledged writes survive SIGKILL and restart.
+//! - `gateway`: the WebSocket gateway, live and resumed, on one and two
+//!   replicas, through a Redis restart.
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
@@ -14,3 +16,4 @@ mod api;
 mod cli;
 mod control_plane;
 mod durability;
+mod gateway;

@@ -52,6 +52,8 @@ pub struct Shared {
     pub config: ControlPlaneConfig,
     /// Counts limiter failures (we fail open, so this must be visible).
     pub limiter_errors: prometheus::IntCounter,
+    /// The WebSocket gateway.
+    pub gateway: crate::gateway::Gateway,
 }
 
 impl AppState {

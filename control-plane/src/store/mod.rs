@@ -289,6 +289,9 @@ pub trait Store: Send + Sync + 'static {
     async fn event_head(&self) -> StoreResult<EventCursor>;
     /// The conversations `user` is a member of.
     async fn conversation_ids(&self, user: Uuid) -> StoreResult<Vec<Uuid>>;
+    /// Who may see `user`'s presence: accepted contacts and the members of
+    /// every conversation they are in.
+    async fn presence_audience(&self, user: Uuid) -> StoreResult<Vec<Uuid>>;
 
     // --- audit --------------------------------------------------------------
 

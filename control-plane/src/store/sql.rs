@@ -1241,6 +1241,19 @@ macro_rules! sql_store {
                 Ok(head.map_or(EventCursor::default(), |(txid, id)| EventCursor { txid, id }))
             }
 
+            async fn presence_audience(&self, user: Uuid) -> StoreResult<Vec<Uuid>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT m2.user_id FROM members m1 \
+                     JOIN members m2 ON m2.conversation_id = m1.conversation_id \
+                     WHERE m1.user_id = $1 AND m2.user_id <> $1 \
+                     UNION \
+                     SELECT other_id FROM contacts WHERE owner_id = $1 AND status = 'accepted'",
+                )
+                .bind(user)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn conversation_ids(&self, user: Uuid) -> StoreResult<Vec<Uuid>> {
                 Ok(sqlx::query_scalar("SELECT conversation_id FROM members WHERE user_id = $1")
                     .bind(user)

@@ -1,0 +1,438 @@
+//! The hub: one task per replica that reads the event log in order and
+//! hands each event to the local connections that should see it.
+//!
+//! Live delivery and resume read the same ordered log, and the hub alone
+//! decides what each connection has been sent, so a client receives every
+//! event exactly once and in order, whichever replica it is on. The hub
+//! never waits on a client: each connection has a bounded queue, and a
+//! client that lets it fill up is disconnected (1008) instead of growing
+//! memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protocol::gateway::ServerFrame;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::bus::{Bus, BusMessage};
+use super::fanout::{ConnId, Fanout, Kind, Route};
+use super::metrics::GatewayMetrics;
+use crate::store::{EventCursor, Store, StoredEvent};
+
+/// Events read per query.
+const PAGE: i64 = 500;
+
+/// Why a connection was closed by the server: a WebSocket close code and
+/// reason, read by the connection task when its queue closes.
+pub type CloseReason = Arc<Mutex<Option<(u16, &'static str)>>>;
+
+/// Settings of the hub.
+#[derive(Debug, Clone, Copy)]
+pub struct HubSettings {
+    /// Frames a connection may have queued before it is cut off.
+    pub outbound_queue: usize,
+    /// How often the log is read without a wake-up.
+    pub poll_interval: Duration,
+    /// Most events one resume replays before asking for a resync.
+    pub max_replay: usize,
+}
+
+/// A connection accepted by the hub.
+pub struct Connected {
+    /// Its id on this replica.
+    pub conn: ConnId,
+    /// Frames to write to the socket, in order.
+    pub frames: mpsc::Receiver<Arc<str>>,
+    /// Set when the hub closes the connection.
+    pub close: CloseReason,
+}
+
+/// Why a resume was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// Events were already delivered; replaying older ones now would break
+    /// their order.
+    #[error("resume must be the first frame; reconnect with ?cursor=")]
+    TooLate,
+    /// The log could not be read.
+    #[error("the event log is unavailable")]
+    Store,
+}
+
+/// Why a connection could not be accepted.
+#[derive(Debug, thiserror::Error)]
+#[error("the gateway cannot accept connections right now")]
+pub struct ConnectError;
+
+enum Command {
+    Connect {
+        user: Uuid,
+        resume: Option<EventCursor>,
+        reply: oneshot::Sender<Result<Connected, ConnectError>>,
+    },
+    Resume {
+        conn: ConnId,
+        cursor: EventCursor,
+        reply: oneshot::Sender<Result<(), ResumeError>>,
+    },
+    Disconnect {
+        conn: ConnId,
+    },
+}
+
+/// Talks to the hub task. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Hub {
+    /// Registers a connection of `user`, replaying after `resume` if given.
+    pub async fn connect(
+        &self,
+        user: Uuid,
+        resume: Option<EventCursor>,
+    ) -> Result<Connected, ConnectError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Connect {
+                user,
+                resume,
+                reply,
+            })
+            .await
+            .map_err(|_| ConnectError)?;
+        answer.await.map_err(|_| ConnectError)?
+    }
+
+    /// Replays after `cursor` on a connection that has received nothing yet.
+    pub async fn resume(&self, conn: ConnId, cursor: EventCursor) -> Result<(), ResumeError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Resume {
+                conn,
+                cursor,
+                reply,
+            })
+            .await
+            .map_err(|_| ResumeError::Store)?;
+        answer.await.map_err(|_| ResumeError::Store)?
+    }
+
+    /// Forgets a connection (its socket closed).
+    pub fn disconnect(&self, conn: ConnId) {
+        // The hub may already be gone at shutdown.
+        let _ = self.commands.try_send(Command::Disconnect { conn });
+    }
+}
+
+struct Local {
+    frames: mpsc::Sender<Arc<str>>,
+    close: CloseReason,
+    /// Frames sent (the `ready` frame included).
+    delivered: u64,
+    user: Uuid,
+}
+
+/// The hub task's state; run it with [`HubTask::run`].
+pub struct HubTask {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    settings: HubSettings,
+    metrics: GatewayMetrics,
+    commands: mpsc::Receiver<Command>,
+    conns: HashMap<ConnId, Local>,
+    fanout: Fanout,
+    head: EventCursor,
+    next_conn: ConnId,
+}
+
+/// Creates a hub and the handle to it.
+pub fn hub(
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    settings: HubSettings,
+    metrics: GatewayMetrics,
+) -> (Hub, HubTask) {
+    let (commands, receiver) = mpsc::channel(1024);
+    let task = HubTask {
+        store,
+        bus,
+        settings,
+        metrics,
+        commands: receiver,
+        conns: HashMap::new(),
+        fanout: Fanout::default(),
+        head: EventCursor::default(),
+        next_conn: 1,
+    };
+    (Hub { commands }, task)
+}
+
+/// The frame of a durable event, built once and shared by all recipients.
+fn event_frame(event: &StoredEvent) -> Arc<str> {
+    let kind = serde_json::to_string(&event.kind).unwrap_or_else(|_| "\"unknown\"".into());
+    format!(
+        r#"{{"type":{kind},"cursor":"{}","data":{}}}"#,
+        event.cursor(),
+        event.payload
+    )
+    .into()
+}
+
+fn frame(frame: &ServerFrame) -> Arc<str> {
+    serde_json::to_string(frame).unwrap_or_default().into()
+}
+
+/// What routing needs from an event row.
+fn route_of(event: &StoredEvent) -> Route {
+    let kind = match event.kind.as_str() {
+        "member.added" => Kind::MemberAdded,
+        "member.removed" => Kind::MemberRemoved,
+        "conversation.updated" if event.conversation_id.is_none() => {
+            #[derive(serde::Deserialize)]
+            struct Deleted {
+                conversation_id: Uuid,
+                deleted: bool,
+            }
+            match serde_json::from_str::<Deleted>(&event.payload) {
+                Ok(d) if d.deleted => Kind::ConversationDeleted(d.conversation_id),
+                _ => Kind::Other,
+            }
+        }
+        _ => Kind::Other,
+    };
+    Route {
+        kind,
+        conversation_id: event.conversation_id,
+        user_id: event.user_id,
+    }
+}
+
+impl HubTask {
+    /// Reads the log and serves commands until `shutdown`, then closes
+    /// every connection with 1001 (going away).
+    pub async fn run(mut self, shutdown: service::Shutdown) {
+        self.head = loop {
+            match self.store.event_head().await {
+                Ok(head) => break head,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the event log head; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let mut bus = self.bus.subscribe();
+        let mut poll = tokio::time::interval(self.settings.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.command(command).await,
+                    None => break,
+                },
+                message = bus.recv() => match message {
+                    Ok(BusMessage::EventsWritten) => self.pull().await,
+                    Ok(BusMessage::Typing { conversation, user }) => {
+                        let conns = self.fanout.members_except(conversation, user);
+                        let typing = frame(&ServerFrame::Typing { conversation_id: conversation, user_id: user });
+                        for conn in conns {
+                            self.send(conn, &typing);
+                        }
+                    }
+                    Ok(BusMessage::Presence { user, status, audience }) => {
+                        let conns = self.fanout.conns_for(audience.into_iter().filter(|u| *u != user));
+                        let presence = frame(&ServerFrame::Presence { user_id: user, status });
+                        for conn in conns {
+                            self.send(conn, &presence);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.pull().await,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => bus = self.bus.subscribe(),
+                },
+                _ = poll.tick() => self.pull().await,
+            }
+        }
+        for (_, local) in self.conns.drain() {
+            set_close(&local.close, 1001, "server shutting down");
+        }
+        self.metrics.connections.set(0);
+    }
+
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Connect {
+                user,
+                resume,
+                reply,
+            } => {
+                let conversations = match self.store.conversation_ids(user).await {
+                    Ok(ids) => ids,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot load memberships for a new connection");
+                        let _ = reply.send(Err(ConnectError));
+                        return;
+                    }
+                };
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                let (frames, receiver) = mpsc::channel(self.settings.outbound_queue);
+                let close = CloseReason::default();
+                self.conns.insert(
+                    conn,
+                    Local {
+                        frames,
+                        close: close.clone(),
+                        delivered: 0,
+                        user,
+                    },
+                );
+                self.fanout.connect(conn, user, conversations);
+                self.metrics.connections.set(self.fanout.len() as i64);
+                let start = resume.unwrap_or(self.head);
+                self.send(
+                    conn,
+                    &frame(&ServerFrame::Ready {
+                        user_id: user,
+                        cursor: start.to_string(),
+                    }),
+                );
+                if let Some(cursor) = resume
+                    && self.replay(conn, user, cursor).await.is_err()
+                {
+                    self.close(conn, 1011, "event log unavailable");
+                }
+                let _ = reply.send(Ok(Connected {
+                    conn,
+                    frames: receiver,
+                    close,
+                }));
+            }
+            Command::Resume {
+                conn,
+                cursor,
+                reply,
+            } => {
+                let Some(local) = self.conns.get(&conn) else {
+                    let _ = reply.send(Err(ResumeError::Store));
+                    return;
+                };
+                // Only the `ready` frame may have gone out before a resume.
+                if local.delivered > 1 {
+                    let _ = reply.send(Err(ResumeError::TooLate));
+                    return;
+                }
+                let user = local.user;
+                let _ = reply.send(self.replay(conn, user, cursor).await);
+            }
+            Command::Disconnect { conn } => {
+                self.conns.remove(&conn);
+                self.fanout.disconnect(conn);
+                self.metrics.connections.set(self.fanout.len() as i64);
+            }
+        }
+    }
+
+    /// Sends `user`'s events after `from` up to the hub's position; later
+    /// ones arrive through the live stream.
+    async fn replay(
+        &mut self,
+        conn: ConnId,
+        user: Uuid,
+        from: EventCursor,
+    ) -> Result<(), ResumeError> {
+        let mut cursor = from;
+        let mut sent = 0usize;
+        while cursor < self.head {
+            let events = self
+                .store
+                .user_events_after(user, cursor, PAGE)
+                .await
+                .map_err(|_| ResumeError::Store)?;
+            let page_full = events.len() as i64 == PAGE;
+            let head = self.head;
+            for event in events.iter().take_while(|e| e.cursor() <= head) {
+                if sent == self.settings.max_replay {
+                    let resync = frame(&ServerFrame::ResyncRequired {
+                        cursor: self.head.to_string(),
+                    });
+                    self.send(conn, &resync);
+                    return Ok(());
+                }
+                self.send(conn, &event_frame(event));
+                sent += 1;
+                cursor = event.cursor();
+            }
+            if !page_full || events.last().is_none_or(|e| e.cursor() > head) {
+                break;
+            }
+        }
+        self.metrics.replayed.inc_by(sent as u64);
+        Ok(())
+    }
+
+    /// Reads every final event after the head and dispatches it.
+    async fn pull(&mut self) {
+        loop {
+            let events = match self.store.events_after(self.head, PAGE).await {
+                Ok(events) => events,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the event log; will retry");
+                    return;
+                }
+            };
+            for event in &events {
+                let conns = self.fanout.route(route_of(event));
+                if !conns.is_empty() {
+                    let text = event_frame(event);
+                    for conn in conns {
+                        self.send(conn, &text);
+                    }
+                }
+                self.head = event.cursor();
+            }
+            if (events.len() as i64) < PAGE {
+                return;
+            }
+        }
+    }
+
+    /// Queues a frame; a full queue disconnects the connection.
+    fn send(&mut self, conn: ConnId, text: &Arc<str>) {
+        let Some(local) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        match local.frames.try_send(text.clone()) {
+            Ok(()) => {
+                local.delivered += 1;
+                self.metrics.delivered.inc();
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.slow_consumers.inc();
+                self.close(conn, 1008, "too slow: outbound queue full");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.conns.remove(&conn);
+                self.fanout.disconnect(conn);
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, code: u16, reason: &'static str) {
+        if let Some(local) = self.conns.remove(&conn) {
+            set_close(&local.close, code, reason);
+        }
+        self.fanout.disconnect(conn);
+        self.metrics.connections.set(self.fanout.len() as i64);
+    }
+}
+
+fn set_close(close: &CloseReason, code: u16, reason: &'static str) {
+    let mut slot = close.lock().unwrap_or_else(|p| p.into_inner());
+    slot.get_or_insert((code, reason));
+}

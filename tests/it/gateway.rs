@@ -1,0 +1,478 @@
+//! The WebSocket gateway over real sockets: live events, resume, bad
+//! frames, typing and presence; two replicas on Postgres and Redis, and a
+//! Redis restart in the middle.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use testkit::app::{Backend, TestApp};
+use testkit::both_backends;
+use testkit::client::{ApiClient, TestUser};
+use testkit::control_plane::TestControlPlane;
+use testkit::ws::WsClient;
+
+const WAIT: Duration = Duration::from_secs(5);
+const QUIET: Duration = Duration::from_millis(400);
+
+fn addr(app: &TestApp) -> std::net::SocketAddr {
+    app.server.as_ref().expect("running").http_addr()
+}
+
+async fn ws(
+    addr: std::net::SocketAddr,
+    user: &TestUser,
+    cursor: Option<&str>,
+) -> (WsClient, String) {
+    let mut client = WsClient::connect(addr, Some(&user.access), cursor)
+        .await
+        .expect("upgrade");
+    let ready = client.expect("ready", WAIT).await;
+    assert_eq!(ready["user_id"], user.id.as_str());
+    (client, ready["cursor"].as_str().unwrap().to_owned())
+}
+
+both_backends!(
+    events_reach_every_device_of_members_and_nobody_else,
+    live_scenario
+);
+async fn live_scenario(app: TestApp) {
+    let (alice, bob, mallory) = (
+        app.register("alice").await,
+        app.register("bob").await,
+        app.register("mallory").await,
+    );
+    let chat = app.direct(&alice, &bob).await;
+    let (mut phone, _) = ws(addr(&app), &alice, None).await;
+    let (mut laptop, _) = ws(addr(&app), &alice, None).await;
+    let (mut bobs, _) = ws(addr(&app), &bob, None).await;
+    let (mut outsider, _) = ws(addr(&app), &mallory, None).await;
+
+    let sent = app.send(&chat, &bob, "hello alice").await;
+    for client in [&mut phone, &mut laptop, &mut bobs] {
+        let event = client.expect("message.created", WAIT).await;
+        assert_eq!(event["data"]["body"], "hello alice");
+        assert_eq!(event["data"]["id"], sent["id"]);
+        assert!(event["cursor"].is_string());
+    }
+    // Edits, deletions and read pointers follow on the same stream.
+    let id = sent["id"].as_str().unwrap();
+    app.patch(
+        &format!("/v1/conversations/{chat}/messages/{id}"),
+        &bob,
+        json!({ "body": "hello!" }),
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        phone.expect("message.updated", WAIT).await["data"]["body"],
+        "hello!"
+    );
+    app.post(
+        &format!("/v1/conversations/{chat}/read"),
+        &alice,
+        json!({ "message_id": id }),
+    )
+    .await
+    .expect(200);
+    let read = bobs.expect("read.updated", WAIT).await;
+    assert_eq!(read["data"]["user_id"], alice.id.as_str());
+
+    // A group: the added member hears of it and of what follows; the
+    // outsider hears nothing at all.
+    let group = app.group(&alice, "team", &[]).await;
+    app.post(
+        &format!("/v1/conversations/{group}/members"),
+        &alice,
+        json!({ "user_ids": [bob.id] }),
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        bobs.expect("member.added", WAIT).await["data"]["conversation_id"],
+        group.as_str()
+    );
+    app.send(&group, &alice, "welcome").await;
+    assert_eq!(
+        bobs.expect("message.created", WAIT).await["data"]["body"],
+        "welcome"
+    );
+    app.delete(
+        &format!("/v1/conversations/{group}/members/{}", bob.id),
+        &alice,
+    )
+    .await
+    .expect(204);
+    bobs.expect("member.removed", WAIT).await;
+    app.send(&group, &alice, "after bob left").await;
+    assert!(
+        bobs.collect("message.created", QUIET).await.is_empty(),
+        "removed members hear nothing more"
+    );
+    assert!(outsider.collect("message.created", QUIET).await.is_empty());
+}
+
+both_backends!(resume_replays_exactly_what_was_missed, resume_scenario);
+async fn resume_scenario(app: TestApp) {
+    let (alice, bob) = (app.register("alice").await, app.register("bob").await);
+    let chat = app.direct(&alice, &bob).await;
+    app.send(&chat, &bob, "seen before").await;
+    let (mut client, _) = ws(addr(&app), &alice, None).await;
+    app.send(&chat, &bob, "last seen").await;
+    let cursor = client.expect("message.created", WAIT).await["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.close().await;
+
+    for i in 0..50 {
+        app.send(&chat, &bob, &format!("missed {i}")).await;
+    }
+    let expected: Vec<String> = (0..50).map(|i| format!("missed {i}")).collect();
+
+    // With ?cursor= on the upgrade.
+    let (mut resumed, _) = ws(addr(&app), &alice, Some(&cursor)).await;
+    let replayed = resumed.collect("message.created", QUIET).await;
+    let bodies: Vec<&str> = replayed
+        .iter()
+        .map(|e| e["data"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, expected, "exactly the missed messages, in order");
+
+    // With a resume frame as the first frame.
+    let (mut again, _) = ws(addr(&app), &alice, None).await;
+    again
+        .send(&json!({ "type": "resume", "cursor": cursor }))
+        .await;
+    let replayed = again.collect("message.created", QUIET).await;
+    assert_eq!(replayed.len(), 50);
+    // A resume after events were delivered would break their order.
+    app.send(&chat, &bob, "live").await;
+    again.expect("message.created", WAIT).await;
+    again
+        .send(&json!({ "type": "resume", "cursor": cursor }))
+        .await;
+    assert_eq!(again.expect("error", WAIT).await["code"], "resume_refused");
+}
+
+#[tokio::test]
+async fn authentication_by_header_or_first_frame() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| c.gateway.auth_timeout_secs = 1)
+        .await
+        .unwrap();
+    let alice = app.register("alice").await;
+    assert!(
+        WsClient::connect(addr(&app), Some("not-a-token"), None)
+            .await
+            .is_err(),
+        "401 before upgrade"
+    );
+
+    let mut by_frame = WsClient::connect(addr(&app), None, None).await.unwrap();
+    by_frame
+        .send(&json!({ "type": "auth", "token": alice.access }))
+        .await;
+    by_frame.expect("ready", WAIT).await;
+
+    let mut silent = WsClient::connect(addr(&app), None, None).await.unwrap();
+    let closed = silent.closed(WAIT).await.expect("closed");
+    assert_eq!(closed.code, 4401);
+
+    let mut wrong = WsClient::connect(addr(&app), None, None).await.unwrap();
+    wrong
+        .send(&json!({ "type": "auth", "token": "forged" }))
+        .await;
+    assert_eq!(wrong.closed(WAIT).await.expect("closed").code, 4401);
+}
+
+#[tokio::test]
+async fn bad_frames_get_errors_or_a_close_and_never_hurt_others() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.gateway.max_frame_bytes = 2048;
+        c.gateway.inbound_per_sec = 10;
+        c.gateway.inbound_burst = 20;
+    })
+    .await
+    .unwrap();
+    let (alice, bob) = (app.register("alice").await, app.register("bob").await);
+    let chat = app.direct(&alice, &bob).await;
+    let (mut bystander, _) = ws(addr(&app), &bob, None).await;
+
+    let (mut client, _) = ws(addr(&app), &alice, None).await;
+    for (text, code) in [
+        ("not json".to_owned(), "invalid_frame"),
+        (r#"{"type":"teleport"}"#.to_owned(), "invalid_frame"),
+        (
+            r#"{"type":"typing","conversation_id":"nope"}"#.to_owned(),
+            "invalid_frame",
+        ),
+        (
+            r#"{"type":"resume","cursor":"garbage"}"#.to_owned(),
+            "invalid_cursor",
+        ),
+        (
+            r#"{"type":"auth","token":"again"}"#.to_owned(),
+            "already_authenticated",
+        ),
+    ] {
+        client.send_text(text).await;
+        assert_eq!(client.expect("error", WAIT).await["code"], code);
+    }
+    client.send(&json!({ "type": "ping" })).await;
+    client.expect("pong", WAIT).await;
+
+    // Oversized: the connection is closed, the server lives on.
+    let (mut big, _) = ws(addr(&app), &alice, None).await;
+    big.send_text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(4096)))
+        .await;
+    let closed = big.closed(WAIT).await.expect("closed");
+    assert!([1008, 1009, 1006].contains(&closed.code), "{closed:?}");
+
+    // A flood: cut off at the rate limit.
+    let (mut flood, _) = ws(addr(&app), &alice, None).await;
+    for _ in 0..200 {
+        flood.send(&json!({ "type": "ping" })).await;
+    }
+    let closed = flood.closed(WAIT).await.expect("closed");
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (1008, "rate limit exceeded")
+    );
+
+    // Everyone else is unaffected.
+    app.send(&chat, &alice, "still here").await;
+    assert_eq!(
+        bystander.expect("message.created", WAIT).await["data"]["body"],
+        "still here"
+    );
+    client.send(&json!({ "type": "ping" })).await;
+    client.expect("pong", WAIT).await;
+}
+
+both_backends!(typing_and_presence_reach_members_only, ephemeral_scenario);
+async fn ephemeral_scenario(app: TestApp) {
+    let (alice, bob, mallory) = (
+        app.register("alice").await,
+        app.register("bob").await,
+        app.register("mallory").await,
+    );
+    let chat = app.direct(&alice, &bob).await;
+    let (mut bobs, _) = ws(addr(&app), &bob, None).await;
+    let (mut outsider, _) = ws(addr(&app), &mallory, None).await;
+
+    let (mut alices, _) = ws(addr(&app), &alice, None).await;
+    let online = bobs.expect("presence", WAIT).await;
+    assert_eq!(
+        (online["user_id"].as_str(), online["status"].as_str()),
+        (Some(alice.id.as_str()), Some("online"))
+    );
+
+    alices
+        .send(&json!({ "type": "typing", "conversation_id": chat }))
+        .await;
+    let typing = bobs.expect("typing", WAIT).await;
+    assert_eq!(typing["user_id"], alice.id.as_str());
+    outsider
+        .send(&json!({ "type": "typing", "conversation_id": chat }))
+        .await;
+    assert_eq!(outsider.expect("error", WAIT).await["code"], "not_found");
+
+    alices
+        .send(&json!({ "type": "presence", "status": "away" }))
+        .await;
+    assert_eq!(bobs.expect("presence", WAIT).await["status"], "away");
+    alices.close().await;
+    assert_eq!(bobs.expect("presence", WAIT).await["status"], "offline");
+    assert!(
+        outsider.collect("presence", QUIET).await.is_empty(),
+        "strangers see no presence"
+    );
+    assert!(outsider.collect("typing", QUIET).await.is_empty());
+}
+
+/// Two replicas behind one "load balancer": a message sent over REST to A
+/// arrives on a WebSocket connected to B, and a client that misses 50
+/// messages while away resumes on the other replica with exactly those 50.
+#[tokio::test]
+async fn two_replicas_behave_as_one() {
+    let (Some(pg), Some(redis)) = (
+        testkit::servers::postgres_url(),
+        testkit::servers::redis_url(),
+    ) else {
+        return;
+    };
+    let db = testkit::app::PgTestDatabase::create(&pg).await;
+    let mut config = control_plane::ControlPlaneConfig::for_tests();
+    config.database.url = Some(db.url().to_owned());
+    config.redis.url = Some(redis);
+    let a = TestControlPlane::start(config.clone()).await.unwrap();
+    let b = TestControlPlane::start(config).await.unwrap();
+    let (api_a, api_b) = (ApiClient::new(a.http_addr()), ApiClient::new(b.http_addr()));
+    let alice = api_a.register("alice").await;
+    let bob = api_b.register("bob").await;
+    let chat = api_a.direct(&alice, &bob).await;
+
+    let (mut on_b, _) = ws(b.http_addr(), &alice, None).await;
+    api_a.send(&chat, &bob, "from A").await;
+    assert_eq!(
+        on_b.expect("message.created", WAIT).await["data"]["body"],
+        "from A"
+    );
+    let cursor = {
+        api_b.send(&chat, &bob, "last seen").await;
+        on_b.expect("message.created", WAIT).await["cursor"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    on_b.close().await;
+
+    for i in 0..50 {
+        api_a.send(&chat, &bob, &format!("missed {i}")).await;
+    }
+    let (mut on_a, _) = ws(a.http_addr(), &alice, Some(&cursor)).await;
+    let replayed = on_a.collect("message.created", QUIET).await;
+    let bodies: Vec<&str> = replayed
+        .iter()
+        .map(|e| e["data"]["body"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..50).map(|i| format!("missed {i}")).collect();
+    assert_eq!(bodies, expected);
+    a.stop(WAIT * 2).await.unwrap();
+    b.stop(WAIT * 2).await.unwrap();
+}
+
+/// A dedicated Redis on a free port, so the test may restart it.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OwnRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Redis restarts mid-test: fan-out through it recovers without restarting
+/// any replica, and a client that was away during the outage resumes
+/// without losing anything. Polling is set to a minute here, so only
+/// Redis wake-ups can deliver within the test's deadlines.
+#[tokio::test]
+async fn fan_out_recovers_after_redis_restarts() {
+    let Some(pg) = testkit::servers::postgres_url() else {
+        return;
+    };
+    let has_redis_server = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if testkit::servers::required_or_skip(has_redis_server.then_some(()), "the redis-server binary")
+        .is_none()
+    {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = OwnRedis::start(port);
+    let db = testkit::app::PgTestDatabase::create(&pg).await;
+    let mut config = control_plane::ControlPlaneConfig::for_tests();
+    config.database.url = Some(db.url().to_owned());
+    config.redis.url = Some(format!("redis://127.0.0.1:{}", redis.port));
+    config.gateway.poll_interval_ms = 60_000;
+    let a = TestControlPlane::start(config.clone()).await.unwrap();
+    let b = TestControlPlane::start(config).await.unwrap();
+    let (api_a, api_b) = (ApiClient::new(a.http_addr()), ApiClient::new(b.http_addr()));
+    let alice = api_a.register("alice").await;
+    let bob = api_a.register("bob").await;
+    let chat = api_a.direct(&alice, &bob).await;
+    let (mut live, _) = ws(b.http_addr(), &alice, None).await;
+    api_a.send(&chat, &bob, "before").await;
+    let cursor = live.expect("message.created", WAIT).await["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (away, _) = ws(b.http_addr(), &bob, Some(&cursor)).await;
+    away.close().await;
+
+    redis.stop();
+    api_a.send(&chat, &bob, "during the outage").await; // stored; no wake-up
+    redis = OwnRedis::start(port);
+    // Wait until both replicas see Redis again.
+    for api in [&api_a, &api_b] {
+        let mut ready = false;
+        for _ in 0..100 {
+            let reply = api.call(reqwest::Method::GET, "/readyz", None, None).await;
+            if reply.status == 200 {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "replica reconnected to Redis");
+    }
+    // Give the subscriber a moment to re-subscribe, then fan-out works
+    // again without any restart (the outage message comes first, in order).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    api_a.send(&chat, &bob, "after").await;
+    let first = live.expect("message.created", WAIT).await;
+    let second = live.expect("message.created", WAIT).await;
+    assert_eq!(
+        (
+            first["data"]["body"].as_str(),
+            second["data"]["body"].as_str()
+        ),
+        (Some("during the outage"), Some("after"))
+    );
+    // The client that was away loses nothing.
+    let (mut back, _) = ws(b.http_addr(), &bob, Some(&cursor)).await;
+    let bodies: Vec<String> = back
+        .collect("message.created", QUIET)
+        .await
+        .iter()
+        .map(|e| e["data"]["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(bodies, ["during the outage", "after"]);
+    drop(redis);
+    a.stop(WAIT * 2).await.unwrap();
+    b.stop(WAIT * 2).await.unwrap();
+}
