@@ -69,6 +69,28 @@ enum BenchCommand {
     /// Message sends and page reads through the REST API against Postgres,
     /// beside the store alone and the HTTP ceiling, in one run.
     Api(ApiBenchArgs),
+    /// WebSocket connections held by one replica, and fan-out latency to a
+    /// group with and without them.
+    Ws(WsBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct WsBenchArgs {
+    /// Postgres server for a scratch database; without it, embedded SQLite.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Connections to hold in total.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Members of the group messages are sent to.
+    #[arg(long, default_value_t = 100)]
+    members: usize,
+    /// Messages per phase.
+    #[arg(long, default_value_t = 200)]
+    messages: usize,
+    /// Messages per second.
+    #[arg(long, default_value_t = 20)]
+    rate: u32,
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +140,7 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Bench(BenchCommand::Api(args)) => exit_with(bench_api(args)),
+        Command::Bench(BenchCommand::Ws(args)) => exit_with(bench_ws(args)),
         Command::Admin(command) => {
             let config = loaded.config;
             service::telemetry::init_tracing(&config.telemetry);
@@ -228,6 +251,54 @@ fn bench_api(args: ApiBenchArgs) -> anyhow::Result<()> {
         options.duration.as_secs(),
     );
     print!("{}", testkit::bench::markdown(&results));
+    Ok(())
+}
+
+/// Runs `cascade bench ws` and prints a Markdown report.
+#[allow(clippy::print_stdout, reason = "the report is the command's output")]
+fn bench_ws(args: WsBenchArgs) -> anyhow::Result<()> {
+    let options = testkit::bench::ws::WsBenchOptions {
+        admin_database_url: args.database_url,
+        connections: args.connections,
+        members: args.members,
+        messages: args.messages,
+        rate: args.rate,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(testkit::bench::ws::run(&options));
+    println!(
+        "cascade bench ws: {} connections, {}-member group, {} messages per phase at {}/s, {} cores\n",
+        options.connections,
+        options.members,
+        options.messages,
+        options.rate,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    print!("{}", testkit::bench::markdown(&report.phases));
+    let idle = options.connections.saturating_sub(options.members).max(1) as f64;
+    println!(
+        "\nheld at the end: {} of {} ({} failed or closed); opening the idle ones took {:.1} s",
+        report.held,
+        options.connections,
+        report.failed,
+        report.connect_time.as_secs_f64()
+    );
+    println!(
+        "server RSS: {:.1} MiB before the idle connections, {:.1} MiB after ({:.1} KiB per connection); server CPU {:.1} s",
+        report.rss.0 as f64 / 1048576.0,
+        report.rss.1 as f64 / 1048576.0,
+        (report.rss.1 as f64 - report.rss.0 as f64) / 1024.0 / idle,
+        report.server_cpu_secs
+    );
+    if let [quiet, loaded] = report.phases.as_slice() {
+        println!(
+            "p99 with all connections / p99 with members only: {:.2}",
+            loaded.p99.as_secs_f64() / quiet.p99.as_secs_f64().max(1e-9)
+        );
+    }
     Ok(())
 }
 

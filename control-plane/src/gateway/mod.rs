@@ -203,6 +203,10 @@ pub async fn upgrade(
         None => None,
     };
     upgrade
+        // Frames are small JSON; the 128 KiB default read buffer would cost
+        // more than everything else a connection holds.
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
         .max_message_size(gateway.settings.max_frame_bytes)
         .max_frame_size(gateway.settings.max_frame_bytes)
         .on_upgrade(move |socket| connection::serve(socket, gateway, user, query.cursor))
