@@ -32,6 +32,7 @@ use crate::store::StoreError;
 pub struct ControlPlane {
     http: HttpServer,
     hub: crate::gateway::hub::HubTask,
+    gateway: Gateway,
     router: Router,
     readiness: Readiness,
     dependencies: Dependencies,
@@ -138,7 +139,9 @@ impl Service for ControlPlane {
             tokens: tokens.clone(),
             settings: (&config.gateway).into(),
             metrics: gateway_metrics,
+            active: Arc::default(),
         };
+        let gateway_handle = gateway.clone();
         let state = AppState::new(Shared {
             store: dependencies.store.clone(),
             passwords: Passwords::new(&config.auth).map_err(StartError::Passwords)?,
@@ -163,6 +166,7 @@ impl Service for ControlPlane {
         Ok(ControlPlane {
             http,
             hub: hub_task,
+            gateway: gateway_handle,
             router,
             readiness,
             dependencies,
@@ -185,8 +189,10 @@ impl Service for ControlPlane {
                 readiness.start_draining()
             })
             .await;
-        // The hub closes its WebSockets (1001) when shutdown fires.
+        // The hub closes its WebSockets (1001) when shutdown fires; wait for
+        // their close frames and presence updates before closing Redis.
         let _ = tokio::time::timeout(self.drain_timeout, hub).await;
+        self.gateway.closed(self.drain_timeout).await;
         self.dependencies.close().await;
         tracing::info!("control plane stopped");
         served.map_err(StartError::Serve)

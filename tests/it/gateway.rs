@@ -110,6 +110,31 @@ async fn live_scenario(app: TestApp) {
         "removed members hear nothing more"
     );
     assert!(outsider.collect("message.created", QUIET).await.is_empty());
+
+    // A conversation created while its members are connected is live at
+    // once for all of them (the creator included).
+    let fresh = app.group(&bob, "fresh", &[&alice]).await;
+    loop {
+        let joined = phone.expect("member.added", WAIT).await;
+        if joined["data"]["conversation_id"] == fresh.as_str() {
+            break;
+        }
+    }
+    loop {
+        let created = phone.expect("conversation.updated", WAIT).await;
+        if created["data"]["conversation_id"] == fresh.as_str() {
+            break;
+        }
+    }
+    app.send(&fresh, &bob, "in the new group").await;
+    assert_eq!(
+        phone.expect("message.created", WAIT).await["data"]["body"],
+        "in the new group"
+    );
+    assert_eq!(
+        bobs.expect("message.created", WAIT).await["data"]["body"],
+        "in the new group"
+    );
 }
 
 both_backends!(resume_replays_exactly_what_was_missed, resume_scenario);
@@ -153,6 +178,81 @@ async fn resume_scenario(app: TestApp) {
         .send(&json!({ "type": "resume", "cursor": cursor }))
         .await;
     assert_eq!(again.expect("error", WAIT).await["code"], "resume_refused");
+
+    // Removed while away: what was said before the removal is replayed,
+    // the removal itself too, and nothing after it.
+    let group = app.group(&bob, "g", &[&alice]).await;
+    let (mut client, _) = ws(addr(&app), &alice, None).await;
+    app.send(&group, &bob, "hello").await;
+    let cursor = client.expect("message.created", WAIT).await["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.close().await;
+    app.send(&group, &bob, "before removal").await;
+    app.delete(
+        &format!("/v1/conversations/{group}/members/{}", alice.id),
+        &bob,
+    )
+    .await
+    .expect(204);
+    app.send(&group, &bob, "after removal").await;
+    let (mut back, _) = ws(addr(&app), &alice, Some(&cursor)).await;
+    let mut kinds = Vec::new();
+    while let Ok(Some(frame)) = back.next(QUIET).await {
+        let kind = frame["type"].as_str().unwrap().to_owned();
+        if kind == "message.created" {
+            kinds.push(format!(
+                "message: {}",
+                frame["data"]["body"].as_str().unwrap()
+            ));
+        } else if kind == "member.removed" {
+            kinds.push(kind);
+        }
+    }
+    assert_eq!(kinds, ["message: before removal", "member.removed"]);
+}
+
+/// A gap larger than a connection's queue can take ends with
+/// `resync_required` after the budget, never with a disconnect.
+#[tokio::test]
+async fn a_gap_too_large_to_replay_asks_for_a_resync() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.gateway.outbound_queue = 32;
+        c.gateway.max_replay = 10;
+    })
+    .await
+    .unwrap();
+    let (alice, bob) = (app.register("alice").await, app.register("bob").await);
+    let chat = app.direct(&alice, &bob).await;
+    let (mut client, _) = ws(addr(&app), &alice, None).await;
+    app.send(&chat, &bob, "seen").await;
+    let cursor = client.expect("message.created", WAIT).await["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.close().await;
+    for i in 0..20 {
+        app.send(&chat, &bob, &format!("missed {i}")).await;
+    }
+    let (mut back, _) = ws(addr(&app), &alice, Some(&cursor)).await;
+    let mut replayed = 0;
+    let resync = loop {
+        let frame = back.next(WAIT).await.expect("open").expect("a frame");
+        match frame["type"].as_str() {
+            Some("message.created") => replayed += 1,
+            Some("resync_required") => break frame,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(replayed, 10);
+    assert!(resync["cursor"].is_string());
+    // Still connected: live events keep coming.
+    app.send(&chat, &bob, "live").await;
+    assert_eq!(
+        back.expect("message.created", WAIT).await["data"]["body"],
+        "live"
+    );
 }
 
 #[tokio::test]
@@ -267,6 +367,21 @@ async fn ephemeral_scenario(app: TestApp) {
         (Some(alice.id.as_str()), Some("online"))
     );
 
+    // What a client asks for when it connects: its people's presence now.
+    let seen = app.get("/v1/presence", &bob).await.expect(200);
+    let entry = &seen.body["presence"][0];
+    assert_eq!(
+        (entry["user_id"].as_str(), entry["status"].as_str()),
+        (Some(alice.id.as_str()), Some("online"))
+    );
+    assert!(entry["last_seen_at"].is_string());
+    let stranger = app.get("/v1/presence", &mallory).await.expect(200);
+    assert_eq!(
+        stranger.body["presence"],
+        json!([]),
+        "strangers see nobody's presence"
+    );
+
     alices
         .send(&json!({ "type": "typing", "conversation_id": chat }))
         .await;
@@ -278,11 +393,22 @@ async fn ephemeral_scenario(app: TestApp) {
     assert_eq!(outsider.expect("error", WAIT).await["code"], "not_found");
 
     alices
+        .send(&json!({ "type": "presence", "status": "offline" }))
+        .await;
+    assert_eq!(alices.expect("error", WAIT).await["code"], "invalid_status");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    alices
         .send(&json!({ "type": "presence", "status": "away" }))
         .await;
     assert_eq!(bobs.expect("presence", WAIT).await["status"], "away");
     alices.close().await;
     assert_eq!(bobs.expect("presence", WAIT).await["status"], "offline");
+    let after = app.get("/v1/presence", &bob).await.expect(200);
+    assert_eq!(after.body["presence"][0]["status"], "offline");
+    assert!(
+        after.body["presence"][0]["last_seen_at"].is_string(),
+        "last seen is kept"
+    );
     assert!(
         outsider.collect("presence", QUIET).await.is_empty(),
         "strangers see no presence"

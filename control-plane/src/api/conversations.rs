@@ -189,7 +189,13 @@ pub async fn create(
                 ));
             }
             let id = Uuid::now_v7();
-            let events = [super::events::conversation_updated(id, "direct", None)];
+            // Members first: a connected member's hub must know they are in
+            // the conversation before its first event reaches them.
+            let events = [
+                super::events::member_added(id, me),
+                super::events::member_added(id, user_id),
+                super::events::conversation_updated(id, "direct", None),
+            ];
             let (conversation, created) = state
                 .store
                 .direct_conversation(id, me, user_id, &events, now)
@@ -226,11 +232,16 @@ pub async fn create(
                 last_seq: 0,
                 last_activity_us: crate::store::unix_micros(now),
             };
-            let events = [super::events::conversation_updated(
+            // Members first (the owner included), then the conversation.
+            let mut events: Vec<_> = std::iter::once(me)
+                .chain(members.iter().copied())
+                .map(|user| super::events::member_added(conversation.id, user))
+                .collect();
+            events.push(super::events::conversation_updated(
                 conversation.id,
                 "group",
                 conversation.name.as_deref(),
-            )];
+            ));
             state
                 .store
                 .create_group(&conversation, me, &members, &events)

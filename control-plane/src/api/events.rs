@@ -102,7 +102,9 @@ pub fn conversation_updated(conversation: Uuid, kind: &str, name: Option<&str>) 
 }
 
 /// `conversation.updated` with `deleted: true`, to one former member (the
-/// conversation and its member list are gone by the time it is read).
+/// conversation and its member list are gone by the time it is read, so
+/// each member gets a row of their own; routing sends it to that member
+/// only).
 pub fn conversation_deleted(conversation: Uuid, member: Uuid) -> NewEvent {
     let data = ConversationChange {
         conversation_id: conversation,
@@ -110,7 +112,12 @@ pub fn conversation_deleted(conversation: Uuid, member: Uuid) -> NewEvent {
         name: None,
         deleted: true,
     };
-    render(None, Some(member), "conversation.updated", &data)
+    render(
+        Some(conversation),
+        Some(member),
+        "conversation.updated",
+        &data,
+    )
 }
 
 #[derive(Serialize)]

@@ -11,6 +11,7 @@ mod contacts;
 mod conversations;
 pub mod events;
 mod messages;
+mod presence;
 pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};
@@ -268,6 +269,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::me, accounts::update_me))
         .routes(routes!(accounts::search_users))
         .routes(routes!(accounts::user))
+        .routes(routes!(presence::list))
         .routes(routes!(accounts::jwks))
         .routes(routes!(contacts::list))
         .routes(routes!(contacts::request, contacts::update))

@@ -555,3 +555,22 @@ pub struct AuditList {
     /// This page.
     pub entries: Vec<AuditView>,
 }
+
+/// One user's presence.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PresenceView {
+    /// Whose.
+    pub user_id: Uuid,
+    /// `online`, `away` or `offline` (best over their devices).
+    pub status: String,
+    /// When last seen connected, if ever.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen_at: Option<OffsetDateTime>,
+}
+
+/// Presence of the people the caller may see.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PresenceList {
+    /// Accepted contacts and fellow conversation members.
+    pub presence: Vec<PresenceView>,
+}

@@ -1,15 +1,20 @@
 //! One WebSocket connection: authentication, then a loop that writes the
 //! hub's frames, reads the client's, and checks the connection is alive.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use protocol::gateway::{ClientFrame, PresenceStatus, ServerFrame};
+use tokio::sync::mpsc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Gateway;
 use super::bus::BusMessage;
+use super::hub::Connected;
 use crate::store::EventCursor;
 
 /// Close codes we send (RFC 6455 and the 4000-4999 private range).
@@ -27,6 +32,7 @@ pub async fn serve(
     user: Option<Uuid>,
     cursor: Option<String>,
 ) {
+    let _alive = gateway.track();
     let (mut sink, mut stream) = socket.split();
     let settings = gateway.settings;
 
@@ -52,12 +58,15 @@ pub async fn serve(
             match authed {
                 Some(found) => found,
                 None => {
-                    let _ = sink
-                        .send(close_message(
+                    let _ = send_bounded(
+                        &mut sink,
+                        close_message(
                             close::UNAUTHORIZED,
                             "authenticate first: {\"type\":\"auth\",\"token\":...}",
-                        ))
-                        .await;
+                        ),
+                        settings.idle_timeout,
+                    )
+                    .await;
                     return;
                 }
             }
@@ -67,36 +76,79 @@ pub async fn serve(
         None => None,
         Some(Ok(c)) => Some(c),
         Some(Err(())) => {
-            let _ = sink
-                .send(close_message(close::POLICY, "invalid cursor"))
-                .await;
+            let _ = send_bounded(
+                &mut sink,
+                close_message(close::POLICY, "invalid cursor"),
+                settings.idle_timeout,
+            )
+            .await;
             return;
         }
     };
-    let Ok(mut connected) = gateway.hub.connect(user, resume).await else {
-        let _ = sink.send(close_message(1011, "gateway unavailable")).await;
+    let Ok(connected) = gateway.hub.connect(user, resume).await else {
+        let _ = send_bounded(
+            &mut sink,
+            close_message(1011, "gateway unavailable"),
+            settings.idle_timeout,
+        )
+        .await;
         return;
     };
-    let conn = connected.conn;
-    let span = tracing::info_span!("ws", %user, conn);
-    let _enter = span.enter();
-    tracing::debug!("connected");
-    gateway
-        .presence
-        .report(user, conn, PresenceStatus::Online)
+    let span = tracing::info_span!("ws", %user, conn = connected.conn);
+    session(sink, stream, gateway, user, connected)
+        .instrument(span)
         .await;
+}
+
+/// Presence updates of one device, applied in order by a worker so that
+/// slow Redis calls never hold up the socket.
+enum PresenceUpdate {
+    Report(PresenceStatus),
+    Touch,
+    Gone,
+}
+
+async fn session(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    gateway: Gateway,
+    user: Uuid,
+    mut connected: Connected,
+) {
+    let conn = connected.conn;
+    let settings = gateway.settings;
+    tracing::debug!("connected");
+    let (presence, mut updates) = mpsc::channel::<PresenceUpdate>(8);
+    let worker = {
+        let presence_store = gateway.presence.clone();
+        tokio::spawn(async move {
+            while let Some(update) = updates.recv().await {
+                match update {
+                    PresenceUpdate::Report(status) => {
+                        presence_store.report(user, conn, status).await
+                    }
+                    PresenceUpdate::Touch => presence_store.touch(user, conn).await,
+                    PresenceUpdate::Gone => {
+                        presence_store.gone(user, conn).await;
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    let _ = presence.try_send(PresenceUpdate::Report(PresenceStatus::Online));
 
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
     heartbeat.tick().await;
     let mut last_heard = Instant::now();
     let mut bucket = TokenBucket::new(settings.inbound_per_sec, settings.inbound_burst);
-    let mut last_typing: Option<(Uuid, Instant)> = None;
+    let mut throttle = Throttle::default();
     let reason: (u16, String) = loop {
         tokio::select! {
             frame = connected.frames.recv() => match frame {
                 Some(text) => {
-                    if sink.send(Message::Text(Utf8Bytes::from(&*text))).await.is_err() {
-                        break (close::GOING_AWAY, String::new());
+                    if !send_bounded(&mut sink, Message::Text(Utf8Bytes::from(&*text)), settings.idle_timeout).await {
+                        break (close::TIMEOUT, "client not reading".to_owned());
                     }
                 }
                 None => {
@@ -114,7 +166,10 @@ pub async fn serve(
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Binary(_))) => {
                         gateway.metrics.rejected_frames.inc();
-                        let _ = send_frame(&mut sink, &error_frame("binary_not_supported", "send JSON text frames")).await;
+                        let reply = error_frame("binary_not_supported", "send JSON text frames");
+                        if !send_frame(&mut sink, &reply, settings.idle_timeout).await {
+                            break (close::TIMEOUT, "client not reading".to_owned());
+                        }
                         continue;
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -135,30 +190,51 @@ pub async fn serve(
                         gateway.metrics.rejected_frames.inc();
                         Some(error_frame("invalid_frame", &format!("not a client frame: {error}")))
                     }
-                    Ok(frame) => handle(&gateway, conn, user, frame, &mut last_typing).await,
+                    Ok(frame) => handle(&gateway, conn, user, frame, &mut throttle, &presence).await,
                 };
                 if let Some(reply) = reply
-                    && send_frame(&mut sink, &reply).await.is_err()
+                    && !send_frame(&mut sink, &reply, settings.idle_timeout).await
                 {
-                    break (close::GOING_AWAY, String::new());
+                    break (close::TIMEOUT, "client not reading".to_owned());
                 }
             },
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > settings.idle_timeout {
                     break (close::TIMEOUT, "no frames or pongs within the idle timeout".to_owned());
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break (close::GOING_AWAY, String::new());
+                if !send_bounded(&mut sink, Message::Ping(Default::default()), settings.idle_timeout).await {
+                    break (close::TIMEOUT, "client not reading".to_owned());
                 }
-                gateway.presence.touch(user, conn).await;
+                let _ = presence.try_send(PresenceUpdate::Touch);
             },
         }
     };
     gateway.hub.disconnect(conn);
-    gateway.presence.gone(user, conn).await;
-    let _ = sink.send(close_message(reason.0, &reason.1)).await;
+    // `Gone` must not be lost: wait for room rather than try.
+    let _ = presence.send(PresenceUpdate::Gone).await;
+    let _ = send_bounded(
+        &mut sink,
+        close_message(reason.0, &reason.1),
+        Duration::from_secs(1),
+    )
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
     tracing::debug!(code = reason.0, "closed");
 }
+
+/// Per-connection limits on ephemeral frames.
+#[derive(Default)]
+struct Throttle {
+    /// Last forwarded typing event per conversation.
+    typing: HashMap<Uuid, Instant>,
+    /// Last accepted presence change.
+    presence: Option<Instant>,
+}
+
+/// Conversations whose typing times one connection remembers.
+const TYPING_MEMORY: usize = 64;
+/// Presence changes accepted per connection at most this often.
+const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 
 /// Handles one client frame; returns an immediate reply, if any.
 async fn handle(
@@ -166,7 +242,8 @@ async fn handle(
     conn: u64,
     user: Uuid,
     frame: ClientFrame,
-    last_typing: &mut Option<(Uuid, Instant)>,
+    throttle: &mut Throttle,
+    presence: &mpsc::Sender<PresenceUpdate>,
 ) -> Option<ServerFrame> {
     match frame {
         ClientFrame::Ping {} => Some(ServerFrame::Pong),
@@ -189,30 +266,52 @@ async fn handle(
         ClientFrame::Typing { conversation_id } => {
             // At most one typing event per conversation per throttle period.
             let now = Instant::now();
-            if let Some((last, at)) = *last_typing
-                && last == conversation_id
-                && now.duration_since(at) < gateway.settings.typing_throttle
+            if throttle
+                .typing
+                .get(&conversation_id)
+                .is_some_and(|at| now.duration_since(*at) < gateway.settings.typing_throttle)
             {
                 return None;
             }
             match gateway.store.membership(conversation_id, user).await {
                 Ok(Some(_)) => {
-                    *last_typing = Some((conversation_id, now));
-                    gateway
-                        .bus
-                        .publish(BusMessage::Typing {
+                    if throttle.typing.len() >= TYPING_MEMORY {
+                        throttle.typing.clear();
+                    }
+                    throttle.typing.insert(conversation_id, now);
+                    let bus = gateway.bus.clone();
+                    tokio::spawn(async move {
+                        bus.publish(BusMessage::Typing {
                             conversation: conversation_id,
                             user,
                         })
                         .await;
+                    });
                     None
                 }
                 // Same answer for "not a member" and "does not exist".
                 _ => Some(error_frame("not_found", "no such conversation")),
             }
         }
+        ClientFrame::Presence {
+            status: PresenceStatus::Offline,
+        } => Some(error_frame(
+            "invalid_status",
+            "a connected device is online or away; disconnect to go offline",
+        )),
         ClientFrame::Presence { status } => {
-            gateway.presence.report(user, conn, status).await;
+            let now = Instant::now();
+            if throttle
+                .presence
+                .is_some_and(|at| now.duration_since(at) < PRESENCE_EVERY)
+            {
+                return Some(error_frame(
+                    "too_frequent",
+                    "at most one presence change per second",
+                ));
+            }
+            throttle.presence = Some(now);
+            let _ = presence.try_send(PresenceUpdate::Report(status));
             None
         }
     }
@@ -225,12 +324,26 @@ fn error_frame(code: &str, message: &str) -> ServerFrame {
     }
 }
 
-async fn send_frame<S>(sink: &mut S, frame: &ServerFrame) -> Result<(), axum::Error>
-where
-    S: SinkExt<Message, Error = axum::Error> + Unpin,
-{
+/// Sends a message, giving up after `within` (a client that does not read
+/// must not hold this task forever). Returns whether it was sent.
+async fn send_bounded(
+    sink: &mut SplitSink<WebSocket, Message>,
+    message: Message,
+    within: Duration,
+) -> bool {
+    matches!(
+        tokio::time::timeout(within, sink.send(message)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn send_frame(
+    sink: &mut SplitSink<WebSocket, Message>,
+    frame: &ServerFrame,
+    within: Duration,
+) -> bool {
     let text = serde_json::to_string(frame).unwrap_or_default();
-    sink.send(Message::Text(text.into())).await
+    send_bounded(sink, Message::Text(text.into()), within).await
 }
 
 fn close_message(code: u16, reason: &str) -> Message {
@@ -274,7 +387,6 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn token_bucket_allows_bursts_then_the_rate() {

@@ -122,11 +122,15 @@ impl Fanout {
                 .or_default()
                 .insert(user);
         }
-        let mut users: HashSet<Uuid> = event
-            .conversation_id
-            .and_then(|c| self.members_of.get(&c))
-            .cloned()
-            .unwrap_or_default();
+        // A deletion notice is one row per former member: to them only.
+        let mut users: HashSet<Uuid> = match event.kind {
+            Kind::ConversationDeleted(_) => HashSet::new(),
+            _ => event
+                .conversation_id
+                .and_then(|c| self.members_of.get(&c))
+                .cloned()
+                .unwrap_or_default(),
+        };
         users.extend(event.user_id);
         let conns = self.conns_for(users.iter().copied());
         match (event.kind, event.conversation_id, event.user_id) {
@@ -255,7 +259,7 @@ mod tests {
 
         let deleted = Route {
             kind: Kind::ConversationDeleted(group),
-            conversation_id: None,
+            conversation_id: Some(group),
             user_id: Some(alice),
         };
         assert_eq!(fanout.route(deleted), vec![1]);

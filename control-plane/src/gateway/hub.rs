@@ -77,15 +77,15 @@ enum Command {
         cursor: EventCursor,
         reply: oneshot::Sender<Result<(), ResumeError>>,
     },
-    Disconnect {
-        conn: ConnId,
-    },
 }
 
 /// Talks to the hub task. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
     commands: mpsc::Sender<Command>,
+    /// Unbounded, so a disconnect is never dropped (which would leak the
+    /// connection's state in the hub).
+    disconnects: mpsc::UnboundedSender<ConnId>,
 }
 
 impl Hub {
@@ -124,15 +124,18 @@ impl Hub {
     /// Forgets a connection (its socket closed).
     pub fn disconnect(&self, conn: ConnId) {
         // The hub may already be gone at shutdown.
-        let _ = self.commands.try_send(Command::Disconnect { conn });
+        let _ = self.disconnects.send(conn);
     }
 }
 
 struct Local {
     frames: mpsc::Sender<Arc<str>>,
     close: CloseReason,
-    /// Frames sent (the `ready` frame included).
-    delivered: u64,
+    /// Durable events sent (a resume frame is refused after the first).
+    durable: u64,
+    /// Events at or before this were already sent (by a replay reaching
+    /// past this hub's position): skip them in the live stream.
+    floor: EventCursor,
     user: Uuid,
 }
 
@@ -143,6 +146,7 @@ pub struct HubTask {
     settings: HubSettings,
     metrics: GatewayMetrics,
     commands: mpsc::Receiver<Command>,
+    disconnects: mpsc::UnboundedReceiver<ConnId>,
     conns: HashMap<ConnId, Local>,
     fanout: Fanout,
     head: EventCursor,
@@ -157,18 +161,26 @@ pub fn hub(
     metrics: GatewayMetrics,
 ) -> (Hub, HubTask) {
     let (commands, receiver) = mpsc::channel(1024);
+    let (disconnects, disconnected) = mpsc::unbounded_channel();
     let task = HubTask {
         store,
         bus,
         settings,
         metrics,
         commands: receiver,
+        disconnects: disconnected,
         conns: HashMap::new(),
         fanout: Fanout::default(),
         head: EventCursor::default(),
         next_conn: 1,
     };
-    (Hub { commands }, task)
+    (
+        Hub {
+            commands,
+            disconnects,
+        },
+        task,
+    )
 }
 
 /// The frame of a durable event, built once and shared by all recipients.
@@ -191,7 +203,7 @@ fn route_of(event: &StoredEvent) -> Route {
     let kind = match event.kind.as_str() {
         "member.added" => Kind::MemberAdded,
         "member.removed" => Kind::MemberRemoved,
-        "conversation.updated" if event.conversation_id.is_none() => {
+        "conversation.updated" if event.user_id.is_some() => {
             #[derive(serde::Deserialize)]
             struct Deleted {
                 conversation_id: Uuid,
@@ -236,6 +248,7 @@ impl HubTask {
                     Some(command) => self.command(command).await,
                     None => break,
                 },
+                Some(conn) = self.disconnects.recv() => self.forget(conn),
                 message = bus.recv() => match message {
                     Ok(BusMessage::EventsWritten) => self.pull().await,
                     Ok(BusMessage::Typing { conversation, user }) => {
@@ -271,7 +284,9 @@ impl HubTask {
                 resume,
                 reply,
             } => {
-                let conversations = match self.store.conversation_ids(user).await {
+                // The memberships as of the hub's position, which is where
+                // this connection's live stream starts.
+                let memberships = match self.memberships_at(user, self.head).await {
                     Ok(ids) => ids,
                     Err(error) => {
                         tracing::warn!(%error, "cannot load memberships for a new connection");
@@ -288,11 +303,12 @@ impl HubTask {
                     Local {
                         frames,
                         close: close.clone(),
-                        delivered: 0,
+                        durable: 0,
+                        floor: self.head,
                         user,
                     },
                 );
-                self.fanout.connect(conn, user, conversations);
+                self.fanout.connect(conn, user, memberships);
                 self.metrics.connections.set(self.fanout.len() as i64);
                 let start = resume.unwrap_or(self.head);
                 self.send(
@@ -307,11 +323,15 @@ impl HubTask {
                 {
                     self.close(conn, 1011, "event log unavailable");
                 }
-                let _ = reply.send(Ok(Connected {
+                let connected = Connected {
                     conn,
                     frames: receiver,
                     close,
-                }));
+                };
+                if reply.send(Ok(connected)).is_err() {
+                    // The connection task is gone already.
+                    self.forget(conn);
+                }
             }
             Command::Resume {
                 conn,
@@ -322,55 +342,115 @@ impl HubTask {
                     let _ = reply.send(Err(ResumeError::Store));
                     return;
                 };
-                // Only the `ready` frame may have gone out before a resume.
-                if local.delivered > 1 {
+                // Replaying older events after newer ones would break order.
+                if local.durable > 0 {
                     let _ = reply.send(Err(ResumeError::TooLate));
                     return;
                 }
                 let user = local.user;
                 let _ = reply.send(self.replay(conn, user, cursor).await);
             }
-            Command::Disconnect { conn } => {
-                self.conns.remove(&conn);
-                self.fanout.disconnect(conn);
-                self.metrics.connections.set(self.fanout.len() as i64);
-            }
         }
     }
 
-    /// Sends `user`'s events after `from` up to the hub's position; later
-    /// ones arrive through the live stream.
+    fn forget(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        self.fanout.disconnect(conn);
+        self.metrics.connections.set(self.fanout.len() as i64);
+    }
+
+    /// `user`'s conversations as of log position `at`: the current ones,
+    /// with their membership changes after `at` undone.
+    async fn memberships_at(
+        &self,
+        user: Uuid,
+        at: EventCursor,
+    ) -> Result<Vec<Uuid>, crate::store::StoreError> {
+        let mut current: std::collections::HashSet<Uuid> = self
+            .store
+            .conversation_ids(user)
+            .await?
+            .into_iter()
+            .collect();
+        let changes = self.store.membership_events_after(user, at).await?;
+        let mut decided = std::collections::HashSet::new();
+        for change in changes {
+            let Some(conversation) = change.conversation_id else {
+                continue;
+            };
+            // The first change after `at` tells what was true at `at`.
+            if decided.insert(conversation) {
+                match route_of(&change).kind {
+                    Kind::MemberAdded => {
+                        current.remove(&conversation);
+                    }
+                    Kind::MemberRemoved | Kind::ConversationDeleted(_) => {
+                        current.insert(conversation);
+                    }
+                    Kind::Other => {}
+                }
+            }
+        }
+        Ok(current.into_iter().collect())
+    }
+
+    /// Sends `user`'s events after `from` up to the hub's position, walking
+    /// their memberships in log order exactly as live routing does (a
+    /// one-connection `Fanout`). Later events arrive live. A gap larger than
+    /// the connection's queue can hold ends with `resync_required`.
     async fn replay(
         &mut self,
         conn: ConnId,
         user: Uuid,
         from: EventCursor,
     ) -> Result<(), ResumeError> {
+        let memberships = self
+            .memberships_at(user, from)
+            .await
+            .map_err(|_| ResumeError::Store)?;
+        let mut walk = Fanout::default();
+        walk.connect(0, user, memberships);
+        // Leave room for `ready` and the `resync_required` itself.
+        let budget = self
+            .settings
+            .max_replay
+            .min(self.settings.outbound_queue.saturating_sub(2));
+        let head = self.head;
         let mut cursor = from;
         let mut sent = 0usize;
-        while cursor < self.head {
+        'pages: while cursor < head {
             let events = self
                 .store
                 .user_events_after(user, cursor, PAGE)
                 .await
                 .map_err(|_| ResumeError::Store)?;
             let page_full = events.len() as i64 == PAGE;
-            let head = self.head;
-            for event in events.iter().take_while(|e| e.cursor() <= head) {
-                if sent == self.settings.max_replay {
+            for event in &events {
+                if event.cursor() > head {
+                    break 'pages;
+                }
+                cursor = event.cursor();
+                if walk.route(route_of(event)).is_empty() {
+                    continue;
+                }
+                if sent == budget {
                     let resync = frame(&ServerFrame::ResyncRequired {
-                        cursor: self.head.to_string(),
+                        cursor: head.to_string(),
                     });
                     self.send(conn, &resync);
-                    return Ok(());
+                    break 'pages;
                 }
-                self.send(conn, &event_frame(event));
+                self.send_event(conn, &event_frame(event));
                 sent += 1;
-                cursor = event.cursor();
             }
-            if !page_full || events.last().is_none_or(|e| e.cursor() > head) {
+            if !page_full {
                 break;
             }
+        }
+        // A cursor past this hub's position (from a replica further ahead):
+        // skip what the client already has when the live stream gets there.
+        if let Some(local) = self.conns.get_mut(&conn) {
+            local.floor = local.floor.max(from).max(head);
         }
         self.metrics.replayed.inc_by(sent as u64);
         Ok(())
@@ -391,7 +471,7 @@ impl HubTask {
                 if !conns.is_empty() {
                     let text = event_frame(event);
                     for conn in conns {
-                        self.send(conn, &text);
+                        self.send_live(conn, event, &text);
                     }
                 }
                 self.head = event.cursor();
@@ -402,6 +482,26 @@ impl HubTask {
         }
     }
 
+    /// Queues a durable event from the live stream, unless a replay already
+    /// sent it (it is at or below the connection's floor).
+    fn send_live(&mut self, conn: ConnId, event: &StoredEvent, text: &Arc<str>) {
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|local| event.cursor() > local.floor)
+        {
+            self.send_event(conn, text);
+        }
+    }
+
+    /// Queues a durable event.
+    fn send_event(&mut self, conn: ConnId, text: &Arc<str>) {
+        if let Some(local) = self.conns.get_mut(&conn) {
+            local.durable += 1;
+        }
+        self.send(conn, text);
+    }
+
     /// Queues a frame; a full queue disconnects the connection.
     fn send(&mut self, conn: ConnId, text: &Arc<str>) {
         let Some(local) = self.conns.get_mut(&conn) else {
@@ -409,17 +509,13 @@ impl HubTask {
         };
         match local.frames.try_send(text.clone()) {
             Ok(()) => {
-                local.delivered += 1;
                 self.metrics.delivered.inc();
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.slow_consumers.inc();
                 self.close(conn, 1008, "too slow: outbound queue full");
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.conns.remove(&conn);
-                self.fanout.disconnect(conn);
-            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.forget(conn),
         }
     }
 

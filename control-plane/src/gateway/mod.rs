@@ -58,7 +58,8 @@ pub struct GatewayConfig {
     pub idle_timeout_secs: u64,
     /// How often the event log is read without a wake-up, ms.
     pub poll_interval_ms: u64,
-    /// Most events a resume replays before it asks for a resync.
+    /// Most events a resume replays before it asks for a resync (at most
+    /// `outbound_queue - 2`: the replay is queued before the client reads).
     pub max_replay: usize,
     /// Presence of a device lapses this long after its last sign of life, s.
     pub presence_ttl_secs: u64,
@@ -75,7 +76,7 @@ impl Default for GatewayConfig {
             heartbeat_interval_secs: 15,
             idle_timeout_secs: 30,
             poll_interval_ms: 500,
-            max_replay: 10_000,
+            max_replay: 1000,
             presence_ttl_secs: 45,
         }
     }
@@ -113,6 +114,12 @@ impl Validate for GatewayConfig {
         range("poll_interval_ms", self.poll_interval_ms, 10, 60_000);
         range("max_replay", self.max_replay as u64, 1, 1_000_000);
         range("presence_ttl_secs", self.presence_ttl_secs, 5, 3600);
+        if self.max_replay + 2 > self.outbound_queue {
+            v.invalid(
+                "max_replay",
+                "must be at most outbound_queue - 2 (a replay is queued before the client reads it)",
+            );
+        }
         if self.idle_timeout_secs <= self.heartbeat_interval_secs {
             v.invalid(
                 "idle_timeout_secs",
@@ -172,6 +179,36 @@ pub struct Gateway {
     pub settings: ConnectionSettings,
     /// Metrics.
     pub metrics: GatewayMetrics,
+    /// Sockets being served, so shutdown can wait for their close frames.
+    pub active: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one served socket for as long as it lives.
+pub struct Tracked(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Gateway {
+    /// Marks a socket as being served until the returned guard drops.
+    pub fn track(&self) -> Tracked {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Tracked(self.active.clone())
+    }
+
+    /// Waits (at most `within`) until every socket has been closed.
+    pub async fn closed(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.active.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// `?cursor=` on the upgrade request.
@@ -222,7 +259,8 @@ pub async fn wake_hubs(State(bus): State<Arc<dyn Bus>>, request: Request, next: 
     );
     let response = next.run(request).await;
     if writes && response.status().is_success() {
-        bus.publish(BusMessage::EventsWritten).await;
+        // Not awaited: a slow or absent Redis must not delay responses.
+        tokio::spawn(async move { bus.publish(BusMessage::EventsWritten).await });
     }
     response
 }

@@ -23,8 +23,11 @@ type DeviceStatuses = HashMap<String, (PresenceStatus, u128)>;
 
 /// Where device statuses live.
 enum Devices {
-    /// One process.
-    Memory(Mutex<HashMap<Uuid, DeviceStatuses>>),
+    /// One process: device statuses, and last-seen times (Unix ms).
+    Memory(
+        Mutex<HashMap<Uuid, DeviceStatuses>>,
+        Mutex<HashMap<Uuid, u128>>,
+    ),
     /// Shared by replicas: hash `cascade:presence:<user>`, field = device,
     /// value = `<status>:<expires unix ms>`.
     Redis(fred::clients::Client),
@@ -94,7 +97,7 @@ impl Presence {
     ) -> Self {
         let devices = match redis {
             Some(client) => Devices::Redis(client),
-            None => Devices::Memory(Mutex::default()),
+            None => Devices::Memory(Mutex::default(), Mutex::default()),
         };
         Presence {
             devices,
@@ -124,7 +127,7 @@ impl Presence {
         let before = self.status(user).await;
         let device = self.device(conn);
         match &self.devices {
-            Devices::Memory(map) => {
+            Devices::Memory(map, _) => {
                 let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(devices) = map.get_mut(&user) {
                     devices.remove(&device);
@@ -137,14 +140,55 @@ impl Presence {
                 let _: Result<i64, _> = client.hdel(key(user), device).await;
             }
         }
+        self.mark_seen(user).await;
         self.announce_if_changed(user, before).await;
+    }
+
+    /// Records that `user` was seen now (kept for 90 days).
+    async fn mark_seen(&self, user: Uuid) {
+        let now = now_ms();
+        match &self.devices {
+            Devices::Memory(_, seen) => {
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(user, now);
+            }
+            Devices::Redis(client) => {
+                let ninety_days = fred::types::Expiration::EX(90 * 24 * 3600);
+                let _: Result<Option<String>, _> = client
+                    .set(
+                        format!("cascade:last_seen:{user}"),
+                        now.to_string(),
+                        Some(ninety_days),
+                        None,
+                        false,
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// When `user` was last seen connected (Unix ms), if ever.
+    pub async fn last_seen(&self, user: Uuid) -> Option<u128> {
+        match &self.devices {
+            Devices::Memory(_, seen) => seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&user)
+                .copied(),
+            Devices::Redis(client) => {
+                let stored: Option<String> =
+                    client.get(format!("cascade:last_seen:{user}")).await.ok()?;
+                stored?.parse().ok()
+            }
+        }
     }
 
     /// The user's status now.
     pub async fn status(&self, user: Uuid) -> PresenceStatus {
         let now = now_ms();
         match &self.devices {
-            Devices::Memory(map) => {
+            Devices::Memory(map, _) => {
                 let map = map.lock().unwrap_or_else(|p| p.into_inner());
                 map.get(&user)
                     .map_or(PresenceStatus::Offline, |d| aggregate(d.values(), now))
@@ -169,7 +213,7 @@ impl Presence {
         let device = self.device(conn);
         let expires = now_ms() + self.ttl.as_millis();
         match &self.devices {
-            Devices::Memory(map) => {
+            Devices::Memory(map, _) => {
                 let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
                 let entry = map
                     .entry(user)
@@ -197,6 +241,7 @@ impl Presence {
                 let _: Result<bool, _> = client.pexpire(key(user), ttl_ms, None).await;
             }
         }
+        self.mark_seen(user).await;
         self.announce_if_changed(user, before).await;
     }
 

@@ -277,8 +277,10 @@ pub trait Store: Send + Sync + 'static {
     /// Final events after `after`, in log order, at most `limit`. "Final":
     /// no event can ever appear before the last one returned.
     async fn events_after(&self, after: EventCursor, limit: i64) -> StoreResult<Vec<StoredEvent>>;
-    /// Like [`Store::events_after`], only those `user` receives: addressed
-    /// to them, or in a conversation they are a member of now.
+    /// Like [`Store::events_after`], narrowed to what `user` may receive:
+    /// addressed to them, or in a conversation they are a member of now or
+    /// whose membership changed for them after `after`. A superset: the
+    /// caller decides per event, walking memberships in order.
     async fn user_events_after(
         &self,
         user: Uuid,
@@ -289,6 +291,15 @@ pub trait Store: Send + Sync + 'static {
     async fn event_head(&self) -> StoreResult<EventCursor>;
     /// The conversations `user` is a member of.
     async fn conversation_ids(&self, user: Uuid) -> StoreResult<Vec<Uuid>>;
+    /// The events about `user`'s own memberships after `after` (joined,
+    /// left, conversation deleted), committed or not yet final, in log
+    /// order: with [`Store::conversation_ids`] they give the memberships as
+    /// of `after`.
+    async fn membership_events_after(
+        &self,
+        user: Uuid,
+        after: EventCursor,
+    ) -> StoreResult<Vec<StoredEvent>>;
     /// Who may see `user`'s presence: accepted contacts and the members of
     /// every conversation they are in.
     async fn presence_audience(&self, user: Uuid) -> StoreResult<Vec<Uuid>>;

@@ -1219,13 +1219,34 @@ macro_rules! sql_store {
                      WHERE (txid, id) > ($1, $2) AND txid < ",
                     $watermark,
                     " AND (e.user_id = $3 OR e.conversation_id IN \
-                       (SELECT conversation_id FROM members WHERE user_id = $3)) \
+                       (SELECT conversation_id FROM members WHERE user_id = $3) \
+                       OR e.conversation_id IN (SELECT x.conversation_id FROM events x \
+                         WHERE x.user_id = $3 AND x.conversation_id IS NOT NULL \
+                           AND (x.txid, x.id) > ($1, $2))) \
                      ORDER BY txid, id LIMIT $4"
                 ))
                 .bind(after.txid)
                 .bind(after.id)
                 .bind(user)
                 .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn membership_events_after(
+                &self,
+                user: Uuid,
+                after: EventCursor,
+            ) -> StoreResult<Vec<StoredEvent>> {
+                Ok(sqlx::query_as::<_, StoredEvent>(
+                    "SELECT txid, id, conversation_id, user_id, kind, payload FROM events \
+                     WHERE user_id = $3 AND conversation_id IS NOT NULL AND (txid, id) > ($1, $2) \
+                       AND kind IN ('member.added', 'member.removed', 'conversation.updated') \
+                     ORDER BY txid, id",
+                )
+                .bind(after.txid)
+                .bind(after.id)
+                .bind(user)
                 .fetch_all(&self.pool)
                 .await?)
             }
