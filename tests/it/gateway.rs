@@ -255,6 +255,78 @@ async fn a_gap_too_large_to_replay_asks_for_a_resync() {
     );
 }
 
+/// A socket lives no longer than its login: logout closes it (on every
+/// replica, through the bus), a password change closes the other logins'
+/// sockets, and an expired access token closes it too.
+#[tokio::test]
+async fn sockets_close_on_logout_password_change_and_token_expiry() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let alice = app.register("alice").await;
+    let second = app.login("alice", &alice.password).await.expect(200);
+    let second_token = second.body["tokens"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut first_socket, _) = ws(addr(&app), &alice, None).await;
+    let mut second_socket = WsClient::connect(addr(&app), Some(&second_token), None)
+        .await
+        .unwrap();
+    second_socket.expect("ready", WAIT).await;
+
+    // Logging out the second login closes only its socket.
+    app.call(
+        reqwest::Method::POST,
+        "/v1/auth/logout",
+        Some(&second_token),
+        None,
+    )
+    .await
+    .expect(204);
+    let closed = second_socket.closed(WAIT).await.expect("closed");
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (4401, "session revoked")
+    );
+    first_socket.send(&json!({ "type": "ping" })).await;
+    first_socket.expect("pong", WAIT).await;
+
+    // A password change closes the other logins' sockets, not this one's.
+    let third = app.login("alice", &alice.password).await.expect(200);
+    let third_token = third.body["tokens"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut third_socket = WsClient::connect(addr(&app), Some(&third_token), None)
+        .await
+        .unwrap();
+    third_socket.expect("ready", WAIT).await;
+    app.post(
+        "/v1/auth/password",
+        &alice,
+        json!({
+            "current_password": alice.password, "new_password": "lantern-orbit-meadow-42"
+        }),
+    )
+    .await
+    .expect(204);
+    assert_eq!(third_socket.closed(WAIT).await.expect("closed").code, 4401);
+    first_socket.send(&json!({ "type": "ping" })).await;
+    first_socket.expect("pong", WAIT).await;
+
+    // Tokens that expire close their socket.
+    let short = TestApp::spawn_with(Backend::Sqlite, |c| c.auth.access_token_ttl_secs = 2)
+        .await
+        .unwrap();
+    let bob = short.register("bob").await;
+    let (mut expiring, _) = ws(addr(&short), &bob, None).await;
+    let closed = expiring
+        .closed(Duration::from_secs(6))
+        .await
+        .expect("closed at expiry");
+    assert_eq!(closed.code, 4401);
+    assert!(closed.reason.contains("expired"), "{closed:?}");
+}
+
 #[tokio::test]
 async fn authentication_by_header_or_first_frame() {
     let app = TestApp::spawn_with(Backend::Sqlite, |c| c.gateway.auth_timeout_secs = 1)

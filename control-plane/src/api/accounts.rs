@@ -185,6 +185,19 @@ impl AppState {
         }
     }
 
+    /// Closes the revoked logins' WebSockets on every replica.
+    fn close_sockets(&self, user: Uuid, family: Option<Uuid>, except: Option<Uuid>) {
+        let bus = self.gateway.bus.clone();
+        tokio::spawn(async move {
+            bus.publish(crate::gateway::bus::BusMessage::Revoked {
+                user,
+                family,
+                except,
+            })
+            .await;
+        });
+    }
+
     fn limiter_failed(&self, error: &crate::ratelimit::LimiterError) {
         self.limiter_errors.inc();
         tracing::warn!(%error, "rate limiter unavailable; not limiting");
@@ -479,6 +492,8 @@ pub async fn logout(
             serde_json::json!({ "all": all, "revoked": revoked }),
         )
         .await;
+    let family = if all { None } else { Some(caller.family_id) };
+    state.close_sockets(caller.user_id, family, None);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -541,6 +556,7 @@ pub async fn change_password(
             serde_json::json!({ "revoked_sessions": revoked }),
         )
         .await;
+    state.close_sockets(user.id, None, Some(caller.family_id));
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -38,6 +38,15 @@ pub enum BusMessage {
         /// Who.
         user: Uuid,
     },
+    /// Logins were revoked (logout, password change): close their sockets.
+    Revoked {
+        /// Whose.
+        user: Uuid,
+        /// Only this login (refresh-token family); `None`: every login ...
+        family: Option<Uuid>,
+        /// ... except this one.
+        except: Option<Uuid>,
+    },
     /// A user's aggregate presence changed.
     Presence {
         /// Whose.

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::Gateway;
 use super::bus::BusMessage;
 use super::hub::Connected;
+use crate::auth::AccessClaims;
 use crate::store::EventCursor;
 
 /// Close codes we send (RFC 6455 and the 4000-4999 private range).
@@ -29,7 +30,7 @@ mod close {
 pub async fn serve(
     socket: WebSocket,
     gateway: Gateway,
-    user: Option<Uuid>,
+    claims: Option<AccessClaims>,
     cursor: Option<String>,
 ) {
     let _alive = gateway.track();
@@ -37,8 +38,8 @@ pub async fn serve(
     let settings = gateway.settings;
 
     // Authenticate: from the upgrade request, or the first frame.
-    let (user, cursor) = match user {
-        Some(user) => (user, cursor),
+    let (claims, cursor) = match claims {
+        Some(claims) => (claims, cursor),
         None => {
             let first = tokio::time::timeout(settings.auth_timeout, stream.next()).await;
             let frame = match first {
@@ -52,7 +53,7 @@ pub async fn serve(
                     .tokens
                     .verify_access(&token)
                     .ok()
-                    .map(|claims| (claims.sub, cursor)),
+                    .map(|claims| (claims, cursor)),
                 _ => None,
             };
             match authed {
@@ -85,7 +86,8 @@ pub async fn serve(
             return;
         }
     };
-    let Ok(connected) = gateway.hub.connect(user, resume).await else {
+    let user = claims.sub;
+    let Ok(connected) = gateway.hub.connect(user, claims.sid, resume).await else {
         let _ = send_bounded(
             &mut sink,
             close_message(1011, "gateway unavailable"),
@@ -95,7 +97,7 @@ pub async fn serve(
         return;
     };
     let span = tracing::info_span!("ws", %user, conn = connected.conn);
-    session(sink, stream, gateway, user, connected)
+    session(sink, stream, gateway, claims, connected)
         .instrument(span)
         .await;
 }
@@ -112,10 +114,17 @@ async fn session(
     mut sink: SplitSink<WebSocket, Message>,
     mut stream: SplitStream<WebSocket>,
     gateway: Gateway,
-    user: Uuid,
+    claims: AccessClaims,
     mut connected: Connected,
 ) {
+    let user = claims.sub;
     let conn = connected.conn;
+    // The socket lives no longer than the token that opened it: the client
+    // reconnects with a fresh one (and its cursor, so it misses nothing).
+    let lifetime =
+        u64::try_from(claims.exp - time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+    let expiry = tokio::time::sleep(Duration::from_secs(lifetime));
+    tokio::pin!(expiry);
     let settings = gateway.settings;
     tracing::debug!("connected");
     let (presence, mut updates) = mpsc::channel::<PresenceUpdate>(8);
@@ -197,6 +206,9 @@ async fn session(
                 {
                     break (close::TIMEOUT, "client not reading".to_owned());
                 }
+            },
+            () = &mut expiry => {
+                break (close::UNAUTHORIZED, "access token expired; reconnect with a fresh one".to_owned());
             },
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > settings.idle_timeout {

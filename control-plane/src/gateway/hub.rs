@@ -69,6 +69,7 @@ pub struct ConnectError;
 enum Command {
     Connect {
         user: Uuid,
+        family: Uuid,
         resume: Option<EventCursor>,
         reply: oneshot::Sender<Result<Connected, ConnectError>>,
     },
@@ -89,16 +90,19 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Registers a connection of `user`, replaying after `resume` if given.
+    /// Registers a connection of `user` (logged in as `family`), replaying
+    /// after `resume` if given.
     pub async fn connect(
         &self,
         user: Uuid,
+        family: Uuid,
         resume: Option<EventCursor>,
     ) -> Result<Connected, ConnectError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Connect {
                 user,
+                family,
                 resume,
                 reply,
             })
@@ -137,6 +141,8 @@ struct Local {
     /// past this hub's position): skip them in the live stream.
     floor: EventCursor,
     user: Uuid,
+    /// The login the connection authenticated with.
+    family: Uuid,
 }
 
 /// The hub task's state; run it with [`HubTask::run`].
@@ -265,6 +271,21 @@ impl HubTask {
                             self.send(conn, &presence);
                         }
                     }
+                    Ok(BusMessage::Revoked { user, family, except }) => {
+                        let revoked: Vec<ConnId> = self
+                            .conns
+                            .iter()
+                            .filter(|(_, l)| {
+                                l.user == user
+                                    && family.is_none_or(|f| f == l.family)
+                                    && except.is_none_or(|e| e != l.family)
+                            })
+                            .map(|(conn, _)| *conn)
+                            .collect();
+                        for conn in revoked {
+                            self.close(conn, 4401, "session revoked");
+                        }
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.pull().await,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => bus = self.bus.subscribe(),
                 },
@@ -281,6 +302,7 @@ impl HubTask {
         match command {
             Command::Connect {
                 user,
+                family,
                 resume,
                 reply,
             } => {
@@ -306,6 +328,7 @@ impl HubTask {
                         durable: 0,
                         floor: self.head,
                         user,
+                        family,
                     },
                 );
                 self.fanout.connect(conn, user, memberships);

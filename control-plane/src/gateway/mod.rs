@@ -230,7 +230,7 @@ pub async fn upgrade(
     // client authenticates with its first frame.
     let user = match bearer_token(&headers) {
         Some(token) => match gateway.tokens.verify_access(token) {
-            Ok(claims) => Some(claims.sub),
+            Ok(claims) => Some(claims),
             Err(_) => {
                 return axum::response::IntoResponse::into_response(
                     crate::error::ApiError::unauthorized("invalid or expired access token"),
