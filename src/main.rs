@@ -72,6 +72,24 @@ enum BenchCommand {
     /// WebSocket connections held by one replica, and fan-out latency to a
     /// group with and without them.
     Ws(WsBenchArgs),
+    /// Simulated call placement: load balance, churn, decisions per second.
+    Placement(PlacementBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct PlacementBenchArgs {
+    /// Regions.
+    #[arg(long, default_value_t = 20)]
+    regions: usize,
+    /// Edges per region.
+    #[arg(long, default_value_t = 50)]
+    edges: usize,
+    /// Calls.
+    #[arg(long, default_value_t = 1_000_000)]
+    calls: usize,
+    /// Bounded-load slack: capacity = (1 + slack) × mean load.
+    #[arg(long, default_value_t = 0.10)]
+    slack: f64,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +159,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Bench(BenchCommand::Api(args)) => exit_with(bench_api(args)),
         Command::Bench(BenchCommand::Ws(args)) => exit_with(bench_ws(args)),
+        Command::Bench(BenchCommand::Placement(args)) => exit_with(bench_placement(&args)),
         Command::Admin(command) => {
             let config = loaded.config;
             service::telemetry::init_tracing(&config.telemetry);
@@ -251,6 +270,31 @@ fn bench_api(args: ApiBenchArgs) -> anyhow::Result<()> {
         options.duration.as_secs(),
     );
     print!("{}", testkit::bench::markdown(&results));
+    Ok(())
+}
+
+/// Runs `cascade bench placement` and prints a Markdown report.
+#[allow(clippy::print_stdout, reason = "the report is the command's output")]
+fn bench_placement(args: &PlacementBenchArgs) -> anyhow::Result<()> {
+    let options = testkit::bench::placement::PlacementOptions {
+        regions: args.regions,
+        edges: args.edges,
+        calls: args.calls,
+        slack: args.slack,
+    };
+    anyhow::ensure!(
+        options.regions > 0 && options.edges > 7 && options.calls > 0,
+        "need at least one region, 8 edges and one call"
+    );
+    let rows = testkit::bench::placement::run(&options);
+    println!(
+        "cascade bench placement: {} regions × {} edges, {} calls, slack {}\n",
+        options.regions, options.edges, options.calls, options.slack
+    );
+    println!("| metric | value | aim |\n|---|---:|---|");
+    for row in rows {
+        println!("| {} | {} | {} |", row.metric, row.value, row.aim);
+    }
     Ok(())
 }
 

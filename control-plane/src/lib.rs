@@ -13,6 +13,8 @@
 //! - [`dependencies`]: opening the store and Redis, with readiness checks.
 //! - [`gateway`]: the WebSocket gateway (`GET /v1/ws`): the hub that reads
 //!   the event log, presence, and the bus between replicas.
+//! - [`placement`]: which edge serves a call in a region (consistent hashing
+//!   with bounded load; pure).
 //! - [`error`]: [`ApiError`], the JSON error body every handler returns.
 //!
 //! Architecture invariant: handlers never see a raw database or Redis
@@ -26,6 +28,7 @@ pub mod config;
 pub mod dependencies;
 pub mod error;
 pub mod gateway;
+pub mod placement;
 pub mod ratelimit;
 pub mod store;
 

@@ -174,86 +174,66 @@ pub async fn run(options: &ApiBenchOptions) -> Vec<Measurement> {
     }
 
     // Newest page of 50.
-    let (a, u, c) = (app.clone(), users.clone(), conversations.clone());
+    let c = conversations.clone();
+    let newest = move |worker: usize, i: u64| {
+        let conversation = &c[(worker + i as usize) % c.len()];
+        format!("/v1/conversations/{conversation}/messages?limit=50")
+    };
     results.push(
-        closed_loop(
+        authed_get(
+            &app,
+            &users,
+            options,
             "GET newest 50 messages (API)",
-            options.clients,
-            options.duration,
-            move |worker, i| {
-                let (a, u, c) = (a.clone(), u.clone(), c.clone());
-                async move {
-                    let conversation = &c[(worker + i as usize) % c.len()];
-                    answered(
-                        a.http
-                            .get(a.url(&format!(
-                                "/v1/conversations/{conversation}/messages?limit=50"
-                            )))
-                            .bearer_auth(&u[worker].access)
-                            .send()
-                            .await,
-                        200,
-                    )
-                    .await
-                }
-            },
+            newest,
         )
         .await,
     );
 
     // Older pages at varying depths.
-    let (a, u, c) = (app.clone(), users.clone(), conversations.clone());
+    let c = conversations.clone();
     let depth = options.history as u64;
+    let older = move |worker: usize, i: u64| {
+        let conversation = &c[(worker + i as usize) % c.len()];
+        let before = 51 + (i * 7919 + worker as u64) % depth.max(52);
+        format!("/v1/conversations/{conversation}/messages?limit=50&before={before}")
+    };
     results.push(
-        closed_loop(
+        authed_get(
+            &app,
+            &users,
+            options,
             "GET 50 messages before a cursor (API)",
-            options.clients,
-            options.duration,
-            move |worker, i| {
-                let (a, u, c) = (a.clone(), u.clone(), c.clone());
-                async move {
-                    let conversation = &c[(worker + i as usize) % c.len()];
-                    let before = 51 + (i * 7919 + worker as u64) % depth.max(52);
-                    answered(
-                        a.http
-                            .get(a.url(&format!(
-                                "/v1/conversations/{conversation}/messages?limit=50&before={before}"
-                            )))
-                            .bearer_auth(&u[worker].access)
-                            .send()
-                            .await,
-                        200,
-                    )
-                    .await
-                }
-            },
+            older,
         )
         .await,
     );
 
     // Conversation list with unread counts.
-    let (a, u) = (app.clone(), users.clone());
-    results.push(
-        closed_loop(
-            "GET conversation list (API)",
-            options.clients,
-            options.duration,
-            move |worker, _| {
-                let (a, u) = (a.clone(), u.clone());
-                async move {
-                    answered(
-                        a.http
-                            .get(a.url("/v1/conversations?limit=20"))
-                            .bearer_auth(&u[worker].access)
-                            .send()
-                            .await,
-                        200,
-                    )
-                    .await
-                }
-            },
-        )
-        .await,
-    );
+    let list = |_: usize, _: u64| "/v1/conversations?limit=20".to_owned();
+    results.push(authed_get(&app, &users, options, "GET conversation list (API)", list).await);
     results
+}
+
+/// A closed-loop workload of authenticated GETs: worker `w`'s `i`th request
+/// goes to `path(w, i)` with user `w`'s token and must answer 200.
+async fn authed_get(
+    app: &Arc<TestApp>,
+    users: &Arc<Vec<TestUser>>,
+    options: &ApiBenchOptions,
+    name: &str,
+    path: impl Fn(usize, u64) -> String + Send + Sync + Clone + 'static,
+) -> Measurement {
+    let (a, u) = (app.clone(), users.clone());
+    closed_loop(name, options.clients, options.duration, move |worker, i| {
+        let (a, u, path) = (a.clone(), u.clone(), path.clone());
+        async move {
+            let request = a
+                .http
+                .get(a.url(&path(worker, i)))
+                .bearer_auth(&u[worker].access);
+            answered(request.send().await, 200).await
+        }
+    })
+    .await
 }

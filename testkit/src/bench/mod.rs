@@ -3,6 +3,7 @@
 //! nothing (speed is measured, not tested).
 
 pub mod api;
+pub mod placement;
 pub mod ws;
 
 use std::time::{Duration, Instant};
