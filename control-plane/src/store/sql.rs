@@ -176,6 +176,31 @@ fn direct_key(a: Uuid, b: Uuid) -> String {
     format!("{lo}:{hi}")
 }
 
+/// Inserts a refresh-token row through `$executor` (the pool, or a
+/// transaction).
+macro_rules! insert_session {
+    ($executor:expr, $session:expr) => {{
+        let session: &Session = $session;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, family_id, token_hash, created_at, \
+             expires_at, rotated_at, revoked_at, user_agent, ip) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(session.id)
+        .bind(session.user_id)
+        .bind(session.family_id)
+        .bind(&session.token_hash)
+        .bind(session.created_at)
+        .bind(session.expires_at)
+        .bind(session.rotated_at)
+        .bind(session.revoked_at)
+        .bind(&session.user_agent)
+        .bind(&session.ip)
+        .execute($executor)
+        .await?;
+    }};
+}
+
 /// Appends `events` inside the transaction `tx`.
 macro_rules! append_events {
     ($tx:ident, $events:expr, $now:expr) => {
@@ -328,23 +353,7 @@ macro_rules! sql_store {
             }
 
             async fn create_session(&self, session: &Session) -> StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO sessions (id, user_id, family_id, token_hash, created_at, \
-                     expires_at, rotated_at, revoked_at, user_agent, ip) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .bind(session.id)
-                .bind(session.user_id)
-                .bind(session.family_id)
-                .bind(&session.token_hash)
-                .bind(session.created_at)
-                .bind(session.expires_at)
-                .bind(session.rotated_at)
-                .bind(session.revoked_at)
-                .bind(&session.user_agent)
-                .bind(&session.ip)
-                .execute(&self.pool)
-                .await?;
+                insert_session!(&self.pool, session);
                 Ok(())
             }
 
@@ -374,23 +383,7 @@ macro_rules! sql_store {
                             family_id: old.family_id,
                             ..next.clone()
                         };
-                        sqlx::query(
-                            "INSERT INTO sessions (id, user_id, family_id, token_hash, created_at, \
-                             expires_at, rotated_at, revoked_at, user_agent, ip) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                        )
-                        .bind(next.id)
-                        .bind(next.user_id)
-                        .bind(next.family_id)
-                        .bind(&next.token_hash)
-                        .bind(next.created_at)
-                        .bind(next.expires_at)
-                        .bind(next.rotated_at)
-                        .bind(next.revoked_at)
-                        .bind(&next.user_agent)
-                        .bind(&next.ip)
-                        .execute(&mut *tx)
-                        .await?;
+                        insert_session!(&mut *tx, &next);
                         tx.commit().await?;
                         Ok(Rotation::Rotated {
                             user_id: old.user_id,
