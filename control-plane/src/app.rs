@@ -21,7 +21,7 @@ use crate::config::ControlPlaneConfig;
 use crate::dependencies::{Dependencies, DependencyError};
 use crate::error;
 use crate::gateway::Gateway;
-use crate::gateway::bus::{Bus, LocalBus, RedisBus};
+use crate::gateway::bus::{Bus, BusCheck, LocalBus, RedisBus};
 use crate::gateway::hub::HubSettings;
 use crate::gateway::metrics::GatewayMetrics;
 use crate::gateway::presence::Presence;
@@ -82,7 +82,6 @@ impl Service for ControlPlane {
     async fn build(config: ControlPlaneConfig) -> Result<Self, StartError> {
         let metrics = Metrics::new("control-plane");
         let dependencies = Dependencies::connect(&config).await?;
-        let readiness = dependencies.readiness();
         let key = match &config.auth.signing_key_file {
             Some(path) => SigningKey::from_pem_file(path).map_err(StartError::SigningKey)?,
             None => {
@@ -106,11 +105,20 @@ impl Service for ControlPlane {
         )
         .expect("metric definition is static and valid");
         metrics.register(Box::new(limiter_errors.clone()));
-        let bus: Arc<dyn Bus> = match (&config.redis.url, &dependencies.redis) {
-            (Some(url), Some(client)) => RedisBus::start(url, client.clone())
-                .map_err(|e| StartError::Dependency(DependencyError::Redis(e)))?,
-            _ => Arc::new(LocalBus::default()),
-        };
+        let (bus, readiness): (Arc<dyn Bus>, Readiness) =
+            match (&config.redis.url, &dependencies.redis) {
+                (Some(url), Some(client)) => {
+                    let redis_bus = RedisBus::start(url, client.clone())
+                        .map_err(|e| StartError::Dependency(DependencyError::Redis(e)))?;
+                    let check: Arc<dyn service::ReadinessCheck> =
+                        Arc::new(BusCheck(redis_bus.clone()));
+                    (redis_bus, dependencies.readiness(vec![check]))
+                }
+                _ => (
+                    Arc::new(LocalBus::default()),
+                    dependencies.readiness(Vec::new()),
+                ),
+            };
         let gateway_metrics = GatewayMetrics::new(&metrics);
         let (hub, hub_task) = crate::gateway::hub::hub(
             dependencies.store.clone(),

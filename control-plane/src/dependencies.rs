@@ -71,13 +71,14 @@ impl Dependencies {
         Ok(Dependencies { store, redis })
     }
 
-    /// Readiness over the store and Redis.
-    pub fn readiness(&self) -> Readiness {
+    /// Readiness over the store and Redis, plus `extra` checks.
+    pub fn readiness(&self, extra: Vec<Arc<dyn ReadinessCheck>>) -> Readiness {
         let mut checks: Vec<Arc<dyn ReadinessCheck>> =
             vec![Arc::new(StoreCheck(self.store.clone()))];
         if let Some(client) = &self.redis {
             checks.push(Arc::new(RedisCheck(client.clone())));
         }
+        checks.extend(extra);
         Readiness::new(checks)
     }
 

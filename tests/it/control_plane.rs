@@ -140,7 +140,7 @@ async fn ready_with_real_postgres_and_redis() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["database", "redis"]);
+    assert_eq!(names, ["database", "redis", "redis_subscription"]);
     assert!(
         report["checks"]
             .as_array()

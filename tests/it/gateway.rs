@@ -540,6 +540,22 @@ async fn two_replicas_behave_as_one() {
     b.stop(WAIT * 2).await.unwrap();
 }
 
+/// Waits (up to 10 s) until a replica reports ready.
+async fn wait_ready(api: &ApiClient) {
+    for _ in 0..100 {
+        if api
+            .call(reqwest::Method::GET, "/readyz", None, None)
+            .await
+            .status
+            == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("replica not ready within 10 s");
+}
+
 /// A dedicated Redis on a free port, so the test may restart it.
 struct OwnRedis {
     port: u16,
@@ -623,6 +639,10 @@ async fn fan_out_recovers_after_redis_restarts() {
     let alice = api_a.register("alice").await;
     let bob = api_a.register("bob").await;
     let chat = api_a.direct(&alice, &bob).await;
+    // Ready includes the bus subscription, so wake-ups are heard.
+    for api in [&api_a, &api_b] {
+        wait_ready(api).await;
+    }
     let (mut live, _) = ws(b.http_addr(), &alice, None).await;
     api_a.send(&chat, &bob, "before").await;
     let cursor = live.expect("message.created", WAIT).await["cursor"]
@@ -635,25 +655,14 @@ async fn fan_out_recovers_after_redis_restarts() {
     redis.stop();
     api_a.send(&chat, &bob, "during the outage").await; // stored; no wake-up
     redis = OwnRedis::start(port);
-    // Wait until both replicas see Redis again.
+    // Both replicas see Redis again, and are subscribed again.
     for api in [&api_a, &api_b] {
-        let mut ready = false;
-        for _ in 0..100 {
-            let reply = api.call(reqwest::Method::GET, "/readyz", None, None).await;
-            if reply.status == 200 {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(ready, "replica reconnected to Redis");
+        wait_ready(api).await;
     }
-    // Fan-out through Redis comes back by itself. The subscriber's
-    // reconnect backoff decides when (up to 5 s), and a wake-up published
-    // before it re-subscribed is lost (in production the 500 ms poll covers
-    // that; here polling is a minute). So send probes until one arrives,
-    // then check that everything sent arrived exactly once and in order,
-    // starting with the message sent during the outage.
+    // Fan-out through Redis is back without any restart. Probes are sent
+    // until one arrives (a wake-up can still race the re-subscription by a
+    // hair), then everything sent must have arrived exactly once and in
+    // order, starting with the message sent during the outage.
     let mut sent = vec!["during the outage".to_owned()];
     let mut got: Vec<String> = Vec::new();
     for attempt in 0..15 {

@@ -8,6 +8,7 @@
 //! channel inside the process.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -96,17 +97,21 @@ impl Bus for LocalBus {
 pub struct RedisBus {
     publisher: fred::clients::Client,
     local: broadcast::Sender<BusMessage>,
+    subscriber: SubscriberClient,
+    /// Whether the subscription is active on the current connection (false
+    /// from a reconnect until the channel is subscribed again).
+    subscribed: Arc<AtomicBool>,
 }
 
 impl RedisBus {
-    /// Subscribes (in the background, re-subscribing after reconnects) and
+    /// Subscribes in the background (again after every reconnect) and
     /// publishes with `publisher`.
     pub fn start(
         url: &str,
         publisher: fred::clients::Client,
     ) -> Result<Arc<Self>, fred::error::Error> {
         let subscriber: SubscriberClient = Builder::from_config(RedisClientConfig::from_url(url)?)
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
             .build_subscriber_client()?;
         let (local, _) = broadcast::channel(LOCAL_CAPACITY);
@@ -135,24 +140,62 @@ impl RedisBus {
                 }
             }
         });
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let (client, flag) = (subscriber.clone(), subscribed.clone());
         tokio::spawn(async move {
-            // connect() drives the connection and its reconnections;
-            // manage_subscriptions() re-subscribes after each reconnect.
-            let _connection = subscriber.connect();
-            let _resubscriber = subscriber.manage_subscriptions();
+            // Subscribe now and after every reconnect, and say so: the
+            // readiness check reports a replica whose fan-out is deaf.
+            let mut reconnects = client.reconnect_rx();
+            let mut errors = client.error_rx();
+            let _connection = client.connect();
+            let _ = client.wait_for_connect().await;
             loop {
-                match subscriber.subscribe(CHANNEL).await {
-                    Ok(()) => break,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot subscribe to the gateway bus yet; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                flag.store(false, Ordering::SeqCst);
+                while let Err(error) = client.subscribe(CHANNEL).await {
+                    tracing::warn!(%error, "cannot subscribe to the gateway bus yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                flag.store(true, Ordering::SeqCst);
+                tokio::select! {
+                    _ = reconnects.recv() => {}
+                    _ = errors.recv() => {
+                        flag.store(false, Ordering::SeqCst);
+                        let _ = reconnects.recv().await;
                     }
                 }
             }
-            // Keep the client alive for the life of the process.
-            std::future::pending::<()>().await;
         });
-        Ok(Arc::new(RedisBus { publisher, local }))
+        Ok(Arc::new(RedisBus {
+            publisher,
+            local,
+            subscriber,
+            subscribed,
+        }))
+    }
+
+    /// Whether wake-ups from other replicas can reach this one now.
+    pub fn listening(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst) && self.subscriber.is_connected()
+    }
+}
+
+/// Readiness of the bus subscription.
+pub struct BusCheck(pub Arc<RedisBus>);
+
+impl service::ReadinessCheck for BusCheck {
+    fn name(&self) -> &'static str {
+        "redis_subscription"
+    }
+
+    fn check(&self) -> service::ops::BoxFuture<'_, Result<(), String>> {
+        let listening = self.0.listening();
+        Box::pin(async move {
+            if listening {
+                Ok(())
+            } else {
+                Err("not subscribed to the gateway bus (Redis reconnecting)".to_owned())
+            }
+        })
     }
 }
 
