@@ -30,6 +30,7 @@ use crate::store::StoreError;
 
 /// One control-plane replica, bound and ready to run.
 pub struct ControlPlane {
+    calls: Arc<crate::calls::Calls>,
     http: HttpServer,
     hub: crate::gateway::hub::HubTask,
     gateway: Gateway,
@@ -149,6 +150,17 @@ impl Service for ControlPlane {
             metrics: gateway_metrics,
             active: Arc::default(),
         };
+        let registry: Arc<dyn crate::calls::registry::NodeRegistry> = match &dependencies.redis {
+            Some(client) => Arc::new(crate::calls::registry::RedisRegistry::new(client.clone())),
+            None => Arc::new(crate::calls::registry::MemoryRegistry::default()),
+        };
+        let calls = Arc::new(crate::calls::Calls::new(
+            dependencies.store.clone(),
+            registry,
+            tokens.clone(),
+            bus.clone(),
+            config.calls.clone(),
+        ));
         let gateway_handle = gateway.clone();
         let state = AppState::new(Shared {
             store: dependencies.store.clone(),
@@ -158,6 +170,7 @@ impl Service for ControlPlane {
             config: config.clone(),
             limiter_errors,
             gateway,
+            calls: calls.clone(),
         });
         let router = router(&config, state, bus, metrics, readiness.clone());
         let http = HttpServer::bind(config.listen)
@@ -172,6 +185,7 @@ impl Service for ControlPlane {
             "control plane bound"
         );
         Ok(ControlPlane {
+            calls,
             http,
             hub: hub_task,
             gateway: gateway_handle,
@@ -190,6 +204,7 @@ impl Service for ControlPlane {
 
     async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
         let hub = tokio::spawn(self.hub.run(shutdown.clone()));
+        let sweeper = tokio::spawn(self.calls.clone().run_sweeper(shutdown.clone()));
         let readiness = self.readiness.clone();
         let served = self
             .http
@@ -200,6 +215,7 @@ impl Service for ControlPlane {
         // The hub closes its WebSockets (1001) when shutdown fires; wait for
         // their close frames and presence updates before closing Redis.
         let _ = tokio::time::timeout(self.drain_timeout, hub).await;
+        let _ = tokio::time::timeout(self.drain_timeout, sweeper).await;
         self.gateway.closed(self.drain_timeout).await;
         self.dependencies.close().await;
         tracing::info!("control plane stopped");
@@ -220,6 +236,7 @@ pub fn router(
     let (api, openapi) = api::routes();
     let app = api
         .route("/v1/ws", axum::routing::get(crate::gateway::upgrade))
+        .merge(api::internal_routes())
         .with_state(state)
         // Every successful write wakes the hubs of all replicas.
         .layer(axum::middleware::from_fn_with_state(

@@ -34,6 +34,10 @@ pub struct ControlPlaneConfig {
     pub limits: LimitsConfig,
     /// The WebSocket gateway.
     pub gateway: crate::gateway::GatewayConfig,
+    /// Calls: ring timeout, regions, ICE servers, node liveness.
+    pub calls: crate::calls::config::CallsConfig,
+    /// The credential nodes use on the internal API.
+    pub cluster: crate::calls::config::ClusterConfig,
 }
 
 /// `[control_plane.auth]`.
@@ -142,6 +146,8 @@ impl Default for ControlPlaneConfig {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             gateway: crate::gateway::GatewayConfig::default(),
+            calls: crate::calls::config::CallsConfig::default(),
+            cluster: crate::calls::config::ClusterConfig::default(),
         }
     }
 }
@@ -208,6 +214,8 @@ impl Validate for ControlPlaneConfig {
         v.section("auth", &self.auth);
         v.section("limits", &self.limits);
         v.section("gateway", &self.gateway);
+        v.section("calls", &self.calls);
+        v.section("cluster", &self.cluster);
     }
 }
 

@@ -13,6 +13,9 @@
 //! - [`dependencies`]: opening the store and Redis, with readiness checks.
 //! - [`gateway`]: the WebSocket gateway (`GET /v1/ws`): the hub that reads
 //!   the event log, presence, and the bus between replicas.
+//! - [`calls`]: the call rules (pure), node registry, region resolution,
+//!   join tokens, ICE servers, and the sweeps for ring timeouts and dead
+//!   nodes.
 //! - [`placement`]: which edge serves a call in a region (consistent hashing
 //!   with bounded load; pure).
 //! - [`error`]: [`ApiError`], the JSON error body every handler returns.
@@ -24,6 +27,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod calls;
 pub mod config;
 pub mod dependencies;
 pub mod error;

@@ -7,9 +7,11 @@
 
 mod accounts;
 mod admin;
+pub mod calls;
 mod contacts;
 mod conversations;
 pub mod events;
+mod internal;
 mod messages;
 mod presence;
 pub mod wire;
@@ -55,6 +57,8 @@ pub struct Shared {
     pub limiter_errors: prometheus::IntCounter,
     /// The WebSocket gateway.
     pub gateway: crate::gateway::Gateway,
+    /// Calls: registry, placement, join tokens.
+    pub calls: Arc<crate::calls::Calls>,
 }
 
 impl AppState {
@@ -236,6 +240,7 @@ pub fn now() -> OffsetDateTime {
         (name = "contacts", description = "Contact requests and blocks"),
         (name = "conversations", description = "Direct and group conversations"),
         (name = "messages", description = "Messages, reactions, read pointers"),
+        (name = "calls", description = "Calls, their participants, history and regions"),
         (name = "admin", description = "Site administration"),
     )
 )]
@@ -289,5 +294,32 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messages::add_reaction, messages::remove_reaction))
         .routes(routes!(messages::mark_read))
         .routes(routes!(admin::audit_log))
+        .routes(routes!(calls::history, calls::start))
+        .routes(routes!(calls::missed_count))
+        .routes(routes!(calls::stats))
+        .routes(routes!(calls::get))
+        .routes(routes!(calls::accept))
+        .routes(routes!(calls::decline))
+        .routes(routes!(calls::cancel))
+        .routes(routes!(calls::end))
+        .routes(routes!(calls::join))
+        .routes(routes!(calls::leave))
+        .routes(routes!(calls::media))
+        .routes(routes!(calls::regions))
         .split_for_parts()
+}
+
+/// The internal API for nodes (not in the OpenAPI document).
+pub fn internal_routes() -> Router<AppState> {
+    use axum::routing::{get, post, put};
+    Router::new()
+        .route("/internal/v1/nodes", get(internal::list))
+        .route(
+            "/internal/v1/nodes/{id}",
+            put(internal::heartbeat).delete(internal::deregister),
+        )
+        .route(
+            "/internal/v1/nodes/{id}/participants/gone",
+            post(internal::participant_gone),
+        )
 }

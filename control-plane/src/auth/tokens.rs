@@ -176,6 +176,14 @@ impl Tokens {
         )
     }
 
+    /// A signed join token (for an edge; see `edge_node::join_token`).
+    pub fn issue_join(&self, claims: &protocol::calls::JoinClaims) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.key.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.key.encoding)
+            .expect("signing with a loaded Ed25519 key cannot fail")
+    }
+
     /// The public keys, as a JWK Set.
     pub fn jwks(&self) -> serde_json::Value {
         serde_json::json!({

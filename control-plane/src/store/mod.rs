@@ -15,9 +15,14 @@
 //!   uniqueness rule is [`StoreError::Conflict`]; everything else is
 //!   [`StoreError::Backend`] and is never shown to clients.
 
+// `sql` first: its macros (`append_events!`) are used by `calls`.
+#[macro_use]
+mod sql;
+mod calls;
 mod model;
 mod open;
-mod sql;
+
+pub use calls::CallStore;
 
 pub use model::*;
 pub use open::{OpenError, open};
@@ -55,7 +60,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything the control plane keeps durably.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: CallStore + Send + Sync + 'static {
     /// Answers when the database can run a trivial query (readiness).
     async fn ping(&self) -> StoreResult<()>;
 

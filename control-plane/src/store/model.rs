@@ -463,3 +463,213 @@ pub type RenderMessageEvent = fn(&Message) -> NewEvent;
 
 /// Renders the event for a member added inside a transaction.
 pub type RenderMemberEvent = fn(conversation: Uuid, user: Uuid) -> NewEvent;
+
+text_enum!(
+    /// What a call carries.
+    CallKind, "call kind" {
+        /// Voice only.
+        Audio = "audio",
+        /// Voice and camera.
+        Video = "video",
+    }
+);
+
+text_enum!(
+    /// Where a call is in its life.
+    CallState, "call state" {
+        /// Started, waiting for someone to answer.
+        Ringing = "ringing",
+        /// Answered (direct) or joined by someone besides the caller (group).
+        Active = "active",
+        /// Over; `outcome` says how.
+        Ended = "ended",
+    }
+);
+
+text_enum!(
+    /// How a call ended (for its initiator; see `CallHistoryEntry::outcome`
+    /// for the other people's view).
+    CallOutcome, "call outcome" {
+        /// It was answered and then hung up.
+        Completed = "completed",
+        /// Nobody answered within the ring timeout.
+        Missed = "missed",
+        /// The callee declined.
+        Declined = "declined",
+        /// The caller hung up while it rang.
+        Cancelled = "cancelled",
+        /// The callee was in another call.
+        Busy = "busy",
+    }
+);
+
+/// A call's durable record.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Call {
+    /// Id (v7: history is paged by it).
+    pub id: Uuid,
+    /// The conversation it rings in.
+    pub conversation_id: Uuid,
+    /// Whether it is a direct (1:1) call.
+    pub direct: bool,
+    /// Audio or video.
+    #[sqlx(try_from = "String")]
+    pub kind: CallKind,
+    /// Who started it.
+    pub initiator_id: Uuid,
+    /// The other party of a direct call.
+    pub callee_id: Option<Uuid>,
+    /// Ringing, active or ended.
+    #[sqlx(try_from = "String")]
+    pub state: CallState,
+    /// How it ended (set with `Ended`).
+    #[sqlx(try_from = "Option<String>")]
+    pub outcome: OptionalOutcome,
+    /// When started.
+    pub created_at: OffsetDateTime,
+    /// While ringing: when it becomes missed (Unix microseconds).
+    pub ring_deadline_us: Option<i64>,
+    /// When answered (direct) or first joined by a non-initiator (group).
+    pub answered_at: Option<OffsetDateTime>,
+    /// When it ended.
+    pub ended_at: Option<OffsetDateTime>,
+    /// Who ended it, when a person did.
+    pub ended_by: Option<Uuid>,
+    /// From answer to end, milliseconds (0 if never answered).
+    pub duration_ms: i64,
+}
+
+/// A nullable [`CallOutcome`] column (sqlx's `try_from` needs one type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OptionalOutcome(pub Option<CallOutcome>);
+
+impl TryFrom<Option<String>> for OptionalOutcome {
+    type Error = UnknownValue;
+
+    fn try_from(value: Option<String>) -> Result<Self, UnknownValue> {
+        value
+            .map(CallOutcome::try_from)
+            .transpose()
+            .map(OptionalOutcome)
+    }
+}
+
+/// One device's session in a call.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Participant {
+    /// Session id.
+    pub id: Uuid,
+    /// The call.
+    pub call_id: Uuid,
+    /// Who.
+    pub user_id: Uuid,
+    /// Which of their devices.
+    pub device_id: String,
+    /// The edge node it was placed on.
+    pub node_id: String,
+    /// That node's region.
+    pub region: String,
+    /// Microphone on.
+    pub audio: bool,
+    /// Camera on.
+    pub video: bool,
+    /// Sharing a screen.
+    pub screen: bool,
+    /// When it joined.
+    pub joined_at: OffsetDateTime,
+    /// When it left (`None`: still in).
+    pub left_at: Option<OffsetDateTime>,
+}
+
+/// A call from one user's point of view (history).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallHistoryEntry {
+    /// The call.
+    pub call: Call,
+    /// How it went *for this user*: the initiator sees the call's outcome;
+    /// others see `completed` if they joined, `declined` if they declined,
+    /// `missed` otherwise (`None` while it is not over).
+    pub outcome: Option<CallOutcome>,
+}
+
+/// One row of a user's call statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallStatsRow {
+    /// Audio or video.
+    pub kind: CallKind,
+    /// The outcome for the user.
+    pub outcome: CallOutcome,
+    /// Calls.
+    pub calls: i64,
+    /// Sum of their durations, milliseconds.
+    pub total_duration_ms: i64,
+}
+
+/// What a call transaction knows before it decides (read under the call
+/// row's lock, so no other change to the call interleaves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFacts {
+    /// The call as it is now.
+    pub call: Call,
+    /// Its live participants (every device still in).
+    pub participants: Vec<Participant>,
+    /// The call the acting user's busy lock is held for, if any.
+    pub actor_lock: Option<Uuid>,
+}
+
+/// What a call transaction writes: the rules in `calls::lifecycle` decide
+/// it from [`CallFacts`]; the store applies it atomically.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CallChange {
+    /// The call row afterwards (`None`: unchanged).
+    pub call: Option<Call>,
+    /// Take this user's busy lock for the call (refused if another call
+    /// holds it: the store re-checks, so a race cannot double-book).
+    pub lock: Option<Uuid>,
+    /// Release these users' locks on this call.
+    pub unlock: Vec<Uuid>,
+    /// Release every lock on this call (it ended).
+    pub unlock_all: bool,
+    /// Mark that this user joined (history).
+    pub joined: Option<Uuid>,
+    /// Mark that this user declined (history).
+    pub declined: Option<Uuid>,
+    /// Close these participant sessions (`left_at = now`).
+    pub close: Vec<Uuid>,
+    /// Insert this participant session.
+    pub insert: Option<Participant>,
+    /// Replace this live session's node and media state (matched by id).
+    pub update: Option<Participant>,
+    /// Events to append.
+    pub events: Vec<NewEvent>,
+}
+
+/// Why the call rules refused an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallRefusal {
+    /// The call is not in a state that allows it (409), with the reason.
+    State(&'static str),
+    /// The acting user is in another call (409 `busy`).
+    Busy,
+    /// The user has no such session in the call (404).
+    NotInCall,
+    /// The user may see the call but not do this (403), with the reason.
+    Forbidden(&'static str),
+}
+
+/// How starting a call went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// It rings.
+    Ringing(Call),
+    /// The caller already is in a call; nothing was stored.
+    CallerBusy,
+    /// The callee is in another call: the call was recorded as ended with
+    /// outcome `busy` (and its events appended).
+    CalleeBusy(Call),
+    /// The conversation already has a live call (its id).
+    InProgress(Uuid),
+}
+
+/// Renders the events of a start once the store knows how it went.
+pub type RenderStartEvents = fn(&StartOutcome) -> Vec<NewEvent>;
