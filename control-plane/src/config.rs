@@ -162,6 +162,9 @@ impl Default for DatabaseConfig {
     }
 }
 
+/// The cluster credential of [`ControlPlaneConfig::for_tests`].
+pub const TEST_CLUSTER_SECRET: &str = "test-cluster-secret-not-for-production";
+
 impl ControlPlaneConfig {
     /// [`ControlPlaneConfig::drain_timeout_secs`] as a duration.
     pub fn drain_timeout(&self) -> Duration {
@@ -185,6 +188,11 @@ impl ControlPlaneConfig {
         config.database.url = Some("sqlite::memory:".into());
         config.auth.argon2_memory_kib = 1024;
         config.auth.argon2_iterations = 1;
+        // Nodes in tests register with this; sweeps run often so ring
+        // timeouts and dead nodes are noticed within a test's patience.
+        config.cluster.secret = Some(TEST_CLUSTER_SECRET.to_owned());
+        config.calls.sweep_interval_ms = 100;
+        config.calls.heartbeat_interval_secs = 1;
         config
     }
 }

@@ -213,3 +213,30 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// [`both_backends!`] with a configuration tweak:
+/// `both_backends_with!(name, scenario, |config| ...)`.
+#[macro_export]
+macro_rules! both_backends_with {
+    ($(#[$meta:meta])* $name:ident, $scenario:ident, $tweak:expr) => {
+        $(#[$meta])*
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let app = $crate::app::TestApp::spawn_with($crate::app::Backend::Sqlite, $tweak)
+                    .await
+                    .expect("sqlite is always available");
+                super::$scenario(app).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(app) =
+                    $crate::app::TestApp::spawn_with($crate::app::Backend::Postgres, $tweak).await
+                {
+                    super::$scenario(app).await;
+                }
+            }
+        }
+    };
+}

@@ -7,12 +7,16 @@
 //!   `build` → `run` path, checked over HTTP.
 //! - `api`: the REST API scenario by scenario, each on SQLite and Postgres.
 //! - `durability`: acknowledged writes survive SIGKILL and restart.
+//! - `calls`: call lifecycle, busy, missed exactly once across replicas,
+//!   group calls, history/stats, the node API, regions, migration, join
+//!   tokens checked by the edge's verifier.
 //! - `gateway`: the WebSocket gateway, live and resumed, on one and two
 //!   replicas, through a Redis restart.
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
 mod api;
+mod calls;
 mod cli;
 mod control_plane;
 mod durability;

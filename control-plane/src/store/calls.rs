@@ -15,9 +15,14 @@ use uuid::Uuid;
 use super::sql::{PgStore, SqliteStore};
 use super::*;
 
-/// Columns of `calls`, qualified with `c.`.
+/// Columns of `calls`, bare (for `RETURNING`: SQLite allows no
+/// qualified names there) or qualified with `c.`.
 macro_rules! call_cols {
     () => {
+        "id, conversation_id, direct, kind, initiator_id, callee_id, state, outcome, \
+         created_at, ring_deadline_us, answered_at, ended_at, ended_by, duration_ms"
+    };
+    (c) => {
         "c.id, c.conversation_id, c.direct, c.kind, c.initiator_id, c.callee_id, c.state, \
          c.outcome, c.created_at, c.ring_deadline_us, c.answered_at, c.ended_at, c.ended_by, \
          c.duration_ms"
@@ -94,7 +99,8 @@ pub trait CallStore: Send + Sync + 'static {
         before: Option<Uuid>,
         limit: i64,
     ) -> StoreResult<Vec<CallHistoryEntry>>;
-    /// How many calls `user` missed (after the call `after`, if given).
+    /// How many calls to `user` they missed (after the call `after`, if
+    /// given); calls they started are never missed by them.
     async fn missed_calls(&self, user: Uuid, after: Option<Uuid>) -> StoreResult<i64>;
     /// `user`'s ended calls grouped by kind and their outcome for the user.
     async fn call_stats(&self, user: Uuid) -> StoreResult<Vec<CallStatsRow>>;
@@ -183,8 +189,8 @@ macro_rules! call_store {
                             .await?;
                     if callee_busy.is_some() {
                         let ended = sqlx::query_as::<_, Call>(concat!(
-                            "UPDATE calls AS c SET state = 'ended', outcome = 'busy', \
-                             ring_deadline_us = NULL, ended_at = $2 WHERE c.id = $1 RETURNING ",
+                            "UPDATE calls SET state = 'ended', outcome = 'busy', \
+                             ring_deadline_us = NULL, ended_at = $2 WHERE id = $1 RETURNING ",
                             call_cols!()
                         ))
                         .bind(call.id)
@@ -213,7 +219,7 @@ macro_rules! call_store {
             ) -> StoreResult<Result<CallChange, CallRefusal>> {
                 let mut tx = self.pool.begin().await?;
                 let Some(call) = sqlx::query_as::<_, Call>(concat!(
-                    "UPDATE calls AS c SET state = c.state WHERE c.id = $1 RETURNING ",
+                    "UPDATE calls SET state = state WHERE id = $1 RETURNING ",
                     call_cols!()
                 ))
                 .bind(id)
@@ -368,7 +374,7 @@ macro_rules! call_store {
             async fn call(&self, id: Uuid) -> StoreResult<Option<Call>> {
                 Ok(sqlx::query_as::<_, Call>(concat!(
                     "SELECT ",
-                    call_cols!(),
+                    call_cols!(c),
                     " FROM calls c WHERE c.id = $1"
                 ))
                 .bind(id)
@@ -377,14 +383,14 @@ macro_rules! call_store {
             }
 
             async fn call_invited(&self, call: Uuid, user: Uuid) -> StoreResult<bool> {
-                let found: Option<i64> = sqlx::query_scalar(
-                    "SELECT 1 FROM call_users WHERE call_id = $1 AND user_id = $2",
+                let found: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM call_users WHERE call_id = $1 AND user_id = $2",
                 )
                 .bind(call)
                 .bind(user)
-                .fetch_optional(&self.pool)
+                .fetch_one(&self.pool)
                 .await?;
-                Ok(found.is_some())
+                Ok(found > 0)
             }
 
             async fn live_participants(&self, call: Uuid) -> StoreResult<Vec<Participant>> {
@@ -407,7 +413,7 @@ macro_rules! call_store {
             ) -> StoreResult<Vec<CallHistoryEntry>> {
                 let rows = sqlx::query_as::<_, HistoryRow>(concat!(
                     "SELECT ",
-                    call_cols!(),
+                    call_cols!(c),
                     ", ",
                     user_outcome!(),
                     " AS user_outcome FROM call_users cu JOIN calls c ON c.id = cu.call_id \
@@ -433,7 +439,8 @@ macro_rules! call_store {
                     "SELECT COUNT(*) FROM (SELECT ",
                     user_outcome!(),
                     " AS o FROM call_users cu JOIN calls c ON c.id = cu.call_id \
-                     WHERE cu.user_id = $1 AND ($2 IS NULL OR c.id > $2)) t WHERE t.o = 'missed'"
+                     WHERE cu.user_id = $1 AND c.initiator_id <> $1 \
+                       AND ($2 IS NULL OR c.id > $2)) t WHERE t.o = 'missed'"
                 ))
                 .bind(user)
                 .bind(after)
