@@ -16,7 +16,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::api::{self, AppState, Shared};
 use crate::auth::passwords::PasswordError;
 use crate::auth::tokens::KeyError;
-use crate::auth::{Passwords, SigningKey, Tokens};
+use crate::auth::{KeyRing, Passwords, RingKey, RotationPolicy, SigningKey, Tokens};
 use crate::config::ControlPlaneConfig;
 use crate::dependencies::{Dependencies, DependencyError};
 use crate::error;
@@ -31,6 +31,8 @@ use crate::store::StoreError;
 /// One control-plane replica, bound and ready to run.
 pub struct ControlPlane {
     calls: Arc<crate::calls::Calls>,
+    tokens: Tokens,
+    store: Arc<dyn crate::store::Store>,
     http: HttpServer,
     hub: crate::gateway::hub::HubTask,
     gateway: Gateway,
@@ -83,18 +85,26 @@ impl Service for ControlPlane {
     async fn build(config: ControlPlaneConfig) -> Result<Self, StartError> {
         let metrics = Metrics::new("control-plane");
         let dependencies = Dependencies::connect(&config).await?;
-        let key = match &config.auth.signing_key_file {
-            Some(path) => SigningKey::from_pem_file(path).map_err(StartError::SigningKey)?,
-            None => {
-                let candidate = SigningKey::generate(crate::store::now_utc())
-                    .map_err(StartError::SigningKey)?;
-                let stored = dependencies
-                    .store
-                    .signing_key(&candidate)
-                    .await
-                    .map_err(StartError::SigningKeyStore)?;
-                SigningKey::from_record(&stored).map_err(StartError::SigningKey)?
-            }
+        let rotation = RotationPolicy::new(
+            Duration::from_secs(config.auth.signing_key_rotation_secs),
+            Duration::from_secs(
+                config
+                    .auth
+                    .access_token_ttl_secs
+                    .max(config.calls.join_token_ttl_secs),
+            ),
+        );
+        let ring = match &config.auth.signing_key_file {
+            Some(path) => KeyRing::fixed(
+                SigningKey::from_pem_file(path).map_err(StartError::SigningKey)?,
+                crate::store::now_utc(),
+            ),
+            None => load_ring(dependencies.store.as_ref(), rotation)
+                .await
+                .map_err(|e| match e {
+                    RingError::Key(e) => StartError::SigningKey(e),
+                    RingError::Store(e) => StartError::SigningKeyStore(e),
+                })?,
         };
         let limiter: Arc<dyn RateLimiter> = match &dependencies.redis {
             Some(client) => Arc::new(RedisLimiter::new(client.clone())),
@@ -132,7 +142,7 @@ impl Service for ControlPlane {
             gateway_metrics.clone(),
         );
         let tokens = Tokens::new(
-            key,
+            ring,
             std::time::Duration::from_secs(config.auth.access_token_ttl_secs),
         );
         let gateway = Gateway {
@@ -162,6 +172,7 @@ impl Service for ControlPlane {
             config.calls.clone(),
         ));
         let gateway_handle = gateway.clone();
+        let tokens_handle = tokens.clone();
         let state = AppState::new(Shared {
             store: dependencies.store.clone(),
             passwords: Passwords::new(&config.auth).map_err(StartError::Passwords)?,
@@ -186,6 +197,8 @@ impl Service for ControlPlane {
         );
         Ok(ControlPlane {
             calls,
+            tokens: tokens_handle,
+            store: dependencies.store.clone(),
             http,
             hub: hub_task,
             gateway: gateway_handle,
@@ -205,6 +218,13 @@ impl Service for ControlPlane {
     async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
         let hub = tokio::spawn(self.hub.run(shutdown.clone()));
         let sweeper = tokio::spawn(self.calls.clone().run_sweeper(shutdown.clone()));
+        if self.tokens.ring().policy().is_some() {
+            tokio::spawn(rotate_keys(
+                self.tokens.clone(),
+                self.store.clone(),
+                shutdown.clone(),
+            ));
+        }
         let readiness = self.readiness.clone();
         let served = self
             .http
@@ -257,4 +277,87 @@ pub fn router(
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         // A panic is a bug; it must cost one request, not the replica.
         .layer(CatchPanicLayer::new())
+}
+
+/// Why the key ring could not be loaded.
+enum RingError {
+    Key(KeyError),
+    Store(StoreError),
+}
+
+/// The rotating key ring from the store. The first start seeds it with the
+/// key every replica agreed on in `signing_keys` (the key of earlier
+/// versions, so their tokens keep verifying).
+async fn load_ring(
+    store: &dyn crate::store::Store,
+    policy: RotationPolicy,
+) -> Result<KeyRing, RingError> {
+    let mut records = store.ring_keys().await.map_err(RingError::Store)?;
+    if records.is_empty() {
+        let candidate = SigningKey::generate(crate::store::now_utc()).map_err(RingError::Key)?;
+        let seed = store
+            .signing_key(&candidate)
+            .await
+            .map_err(RingError::Store)?;
+        store
+            .add_ring_key(&seed, None)
+            .await
+            .map_err(RingError::Store)?;
+        records = store.ring_keys().await.map_err(RingError::Store)?;
+    }
+    let keys = records
+        .iter()
+        .map(|record| {
+            Ok(RingKey {
+                key: SigningKey::from_record(record).map_err(RingError::Key)?,
+                created_at: record.created_at,
+            })
+        })
+        .collect::<Result<Vec<_>, RingError>>()?;
+    if keys.is_empty() {
+        return Err(RingError::Store(StoreError::NotFound));
+    }
+    Ok(KeyRing::rotating(keys, policy))
+}
+
+/// Every replica: re-reads the key ring, adds the next key when it is due
+/// (the store lets only the first replica do so), and drops retired keys.
+async fn rotate_keys(tokens: Tokens, store: Arc<dyn crate::store::Store>, shutdown: Shutdown) {
+    let Some(policy) = tokens.ring().policy() else {
+        return;
+    };
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(policy.refresh_every()) => {}
+        }
+        let now = crate::store::now_utc();
+        let ring = tokens.ring();
+        if ring.needs_new_key(now) {
+            match SigningKey::generate(now) {
+                Ok(candidate) => match store
+                    .add_ring_key(&candidate, ring.newest_created_at())
+                    .await
+                {
+                    Ok(true) => {
+                        tracing::info!(kid = %candidate.kid, "new token signing key published")
+                    }
+                    Ok(false) => {} // another replica rotated first
+                    Err(error) => tracing::warn!(%error, "cannot store a new signing key"),
+                },
+                Err(error) => tracing::warn!(%error, "cannot generate a signing key"),
+            }
+        }
+        for kid in ring.retired(now) {
+            if let Err(error) = store.remove_ring_key(kid).await {
+                tracing::warn!(%error, kid, "cannot remove a retired signing key");
+            }
+        }
+        match load_ring(store.as_ref(), policy).await {
+            Ok(fresh) => tokens.set_ring(fresh),
+            Err(_) => tracing::warn!("cannot re-read the signing keys; keeping the current ones"),
+        }
+    }
 }

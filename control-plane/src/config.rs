@@ -59,6 +59,10 @@ pub struct AuthConfig {
     /// PEM file with the Ed25519 key that signs tokens. Unset: a key kept in
     /// the database, generated on first start and shared by all replicas.
     pub signing_key_file: Option<PathBuf>,
+    /// How long a database-kept signing key signs before the next one takes
+    /// over, seconds (old keys keep verifying until their tokens expire).
+    /// Ignored with `signing_key_file`.
+    pub signing_key_rotation_secs: u64,
     /// Failed logins allowed per account within the window.
     pub max_failed_logins_per_account: u32,
     /// Failed logins allowed per client address within the window.
@@ -81,6 +85,7 @@ impl Default for AuthConfig {
             argon2_parallelism: 1,
             min_password_score: 3,
             signing_key_file: None,
+            signing_key_rotation_secs: 30 * 24 * 3600,
             max_failed_logins_per_account: 10,
             max_failed_logins_per_address: 50,
             login_window_secs: 15 * 60,
@@ -286,6 +291,13 @@ impl Validate for AuthConfig {
             1_000_000,
         );
         check_range(v, "login_window_secs", self.login_window_secs, 1, 24 * 3600);
+        check_range(
+            v,
+            "signing_key_rotation_secs",
+            self.signing_key_rotation_secs,
+            4,
+            365 * 24 * 3600,
+        );
         if let Some(path) = &self.signing_key_file
             && !path.is_file()
         {

@@ -905,3 +905,108 @@ async fn ring_timeout_is_missed_exactly_once_across_replicas_and_restarts() {
     );
     c.stop(WAIT).await.unwrap();
 }
+
+/// Keys rotate: a new key is published before it signs, tokens signed by
+/// the old one keep working (API and edge), and a restarted replica loads
+/// the whole ring.
+#[tokio::test]
+async fn signing_keys_rotate_without_breaking_issued_tokens() {
+    let mut app = TestApp::spawn_with(testkit::app::Backend::Sqlite, |config| {
+        config.database.url = None; // a file, so a restart keeps the ring
+        config.data_dir = std::env::temp_dir().join(format!("cascade-rotation-{}", uuid_like()));
+        // Rotate every 8 s: publish 2 s ahead, refresh every second.
+        config.auth.signing_key_rotation_secs = 8;
+    })
+    .await
+    .unwrap();
+    heartbeat(&app, "edge-a", "local", 10, 0).await;
+    let (alice, bob) = (app.register("alice").await, app.register("bob").await);
+    let chat = app.direct(&alice, &bob).await;
+    let call = id(&start(&app, &alice, &chat, "audio").await);
+    let old_join = join(&app, &alice, &call, "laptop").await;
+    let old_token = old_join["token"].as_str().unwrap().to_owned();
+    let kid = |token: &str| {
+        let header = token.split('.').next().unwrap();
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+                .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let old_kid = kid(&old_token);
+    let jwks_kids = |jwks: &Value| -> Vec<String> {
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let jwks: Value = app
+        .http
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks_kids(&jwks), std::slice::from_ref(&old_kid));
+
+    // Within ~9 s a second key is published, then signs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let new_token = loop {
+        heartbeat(&app, "edge-a", "local", 10, 0).await; // it lapses after 3 s
+        let fresh = join(&app, &alice, &call, "laptop").await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if kid(&fresh) != old_kid {
+            break fresh;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no rotation");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let jwks: Value = app
+        .http
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids = jwks_kids(&jwks);
+    assert!(
+        kids.contains(&old_kid) && kids.contains(&kid(&new_token)),
+        "{kids:?}"
+    );
+    // The edge verifies both; the old access token still works on the API.
+    let edge = verifier(&app, "edge-a").await;
+    assert!(edge.verify(&new_token).is_ok());
+    assert!(
+        edge.verify(&old_token).is_ok(),
+        "issued before the rotation"
+    );
+    app.get("/v1/me", &alice).await.expect(200);
+
+    // After a restart the ring (both keys) is loaded from the database.
+    app.restart().await;
+    app.get("/v1/me", &alice).await.expect(200);
+    let edge = verifier(&app, "edge-a").await;
+    assert!(edge.verify(&old_token).is_ok() && edge.verify(&new_token).is_ok());
+    let _ = std::fs::remove_dir_all(&app.config.data_dir);
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::keyring::KeyRing;
 use crate::store::SigningKeyRecord;
 
 /// Issuer of every token we sign.
@@ -125,14 +126,15 @@ pub struct TokenError(#[from] jsonwebtoken::errors::Error);
 /// Issues and checks tokens.
 #[derive(Clone)]
 pub struct Tokens {
-    key: SigningKey,
+    ring: std::sync::Arc<std::sync::RwLock<KeyRing>>,
     access_ttl: time::Duration,
     validation: Validation,
 }
 
 impl Tokens {
-    /// Tokens signed by `key`, access tokens living `access_ttl`.
-    pub fn new(key: SigningKey, access_ttl: std::time::Duration) -> Self {
+    /// Tokens signed by the ring's current key, access tokens living
+    /// `access_ttl`.
+    pub fn new(ring: KeyRing, access_ttl: std::time::Duration) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[ACCESS_AUDIENCE]);
@@ -141,7 +143,7 @@ impl Tokens {
         // lifetime of a stolen token.
         validation.leeway = 5;
         Tokens {
-            key,
+            ring: std::sync::Arc::new(std::sync::RwLock::new(ring)),
             access_ttl: time::Duration::try_from(access_ttl).unwrap_or(time::Duration::minutes(15)),
             validation,
         }
@@ -162,40 +164,69 @@ impl Tokens {
             iat: now.unix_timestamp(),
             exp: (now + self.access_ttl).unix_timestamp(),
         };
+        self.sign(&claims, now)
+    }
+
+    /// Signs `claims` with the key that signs at `now`.
+    fn sign(&self, claims: &impl Serialize, now: OffsetDateTime) -> String {
+        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+        let key = ring.signer(now);
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.key.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key.encoding)
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key.encoding)
             .expect("signing with a loaded Ed25519 key cannot fail")
     }
 
-    /// The claims of a valid, unexpired access token of ours.
+    /// The claims of a valid, unexpired access token of ours, signed by any
+    /// key of the ring (named by its `kid`).
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        Ok(
-            jsonwebtoken::decode::<AccessClaims>(token, &self.key.decoding, &self.validation)?
-                .claims,
-        )
+        let header = jsonwebtoken::decode_header(token)?;
+        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| ring.verifier(kid))
+            .ok_or_else(|| {
+                jsonwebtoken::errors::Error::from(jsonwebtoken::errors::ErrorKind::InvalidSignature)
+            })?;
+        Ok(jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &self.validation)?.claims)
+    }
+
+    /// A copy of the key ring (for the rotation task).
+    pub fn ring(&self) -> KeyRing {
+        self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the key ring (after the rotation task re-read the store).
+    pub fn set_ring(&self, ring: KeyRing) {
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = ring;
     }
 
     /// A signed join token (for an edge; see `edge_node::join_token`).
     pub fn issue_join(&self, claims: &protocol::calls::JoinClaims) -> String {
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.key.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.key.encoding)
-            .expect("signing with a loaded Ed25519 key cannot fail")
+        let now = OffsetDateTime::from_unix_timestamp(claims.iat)
+            .unwrap_or_else(|_| OffsetDateTime::now_utc());
+        self.sign(claims, now)
     }
 
-    /// The public keys, as a JWK Set.
+    /// The public keys (every key not retired), as a JWK Set.
     pub fn jwks(&self) -> serde_json::Value {
-        serde_json::json!({
-            "keys": [{
-                "kty": "OKP",
-                "crv": "Ed25519",
-                "alg": "EdDSA",
-                "use": "sig",
-                "kid": self.key.kid,
-                "x": URL_SAFE_NO_PAD.encode(&self.key.public_key),
-            }]
-        })
+        let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<serde_json::Value> = ring
+            .published(OffsetDateTime::now_utc())
+            .into_iter()
+            .map(|key| {
+                serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "alg": "EdDSA",
+                    "use": "sig",
+                    "kid": key.kid,
+                    "x": URL_SAFE_NO_PAD.encode(&key.public_key),
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
     }
 }
 
@@ -223,7 +254,7 @@ mod tests {
     fn tokens() -> Tokens {
         let record = SigningKey::generate(OffsetDateTime::now_utc()).unwrap();
         Tokens::new(
-            SigningKey::from_record(&record).unwrap(),
+            KeyRing::fixed(SigningKey::from_record(&record).unwrap(), record.created_at),
             Duration::from_secs(900),
         )
     }
@@ -237,8 +268,13 @@ mod tests {
         assert_eq!((claims.sub, claims.sid), (user, family));
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, Algorithm::EdDSA);
-        assert_eq!(header.kid.as_deref(), Some(tokens.key.kid()));
-        assert_eq!(tokens.jwks()["keys"][0]["kid"], tokens.key.kid());
+        let kid = tokens
+            .ring()
+            .signer(OffsetDateTime::now_utc())
+            .kid()
+            .to_owned();
+        assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
+        assert_eq!(tokens.jwks()["keys"][0]["kid"], kid.as_str());
     }
 
     #[test]

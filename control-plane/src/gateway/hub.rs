@@ -156,6 +156,12 @@ pub struct HubTask {
     conns: HashMap<ConnId, Local>,
     fanout: Fanout,
     head: EventCursor,
+    /// While committed events beyond `head` are not final yet (an older
+    /// transaction, in any database of the Postgres server, is still
+    /// open), when to look again: no wake-up will come for them.
+    retry_at: Option<tokio::time::Instant>,
+    /// The delay before such a look (doubles up to the poll interval).
+    retry_delay: Duration,
     next_conn: ConnId,
 }
 
@@ -178,6 +184,8 @@ pub fn hub(
         conns: HashMap::new(),
         fanout: Fanout::default(),
         head: EventCursor::default(),
+        retry_at: None,
+        retry_delay: RETRY_FIRST,
         next_conn: 1,
     };
     (
@@ -228,6 +236,9 @@ fn route_of(event: &StoredEvent) -> Route {
         user_id: event.user_id,
     }
 }
+
+/// First delay before re-reading events that were committed but not final.
+const RETRY_FIRST: Duration = Duration::from_millis(20);
 
 impl HubTask {
     /// Reads the log and serves commands until `shutdown`, then closes
@@ -290,6 +301,8 @@ impl HubTask {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => bus = self.bus.subscribe(),
                 },
                 _ = poll.tick() => self.pull().await,
+                () = tokio::time::sleep_until(self.retry_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if self.retry_at.is_some() => self.pull().await,
             }
         }
         for (_, local) in self.conns.drain() {
@@ -500,7 +513,19 @@ impl HubTask {
                 self.head = event.cursor();
             }
             if (events.len() as i64) < PAGE {
-                return;
+                break;
+            }
+        }
+        // Events committed but not final yet get no further wake-up: look
+        // again soon, backing off while an old transaction stays open.
+        match self.store.events_pending_after(self.head).await {
+            Ok(true) => {
+                self.retry_at = Some(tokio::time::Instant::now() + self.retry_delay);
+                self.retry_delay = (self.retry_delay * 2).min(self.settings.poll_interval);
+            }
+            Ok(false) | Err(_) => {
+                self.retry_at = None;
+                self.retry_delay = RETRY_FIRST;
             }
         }
     }

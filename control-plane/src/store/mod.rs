@@ -113,6 +113,17 @@ pub trait Store: CallStore + Send + Sync + 'static {
     /// The token signing key shared by all replicas: inserts `candidate` if
     /// there is none yet, and returns whichever key is stored.
     async fn signing_key(&self, candidate: &SigningKeyRecord) -> StoreResult<SigningKeyRecord>;
+    /// The keys in rotation, oldest first.
+    async fn ring_keys(&self) -> StoreResult<Vec<SigningKeyRecord>>;
+    /// Adds a key to the rotation unless a key newer than `newest_seen`
+    /// exists already (another replica rotated first). Whether it was added.
+    async fn add_ring_key(
+        &self,
+        key: &SigningKeyRecord,
+        newest_seen: Option<OffsetDateTime>,
+    ) -> StoreResult<bool>;
+    /// Removes a retired key.
+    async fn remove_ring_key(&self, kid: &str) -> StoreResult<()>;
 
     // --- contacts -----------------------------------------------------------
 
@@ -292,6 +303,10 @@ pub trait Store: CallStore + Send + Sync + 'static {
         after: EventCursor,
         limit: i64,
     ) -> StoreResult<Vec<StoredEvent>>;
+    /// Whether events after `after` have committed that are not final yet
+    /// (so [`Store::events_after`] will return them once older
+    /// transactions end).
+    async fn events_pending_after(&self, after: EventCursor) -> StoreResult<bool>;
     /// The newest final event's position (where a new reader starts).
     async fn event_head(&self) -> StoreResult<EventCursor>;
     /// The conversations `user` is a member of.

@@ -480,6 +480,57 @@ macro_rules! sql_store {
                 .ok_or(StoreError::NotFound)
             }
 
+            async fn ring_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+                let rows: Vec<(String, Vec<u8>, Vec<u8>, i64)> = sqlx::query_as(
+                    "SELECT kid, private_pkcs8, public_key, created_us FROM key_ring \
+                     ORDER BY created_us, kid",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(kid, private_pkcs8, public_key, created_us)| SigningKeyRecord {
+                        kid,
+                        private_pkcs8,
+                        public_key,
+                        created_at: OffsetDateTime::from_unix_timestamp_nanos(
+                            i128::from(created_us) * 1000,
+                        )
+                        .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                    })
+                    .collect())
+            }
+
+            async fn add_ring_key(
+                &self,
+                key: &SigningKeyRecord,
+                newest_seen: Option<OffsetDateTime>,
+            ) -> StoreResult<bool> {
+                let added = sqlx::query(
+                    "INSERT INTO key_ring (kid, private_pkcs8, public_key, created_us) \
+                     SELECT $1, $2, $3, $4 \
+                     WHERE NOT EXISTS (SELECT 1 FROM key_ring WHERE created_us > $5) \
+                     ON CONFLICT (kid) DO NOTHING",
+                )
+                .bind(&key.kid)
+                .bind(&key.private_pkcs8)
+                .bind(&key.public_key)
+                .bind(unix_micros(key.created_at))
+                .bind(newest_seen.map_or(i64::MIN, unix_micros))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(added == 1)
+            }
+
+            async fn remove_ring_key(&self, kid: &str) -> StoreResult<()> {
+                sqlx::query("DELETE FROM key_ring WHERE kid = $1")
+                    .bind(kid)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
             async fn contact(&self, owner: Uuid, other: Uuid) -> StoreResult<Option<ContactStatus>> {
                 let status: Option<String> = sqlx::query_scalar(
                     "SELECT status FROM contacts WHERE owner_id = $1 AND other_id = $2",
@@ -1244,7 +1295,18 @@ macro_rules! sql_store {
                 .await?)
             }
 
-            async fn event_head(&self) -> StoreResult<EventCursor> {
+            async fn events_pending_after(&self, after: EventCursor) -> StoreResult<bool> {
+                let pending: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE (txid, id) > ($1, $2) LIMIT 1) t",
+                )
+                .bind(after.txid)
+                .bind(after.id)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(pending > 0)
+            }
+
+                        async fn event_head(&self) -> StoreResult<EventCursor> {
                 let head: Option<(i64, i64)> = sqlx::query_as(concat!(
                     "SELECT txid, id FROM events WHERE txid < ",
                     $watermark,

@@ -1,0 +1,9 @@
+-- The token signing keys in rotation (control-plane/src/auth/keyring.rs).
+-- The first one is the key of `signing_keys`, copied in at start-up.
+CREATE TABLE key_ring (
+    kid           TEXT PRIMARY KEY,
+    private_pkcs8 BYTEA NOT NULL,
+    public_key    BYTEA NOT NULL,
+    -- Unix microseconds (integers compare the same on both backends).
+    created_us    BIGINT NOT NULL
+);
