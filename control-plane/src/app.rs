@@ -170,6 +170,7 @@ impl Service for ControlPlane {
             tokens.clone(),
             bus.clone(),
             config.calls.clone(),
+            crate::calls::metrics::CallMetrics::new(&metrics),
         ));
         let gateway_handle = gateway.clone();
         let tokens_handle = tokens.clone();

@@ -45,3 +45,31 @@ pub fn promtool() -> Option<PathBuf> {
         });
     servers::required_or_skip(found, "promtool (set PROMTOOL, or run scripts/test)")
 }
+
+/// Runs `promtool check metrics` on an exposition; `Some(complaints)` (empty
+/// when it is clean, including lint), or `None` when promtool is absent
+/// outside CI.
+pub fn promtool_check(text: &str) -> Option<(bool, String)> {
+    use std::io::Write;
+    let promtool = promtool()?;
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let output = child.wait_with_output().expect("promtool finishes");
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some((output.status.success(), complaints.trim().to_owned()))
+}

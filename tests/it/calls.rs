@@ -234,6 +234,28 @@ async fn direct_call(app: TestApp) {
     }
     // Anyone can call again now: the locks were released.
     start(&app, &bob, &chat, "audio").await;
+
+    // Operators see it in the metrics.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "cascade_calls_started_total{kind=\"video\"} 1",
+        "cascade_calls_started_total{kind=\"audio\"} 1",
+        "cascade_calls_ended_total{outcome=\"completed\"} 1",
+        "cascade_call_joins_total 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line:?}");
+    }
+    if let Some((ok, complaints)) = testkit::promtool_check(&metrics) {
+        assert!(ok && complaints.is_empty(), "promtool: {complaints}");
+    }
 }
 
 both_backends!(busy_people_cannot_be_double_booked, busy);

@@ -229,7 +229,10 @@ impl AppState {
             .update_call(id, Some(actor), at, &|facts| decide(facts, &action, at))
             .await
         {
-            Ok(Ok(change)) => Ok(change),
+            Ok(Ok(change)) => {
+                self.calls.metrics.record(&change);
+                Ok(change)
+            }
             Ok(Err(why)) => Err(refusal(why)),
             Err(StoreError::NotFound) => Err(ApiError::not_found("no such call")),
             Err(error) => Err(error.into()),
@@ -301,17 +304,32 @@ pub async fn start(
     };
     match state.store.start_call(&call, start_events, at).await? {
         StartOutcome::Ringing(call) => {
+            state
+                .calls
+                .metrics
+                .started
+                .with_label_values(&[call.kind.as_str()])
+                .inc();
             tracing::info!(call_id = %call.id, conversation_id = %call.conversation_id, "call started");
             Ok((StatusCode::CREATED, Json(CallView::new(&call))))
         }
         StartOutcome::CallerBusy => Err(ApiError::conflict("busy", "you are in another call")),
-        StartOutcome::CalleeBusy(call) => Err(ApiError::conflict(
-            "busy",
-            format!(
-                "the callee is in another call (call {} recorded as busy)",
-                call.id
-            ),
-        )),
+        StartOutcome::CalleeBusy(call) => {
+            state
+                .calls
+                .metrics
+                .started
+                .with_label_values(&[call.kind.as_str()])
+                .inc();
+            state.calls.metrics.ended.with_label_values(&["busy"]).inc();
+            Err(ApiError::conflict(
+                "busy",
+                format!(
+                    "the callee is in another call (call {} recorded as busy)",
+                    call.id
+                ),
+            ))
+        }
         StartOutcome::InProgress(id) => Err(ApiError::conflict(
             "call_in_progress",
             format!("this conversation already has call {id}; join it"),
@@ -509,6 +527,7 @@ pub async fn join(
         .await
         .map_err(|e| ApiError::internal(&e))?
         .ok_or_else(|| {
+            state.calls.metrics.placement_failures.inc();
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_edge",
@@ -538,6 +557,7 @@ pub async fn join(
             },
         )
         .await?;
+    state.calls.metrics.joins.inc();
     tracing::info!(call_id = %id, user_id = %caller.user_id, node_id = %edge.id,
                    region = %client_region.0, "participant placed");
     Ok(Json(state.calls.join_response(

@@ -160,7 +160,8 @@ pub async fn participant_gone(
         })
         .await;
     match result {
-        Ok(Ok(_)) => {
+        Ok(Ok(change)) => {
+            state.calls.metrics.record(&change);
             tracing::info!(call_id = %gone.call_id, user_id = %gone.user_id, node_id = %node,
                            "edge reported participant gone");
             Ok(StatusCode::NO_CONTENT)

@@ -18,6 +18,7 @@
 pub mod config;
 pub mod ice;
 pub mod lifecycle;
+pub mod metrics;
 pub mod regions;
 pub mod registry;
 pub mod view;
@@ -104,6 +105,8 @@ pub struct Calls {
     placement_regions: Vec<placement::Region>,
     cache: Mutex<Option<PlacementCache>>,
     started: Instant,
+    /// Counters and gauges.
+    pub metrics: metrics::CallMetrics,
 }
 
 impl Calls {
@@ -114,6 +117,7 @@ impl Calls {
         tokens: Tokens,
         bus: Arc<dyn Bus>,
         config: CallsConfig,
+        metrics: metrics::CallMetrics,
     ) -> Self {
         Calls {
             regions: Regions::new(&config),
@@ -133,6 +137,7 @@ impl Calls {
             config,
             cache: Mutex::new(None),
             started: Instant::now(),
+            metrics,
         }
     }
 
@@ -292,7 +297,8 @@ impl Calls {
                         })
                         .await;
                     match decided {
-                        Ok(Ok(_)) => {
+                        Ok(Ok(change)) => {
+                            self.metrics.record(&change);
                             tracing::info!(call_id = %id, "call missed (ring timeout)");
                             wrote = true;
                         }
@@ -319,7 +325,23 @@ impl Calls {
     /// Moves every live participant whose node is gone or draining to a
     /// fresh placement, with a `call.migrate` event. Returns how many moved.
     async fn migrate_off_dead_nodes(&self, now: OffsetDateTime) -> Result<usize, SweepError> {
-        let edges = self.live_edges().await?;
+        let nodes = self.registry.nodes().await?;
+        for kind in [NodeKind::Edge, NodeKind::Relay] {
+            let count = nodes.iter().filter(|n| n.heartbeat.kind == kind).count();
+            let label = if kind == NodeKind::Edge {
+                "edge"
+            } else {
+                "relay"
+            };
+            self.metrics
+                .nodes
+                .with_label_values(&[label])
+                .set(count as i64);
+        }
+        let edges: Vec<NodeStatus> = nodes
+            .into_iter()
+            .filter(|n| n.heartbeat.kind == NodeKind::Edge)
+            .collect();
         let usable: HashMap<&str, &NodeStatus> = edges
             .iter()
             .filter(|e| !e.heartbeat.draining)
@@ -372,6 +394,7 @@ impl Calls {
                     })
                     .await
                 {
+                    self.metrics.migrated.inc();
                     tracing::info!(
                         call_id = %call.id, user_id = %participant.user_id,
                         from_node = %node, to_node = %edge.id, "participant migrated"
