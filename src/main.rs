@@ -62,6 +62,12 @@ enum AdminCommand {
         /// Their username.
         username: String,
     },
+    /// Print the credential a node uses on the internal API, derived from
+    /// `control_plane.cluster.secret` (give each node only its own).
+    NodeCredential {
+        /// The node's id.
+        node_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +220,13 @@ fn admin(command: AdminCommand, config: &control_plane::ControlPlaneConfig) -> a
     let (username, grant) = match command {
         AdminCommand::Grant { username } => (username, true),
         AdminCommand::Revoke { username } => (username, false),
+        AdminCommand::NodeCredential { node_id } => {
+            let secret = config.cluster.secret.as_deref().context(
+                "control_plane.cluster.secret is not set; nodes cannot authenticate without it",
+            )?;
+            println!("{}", control_plane::api::node_credential(secret, &node_id));
+            return Ok(());
+        }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -322,7 +322,9 @@ async fn load_ring(
 }
 
 /// Every replica: re-reads the key ring, adds the next key when it is due
-/// (the store lets only the first replica do so), and drops retired keys.
+/// (guarded by "no key newer than the one I saw": usually one replica adds
+/// it; two racing at the same instant add two, which is harmless: both are
+/// published before either signs), and drops retired keys.
 async fn rotate_keys(tokens: Tokens, store: Arc<dyn crate::store::Store>, shutdown: Shutdown) {
     let Some(policy) = tokens.ring().policy() else {
         return;

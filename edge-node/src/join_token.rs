@@ -199,6 +199,7 @@ mod tests {
             sub: uuid::Uuid::now_v7(),
             call: uuid::Uuid::now_v7(),
             device: "phone".into(),
+            session: uuid::Uuid::now_v7(),
             node: "edge-1".into(),
             region: "eu".into(),
             grants: Grants {

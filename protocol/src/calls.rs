@@ -43,6 +43,10 @@ pub struct JoinClaims {
     pub call: Uuid,
     /// The device (one user may join from several).
     pub device: String,
+    /// The participant session the control plane recorded for this join;
+    /// the edge reports it when the session ends, and lists it in
+    /// heartbeats while it is connected.
+    pub session: Uuid,
     /// The edge node the token is for; other edges refuse it.
     pub node: String,
     /// That node's region.
@@ -102,6 +106,12 @@ pub struct NodeHeartbeat {
     /// Leaving: no new calls; its participants move elsewhere.
     #[serde(default)]
     pub draining: bool,
+    /// Edges: the participant sessions connected now (join-token
+    /// `session`s). When present, sessions placed on this edge that are
+    /// older than a join token and not listed are removed (the client never
+    /// arrived, or left without a word).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<Vec<Uuid>>,
 }
 
 /// A registered node as the registry returns it.
@@ -121,10 +131,9 @@ pub struct NodeStatus {
 pub struct ParticipantGone {
     /// The call.
     pub call_id: Uuid,
-    /// The user.
-    pub user_id: Uuid,
-    /// The device.
-    pub device_id: String,
+    /// The session (the join token's `session`): a device that rejoined has
+    /// a new one, which this report cannot touch.
+    pub session_id: Uuid,
 }
 
 #[cfg(test)]

@@ -611,16 +611,66 @@ async fn node_api(app: TestApp) {
         .await;
     assert_eq!(reply.status, 422);
 
-    // An edge reports a session gone: only its own sessions count.
-    join(&app, &alice, &call, "laptop").await;
+    // Each node has its own credential and speaks only for itself.
+    let e1 = control_plane::api::node_credential(SECRET, "e1");
+    let e2 = control_plane::api::node_credential(SECRET, "e2");
+    let reply = app
+        .call(
+            Method::PUT,
+            "/internal/v1/nodes/e2",
+            Some(&e1),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(reply.status, 401, "e1's credential cannot register e2");
+    app.call(
+        Method::PUT,
+        "/internal/v1/nodes/e2",
+        Some(&e2),
+        Some(body.clone()),
+    )
+    .await
+    .expect(200);
+    let reply = app
+        .call(Method::GET, "/internal/v1/nodes", Some(&e1), None)
+        .await;
+    assert_eq!(reply.status, 401, "listing needs the root credential");
+    let reply = app
+        .call(
+            Method::PUT,
+            "/internal/v1/nodes/e1",
+            Some(&e1),
+            Some(json!({"kind": "edge", "region": "local", "capacity": 10,
+                        "endpoints": {"signaling_url": "javascript:alert(1)"}})),
+        )
+        .await;
+    assert_eq!(reply.code(), "invalid_endpoint");
+
+    // An edge reports a session gone: only its own sessions count, and only
+    // the session it names.
+    app.call(Method::DELETE, "/internal/v1/nodes/e2", Some(&e2), None)
+        .await
+        .expect(204);
+    let first = join(&app, &alice, &call, "laptop").await;
+    assert_eq!(first["edge"]["id"], "e1");
+    let rejoined = join(&app, &alice, &call, "laptop").await;
     let mut alices = ws(addr(&app), &alice).await;
-    let gone = json!({"call_id": call, "user_id": alice.id, "device_id": "laptop"});
     heartbeat(&app, "e2", "local", 10, 0).await;
+    let gone = json!({"call_id": call, "session_id": rejoined["session_id"]});
     app.call(
         Method::POST,
         "/internal/v1/nodes/e2/participants/gone",
-        Some(SECRET),
+        Some(&e2),
         Some(gone.clone()),
+    )
+    .await
+    .expect(204);
+    let stale = json!({"call_id": call, "session_id": first["session_id"]});
+    app.call(
+        Method::POST,
+        "/internal/v1/nodes/e1/participants/gone",
+        Some(&e1),
+        Some(stale),
     )
     .await
     .expect(204);
@@ -628,12 +678,12 @@ async fn node_api(app: TestApp) {
     assert_eq!(
         state["participants"].as_array().unwrap().len(),
         1,
-        "e2 cannot remove e1's session"
+        "neither e2 nor a report about the replaced session removes the live one"
     );
     app.call(
         Method::POST,
         "/internal/v1/nodes/e1/participants/gone",
-        Some(SECRET),
+        Some(&e1),
         Some(gone),
     )
     .await
@@ -1031,4 +1081,73 @@ fn uuid_like() -> String {
             .unwrap()
             .as_nanos()
     )
+}
+
+both_backends_with!(
+    sessions_that_never_connect_and_empty_calls_are_cleaned_up,
+    cleanup,
+    |config| config.calls.join_token_ttl_secs = 5
+);
+async fn cleanup(app: TestApp) {
+    let edge = control_plane::api::node_credential(SECRET, "edge-a");
+    let beat = |sessions: Value| {
+        let edge = edge.clone();
+        let api = ApiClient::new(addr(&app));
+        async move {
+            api.call(
+                Method::PUT,
+                "/internal/v1/nodes/edge-a",
+                Some(&edge),
+                Some(json!({"kind": "edge", "region": "local", "capacity": 10, "sessions": sessions})),
+            )
+            .await
+            .expect(200);
+        }
+    };
+    beat(json!([])).await;
+    let [alice, bob, carol] = [
+        app.register("alice").await,
+        app.register("bob").await,
+        app.register("carol").await,
+    ];
+    let group = app.group(&alice, "g", &[&bob, &carol]).await;
+    let call = id(&start(&app, &alice, &group, "audio").await);
+    let connected = join(&app, &alice, &call, "laptop").await;
+    let never = join(&app, &bob, &call, "phone").await;
+    // An accepted direct call nobody joins.
+    let dave = app.register("dave").await;
+    let dc = app.direct(&carol, &dave).await;
+    let empty = id(&start(&app, &carol, &dc, "video").await);
+    app.post(&format!("/v1/calls/{empty}/accept"), &dave, json!({}))
+        .await
+        .expect(200);
+
+    // Within the grace the edge's list does not matter.
+    beat(json!([connected["session_id"]])).await;
+    let state = app.get(&format!("/v1/calls/{call}"), &alice).await.body;
+    assert_eq!(state["participants"].as_array().unwrap().len(), 2);
+    // After it, a session the edge does not list is removed; listed ones stay.
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    beat(json!([connected["session_id"]])).await;
+    let state = app.get(&format!("/v1/calls/{call}"), &alice).await.body;
+    let left: Vec<&str> = state["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, [alice.id.as_str()], "{never}");
+    // The answered call with nobody in it ended (the sweeper, within ~1 s).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let state = app.get(&format!("/v1/calls/{empty}"), &dave).await.body;
+        if state["state"] == "ended" {
+            assert_eq!(state["outcome"], "completed");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Dave and Carol are free again.
+    start(&app, &dave, &dc, "audio").await;
 }

@@ -233,3 +233,26 @@ async fn operator_grants_admin_who_then_reads_the_audit_log() {
     child.wait().unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `cascade admin node-credential` prints the credential the control plane
+/// accepts for that node, and refuses without a cluster secret.
+#[test]
+fn node_credentials_are_derived_from_the_cluster_secret() {
+    let secret = "a-cluster-secret-of-some-length";
+    let output = cascade(
+        &["admin", "node-credential", "edge-eu-1"],
+        &[("CASCADE_CONTROL_PLANE__CLUSTER__SECRET", secret)],
+    )
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        control_plane::api::node_credential(secret, "edge-eu-1")
+    );
+    let output = cascade(&["admin", "node-credential", "edge-eu-1"], &[])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cluster.secret"));
+}

@@ -12,10 +12,10 @@ use uuid::Uuid;
 
 use super::conversations::page_limit;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, ClientAddr, now};
+use crate::calls::JoinResponse;
 use crate::calls::lifecycle::{Action, LeaveReason, decide};
 use crate::calls::regions::{ClientLocation, Probe};
 use crate::calls::view::{CallView, busy_event, start_events};
-use crate::calls::{JoinResponse, lifecycle};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::{
     Call, CallChange, CallKind, CallOutcome, CallRefusal, CallState, ConversationKind,
@@ -322,6 +322,9 @@ pub async fn start(
                 .with_label_values(&[call.kind.as_str()])
                 .inc();
             state.calls.metrics.ended.with_label_values(&["busy"]).inc();
+            // A 409 does not wake the hubs (only successes do): call.busy
+            // was written, so wake them here.
+            state.calls.wake().await;
             Err(ApiError::conflict(
                 "busy",
                 format!(
@@ -387,6 +390,7 @@ pub async fn accept(
                 })
             })
             .await;
+        state.calls.wake().await;
     }
     result?;
     Ok(Json(state.call_view(id).await?))
@@ -716,13 +720,4 @@ pub async fn regions(state: AppState) -> Json<RegionList> {
             .collect(),
         default_region: config.default_region.clone(),
     })
-}
-
-/// Used by the internal API when an edge reports a session gone.
-pub(crate) fn gone_action(user: Uuid, device: String) -> Action {
-    lifecycle::Action::Leave {
-        user,
-        device,
-        reason: LeaveReason::Gone,
-    }
 }

@@ -5,35 +5,71 @@
 
 use axum::Json;
 use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use protocol::calls::{NodeHeartbeat, NodeStatus, ParticipantGone};
 use serde::Serialize;
 
 use super::{ApiJson, ApiPath, AppState, bearer_token, now};
-use crate::calls::lifecycle::decide;
+use crate::calls::lifecycle::{Action, LeaveReason, decide};
 use crate::error::ApiError;
 use crate::store::{CallRefusal, StoreError};
+use uuid::Uuid;
 
-/// A request that presented the cluster credential.
+/// A request that presented the cluster's root credential (operators'
+/// tools; nodes get their own, see [`node_credential`]).
 pub struct Cluster;
 
 impl FromRequestParts<AppState> for Cluster {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let expected = state.config.cluster.secret.as_deref().ok_or_else(|| {
-            ApiError::unauthorized("this control plane has no cluster credential configured")
-        })?;
-        let presented = bearer_token(&parts.headers)
-            .ok_or_else(|| ApiError::unauthorized("missing cluster credential"))?;
-        // Constant time: the comparison must not leak how much matched.
-        aws_lc_rs::constant_time::verify_slices_are_equal(
-            presented.as_bytes(),
-            expected.as_bytes(),
-        )
-        .map_err(|_| ApiError::unauthorized("invalid cluster credential"))?;
-        Ok(Cluster)
+        let root = root_secret(state)?;
+        let presented = presented(&parts.headers)?;
+        constant_time_eq(presented, root)
+            .then_some(Cluster)
+            .ok_or_else(|| ApiError::unauthorized("invalid cluster credential"))
+    }
+}
+
+fn root_secret(state: &AppState) -> Result<&str, ApiError> {
+    state.config.cluster.secret.as_deref().ok_or_else(|| {
+        ApiError::unauthorized("this control plane has no cluster credential configured")
+    })
+}
+
+fn presented(headers: &HeaderMap) -> Result<&str, ApiError> {
+    bearer_token(headers).ok_or_else(|| ApiError::unauthorized("missing cluster credential"))
+}
+
+/// Constant time: the comparison must not leak how much matched.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+}
+
+/// The credential of node `id`: `base64url(HMAC-SHA256(root secret,
+/// "cascade-node:" + id))`. Each node holds only its own
+/// (`cascade admin node-credential <id>` prints it), so a node can speak
+/// only for itself: register, heartbeat, report its own sessions.
+pub fn node_credential(root_secret: &str, id: &str) -> String {
+    use base64::Engine;
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, root_secret.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&key, format!("cascade-node:{id}").as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+}
+
+/// Checks that the request speaks for node `id`: its own credential, or
+/// the root one (operators).
+fn authorize_node(state: &AppState, headers: &HeaderMap, id: &str) -> Result<(), ApiError> {
+    let root = root_secret(state)?;
+    let presented = presented(headers)?;
+    if constant_time_eq(presented, &node_credential(root, id)) || constant_time_eq(presented, root)
+    {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(format!(
+            "not the credential of node {id:?}"
+        )))
     }
 }
 
@@ -64,11 +100,37 @@ fn check_node_id(id: &str) -> Result<(), ApiError> {
 /// Registers a node or renews its registration with its whole state.
 pub async fn heartbeat(
     state: AppState,
-    _: Cluster,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiJson(node): ApiJson<NodeHeartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
     check_node_id(&id)?;
+    authorize_node(&state, &headers, &id)?;
+    for (name, url, schemes) in [
+        (
+            "signaling_url",
+            &node.endpoints.signaling_url,
+            &["wss", "ws"][..],
+        ),
+        ("whip_url", &node.endpoints.whip_url, &["https", "http"][..]),
+        ("whep_url", &node.endpoints.whep_url, &["https", "http"][..]),
+    ] {
+        if let Some(url) = url
+            && !url::Url::parse(url)
+                .is_ok_and(|u| schemes.contains(&u.scheme()) && u.host().is_some())
+        {
+            return Err(ApiError::invalid(
+                "invalid_endpoint",
+                format!("{name} must be a {} URL", schemes.join(" or ")),
+            ));
+        }
+    }
+    if node.sessions.as_ref().is_some_and(|s| s.len() > 100_000) {
+        return Err(ApiError::invalid(
+            "invalid_sessions",
+            "at most 100000 sessions",
+        ));
+    }
     let config = &state.calls.config;
     if !config.regions.iter().any(|r| r.name == node.region) {
         return Err(ApiError::invalid(
@@ -95,6 +157,9 @@ pub async fn heartbeat(
                 e.to_string(),
             )
         })?;
+    if let Some(connected) = &node.sessions {
+        reconcile_sessions(&state, &id, connected).await?;
+    }
     Ok(Json(HeartbeatAck {
         heartbeat_interval_secs: config.heartbeat_interval_secs,
         ttl_secs: ttl.as_secs(),
@@ -105,10 +170,11 @@ pub async fn heartbeat(
 /// the next sweep.
 pub async fn deregister(
     state: AppState,
-    _: Cluster,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     check_node_id(&id)?;
+    authorize_node(&state, &headers, &id)?;
     let removed = state.calls.registry.remove(&id).await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -137,41 +203,87 @@ pub async fn list(state: AppState, _: Cluster) -> Result<Json<Vec<NodeStatus>>, 
 
 /// An edge reports a participant's session gone (ICE failed, closed): it
 /// leaves the call like `POST /v1/calls/{id}/leave`. An edge can only
-/// remove sessions placed on itself.
+/// remove sessions placed on itself, and only the session it names (a
+/// device that rejoined has a new session).
 pub async fn participant_gone(
     state: AppState,
-    _: Cluster,
+    headers: HeaderMap,
     ApiPath(node): ApiPath<String>,
     ApiJson(gone): ApiJson<ParticipantGone>,
 ) -> Result<StatusCode, ApiError> {
     check_node_id(&node)?;
+    authorize_node(&state, &headers, &node)?;
+    match remove_session(&state, gone.call_id, gone.session_id, &node).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        // Already gone (or never here): nothing to do, and edges retry
+        // reports, so this is not an error for them.
+        false => Ok(StatusCode::NO_CONTENT),
+    }
+}
+
+/// Removes session `session` of `call` if it is live on `node`. Whether it
+/// was.
+async fn remove_session(
+    state: &AppState,
+    call: Uuid,
+    session: Uuid,
+    node: &str,
+) -> Result<bool, ApiError> {
     let at = now();
-    let action = super::calls::gone_action(gone.user_id, gone.device_id.clone());
     let result = state
         .store
-        .update_call(gone.call_id, None, at, &|facts| {
-            let on_this_node = facts.participants.iter().any(|p| {
-                p.user_id == gone.user_id && p.device_id == gone.device_id && p.node_id == node
-            });
-            if !on_this_node {
+        .update_call(call, None, at, &|facts| {
+            let Some(p) = facts
+                .participants
+                .iter()
+                .find(|p| p.id == session && p.node_id == node)
+            else {
                 return Err(CallRefusal::NotInCall);
-            }
-            decide(facts, &action, at)
+            };
+            decide(
+                facts,
+                &Action::Leave {
+                    user: p.user_id,
+                    device: p.device_id.clone(),
+                    reason: LeaveReason::Gone,
+                },
+                at,
+            )
         })
         .await;
     match result {
         Ok(Ok(change)) => {
             state.calls.metrics.record(&change);
-            tracing::info!(call_id = %gone.call_id, user_id = %gone.user_id, node_id = %node,
-                           "edge reported participant gone");
-            Ok(StatusCode::NO_CONTENT)
+            tracing::info!(call_id = %call, session_id = %session, node_id = %node,
+                           "participant session gone");
+            Ok(true)
         }
-        // Already gone (or never here): nothing to do, and edges retry
-        // reports, so this is not an error for them.
-        Ok(Err(CallRefusal::NotInCall | CallRefusal::State(_))) | Err(StoreError::NotFound) => {
-            Ok(StatusCode::NO_CONTENT)
-        }
-        Ok(Err(other)) => Err(ApiError::conflict("refused", format!("{other:?}"))),
+        Ok(Err(_)) | Err(StoreError::NotFound) => Ok(false),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Removes the sessions placed on `node` that are older than a join token
+/// (so the client had time to connect) and that the edge does not list as
+/// connected.
+async fn reconcile_sessions(
+    state: &AppState,
+    node: &str,
+    connected: &[Uuid],
+) -> Result<(), ApiError> {
+    let connected: std::collections::HashSet<Uuid> = connected.iter().copied().collect();
+    let cutoff = now() - time::Duration::seconds(state.calls.config.join_token_ttl_secs as i64);
+    let placed = state.store.node_participants(node).await?;
+    let mut removed = false;
+    for p in placed
+        .iter()
+        .filter(|p| p.joined_at < cutoff && !connected.contains(&p.id))
+    {
+        removed |= remove_session(state, p.call_id, p.id, node).await?;
+    }
+    if removed {
+        // Outside the request's own write, the hubs hear it from here.
+        state.calls.wake().await;
+    }
+    Ok(())
 }

@@ -12,6 +12,8 @@ mod contacts;
 mod conversations;
 pub mod events;
 mod internal;
+
+pub use internal::node_credential;
 mod messages;
 mod presence;
 pub mod wire;

@@ -10,6 +10,8 @@ pub struct CallsConfig {
     /// An unanswered call becomes missed after this long, seconds.
     pub ring_timeout_secs: u64,
     /// Lifetime of join tokens, seconds (they only open an edge session).
+    /// Also how long a placed session may take to show up in its edge's
+    /// heartbeat, and an answered call may stay empty, before removal.
     pub join_token_ttl_secs: u64,
     /// How often nodes heartbeat, seconds. A node silent for three
     /// intervals leaves placement and its participants migrate.
@@ -94,7 +96,7 @@ impl Validate for CallsConfig {
             }
         };
         range(v, "ring_timeout_secs", self.ring_timeout_secs, 1, 600);
-        range(v, "join_token_ttl_secs", self.join_token_ttl_secs, 10, 3600);
+        range(v, "join_token_ttl_secs", self.join_token_ttl_secs, 5, 3600);
         range(
             v,
             "heartbeat_interval_secs",

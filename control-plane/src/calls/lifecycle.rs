@@ -69,6 +69,12 @@ pub enum Action {
     },
     /// The ring deadline passed (a sweeper noticed).
     RingTimeout,
+    /// An answered call has had no device in it since `since` (nobody
+    /// joined after answering, or their sessions never connected).
+    Idle {
+        /// The call must have been answered before this.
+        since: OffsetDateTime,
+    },
     /// A device joins (placed already: the participant carries its node).
     Join {
         /// The new session.
@@ -102,10 +108,8 @@ pub enum Action {
         session: Uuid,
         /// The node it must leave (if it is elsewhere already, nothing).
         from_node: String,
-        /// The new node.
+        /// The new node (the client's region stays what it was).
         to_node: String,
-        /// The new node's region.
-        to_region: String,
         /// The `call.migrate` event for the user.
         event: NewEvent,
     },
@@ -123,7 +127,7 @@ pub fn decide(
     }
     match action {
         Action::Accept { user } => accept(facts, *user, now),
-        Action::Decline { user } => decline(call, *user, now),
+        Action::Decline { user } => decline(facts, *user, now),
         Action::Cancel { user } => {
             if *user != call.initiator_id {
                 return Err(CallRefusal::Forbidden("only the caller can cancel"));
@@ -169,6 +173,21 @@ pub fn decide(
             }
             Ok(finish(facts, CallOutcome::Missed, None, now, "call.missed"))
         }
+        Action::Idle { since } => {
+            let idle = call.state == CallState::Active
+                && facts.participants.is_empty()
+                && call.answered_at.is_some_and(|answered| answered <= *since);
+            if !idle {
+                return Err(CallRefusal::State("not idle"));
+            }
+            Ok(finish(
+                facts,
+                CallOutcome::Completed,
+                None,
+                now,
+                "call.ended",
+            ))
+        }
         Action::Join { participant } => join(facts, participant, now),
         Action::Leave {
             user,
@@ -199,7 +218,6 @@ pub fn decide(
             session,
             from_node,
             to_node,
-            to_region,
             event,
         } => {
             let Some(current) = facts
@@ -212,7 +230,6 @@ pub fn decide(
             Ok(CallChange {
                 update: Some(Participant {
                     node_id: to_node.clone(),
-                    region: to_region.clone(),
                     ..current.clone()
                 }),
                 events: vec![event.clone()],
@@ -258,7 +275,8 @@ fn accept(facts: &CallFacts, user: Uuid, now: OffsetDateTime) -> Result<CallChan
     })
 }
 
-fn decline(call: &Call, user: Uuid, now: OffsetDateTime) -> Result<CallChange, CallRefusal> {
+fn decline(facts: &CallFacts, user: Uuid, now: OffsetDateTime) -> Result<CallChange, CallRefusal> {
+    let call = &facts.call;
     if call.direct {
         if Some(user) != call.callee_id {
             return Err(CallRefusal::Forbidden("only the callee can decline"));
@@ -266,14 +284,14 @@ fn decline(call: &Call, user: Uuid, now: OffsetDateTime) -> Result<CallChange, C
         if call.state != CallState::Ringing {
             return Err(CallRefusal::State("the call is not ringing"));
         }
-        let ended = ended(call, CallOutcome::Declined, Some(user), now);
-        return Ok(CallChange {
-            events: vec![call_event("call.declined", &ended, Some(user))],
-            call: Some(ended),
-            declined: Some(user),
-            unlock_all: true,
-            ..CallChange::default()
-        });
+        // The caller may already be in with a device: `finish` closes it.
+        return Ok(finish(
+            facts,
+            CallOutcome::Declined,
+            Some(user),
+            now,
+            "call.declined",
+        ));
     }
     if user == call.initiator_id {
         return Err(CallRefusal::Forbidden(
@@ -646,6 +664,45 @@ mod tests {
             leave_b.call.unwrap().outcome.0,
             Some(CallOutcome::Completed)
         );
+    }
+
+    #[test]
+    fn declining_closes_the_callers_early_session_and_idle_calls_end() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let call = direct(a, b);
+        let early = session(&call, a, "laptop");
+        let change = decide(
+            &facts(call.clone(), vec![early.clone()], None),
+            &Action::Decline { user: b },
+            t(3),
+        )
+        .unwrap();
+        assert_eq!(change.close, vec![early.id]);
+        assert_eq!(change.declined, Some(b));
+        assert!(change.unlock_all);
+
+        let mut answered = call;
+        answered.state = CallState::Active;
+        answered.answered_at = Some(t(5));
+        let idle = Action::Idle { since: t(10) };
+        assert!(
+            decide(
+                &facts(answered.clone(), vec![session(&answered, a, "x")], None),
+                &idle,
+                t(200)
+            )
+            .is_err()
+        );
+        assert!(
+            decide(
+                &facts(answered.clone(), vec![], None),
+                &Action::Idle { since: t(4) },
+                t(200)
+            )
+            .is_err()
+        );
+        let ended = decide(&facts(answered, vec![], None), &idle, t(200)).unwrap();
+        assert_eq!(ended.call.unwrap().outcome.0, Some(CallOutcome::Completed));
     }
 
     #[test]

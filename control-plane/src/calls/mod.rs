@@ -66,6 +66,8 @@ pub struct EdgeView {
 pub struct JoinResponse {
     /// The call.
     pub call_id: Uuid,
+    /// This device's session in the call (the token's `session`).
+    pub session_id: Uuid,
     /// The device this assignment is for.
     pub device_id: String,
     /// The client's region.
@@ -105,6 +107,9 @@ pub struct Calls {
     placement_regions: Vec<placement::Region>,
     cache: Mutex<Option<PlacementCache>>,
     started: Instant,
+    /// Nodes with live sessions that this replica has found missing from
+    /// the registry, and since when (see `migrate_off_dead_nodes`).
+    absent_since: Mutex<HashMap<String, Instant>>,
     /// Counters and gauges.
     pub metrics: metrics::CallMetrics,
 }
@@ -137,6 +142,7 @@ impl Calls {
             config,
             cache: Mutex::new(None),
             started: Instant::now(),
+            absent_since: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -245,6 +251,7 @@ impl Calls {
             sub: participant.user_id,
             call: participant.call_id,
             device: participant.device_id.clone(),
+            session: participant.id,
             node: edge.id.clone(),
             region: edge.heartbeat.region.clone(),
             grants: Grants {
@@ -261,6 +268,7 @@ impl Calls {
         let endpoints = &edge.heartbeat.endpoints;
         JoinResponse {
             call_id: participant.call_id,
+            session_id: participant.id,
             device_id: participant.device_id.clone(),
             region: client_region.0,
             region_source: client_region.1,
@@ -309,6 +317,28 @@ impl Calls {
             }
             Err(error) => tracing::warn!(%error, "cannot read due ring deadlines"),
         }
+        // Answered calls nobody is in (nobody joined, or their sessions
+        // never connected and were removed) end after a join token's life.
+        let since = now - time::Duration::seconds(self.config.join_token_ttl_secs as i64);
+        match self.store.empty_active_calls(SWEEP_BATCH).await {
+            Ok(ids) => {
+                for id in ids {
+                    let action = Action::Idle { since };
+                    if let Ok(Ok(change)) = self
+                        .store
+                        .update_call(id, None, now, &|facts| {
+                            lifecycle::decide(facts, &action, now)
+                        })
+                        .await
+                    {
+                        self.metrics.record(&change);
+                        tracing::info!(call_id = %id, "answered call ended: nobody in it");
+                        wrote = true;
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read empty calls"),
+        }
         // After a (re)start the registry may not have heard every node yet:
         // wait a full TTL before treating a silent node as dead.
         if self.started.elapsed() >= self.node_ttl() {
@@ -342,14 +372,38 @@ impl Calls {
             .into_iter()
             .filter(|n| n.heartbeat.kind == NodeKind::Edge)
             .collect();
-        let usable: HashMap<&str, &NodeStatus> = edges
-            .iter()
-            .filter(|e| !e.heartbeat.draining)
-            .map(|e| (e.id.as_str(), e))
-            .collect();
+        let present: HashMap<&str, &NodeStatus> =
+            edges.iter().map(|e| (e.id.as_str(), e)).collect();
+        let with_sessions = self.store.participant_nodes().await?;
+        // A node missing from the registry moves its sessions only once it
+        // has stayed missing for a heartbeat interval: after a Redis flush
+        // or failover every live node is back within one, and must not see
+        // its participants migrated.
+        let confirmed_dead: Vec<String> = {
+            let mut absent = self.absent_since.lock().unwrap_or_else(|e| e.into_inner());
+            absent.retain(|node, _| {
+                with_sessions.contains(node) && !present.contains_key(node.as_str())
+            });
+            let grace = Duration::from_secs(self.config.heartbeat_interval_secs);
+            with_sessions
+                .iter()
+                .filter(|node| !present.contains_key(node.as_str()))
+                .filter(|node| {
+                    absent
+                        .entry((*node).clone())
+                        .or_insert_with(Instant::now)
+                        .elapsed()
+                        >= grace
+                })
+                .cloned()
+                .collect()
+        };
         let mut moved = 0;
-        for node in self.store.participant_nodes().await? {
-            if usable.contains_key(node.as_str()) {
+        for node in with_sessions {
+            let draining = present
+                .get(node.as_str())
+                .is_some_and(|e| e.heartbeat.draining);
+            if !draining && !confirmed_dead.contains(&node) {
                 continue;
             }
             for participant in self.store.node_participants(&node).await? {
@@ -365,7 +419,6 @@ impl Calls {
                 };
                 let moved_participant = Participant {
                     node_id: edge.id.clone(),
-                    region: edge.heartbeat.region.clone(),
                     ..participant.clone()
                 };
                 let response = self.join_response(
@@ -384,7 +437,6 @@ impl Calls {
                     session: participant.id,
                     from_node: node.clone(),
                     to_node: edge.id.clone(),
-                    to_region: edge.heartbeat.region.clone(),
                     event,
                 };
                 if let Ok(Ok(_)) = self

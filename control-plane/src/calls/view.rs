@@ -90,7 +90,7 @@ pub struct ParticipantView {
     pub device_id: String,
     /// The edge node serving it.
     pub node_id: String,
-    /// That node's region.
+    /// The client's region (the edge may be in the nearest other one).
     pub region: String,
     /// Microphone on.
     pub audio: bool,

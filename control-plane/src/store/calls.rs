@@ -107,6 +107,8 @@ pub trait CallStore: Send + Sync + 'static {
 
     /// Calls still ringing whose deadline is at or before `now_us`.
     async fn due_ringing_calls(&self, now_us: i64, limit: i64) -> StoreResult<Vec<Uuid>>;
+    /// Active calls with no live participant.
+    async fn empty_active_calls(&self, limit: i64) -> StoreResult<Vec<Uuid>>;
     /// The nodes that have live participants.
     async fn participant_nodes(&self) -> StoreResult<Vec<String>>;
     /// The live participants placed on `node`.
@@ -479,6 +481,17 @@ macro_rules! call_store {
                      ORDER BY ring_deadline_us LIMIT $2",
                 )
                 .bind(now_us)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn empty_active_calls(&self, limit: i64) -> StoreResult<Vec<Uuid>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT c.id FROM calls c WHERE c.state = 'active' AND NOT EXISTS \
+                     (SELECT 1 FROM call_participants p WHERE p.call_id = c.id AND p.left_at IS NULL) \
+                     ORDER BY c.id LIMIT $1",
+                )
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?)
