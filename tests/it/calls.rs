@@ -51,6 +51,18 @@ async fn heartbeat(api: &ApiClient, id: &str, region: &str, capacity: u32, load:
     .body
 }
 
+/// An edge reports a session gone (always 204: unknown sessions are no-ops).
+async fn report_gone(api: &ApiClient, node: &str, credential: &str, body: Value) {
+    api.call(
+        Method::POST,
+        &format!("/internal/v1/nodes/{node}/participants/gone"),
+        Some(credential),
+        Some(body),
+    )
+    .await
+    .expect(204);
+}
+
 async fn start(api: &ApiClient, user: &TestUser, conversation: &str, kind: &str) -> Value {
     api.post(
         "/v1/calls",
@@ -651,43 +663,24 @@ async fn node_api(app: TestApp) {
     app.call(Method::DELETE, "/internal/v1/nodes/e2", Some(&e2), None)
         .await
         .expect(204);
+    let mut alices = ws(addr(&app), &alice).await;
     let first = join(&app, &alice, &call, "laptop").await;
     assert_eq!(first["edge"]["id"], "e1");
     let rejoined = join(&app, &alice, &call, "laptop").await;
-    let mut alices = ws(addr(&app), &alice).await;
+    let replaced = alices.expect("call.participant_left", WAIT).await;
+    assert_eq!(replaced["data"]["reason"], "replaced");
     heartbeat(&app, "e2", "local", 10, 0).await;
     let gone = json!({"call_id": call, "session_id": rejoined["session_id"]});
-    app.call(
-        Method::POST,
-        "/internal/v1/nodes/e2/participants/gone",
-        Some(&e2),
-        Some(gone.clone()),
-    )
-    .await
-    .expect(204);
+    report_gone(&app, "e2", &e2, gone.clone()).await;
     let stale = json!({"call_id": call, "session_id": first["session_id"]});
-    app.call(
-        Method::POST,
-        "/internal/v1/nodes/e1/participants/gone",
-        Some(&e1),
-        Some(stale),
-    )
-    .await
-    .expect(204);
+    report_gone(&app, "e1", &e1, stale).await;
     let state = app.get(&format!("/v1/calls/{call}"), &alice).await.body;
     assert_eq!(
         state["participants"].as_array().unwrap().len(),
         1,
         "neither e2 nor a report about the replaced session removes the live one"
     );
-    app.call(
-        Method::POST,
-        "/internal/v1/nodes/e1/participants/gone",
-        Some(&e1),
-        Some(gone),
-    )
-    .await
-    .expect(204);
+    report_gone(&app, "e1", &e1, gone).await;
     let left = alices.expect("call.participant_left", WAIT).await;
     assert_eq!(left["data"]["reason"], "gone");
     // The caller's only device went while it rang: the call is cancelled.

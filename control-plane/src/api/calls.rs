@@ -239,6 +239,19 @@ impl AppState {
         }
     }
 
+    /// The usual shape of a lifecycle route: the caller must see the call;
+    /// the action runs; the call's new state is the answer.
+    async fn act_as_caller(
+        &self,
+        id: Uuid,
+        caller: Caller,
+        action: Action,
+    ) -> Result<Json<CallView>, ApiError> {
+        self.visible_call(id, caller.user_id).await?;
+        self.act(id, caller.user_id, action).await?;
+        Ok(Json(self.call_view(id).await?))
+    }
+
     async fn call_view(&self, id: Uuid) -> Result<CallView, ApiError> {
         let call = self
             .store
@@ -407,17 +420,15 @@ pub async fn decline(
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<CallView>, ApiError> {
-    state.visible_call(id, caller.user_id).await?;
     state
-        .act(
+        .act_as_caller(
             id,
-            caller.user_id,
+            caller,
             Action::Decline {
                 user: caller.user_id,
             },
         )
-        .await?;
-    Ok(Json(state.call_view(id).await?))
+        .await
 }
 
 /// The initiator hangs up while it rings (`call.cancelled`).
@@ -430,17 +441,15 @@ pub async fn cancel(
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<CallView>, ApiError> {
-    state.visible_call(id, caller.user_id).await?;
     state
-        .act(
+        .act_as_caller(
             id,
-            caller.user_id,
+            caller,
             Action::Cancel {
                 user: caller.user_id,
             },
         )
-        .await?;
-    Ok(Json(state.call_view(id).await?))
+        .await
 }
 
 /// Ends the call for everyone (`call.ended`): either party of a direct

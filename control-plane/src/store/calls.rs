@@ -35,6 +35,19 @@ macro_rules! participant_cols {
     };
 }
 
+/// The query for the live sessions of call `$call`, by join time.
+macro_rules! live_participants {
+    ($call:expr) => {
+        sqlx::query_as::<_, Participant>(concat!(
+            "SELECT ",
+            participant_cols!(),
+            " FROM call_participants WHERE call_id = $1 AND left_at IS NULL \
+             ORDER BY joined_at, id"
+        ))
+        .bind($call)
+    };
+}
+
 /// A user's outcome of a call (see [`CallHistoryEntry::outcome`]), as SQL
 /// over `calls c` joined with `call_users cu`.
 macro_rules! user_outcome {
@@ -230,15 +243,7 @@ macro_rules! call_store {
                 else {
                     return Err(StoreError::NotFound);
                 };
-                let participants = sqlx::query_as::<_, Participant>(concat!(
-                    "SELECT ",
-                    participant_cols!(),
-                    " FROM call_participants WHERE call_id = $1 AND left_at IS NULL \
-                     ORDER BY joined_at, id"
-                ))
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await?;
+                let participants = live_participants!(id).fetch_all(&mut *tx).await?;
                 let actor_lock = match actor {
                     Some(user) => {
                         sqlx::query_scalar("SELECT call_id FROM call_locks WHERE user_id = $1")
@@ -396,15 +401,7 @@ macro_rules! call_store {
             }
 
             async fn live_participants(&self, call: Uuid) -> StoreResult<Vec<Participant>> {
-                Ok(sqlx::query_as::<_, Participant>(concat!(
-                    "SELECT ",
-                    participant_cols!(),
-                    " FROM call_participants WHERE call_id = $1 AND left_at IS NULL \
-                     ORDER BY joined_at, id"
-                ))
-                .bind(call)
-                .fetch_all(&self.pool)
-                .await?)
+                Ok(live_participants!(call).fetch_all(&self.pool).await?)
             }
 
             async fn call_history(
