@@ -1,9 +1,12 @@
 //! The edge SFU node (`cascade edge`, issue 6): str0m peers, one UDP socket
 //! per worker, WebSocket/WHIP/WHEP signaling, and a sans-IO forwarding core
-//! in `sfu/`. So far it holds [`join_token`], the verification edges run on
-//! every join token (issue 5); the rest lands with issue 6.
+//! in `sfu/`. So far: [`join_token`], the verification edges run on every
+//! join token, and [`sfu`], the sans-IO forwarding core (tested with str0m
+//! clients on a virtual clock); the process shell (sockets, signaling
+//! socket, registration) lands next.
 //!
 //! Architecture invariant (to keep when it lands): forwarding decisions are
 //! plain data and functions of `now`, with no sockets or tokio inside.
 
 pub mod join_token;
+pub mod sfu;

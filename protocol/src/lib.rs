@@ -5,11 +5,13 @@
 //! - [`calls`]: join-token claims and grants, and what edge and relay nodes
 //!   report to the control plane's registry.
 //!
-//! Still to come, each with its issue: client ↔ edge signaling, relay
-//! frames with a fuzzable codec.
+//! - [`signaling`]: client ↔ edge messages on the edge's `/v1/rtc` socket.
+//!
+//! Still to come with its issue: relay frames with a fuzzable codec.
 //!
 //! Architecture invariant: no I/O, no async runtime, no clock. Every other
 //! crate may depend on this one; it depends on nothing of ours.
 
 pub mod calls;
 pub mod gateway;
+pub mod signaling;

@@ -1,0 +1,813 @@
+//! The SFU core, sans-IO: datagrams, signaling messages and `now` in;
+//! datagrams to send, signaling messages and events out. No sockets, no
+//! tokio, no clock: a worker shell feeds it, and tests drive it on a
+//! virtual clock with str0m clients.
+//!
+//! - One str0m `Rtc` per participant (ICE-lite, DTLS-SRTP, one DTLS
+//!   certificate per core instance), in frame mode: str0m keeps sequence
+//!   numbers, timestamps, packetization, NACK/RTX and sender reports per
+//!   subscriber.
+//! - A participant's offered send m-lines become [`Track`]s of its call.
+//!   Every other participant subscribes: the core adds a send-only m-line to
+//!   their session and offers it (edge-initiated renegotiation), one offer
+//!   at a time, then tells them whose track each `mid` is.
+//! - Media data from a publisher is written to each subscriber's m-line
+//!   (`match_params` maps payload types). Keyframe requests from
+//!   subscribers go upstream as PLI, at most one per track per
+//!   [`SfuConfig::keyframe_throttle`]; a new subscription asks for one.
+//! - Demultiplexing: a datagram's source address names its peer once the
+//!   peer's ICE accepted a STUN check from it; STUN checks find their peer by
+//!   the ICE username (our ufrag), never by asking every peer.
+//! - A timer heap wakes only peers whose str0m timeout is due.
+//!
+//! A track's source is a [`TrackSource`]: today a local publisher; a remote
+//! feed (the relay, issue 7) plugs in as another variant.
+
+mod stun;
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use protocol::signaling::{ServerSignal, TrackInfo};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::config::DtlsCert;
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
+use uuid::Uuid;
+
+/// A participant session in this core.
+pub type PeerId = u64;
+/// A published track.
+pub type TrackId = u64;
+
+/// Limits and timing.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Participants one call may have on this node.
+    pub max_participants_per_call: usize,
+    /// Participants this core serves.
+    pub max_participants: usize,
+    /// Least time between two keyframe requests sent upstream for a track.
+    pub keyframe_throttle: Duration,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        SfuConfig {
+            max_participants_per_call: 100,
+            max_participants: 1000,
+            keyframe_throttle: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Who a peer is (from its verified join token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The call.
+    pub call: Uuid,
+    /// The user.
+    pub user: Uuid,
+    /// Their device.
+    pub device: String,
+    /// The control plane's session id.
+    pub session: Uuid,
+}
+
+/// Why a join was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JoinError {
+    /// The call has its maximum of participants here.
+    #[error("the call is full ({0} participants)")]
+    CallFull(usize),
+    /// This node has its maximum of participants.
+    #[error("this edge is full ({0} participants)")]
+    NodeFull(usize),
+    /// The offer is not SDP str0m can answer.
+    #[error("bad SDP offer: {0}")]
+    BadSdp(String),
+}
+
+impl JoinError {
+    /// The signaling error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JoinError::CallFull(_) => "call_full",
+            JoinError::NodeFull(_) => "node_full",
+            JoinError::BadSdp(_) => "bad_sdp",
+        }
+    }
+}
+
+/// Why a signaling message from a peer was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignalError {
+    /// No such peer (it left).
+    #[error("no such session")]
+    UnknownPeer,
+    /// An answer arrived when no offer was outstanding.
+    #[error("no offer is waiting for an answer")]
+    NoPendingOffer,
+    /// The answer is not SDP str0m can accept.
+    #[error("bad SDP answer: {0}")]
+    BadSdp(String),
+}
+
+/// Where a track's media comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackSource {
+    /// A participant on this node, on one of its m-lines.
+    Local {
+        /// The publisher.
+        peer: PeerId,
+        /// Its m-line.
+        mid: Mid,
+    },
+}
+
+/// A published track.
+#[derive(Debug, Clone)]
+pub struct Track {
+    /// Where its media comes from.
+    pub source: TrackSource,
+    /// The call it belongs to.
+    pub call: Uuid,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Whose it is.
+    pub user: Uuid,
+    /// From which device.
+    pub device: String,
+    last_keyframe_request: Option<Instant>,
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub destination: SocketAddr,
+    /// The bytes.
+    pub contents: Vec<u8>,
+}
+
+/// Something the shell must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SfuEvent {
+    /// A peer connected (ICE and DTLS up).
+    Connected(PeerId),
+    /// A peer is gone (left, failed, or its transport died); report the
+    /// session to the control plane.
+    Closed {
+        /// The peer.
+        peer: PeerId,
+        /// Who it was.
+        info: PeerInfo,
+    },
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SfuStats {
+    /// Datagrams accepted by some peer.
+    pub datagrams_in: u64,
+    /// Their bytes.
+    pub bytes_in: u64,
+    /// Datagrams queued to send.
+    pub datagrams_out: u64,
+    /// Their bytes.
+    pub bytes_out: u64,
+    /// Datagrams no peer took (garbage, unknown sources, late packets).
+    pub dropped: u64,
+    /// Media frames/packets forwarded (one per subscriber).
+    pub forwarded: u64,
+    /// Keyframe requests sent upstream.
+    pub keyframe_requests: u64,
+}
+
+struct Peer {
+    rtc: Rtc,
+    info: PeerInfo,
+    connected: bool,
+    /// The peer's own send m-lines → its tracks.
+    published: HashMap<Mid, TrackId>,
+    /// Tracks it receives, on which of its m-lines (answered).
+    subscribed: HashMap<TrackId, Mid>,
+    /// The reverse of `subscribed`.
+    out_mids: HashMap<Mid, TrackId>,
+    /// The outstanding edge offer and what it adds and removes.
+    pending: Option<Pending>,
+    /// Whether the peer has received its answer (offers wait for that).
+    answered: bool,
+    ufrag: String,
+    timeout: Instant,
+}
+
+struct Pending {
+    offer: SdpPendingOffer,
+    added: Vec<(TrackId, Mid)>,
+    removed: Vec<TrackId>,
+}
+
+/// The SFU core of one worker.
+pub struct Sfu {
+    config: SfuConfig,
+    local_addr: SocketAddr,
+    cert: Option<DtlsCert>,
+    peers: HashMap<PeerId, Peer>,
+    calls: HashMap<Uuid, Vec<PeerId>>,
+    tracks: HashMap<TrackId, Track>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    work: VecDeque<(PeerId, Event)>,
+    transmits: VecDeque<Transmit>,
+    signals: VecDeque<(PeerId, ServerSignal)>,
+    events: VecDeque<SfuEvent>,
+    next_peer: PeerId,
+    next_track: TrackId,
+    stats: SfuStats,
+}
+
+impl Sfu {
+    /// A core whose UDP socket is reachable at `local_addr` (the address
+    /// advertised as the host candidate: bind exactly it).
+    pub fn new(config: SfuConfig, local_addr: SocketAddr) -> Self {
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate();
+        Sfu {
+            config,
+            local_addr,
+            cert,
+            peers: HashMap::new(),
+            calls: HashMap::new(),
+            tracks: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            timers: BinaryHeap::new(),
+            work: VecDeque::new(),
+            transmits: VecDeque::new(),
+            signals: VecDeque::new(),
+            events: VecDeque::new(),
+            next_peer: 1,
+            next_track: 1,
+            stats: SfuStats::default(),
+        }
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> SfuStats {
+        self.stats
+    }
+
+    /// Participants served now.
+    pub fn participants(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Tracks published now.
+    pub fn tracks(&self) -> usize {
+        self.tracks.len()
+    }
+
+    /// Subscriptions (track × subscriber) now.
+    pub fn subscriptions(&self) -> usize {
+        self.peers.values().map(|p| p.subscribed.len()).sum()
+    }
+
+    /// A participant joins with its SDP offer; returns its id and the SDP
+    /// answer. Offers for the other participants' tracks follow through
+    /// [`Sfu::poll_signal`].
+    pub fn join(
+        &mut self,
+        now: Instant,
+        info: PeerInfo,
+        offer: &str,
+    ) -> Result<(PeerId, String), JoinError> {
+        if self.peers.len() >= self.config.max_participants {
+            return Err(JoinError::NodeFull(self.config.max_participants));
+        }
+        let in_call = self.calls.get(&info.call).map_or(0, Vec::len);
+        if in_call >= self.config.max_participants_per_call {
+            return Err(JoinError::CallFull(self.config.max_participants_per_call));
+        }
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadSdp(e.to_string()))?;
+        let ufrag = random_token(8);
+        let mut config = Rtc::builder()
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .set_local_ice_credentials(IceCreds {
+                ufrag: ufrag.clone(),
+                pass: random_token(24),
+            });
+        if let Some(cert) = &self.cert {
+            config = config.set_dtls_cert(cert.clone());
+        }
+        let mut rtc = config.build(now);
+        let candidate = Candidate::host(self.local_addr, "udp")
+            .map_err(|e| JoinError::BadSdp(format!("local candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| JoinError::BadSdp(e.to_string()))?;
+        let id = self.next_peer;
+        self.next_peer += 1;
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.calls.entry(info.call).or_default().push(id);
+        self.peers.insert(
+            id,
+            Peer {
+                rtc,
+                info,
+                connected: false,
+                published: HashMap::new(),
+                subscribed: HashMap::new(),
+                out_mids: HashMap::new(),
+                pending: None,
+                answered: false,
+                ufrag,
+                timeout: now,
+            },
+        );
+        self.drive(id, now);
+        self.process(now);
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.answered = true;
+        }
+        // Everything already published in the call, offered after the answer.
+        self.renegotiate(id, now);
+        self.process(now);
+        Ok((id, answer.to_sdp_string()))
+    }
+
+    /// The peer's answer to the edge's last offer.
+    pub fn handle_answer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        sdp: &str,
+    ) -> Result<(), SignalError> {
+        let answer =
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| SignalError::BadSdp(e.to_string()))?;
+        let p = self.peers.get_mut(&peer).ok_or(SignalError::UnknownPeer)?;
+        let pending = p.pending.take().ok_or(SignalError::NoPendingOffer)?;
+        if let Err(e) = p.rtc.sdp_api().accept_answer(pending.offer, answer) {
+            // The session cannot continue in a known state.
+            self.drive(peer, now);
+            self.close(peer, now);
+            self.process(now);
+            return Err(SignalError::BadSdp(e.to_string()));
+        }
+        let mut fresh_video = Vec::new();
+        for (track, mid) in pending.added {
+            if self.tracks.contains_key(&track) {
+                p.subscribed.insert(track, mid);
+                p.out_mids.insert(mid, track);
+                fresh_video.push(track);
+            }
+        }
+        for track in pending.removed {
+            if let Some(mid) = p.subscribed.remove(&track) {
+                p.out_mids.remove(&mid);
+            }
+        }
+        let connected = p.connected;
+        self.drive(peer, now);
+        self.send_track_list(peer);
+        if connected {
+            for track in fresh_video {
+                self.request_keyframe(track, now, true);
+            }
+        }
+        self.renegotiate(peer, now);
+        self.process(now);
+        Ok(())
+    }
+
+    /// The peer leaves (signaling said so, or its socket closed).
+    pub fn leave(&mut self, now: Instant, peer: PeerId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.rtc.disconnect();
+        }
+        self.close(peer, now);
+        self.process(now);
+    }
+
+    /// A datagram arrived on the socket. Returns whether a peer took it.
+    pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> bool {
+        let peer = match stun::username_ufrag(data) {
+            Some(ufrag) => self.by_ufrag.get(ufrag).copied(),
+            None => self.by_addr.get(&source).copied(),
+        };
+        let Some(peer) = peer else {
+            self.stats.dropped += 1;
+            return false;
+        };
+        let Ok(receive) = Receive::new(Protocol::Udp, source, self.local_addr, data) else {
+            self.stats.dropped += 1;
+            return false;
+        };
+        let Some(p) = self.peers.get_mut(&peer) else {
+            self.stats.dropped += 1;
+            return false;
+        };
+        let input = Input::Receive(now, receive);
+        if !p.rtc.accepts(&input) {
+            self.stats.dropped += 1;
+            return false;
+        }
+        if p.rtc.handle_input(input).is_err() {
+            self.stats.dropped += 1;
+            self.close(peer, now);
+            self.process(now);
+            return false;
+        }
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        // The address is now this peer's (ICE checked the STUN integrity).
+        self.by_addr.entry(source).or_insert(peer);
+        self.drive(peer, now);
+        self.process(now);
+        true
+    }
+
+    /// Time passed: wakes the peers whose timeout is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, peer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            // Stale heap entries (the peer moved its timeout) are skipped.
+            let due = self.peers.get(&peer).is_some_and(|p| p.timeout <= now);
+            if !due {
+                continue;
+            }
+            if let Some(p) = self.peers.get_mut(&peer)
+                && p.rtc.handle_input(Input::Timeout(now)).is_err()
+            {
+                self.close(peer, now);
+                continue;
+            }
+            self.drive(peer, now);
+        }
+        self.process(now);
+    }
+
+    /// When [`Sfu::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next signaling message for a peer.
+    pub fn poll_signal(&mut self) -> Option<(PeerId, ServerSignal)> {
+        self.signals.pop_front()
+    }
+
+    /// The next event for the shell.
+    pub fn poll_event(&mut self) -> Option<SfuEvent> {
+        self.events.pop_front()
+    }
+
+    /// Drains a peer's output (str0m's rule: after every mutation), queueing
+    /// datagrams, its next timeout, and events for [`Sfu::process`].
+    fn drive(&mut self, peer: PeerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        loop {
+            match p.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => {
+                    self.stats.datagrams_out += 1;
+                    self.stats.bytes_out += t.contents.len() as u64;
+                    self.transmits.push_back(Transmit {
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    });
+                }
+                Ok(Output::Timeout(at)) => {
+                    p.timeout = at;
+                    self.timers.push(Reverse((at, peer)));
+                    return;
+                }
+                Ok(Output::Event(event)) => self.work.push_back((peer, event)),
+                Err(error) => {
+                    tracing::debug!(peer, %error, "peer failed");
+                    p.rtc.disconnect();
+                    self.work.push_back((
+                        peer,
+                        Event::IceConnectionStateChange(IceConnectionState::Disconnected),
+                    ));
+                    let _ = now;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles queued events until none is left (handling one may queue
+    /// more: a write drives the subscriber, which may ask for a keyframe).
+    fn process(&mut self, now: Instant) {
+        while let Some((peer, event)) = self.work.pop_front() {
+            match event {
+                Event::Connected => {
+                    let videos: Vec<TrackId> = match self.peers.get_mut(&peer) {
+                        Some(p) => {
+                            p.connected = true;
+                            p.subscribed.keys().copied().collect()
+                        }
+                        None => continue,
+                    };
+                    self.events.push_back(SfuEvent::Connected(peer));
+                    // Media written before this was dropped: ask again.
+                    for track in videos {
+                        self.request_keyframe(track, now, true);
+                    }
+                }
+                Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                    self.close(peer, now);
+                }
+                Event::MediaAdded(added) => {
+                    let publishes =
+                        matches!(added.direction, Direction::RecvOnly | Direction::SendRecv);
+                    if publishes {
+                        self.publish(peer, added.mid, added.kind, now);
+                    }
+                }
+                Event::MediaData(data) => self.forward(peer, data, now),
+                Event::KeyframeRequest(request) => {
+                    let track = self
+                        .peers
+                        .get(&peer)
+                        .and_then(|p| p.out_mids.get(&request.mid).copied());
+                    if let Some(track) = track {
+                        self.request_keyframe(track, now, false);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn publish(&mut self, peer: PeerId, mid: Mid, kind: MediaKind, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.published.contains_key(&mid) {
+            return;
+        }
+        let id = self.next_track;
+        self.next_track += 1;
+        p.published.insert(mid, id);
+        let call = p.info.call;
+        self.tracks.insert(
+            id,
+            Track {
+                source: TrackSource::Local { peer, mid },
+                call,
+                kind,
+                user: p.info.user,
+                device: p.info.device.clone(),
+                last_keyframe_request: None,
+            },
+        );
+        tracing::debug!(peer, track = id, ?kind, "track published");
+        for other in self.calls.get(&call).cloned().unwrap_or_default() {
+            if other != peer {
+                self.renegotiate(other, now);
+            }
+        }
+    }
+
+    fn forward(&mut self, peer: PeerId, data: MediaData, now: Instant) {
+        let Some(track) = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.published.get(&data.mid).copied())
+        else {
+            return;
+        };
+        let call = self.tracks.get(&track).map(|t| t.call);
+        let subscribers = call
+            .and_then(|c| self.calls.get(&c))
+            .cloned()
+            .unwrap_or_default();
+        for sub in subscribers {
+            if sub == peer {
+                continue;
+            }
+            let Some(s) = self.peers.get_mut(&sub) else {
+                continue;
+            };
+            let Some(mid) = s.subscribed.get(&track).copied() else {
+                continue;
+            };
+            if !s.connected {
+                continue;
+            }
+            let written = s.rtc.writer(mid).and_then(|w| {
+                let pt = w.match_params(data.params)?;
+                w.write(pt, data.network_time, data.time, data.data.clone())
+                    .ok()
+            });
+            if written.is_some() {
+                self.stats.forwarded += 1;
+            }
+            self.drive(sub, now);
+        }
+    }
+
+    /// Asks a track's publisher for a keyframe, unless one was asked for
+    /// within the throttle (`force`: a new subscriber always gets one).
+    fn request_keyframe(&mut self, track: TrackId, now: Instant, force: bool) {
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if t.kind != MediaKind::Video {
+            return;
+        }
+        let throttled = t
+            .last_keyframe_request
+            .is_some_and(|at| now.saturating_duration_since(at) < self.config.keyframe_throttle);
+        if throttled && !force {
+            return;
+        }
+        t.last_keyframe_request = Some(now);
+        let TrackSource::Local { peer, mid } = t.source;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if let Some(mut writer) = p.rtc.writer(mid)
+            && writer
+                .request_keyframe(None, KeyframeRequestKind::Pli)
+                .is_ok()
+        {
+            self.stats.keyframe_requests += 1;
+        }
+        self.drive(peer, now);
+    }
+
+    /// Offers a peer the tracks it should receive and does not (and drops
+    /// those that are gone), unless an offer is already outstanding.
+    fn renegotiate(&mut self, peer: PeerId, now: Instant) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        if p.pending.is_some() || !p.answered {
+            return;
+        }
+        let call = p.info.call;
+        let mut wanted: Vec<(TrackId, MediaKind)> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| {
+                t.call == call
+                    && !matches!(t.source, TrackSource::Local { peer: src, .. } if src == peer)
+            })
+            .map(|(id, t)| (*id, t.kind))
+            .collect();
+        wanted.sort_by_key(|(id, _)| *id);
+        let add: Vec<(TrackId, MediaKind)> = wanted
+            .iter()
+            .filter(|(id, _)| !p.subscribed.contains_key(id))
+            .copied()
+            .collect();
+        let remove: Vec<(TrackId, Mid)> = p
+            .subscribed
+            .iter()
+            .filter(|(id, _)| !self.tracks.contains_key(id))
+            .map(|(id, mid)| (*id, *mid))
+            .collect();
+        if add.is_empty() && remove.is_empty() {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let mut api = p.rtc.sdp_api();
+        let mut added = Vec::new();
+        for (track, kind) in &add {
+            let mid = api.add_media(
+                *kind,
+                Direction::SendOnly,
+                Some(format!("t{track}")),
+                Some(format!("t{track}")),
+                None,
+            );
+            added.push((*track, mid));
+        }
+        for (_, mid) in &remove {
+            api.stop_media(*mid);
+        }
+        match api.apply() {
+            Some((offer, pending)) => {
+                p.pending = Some(Pending {
+                    offer: pending,
+                    added,
+                    removed: remove.iter().map(|(t, _)| *t).collect(),
+                });
+                self.signals.push_back((
+                    peer,
+                    ServerSignal::Offer {
+                        sdp: offer.to_sdp_string(),
+                    },
+                ));
+            }
+            None => {
+                // Applied without negotiation (nothing the remote must see).
+                for (track, _) in &remove {
+                    if let Some(mid) = p.subscribed.remove(track) {
+                        p.out_mids.remove(&mid);
+                    }
+                }
+            }
+        }
+        self.drive(peer, now);
+    }
+
+    /// Tells a peer whose each received `mid` is.
+    fn send_track_list(&mut self, peer: PeerId) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let mut tracks: Vec<TrackInfo> = p
+            .subscribed
+            .iter()
+            .filter_map(|(track, mid)| {
+                let t = self.tracks.get(track)?;
+                Some(TrackInfo {
+                    mid: mid.to_string(),
+                    kind: if t.kind == MediaKind::Video {
+                        "video"
+                    } else {
+                        "audio"
+                    }
+                    .to_owned(),
+                    user_id: t.user,
+                    device_id: t.device.clone(),
+                })
+            })
+            .collect();
+        tracks.sort_by(|a, b| a.mid.cmp(&b.mid));
+        self.signals
+            .push_back((peer, ServerSignal::Tracks { tracks }));
+    }
+
+    /// Removes a peer, its tracks, and their subscriptions elsewhere.
+    fn close(&mut self, peer: PeerId, now: Instant) {
+        let Some(p) = self.peers.remove(&peer) else {
+            return;
+        };
+        self.by_ufrag.remove(&p.ufrag);
+        self.by_addr.retain(|_, id| *id != peer);
+        let call = p.info.call;
+        if let Some(members) = self.calls.get_mut(&call) {
+            members.retain(|id| *id != peer);
+            if members.is_empty() {
+                self.calls.remove(&call);
+            }
+        }
+        for track in p.published.values() {
+            self.tracks.remove(track);
+        }
+        self.events
+            .push_back(SfuEvent::Closed { peer, info: p.info });
+        for other in self.calls.get(&call).cloned().unwrap_or_default() {
+            self.renegotiate(other, now);
+        }
+    }
+}
+
+/// A random token of `len` characters from `[a-zA-Z0-9]` (ICE ufrag/pwd).
+fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut bytes = vec![0u8; len];
+    getrandom_fill(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn getrandom_fill(bytes: &mut [u8]) {
+    let id = Uuid::new_v4();
+    let mut source = id.as_bytes().to_vec();
+    while source.len() < bytes.len() {
+        source.extend_from_slice(Uuid::new_v4().as_bytes());
+    }
+    bytes.copy_from_slice(&source[..bytes.len()]);
+}

@@ -1,0 +1,429 @@
+//! The SFU core with str0m clients in one process, on a virtual clock:
+//! datagrams go straight from one side's output to the other's input.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use protocol::signaling::ServerSignal;
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::net::Receive;
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use uuid::Uuid;
+
+use super::*;
+
+const EDGE: &str = "10.0.0.1:5000";
+const FRAME: Duration = Duration::from_millis(33);
+
+/// A received frame: the publisher's counter and whether it was a keyframe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Frame {
+    mid: Mid,
+    counter: u32,
+    keyframe: bool,
+}
+
+struct Client {
+    rtc: Rtc,
+    addr: SocketAddr,
+    peer: PeerId,
+    video: Option<Mid>,
+    audio: Option<Mid>,
+    connected: bool,
+    received: Vec<Frame>,
+    corrupt: usize,
+    /// Keyframe requests that reached this (publishing) client.
+    keyframe_requests: usize,
+    /// Send a keyframe next (asked for, or the first frame).
+    keyframe_due: bool,
+    frames_sent: u32,
+    track_lists: Vec<Vec<protocol::signaling::TrackInfo>>,
+}
+
+/// A synthetic VP8 frame: the P bit (bit 0 of byte 0) clear for a
+/// keyframe; then the counter; then a pattern the receiver checks.
+fn vp8_frame(counter: u32, keyframe: bool) -> Vec<u8> {
+    let mut data = vec![if keyframe { 0x10 } else { 0x11 }, 0, 0];
+    data.extend_from_slice(&counter.to_be_bytes());
+    let len = if keyframe { 3000 } else { 700 };
+    data.extend((0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(counter) as u8));
+    data
+}
+
+fn check_frame(data: &[u8]) -> Option<(u32, bool)> {
+    let counter = u32::from_be_bytes(data.get(3..7)?.try_into().ok()?);
+    let keyframe = data[0] & 1 == 0;
+    let len = if keyframe { 3000 } else { 700 };
+    let body = data.get(7..)?;
+    let expected = (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(counter) as u8);
+    (body.len() == len && body.iter().copied().eq(expected)).then_some((counter, keyframe))
+}
+
+struct World {
+    now: Instant,
+    /// Drop every n-th datagram the SFU sends to this address (a lossy link).
+    lossy: Option<(SocketAddr, usize)>,
+    lossy_count: usize,
+    sfu: Sfu,
+    clients: Vec<Client>,
+    call: Uuid,
+}
+
+impl World {
+    fn new(config: SfuConfig) -> Self {
+        str0m::crypto::from_feature_flags().install_process_default();
+        World {
+            now: Instant::now(),
+            lossy: None,
+            lossy_count: 0,
+            sfu: Sfu::new(config, EDGE.parse().unwrap()),
+            clients: Vec::new(),
+            call: Uuid::now_v7(),
+        }
+    }
+
+    /// A client joins, publishing video and audio if `publish`, else
+    /// offering a data channel only (a pure subscriber).
+    fn join(&mut self, publish: bool) -> Result<usize, JoinError> {
+        let index = self.clients.len();
+        let addr: SocketAddr = format!("10.0.1.{}:4000", index + 1).parse().unwrap();
+        let mut rtc = Rtc::builder()
+            .clear_codecs()
+            .enable_vp8(true)
+            .enable_opus(true, false)
+            .build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let mut api = rtc.sdp_api();
+        let (video, audio) = if publish {
+            (
+                Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None)),
+                Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None)),
+            )
+        } else {
+            api.add_channel("cascade".into());
+            (None, None)
+        };
+        let (offer, pending) = api.apply().unwrap();
+        let info = PeerInfo {
+            call: self.call,
+            user: Uuid::now_v7(),
+            device: format!("d{index}"),
+            session: Uuid::now_v7(),
+        };
+        let (peer, answer) = self.sfu.join(self.now, info, &offer.to_sdp_string())?;
+        rtc.sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+            .unwrap();
+        self.clients.push(Client {
+            rtc,
+            addr,
+            peer,
+            video,
+            audio,
+            connected: false,
+            received: Vec::new(),
+            corrupt: 0,
+            keyframe_requests: 0,
+            keyframe_due: true,
+            frames_sent: 0,
+            track_lists: Vec::new(),
+        });
+        self.pump();
+        Ok(index)
+    }
+
+    /// Moves datagrams and signaling both ways until nothing moves.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.clients.len() {
+                moved |= self.drain_client(i);
+            }
+            while let Some(t) = self.sfu.poll_transmit() {
+                moved = true;
+                if let Some((addr, every)) = self.lossy
+                    && addr == t.destination
+                {
+                    self.lossy_count += 1;
+                    if self.lossy_count.is_multiple_of(every) {
+                        continue;
+                    }
+                }
+                if let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) {
+                    let c = &mut self.clients[i];
+                    let receive = Receive::new(
+                        str0m::net::Protocol::Udp,
+                        EDGE.parse().unwrap(),
+                        c.addr,
+                        &t.contents,
+                    )
+                    .unwrap();
+                    let _ = c.rtc.handle_input(Input::Receive(self.now, receive));
+                }
+            }
+            while let Some((peer, signal)) = self.sfu.poll_signal() {
+                moved = true;
+                let Some(i) = self.clients.iter().position(|c| c.peer == peer) else {
+                    continue;
+                };
+                match signal {
+                    ServerSignal::Offer { sdp } => {
+                        let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
+                        let answer = self.clients[i].rtc.sdp_api().accept_offer(offer).unwrap();
+                        self.drain_client(i);
+                        self.sfu
+                            .handle_answer(self.now, peer, &answer.to_sdp_string())
+                            .unwrap();
+                    }
+                    ServerSignal::Tracks { tracks } => self.clients[i].track_lists.push(tracks),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Sends a client's datagrams to the SFU and handles its events.
+    fn drain_client(&mut self, i: usize) -> bool {
+        let mut moved = false;
+        loop {
+            let c = &mut self.clients[i];
+            match c.rtc.poll_output().unwrap() {
+                Output::Transmit(t) => {
+                    moved = true;
+                    let (source, contents) = (t.source, t.contents.to_vec());
+                    self.sfu.handle_receive(self.now, source, &contents);
+                }
+                Output::Timeout(_) => return moved,
+                Output::Event(event) => match event {
+                    Event::Connected => c.connected = true,
+                    Event::MediaData(data) if data.params.spec().codec == Codec::Vp8 => {
+                        match check_frame(&data.data) {
+                            Some((counter, keyframe)) => c.received.push(Frame {
+                                mid: data.mid,
+                                counter,
+                                keyframe,
+                            }),
+                            None => c.corrupt += 1,
+                        }
+                    }
+                    Event::KeyframeRequest(_) => {
+                        c.keyframe_requests += 1;
+                        c.keyframe_due = true;
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Runs `duration` of virtual time: publishers send a frame every
+    /// 33 ms (and 20 ms of Opus), timers fire, datagrams move.
+    fn run(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        let mut next_frame = self.now;
+        while self.now < end {
+            if self.now >= next_frame {
+                next_frame += FRAME;
+                for i in 0..self.clients.len() {
+                    self.send_frame(i);
+                }
+            }
+            for c in &mut self.clients {
+                let _ = c.rtc.handle_input(Input::Timeout(self.now));
+            }
+            self.sfu.handle_timeout(self.now);
+            self.pump();
+            self.now += Duration::from_millis(1);
+        }
+    }
+
+    fn send_frame(&mut self, i: usize) {
+        let now = self.now;
+        let c = &mut self.clients[i];
+        let (Some(video), Some(audio)) = (c.video, c.audio) else {
+            return;
+        };
+        if !c.connected {
+            return;
+        }
+        let keyframe = std::mem::take(&mut c.keyframe_due);
+        let counter = c.frames_sent;
+        c.frames_sent += 1;
+        let w = c.rtc.writer(video).unwrap();
+        let pt = w
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .unwrap()
+            .pt();
+        w.write(
+            pt,
+            now,
+            MediaTime::from_90khz(u64::from(counter) * 3000),
+            vp8_frame(counter, keyframe),
+        )
+        .unwrap();
+        self.drain_client(i);
+        let c = &mut self.clients[i];
+        let w = c.rtc.writer(audio).unwrap();
+        let pt = w
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .unwrap()
+            .pt();
+        w.write(
+            pt,
+            now,
+            MediaTime::new(u64::from(counter) * 1600, Frequency::FORTY_EIGHT_KHZ),
+            vec![0xf8, 0xff, 0xfe],
+        )
+        .unwrap();
+        self.drain_client(i);
+    }
+}
+
+#[test]
+fn one_publisher_reaches_five_subscribers_with_every_frame_intact() {
+    let mut world = World::new(SfuConfig::default());
+    let publisher = world.join(true).unwrap();
+    let subscribers: Vec<usize> = (0..5).map(|_| world.join(false).unwrap()).collect();
+    world.run(Duration::from_secs(3));
+    let sent = world.clients[publisher].frames_sent;
+    assert!(sent > 60, "the publisher connected and sent ({sent})");
+    assert_eq!(world.sfu.tracks(), 2);
+    assert_eq!(world.sfu.subscriptions(), 10, "5 × (video + audio)");
+    for &s in &subscribers {
+        let c = &world.clients[s];
+        assert_eq!(c.corrupt, 0, "payloads arrive byte for byte");
+        assert!(
+            c.received.first().is_some_and(|f| f.keyframe),
+            "starts on a keyframe"
+        );
+        let counters: Vec<u32> = c.received.iter().map(|f| f.counter).collect();
+        let first = counters[0];
+        let expected: Vec<u32> = (first..first + counters.len() as u32).collect();
+        assert_eq!(counters, expected, "no gaps or reordering after the first");
+        assert!(
+            counters.len() as u32 + first + 5 >= sent,
+            "got {} of {sent}",
+            counters.len()
+        );
+        let tracks = c.track_lists.last().unwrap();
+        assert_eq!(tracks.len(), 2, "told whose video and audio it receives");
+        assert!(tracks.iter().all(|t| t.device_id == "d0"));
+    }
+}
+
+#[test]
+fn a_late_joiner_gets_a_keyframe_within_a_second() {
+    let mut world = World::new(SfuConfig::default());
+    let publisher = world.join(true).unwrap();
+    world.join(false).unwrap();
+    world.run(Duration::from_secs(2));
+    let requests_before = world.clients[publisher].keyframe_requests;
+    let late = world.join(false).unwrap();
+    world.run(Duration::from_secs(1));
+    let c = &world.clients[late];
+    assert!(
+        c.received.first().is_some_and(|f| f.keyframe),
+        "{:?}",
+        c.received.first()
+    );
+    assert!(world.clients[publisher].keyframe_requests > requests_before);
+}
+
+#[test]
+fn leaving_removes_the_tracks_from_the_others() {
+    let mut world = World::new(SfuConfig::default());
+    let a = world.join(true).unwrap();
+    let b = world.join(true).unwrap();
+    world.run(Duration::from_secs(2));
+    assert!(!world.clients[b].received.is_empty(), "b receives a");
+    assert!(!world.clients[a].received.is_empty(), "a receives b");
+    assert_eq!(world.sfu.subscriptions(), 4);
+    world.sfu.leave(world.now, world.clients[a].peer);
+    world.pump();
+    let closed = std::iter::from_fn(|| world.sfu.poll_event())
+        .any(|e| matches!(e, SfuEvent::Closed { peer, .. } if peer == world.clients[a].peer));
+    assert!(closed, "the shell hears that the session ended");
+    assert_eq!(world.sfu.tracks(), 2);
+    assert_eq!(
+        world.sfu.subscriptions(),
+        0,
+        "b's subscriptions to a were removed"
+    );
+    assert_eq!(world.clients[b].track_lists.last().unwrap().len(), 0);
+}
+
+#[test]
+fn limits_and_bad_input_are_refused_without_harm() {
+    let mut world = World::new(SfuConfig {
+        max_participants_per_call: 2,
+        ..SfuConfig::default()
+    });
+    world.join(true).unwrap();
+    world.join(false).unwrap();
+    assert_eq!(world.join(false).err(), Some(JoinError::CallFull(2)));
+    let info = PeerInfo {
+        call: Uuid::now_v7(),
+        user: Uuid::now_v7(),
+        device: "x".into(),
+        session: Uuid::now_v7(),
+    };
+    assert!(matches!(
+        world.sfu.join(world.now, info, "v=0 nonsense"),
+        Err(JoinError::BadSdp(_))
+    ));
+    // Garbage datagrams from anywhere: dropped, nobody hurt.
+    let stranger: SocketAddr = "10.9.9.9:9".parse().unwrap();
+    for junk in [
+        &b""[..],
+        &[0u8; 3],
+        &[0x16; 50],
+        &[0x80; 200],
+        &[0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42],
+    ] {
+        assert!(!world.sfu.handle_receive(world.now, stranger, junk));
+        let known = world.clients[0].addr;
+        world.sfu.handle_receive(world.now, known, junk);
+    }
+    assert!(world.sfu.handle_answer(world.now, 999, "v=0").is_err());
+    let subscriber = world.clients[1].peer;
+    assert!(matches!(
+        world.sfu.handle_answer(world.now, subscriber, "v=0"),
+        Err(SignalError::BadSdp(_))
+    ));
+    world.run(Duration::from_secs(2));
+    assert!(!world.clients[1].received.is_empty(), "the call carried on");
+    assert_eq!(world.clients[1].corrupt, 0);
+}
+
+#[test]
+fn a_subscriber_on_a_lossy_link_recovers_frames_through_nack() {
+    let mut world = World::new(SfuConfig::default());
+    let publisher = world.join(true).unwrap();
+    let lossy = world.join(false).unwrap();
+    world.run(Duration::from_secs(1));
+    // From now on every 10th datagram to the subscriber is lost.
+    world.lossy = Some((world.clients[lossy].addr, 10));
+    world.run(Duration::from_secs(4));
+    world.lossy = None;
+    world.run(Duration::from_millis(500));
+    let c = &world.clients[lossy];
+    assert!(
+        world.lossy_count > 100,
+        "the link really dropped ({})",
+        world.lossy_count / 10
+    );
+    assert_eq!(c.corrupt, 0);
+    let counters: Vec<u32> = c.received.iter().map(|f| f.counter).collect();
+    let first = counters[0];
+    let missing: Vec<u32> = (first..world.clients[publisher].frames_sent - 5)
+        .filter(|n| !counters.contains(n))
+        .collect();
+    assert!(missing.is_empty(), "frames lost for good: {missing:?}");
+}

@@ -1,0 +1,90 @@
+//! Client ↔ edge signaling on `GET /v1/rtc` (a WebSocket opened with a join
+//! token): JSON text frames tagged by `type`. The client offers first; after
+//! that the edge offers whenever the tracks a client should receive change
+//! (participants or tracks come and go), and tells the client which
+//! stream belongs to which participant. Only one offer is outstanding per
+//! direction at a time; the edge waits for the answer to its offer before it
+//! sends the next.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientSignal {
+    /// The client's SDP offer (its own tracks; the first message).
+    Offer {
+        /// SDP.
+        sdp: String,
+    },
+    /// The answer to the edge's last offer.
+    Answer {
+        /// SDP.
+        sdp: String,
+    },
+    /// The client leaves (the socket closing says the same).
+    Leave,
+}
+
+/// What the edge sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerSignal {
+    /// The edge's answer to the client's offer.
+    Answer {
+        /// SDP.
+        sdp: String,
+    },
+    /// An edge-initiated offer (tracks to receive were added or removed);
+    /// reply with `answer`.
+    Offer {
+        /// SDP.
+        sdp: String,
+    },
+    /// Which received stream belongs to whom: every track the client
+    /// receives now, by the `mid` of its m-line.
+    Tracks {
+        /// The tracks.
+        tracks: Vec<TrackInfo>,
+    },
+    /// The request was refused or the session cannot go on.
+    Error {
+        /// `snake_case` reason (`call_full`, `node_full`, `bad_sdp`, ...).
+        code: String,
+        /// For people.
+        message: String,
+    },
+}
+
+/// A track the client receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    /// The m-line in the client's session.
+    pub mid: String,
+    /// `audio` or `video`.
+    pub kind: String,
+    /// The participant who publishes it.
+    pub user_id: Uuid,
+    /// Their device.
+    pub device_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_tagged_and_strict() {
+        let offer: ClientSignal = serde_json::from_str(r#"{"type":"offer","sdp":"v=0"}"#).unwrap();
+        assert_eq!(offer, ClientSignal::Offer { sdp: "v=0".into() });
+        assert!(serde_json::from_str::<ClientSignal>(r#"{"type":"offer"}"#).is_err());
+        assert!(serde_json::from_str::<ClientSignal>(r#"{"type":"nope"}"#).is_err());
+        let text = serde_json::to_string(&ServerSignal::Error {
+            code: "call_full".into(),
+            message: "m".into(),
+        })
+        .unwrap();
+        assert_eq!(text, r#"{"type":"error","code":"call_full","message":"m"}"#);
+    }
+}
