@@ -14,11 +14,14 @@ pub struct CascadeConfig {
     pub telemetry: TelemetryConfig,
     /// `cascade control-plane` (`[control_plane]`).
     pub control_plane: ControlPlaneConfig,
+    /// `cascade edge` (`[edge]`).
+    pub edge: edge_node::EdgeConfig,
 }
 
 impl Validate for CascadeConfig {
     fn validate(&self, v: &mut Validator) {
         v.section("telemetry", &self.telemetry);
         v.section("control_plane", &self.control_plane);
+        v.section("edge", &self.edge);
     }
 }

@@ -42,6 +42,8 @@ struct Cli {
 enum Command {
     /// Run a control-plane replica: accounts, conversations, calls, placement.
     ControlPlane(ServiceArgs),
+    /// Run an edge SFU node (`[edge]`): WebRTC media for the calls placed on it.
+    Edge(ServiceArgs),
     /// Account administration on the configured database.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -170,6 +172,15 @@ fn main() -> ExitCode {
             let config = loaded.config;
             service::telemetry::init_tracing(&config.telemetry);
             exit_with(admin(command, &config.control_plane))
+        }
+        Command::Edge(args) => {
+            if args.print_config {
+                return print_config(&loaded);
+            }
+            let config = loaded.config;
+            service::telemetry::init_tracing(&config.telemetry);
+            str0m::crypto::from_feature_flags().install_process_default();
+            exit_with(run::<edge_node::Edge>(config.edge))
         }
         Command::ControlPlane(args) => {
             if args.print_config {

@@ -8,5 +8,13 @@
 //! Architecture invariant (to keep when it lands): forwarding decisions are
 //! plain data and functions of `now`, with no sockets or tokio inside.
 
+pub mod app;
+pub mod config;
 pub mod join_token;
+pub mod registration;
 pub mod sfu;
+pub mod signaling;
+pub mod worker;
+
+pub use app::{Edge, EdgeAddrs, StartError};
+pub use config::EdgeConfig;

@@ -1,0 +1,263 @@
+//! `cascade edge`: what `build` binds and what `run` serves.
+//!
+//! Shutdown (SIGTERM): the node says it is draining in an immediate
+//! heartbeat (the control plane stops placing calls here and sends its
+//! participants `call.migrate`), refuses new sessions, waits for its
+//! participants to leave (bounded by `drain_timeout_secs`), deregisters,
+//! and stops its workers.
+
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use service::{HttpServer, Metrics, Readiness, Service, Shutdown};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::config::EdgeConfig;
+use crate::registration::ControlPlaneLink;
+use crate::sfu::SfuConfig;
+use crate::worker::{self, WorkerHandle, WorkerShared};
+
+/// Why the edge could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot bind {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// Serving HTTP failed.
+    #[error("serving HTTP failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Where a running edge can be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeAddrs {
+    /// Signaling and operator endpoints.
+    pub http: SocketAddr,
+    /// Each worker's media socket (as advertised).
+    pub media: Vec<SocketAddr>,
+}
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct EdgeState(Arc<Inner>);
+
+/// The parts of [`EdgeState`].
+pub struct Inner {
+    /// The control plane.
+    pub link: Arc<ControlPlaneLink>,
+    /// The media workers.
+    pub workers: Vec<WorkerHandle>,
+    draining: AtomicBool,
+}
+
+impl std::ops::Deref for EdgeState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl EdgeState {
+    /// The worker a call is pinned to (every participant of a call on this
+    /// node shares one core, so forwarding never crosses threads).
+    pub fn worker_for(&self, call: Uuid) -> &WorkerHandle {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        call.hash(&mut hasher);
+        let index = (hasher.finish() % self.workers.len().max(1) as u64) as usize;
+        &self.workers[index]
+    }
+
+    /// Whether the node is shutting down (no new sessions).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    fn participants(&self) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| w.shared.participants.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+struct PendingWorker {
+    socket: tokio::net::UdpSocket,
+    advertised: SocketAddr,
+    commands: mpsc::Receiver<worker::Command>,
+    shared: Arc<WorkerShared>,
+}
+
+/// One edge node, bound and ready to run.
+pub struct Edge {
+    config: EdgeConfig,
+    http: HttpServer,
+    router: Router,
+    state: EdgeState,
+    pending: Vec<PendingWorker>,
+    readiness: Readiness,
+}
+
+impl Service for Edge {
+    type Config = EdgeConfig;
+    type Addrs = EdgeAddrs;
+    type Error = StartError;
+
+    async fn build(config: EdgeConfig) -> Result<Self, StartError> {
+        let metrics = Metrics::new("edge");
+        let http = HttpServer::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let mut workers = Vec::new();
+        let mut pending = Vec::new();
+        for i in 0..config.worker_count() {
+            let port = if config.media_port == 0 {
+                0
+            } else {
+                config.media_port.saturating_add(i as u16)
+            };
+            let bind = SocketAddr::new(config.media_ip, port);
+            let socket = worker::bind(bind)
+                .await
+                .map_err(|source| StartError::Bind { addr: bind, source })?;
+            let local = socket
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr: bind, source })?;
+            let advertised = SocketAddr::new(config.public_ip.unwrap_or(local.ip()), local.port());
+            let (tx, rx) = mpsc::channel(256);
+            let shared = Arc::new(WorkerShared::default());
+            workers.push(WorkerHandle {
+                commands: tx,
+                addr: advertised,
+                shared: shared.clone(),
+            });
+            pending.push(PendingWorker {
+                socket,
+                advertised,
+                commands: rx,
+                shared,
+            });
+        }
+        let state = EdgeState(Arc::new(Inner {
+            link: Arc::new(ControlPlaneLink::new(&config)),
+            workers,
+            draining: AtomicBool::new(false),
+        }));
+        let readiness = Readiness::new(Vec::new());
+        let router = Router::new()
+            .route("/v1/rtc", axum::routing::get(crate::signaling::upgrade))
+            .with_state(state.clone())
+            .merge(service::ops::routes(metrics.clone(), readiness.clone()));
+        let router = service::ops::measure(router, metrics);
+        tracing::info!(
+            node_id = %config.node_id,
+            http = %http.local_addr(),
+            media = ?state.workers.iter().map(|w| w.addr).collect::<Vec<_>>(),
+            "edge bound"
+        );
+        Ok(Edge {
+            config,
+            http,
+            router,
+            state,
+            pending,
+            readiness,
+        })
+    }
+
+    fn addrs(&self) -> EdgeAddrs {
+        EdgeAddrs {
+            http: self.http.local_addr(),
+            media: self.state.workers.iter().map(|w| w.addr).collect(),
+        }
+    }
+
+    async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
+        let Edge {
+            config,
+            http,
+            router,
+            state,
+            pending,
+            readiness,
+        } = self;
+        let (stop_workers, workers_stop) = service::lifecycle::shutdown_channel();
+        let (gone_tx, gone_rx) = mpsc::unbounded_channel();
+        let sfu_config = SfuConfig {
+            max_participants_per_call: config.max_participants_per_call,
+            max_participants: config.capacity as usize,
+            ..SfuConfig::default()
+        };
+        let mut tasks = Vec::new();
+        for w in pending {
+            tasks.push(tokio::spawn(worker::run(
+                w.socket,
+                w.advertised,
+                sfu_config.clone(),
+                w.commands,
+                w.shared,
+                gone_tx.clone(),
+                workers_stop.clone().wait(),
+            )));
+        }
+        drop(gone_tx);
+        let reporter = tokio::spawn(state.link.clone().report_gone(gone_rx));
+        // Keys first, so the first joins need no fetch; then heartbeats.
+        state.link.refresh_keys().await;
+        let heartbeats = {
+            let (state, config, shutdown) = (state.clone(), config.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(config.heartbeat_interval());
+                let stop = shutdown.clone().wait();
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = &mut stop, if !state.draining() => {
+                            state.draining.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    state
+                        .link
+                        .heartbeat(&config, &state.workers, state.draining())
+                        .await;
+                }
+            })
+        };
+        let drain_state = state.clone();
+        let served = http
+            .serve(router, shutdown, config.drain_timeout(), move || {
+                drain_state.draining.store(true, Ordering::SeqCst);
+                readiness.start_draining();
+            })
+            .await;
+        // Participants move elsewhere (the control plane saw us draining);
+        // give them until the drain timeout.
+        let deadline = tokio::time::Instant::now() + config.drain_timeout();
+        while state.participants() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        heartbeats.abort();
+        state.link.deregister().await;
+        stop_workers.trigger();
+        for task in tasks {
+            let _ = task.await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), reporter).await;
+        tracing::info!("edge stopped");
+        served.map_err(StartError::Serve)
+    }
+}

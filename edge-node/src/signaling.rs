@@ -1,0 +1,184 @@
+//! `GET /v1/rtc`: one WebSocket per participant session, authenticated
+//! with a join token (bearer header, or `?token=` for browsers). The first
+//! frame is the client's offer; then edge offers, track lists and answers
+//! flow until either side leaves. See `docs/signaling.md`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use protocol::signaling::{ClientSignal, ServerSignal};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::app::EdgeState;
+use crate::sfu::PeerInfo;
+use crate::worker::Command;
+
+/// Largest signaling frame (an SDP with many m-lines fits easily).
+const MAX_FRAME: usize = 64 * 1024;
+/// Time to send the offer after connecting.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames a client may send per second before it is cut off.
+const MAX_FRAMES_PER_SEC: u32 = 50;
+
+/// `?token=`.
+#[derive(Debug, Deserialize)]
+pub struct RtcQuery {
+    token: Option<String>,
+}
+
+/// Verifies the join token, then upgrades.
+pub async fn upgrade(
+    State(state): State<EdgeState>,
+    Query(query): Query<RtcQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let header_token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(token) = header_token.or(query.token.as_deref()) else {
+        return (StatusCode::UNAUTHORIZED, "missing join token").into_response();
+    };
+    let claims = match state.link.verify(token).await {
+        Ok(claims) => claims,
+        Err(error) => {
+            tracing::info!(%error, "join token refused");
+            return (StatusCode::UNAUTHORIZED, "invalid join token").into_response();
+        }
+    };
+    if state.draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this edge is draining").into_response();
+    }
+    let info = PeerInfo {
+        call: claims.call,
+        user: claims.sub,
+        device: claims.device,
+        session: claims.session,
+    };
+    upgrade
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| session(socket, state, info))
+}
+
+async fn send(socket: &mut WebSocket, signal: &ServerSignal) -> bool {
+    let Ok(text) = serde_json::to_string(signal) else {
+        return false;
+    };
+    socket.send(Message::Text(text.into())).await.is_ok()
+}
+
+fn error(code: &str, message: impl Into<String>) -> ServerSignal {
+    ServerSignal::Error {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+/// One participant's signaling session.
+async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
+    let worker = state.worker_for(info.call);
+    // The offer comes first.
+    let offer = match tokio::time::timeout(OFFER_TIMEOUT, socket.recv()).await {
+        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<ClientSignal>(&text) {
+            Ok(ClientSignal::Offer { sdp }) => sdp,
+            _ => {
+                send(
+                    &mut socket,
+                    &error("bad_message", "the first frame must be an offer"),
+                )
+                .await;
+                return;
+            }
+        },
+        _ => return,
+    };
+    let (signals_tx, mut signals) = mpsc::channel(64);
+    let (reply_tx, reply) = oneshot::channel();
+    let join = Command::Join {
+        info: info.clone(),
+        offer,
+        signals: signals_tx,
+        reply: reply_tx,
+    };
+    if worker.commands.send(join).await.is_err() {
+        send(
+            &mut socket,
+            &error("unavailable", "this edge is shutting down"),
+        )
+        .await;
+        return;
+    }
+    let peer = match reply.await {
+        Ok(Ok((peer, answer))) => {
+            if !send(&mut socket, &ServerSignal::Answer { sdp: answer }).await {
+                let _ = worker.commands.send(Command::Leave { peer }).await;
+                return;
+            }
+            peer
+        }
+        Ok(Err(refused)) => {
+            send(&mut socket, &error(refused.code(), refused.to_string())).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    tracing::info!(peer, call = %info.call, user = %info.user, device = %info.device, "participant joined");
+    let mut window = tokio::time::Instant::now();
+    let mut frames = 0u32;
+    loop {
+        tokio::select! {
+            signal = signals.recv() => match signal {
+                Some(signal) => if !send(&mut socket, &signal).await { break },
+                None => break, // the worker closed this peer
+            },
+            message = socket.recv() => {
+                let Some(Ok(message)) = message else { break };
+                if window.elapsed() >= Duration::from_secs(1) {
+                    window = tokio::time::Instant::now();
+                    frames = 0;
+                }
+                frames += 1;
+                if frames > MAX_FRAMES_PER_SEC {
+                    send(&mut socket, &error("rate_limited", "too many signaling frames")).await;
+                    break;
+                }
+                match message {
+                    Message::Text(text) => match serde_json::from_str::<ClientSignal>(&text) {
+                        Ok(ClientSignal::Answer { sdp }) => {
+                            let (tx, rx) = oneshot::channel();
+                            if worker.commands.send(Command::Answer { peer, sdp, reply: tx }).await.is_err() {
+                                break;
+                            }
+                            if let Ok(Err(refused)) = rx.await {
+                                send(&mut socket, &error("bad_sdp", refused.to_string())).await;
+                            }
+                        }
+                        Ok(ClientSignal::Leave) => break,
+                        Ok(ClientSignal::Offer { .. }) => {
+                            send(&mut socket, &error("bad_message", "renegotiation is offered by the edge")).await;
+                        }
+                        Err(e) => {
+                            send(&mut socket, &error("bad_message", e.to_string())).await;
+                        }
+                    },
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let _ = worker.commands.send(Command::Leave { peer }).await;
+    tracing::info!(peer, call = %info.call, "participant left");
+    let _ = Arc::strong_count(&state.link);
+}
