@@ -113,7 +113,7 @@ impl Service for Edge {
     type Addrs = EdgeAddrs;
     type Error = StartError;
 
-    async fn build(config: EdgeConfig) -> Result<Self, StartError> {
+    async fn build(mut config: EdgeConfig) -> Result<Self, StartError> {
         let metrics = Metrics::new("edge");
         let http = HttpServer::bind(config.listen)
             .await
@@ -121,6 +121,10 @@ impl Service for Edge {
                 addr: config.listen,
                 source,
             })?;
+        // Clients must reach the port actually bound (port 0 in tests).
+        if config.public_url.is_none() {
+            config.public_url = Some(format!("ws://{}", http.local_addr()));
+        }
         let mut workers = Vec::new();
         let mut pending = Vec::new();
         for i in 0..config.worker_count() {

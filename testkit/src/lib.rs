@@ -18,6 +18,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod bot;
 pub mod client;
 pub mod control_plane;
 pub mod servers;

@@ -10,6 +10,8 @@
 //! - `calls`: call lifecycle, busy, missed exactly once across replicas,
 //!   group calls, history/stats, the node API, regions, migration, join
 //!   tokens checked by the edge's verifier.
+//! - `edge`: an edge node with str0m bots over real UDP and WebSocket,
+//!   joined through the control plane's API.
 //! - `gateway`: the WebSocket gateway, live and resumed, on one and two
 //!   replicas, through a Redis restart.
 
@@ -20,4 +22,5 @@ mod calls;
 mod cli;
 mod control_plane;
 mod durability;
+mod edge;
 mod gateway;

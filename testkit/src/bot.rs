@@ -1,0 +1,323 @@
+//! A headless WebRTC client on str0m: it joins a call through the real
+//! signaling socket and a real UDP socket, publishes synthetic VP8 (a frame
+//! every 33 ms, keyframes when asked) and Opus, and checks every frame it
+//! receives byte for byte.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use protocol::signaling::{ClientSignal, ServerSignal, TrackInfo};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What a bot saw.
+#[derive(Debug, Clone, Default)]
+pub struct BotReport {
+    /// ICE and DTLS came up.
+    pub connected: bool,
+    /// Video frames sent.
+    pub frames_sent: u32,
+    /// Received video frames per mid: the publishers' counters in arrival order.
+    pub received: BTreeMap<String, Vec<u32>>,
+    /// Whether each mid's first frame was a keyframe.
+    pub first_was_keyframe: BTreeMap<String, bool>,
+    /// Received frames whose bytes were wrong.
+    pub corrupt: u32,
+    /// Keyframe requests that reached this publisher.
+    pub keyframe_requests: u32,
+    /// The last track list from the edge.
+    pub tracks: Vec<TrackInfo>,
+    /// Signaling errors from the edge.
+    pub errors: Vec<String>,
+    /// Audio packets received.
+    pub audio_packets: u32,
+}
+
+/// A running bot.
+pub struct Bot {
+    report: Arc<Mutex<BotReport>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Why a bot could not join.
+#[derive(Debug)]
+pub struct BotError(pub String);
+
+impl std::fmt::Display for BotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A synthetic VP8 frame: P bit clear for a keyframe, the counter, then a
+/// pattern derived from it.
+pub fn vp8_frame(counter: u32, keyframe: bool) -> Vec<u8> {
+    let mut data = vec![if keyframe { 0x10 } else { 0x11 }, 0, 0];
+    data.extend_from_slice(&counter.to_be_bytes());
+    let len = if keyframe { 3000 } else { 700 };
+    data.extend((0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(counter) as u8));
+    data
+}
+
+/// The counter and keyframe flag of an intact [`vp8_frame`].
+pub fn check_frame(data: &[u8]) -> Option<(u32, bool)> {
+    let counter = u32::from_be_bytes(data.get(3..7)?.try_into().ok()?);
+    let keyframe = data.first()? & 1 == 0;
+    let len = if keyframe { 3000 } else { 700 };
+    let body = data.get(7..)?;
+    let expected = (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(counter) as u8);
+    (body.len() == len && body.iter().copied().eq(expected)).then_some((counter, keyframe))
+}
+
+struct State {
+    rtc: Rtc,
+    socket: Arc<UdpSocket>,
+    video: Option<Mid>,
+    audio: Option<Mid>,
+    keyframe_due: bool,
+    report: Arc<Mutex<BotReport>>,
+}
+
+impl State {
+    /// Drains str0m's output; returns its next timeout.
+    async fn drain(&mut self) -> Instant {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => {
+                    let _ = self.socket.send_to(&t.contents, t.destination).await;
+                }
+                Ok(Output::Timeout(at)) => return at,
+                Ok(Output::Event(event)) => self.event(event),
+                Err(_) => return Instant::now() + Duration::from_millis(50),
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::Connected => report.connected = true,
+            Event::MediaData(data) => {
+                if data.params.spec().codec == Codec::Vp8 {
+                    match check_frame(&data.data) {
+                        Some((counter, keyframe)) => {
+                            let mid = data.mid.to_string();
+                            report
+                                .first_was_keyframe
+                                .entry(mid.clone())
+                                .or_insert(keyframe);
+                            report.received.entry(mid).or_default().push(counter);
+                        }
+                        None => report.corrupt += 1,
+                    }
+                } else {
+                    report.audio_packets += 1;
+                }
+            }
+            Event::KeyframeRequest(_) => {
+                report.keyframe_requests += 1;
+                self.keyframe_due = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes one video frame (then the caller drains: str0m wants its
+    /// output drained after every write).
+    fn send_video(&mut self, counter: u32, now: Instant) {
+        let Some(video) = self.video else {
+            return;
+        };
+        let keyframe = std::mem::take(&mut self.keyframe_due);
+        let vp8 = self.pt(video, Codec::Vp8);
+        if let (Some(pt), Some(w)) = (vp8, self.rtc.writer(video)) {
+            let _ = w.write(
+                pt,
+                now,
+                MediaTime::from_90khz(u64::from(counter) * 3000),
+                vp8_frame(counter, keyframe),
+            );
+        }
+    }
+
+    /// Writes one Opus packet.
+    fn send_audio(&mut self, counter: u32, now: Instant) {
+        let Some(audio) = self.audio else {
+            return;
+        };
+        let opus = self.pt(audio, Codec::Opus);
+        if let (Some(pt), Some(w)) = (opus, self.rtc.writer(audio)) {
+            let _ = w.write(
+                pt,
+                now,
+                MediaTime::new(u64::from(counter) * 1600, Frequency::FORTY_EIGHT_KHZ),
+                vec![0xf8, 0xff, 0xfe],
+            );
+        }
+    }
+
+    fn pt(&mut self, mid: Mid, codec: Codec) -> Option<str0m::media::Pt> {
+        let w = self.rtc.writer(mid)?;
+        w.payload_params()
+            .find(|p| p.spec().codec == codec)
+            .map(|p| p.pt())
+    }
+}
+
+impl Bot {
+    /// Joins with a `POST /v1/calls/{id}/join` response (`edge.signaling_url`
+    /// and `token`), publishing video and audio if `publish`.
+    pub async fn join(join: &serde_json::Value, publish: bool) -> Result<Bot, BotError> {
+        let url = join["edge"]["signaling_url"]
+            .as_str()
+            .ok_or_else(|| BotError("no signaling_url".into()))?;
+        let token = join["token"]
+            .as_str()
+            .ok_or_else(|| BotError("no token".into()))?;
+        let socket = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| BotError(e.to_string()))?;
+        let local: SocketAddr = socket.local_addr().map_err(|e| BotError(e.to_string()))?;
+        let mut rtc = Rtc::builder()
+            .clear_codecs()
+            .enable_vp8(true)
+            .enable_opus(true, false)
+            .build(Instant::now());
+        let candidate = Candidate::host(local, "udp").map_err(|e| BotError(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let mut api = rtc.sdp_api();
+        let (video, audio) = if publish {
+            (
+                Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None)),
+                Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None)),
+            )
+        } else {
+            api.add_channel("cascade".into());
+            (None, None)
+        };
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| BotError("nothing to offer".into()))?;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}"))
+            .await
+            .map_err(|e| BotError(format!("signaling: {e}")))?;
+        let offer = serde_json::to_string(&ClientSignal::Offer {
+            sdp: offer.to_sdp_string(),
+        })
+        .map_err(|e| BotError(e.to_string()))?;
+        ws.send(Message::Text(offer.into()))
+            .await
+            .map_err(|e| BotError(e.to_string()))?;
+        let answer = loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .map_err(|_| BotError("no answer".into()))?
+                .ok_or_else(|| BotError("signaling closed".into()))?
+                .map_err(|e| BotError(e.to_string()))?;
+            if let Message::Text(text) = frame {
+                match serde_json::from_str::<ServerSignal>(&text) {
+                    Ok(ServerSignal::Answer { sdp }) => break sdp,
+                    Ok(ServerSignal::Error { code, message }) => {
+                        return Err(BotError(format!("{code}: {message}")));
+                    }
+                    _ => {}
+                }
+            }
+        };
+        let answer = SdpAnswer::from_sdp_string(&answer).map_err(|e| BotError(e.to_string()))?;
+        rtc.sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| BotError(e.to_string()))?;
+        let report = Arc::new(Mutex::new(BotReport::default()));
+        let socket = Arc::new(socket);
+        let mut state = State {
+            rtc,
+            socket: socket.clone(),
+            video,
+            audio,
+            keyframe_due: true,
+            report: report.clone(),
+        };
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut ticker = tokio::time::interval(Duration::from_millis(33));
+            let mut counter = 0u32;
+            let mut wake = state.drain().await;
+            loop {
+                tokio::select! {
+                    received = socket.recv_from(&mut buf) => {
+                        let Ok((n, source)) = received else { continue };
+                        if let Ok(r) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {
+                            let _ = state.rtc.handle_input(Input::Receive(Instant::now(), r));
+                        }
+                    }
+                    () = tokio::time::sleep_until(wake.into()) => {
+                        let _ = state.rtc.handle_input(Input::Timeout(Instant::now()));
+                    }
+                    _ = ticker.tick() => {
+                        let connected = state.report.lock().map(|r| r.connected).unwrap_or(false);
+                        if publish && connected {
+                            state.send_video(counter, Instant::now());
+                            state.drain().await;
+                            state.send_audio(counter, Instant::now());
+                            counter += 1;
+                            if let Ok(mut r) = state.report.lock() { r.frames_sent = counter; }
+                        }
+                    }
+                    frame = ws.next() => match frame {
+                        Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerSignal>(&text) {
+                            Ok(ServerSignal::Offer { sdp }) => {
+                                let answer = SdpOffer::from_sdp_string(&sdp)
+                                    .ok()
+                                    .and_then(|offer| state.rtc.sdp_api().accept_offer(offer).ok());
+                                if let Some(answer) = answer {
+                                    let text = serde_json::to_string(&ClientSignal::Answer { sdp: answer.to_sdp_string() }).unwrap_or_default();
+                                    let _ = ws.send(Message::Text(text.into())).await;
+                                }
+                            }
+                            Ok(ServerSignal::Tracks { tracks }) => {
+                                if let Ok(mut r) = state.report.lock() { r.tracks = tracks; }
+                            }
+                            Ok(ServerSignal::Error { code, message }) => {
+                                if let Ok(mut r) = state.report.lock() { r.errors.push(format!("{code}: {message}")); }
+                            }
+                            _ => {}
+                        },
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                    _ = &mut stopped => {
+                        let leave = serde_json::to_string(&ClientSignal::Leave).unwrap_or_default();
+                        let _ = ws.send(Message::Text(leave.into())).await;
+                        let _ = ws.close(None).await;
+                        break;
+                    }
+                }
+                wake = state.drain().await;
+            }
+        });
+        Ok(Bot { report, stop, task })
+    }
+
+    /// What it saw so far.
+    pub fn report(&self) -> BotReport {
+        self.report.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Leaves the call and stops.
+    pub async fn leave(self) -> BotReport {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+        self.report.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}

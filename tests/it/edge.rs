@@ -1,0 +1,190 @@
+//! The edge over real sockets: a control plane and an edge through their
+//! production `build`/`run`; str0m bots get join tokens from the real API,
+//! connect to `/v1/rtc` and send media over UDP.
+
+use std::time::Duration;
+
+use edge_node::{Edge, EdgeConfig};
+use reqwest::Method;
+use serde_json::{Value, json};
+use service::Service;
+use testkit::app::{Backend, TestApp};
+use testkit::bot::Bot;
+use testkit::client::TestUser;
+
+const SECRET: &str = control_plane::config::TEST_CLUSTER_SECRET;
+
+struct RunningEdge {
+    addrs: edge_node::EdgeAddrs,
+    stop: service::ShutdownTrigger,
+    task: tokio::task::JoinHandle<Result<(), edge_node::StartError>>,
+}
+
+async fn start_edge(app: &TestApp, id: &str) -> RunningEdge {
+    str0m::crypto::from_feature_flags().install_process_default();
+    let mut config = EdgeConfig::for_tests(id);
+    config.control_plane_url = Some(app.url(""));
+    config.credential = Some(control_plane::api::node_credential(SECRET, id));
+    let edge = Edge::build(config).await.expect("edge starts");
+    let addrs = edge.addrs();
+    let (stop, shutdown) = service::lifecycle::shutdown_channel();
+    let task = tokio::spawn(edge.run(shutdown));
+    // Registered when the control plane lists it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let nodes = app
+            .call(Method::GET, "/internal/v1/nodes", Some(SECRET), None)
+            .await
+            .body;
+        if nodes
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["id"] == id))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "edge never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    RunningEdge { addrs, stop, task }
+}
+
+async fn join(app: &TestApp, user: &TestUser, call: &str) -> Value {
+    app.post(
+        &format!("/v1/calls/{call}/join"),
+        user,
+        json!({"device_id": "bot"}),
+    )
+    .await
+    .expect(200)
+    .body
+}
+
+#[tokio::test]
+async fn a_publisher_reaches_five_subscribers_through_a_real_edge() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let edge = start_edge(&app, "edge-it-1").await;
+    let owner = app.register("owner").await;
+    let mut others = Vec::new();
+    for i in 0..5 {
+        others.push(app.register(&format!("member{i}")).await);
+    }
+    let refs: Vec<&TestUser> = others.iter().collect();
+    let group = app.group(&owner, "room", &refs).await;
+    let call = app
+        .post(
+            "/v1/calls",
+            &owner,
+            json!({"conversation_id": group, "kind": "video"}),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let publisher_join = join(&app, &owner, &call).await;
+    assert_eq!(publisher_join["edge"]["id"], "edge-it-1");
+    let publisher = Bot::join(&publisher_join, true)
+        .await
+        .expect("publisher connects");
+    let mut subscribers = Vec::new();
+    for user in &others {
+        let joined = join(&app, user, &call).await;
+        subscribers.push(
+            Bot::join(&joined, false)
+                .await
+                .expect("subscriber connects"),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let sent = publisher.report().frames_sent;
+    assert!(sent > 50, "the publisher sent ({sent})");
+    for bot in &subscribers {
+        let report = bot.report();
+        assert!(report.connected);
+        assert_eq!(report.corrupt, 0, "payloads arrive byte for byte");
+        assert_eq!(
+            report.received.len(),
+            1,
+            "one video track: {:?}",
+            report.tracks
+        );
+        let (mid, counters) = report.received.iter().next().unwrap();
+        assert_eq!(
+            report.first_was_keyframe.get(mid),
+            Some(&true),
+            "starts on a keyframe"
+        );
+        let first = counters[0];
+        let expected: Vec<u32> = (first..first + counters.len() as u32).collect();
+        assert_eq!(counters, &expected, "every frame after the first, in order");
+        assert!(counters.len() > 40, "{} frames", counters.len());
+        assert!(
+            report.audio_packets > 40,
+            "audio too ({})",
+            report.audio_packets
+        );
+        assert_eq!(report.tracks.len(), 2);
+        assert!(
+            report
+                .tracks
+                .iter()
+                .all(|t| t.user_id.to_string() == owner.id)
+        );
+    }
+    // A bad token never gets a session; garbage UDP hurts nobody.
+    let bad = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/rtc?token=not-a-token",
+        edge.addrs.http
+    ))
+    .await;
+    assert!(bad.is_err(), "refused before the upgrade");
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for payload in [&b"\x00\x01garbage"[..], &[0x16; 13], &[0x80; 1200], &[]] {
+        junk.send_to(payload, edge.addrs.media[0]).unwrap();
+    }
+
+    // A subscriber leaves: the edge reports the session gone and the
+    // control plane removes it.
+    let leaving = subscribers.pop().unwrap();
+    leaving.leave().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = app.get(&format!("/v1/calls/{call}"), &owner).await.body;
+        if state["participants"].as_array().map(Vec::len) == Some(5) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = subscribers[0]
+        .report()
+        .received
+        .values()
+        .next()
+        .map_or(0, Vec::len);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = subscribers[0]
+        .report()
+        .received
+        .values()
+        .next()
+        .map_or(0, Vec::len);
+    assert!(after > before, "the others still receive");
+
+    for bot in subscribers {
+        bot.leave().await;
+    }
+    publisher.leave().await;
+    edge.stop.trigger();
+    tokio::time::timeout(Duration::from_secs(10), edge.task)
+        .await
+        .expect("the edge stops")
+        .unwrap()
+        .unwrap();
+}
