@@ -14,6 +14,7 @@ pub mod join_token;
 pub mod registration;
 pub mod sfu;
 pub mod signaling;
+pub mod synthetic;
 pub mod worker;
 
 pub use app::{Edge, EdgeAddrs, StartError};

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use edge_node::synthetic::{check_frame, vp8_frame};
 use futures_util::{SinkExt, StreamExt};
 use protocol::signaling::{ClientSignal, ServerSignal, TrackInfo};
 use str0m::change::{SdpAnswer, SdpOffer};
@@ -56,26 +57,6 @@ impl std::fmt::Display for BotError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// A synthetic VP8 frame: P bit clear for a keyframe, the counter, then a
-/// pattern derived from it.
-pub fn vp8_frame(counter: u32, keyframe: bool) -> Vec<u8> {
-    let mut data = vec![if keyframe { 0x10 } else { 0x11 }, 0, 0];
-    data.extend_from_slice(&counter.to_be_bytes());
-    let len = if keyframe { 3000 } else { 700 };
-    data.extend((0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(counter) as u8));
-    data
-}
-
-/// The counter and keyframe flag of an intact [`vp8_frame`].
-pub fn check_frame(data: &[u8]) -> Option<(u32, bool)> {
-    let counter = u32::from_be_bytes(data.get(3..7)?.try_into().ok()?);
-    let keyframe = data.first()? & 1 == 0;
-    let len = if keyframe { 3000 } else { 700 };
-    let body = data.get(7..)?;
-    let expected = (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(counter) as u8);
-    (body.len() == len && body.iter().copied().eq(expected)).then_some((counter, keyframe))
 }
 
 struct State {

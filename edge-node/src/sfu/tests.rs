@@ -13,6 +13,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use uuid::Uuid;
 
 use super::*;
+use crate::synthetic::{check_frame, vp8_frame};
 
 const EDGE: &str = "10.0.0.1:5000";
 const FRAME: Duration = Duration::from_millis(33);
@@ -40,25 +41,6 @@ struct Client {
     keyframe_due: bool,
     frames_sent: u32,
     track_lists: Vec<Vec<protocol::signaling::TrackInfo>>,
-}
-
-/// A synthetic VP8 frame: the P bit (bit 0 of byte 0) clear for a
-/// keyframe; then the counter; then a pattern the receiver checks.
-fn vp8_frame(counter: u32, keyframe: bool) -> Vec<u8> {
-    let mut data = vec![if keyframe { 0x10 } else { 0x11 }, 0, 0];
-    data.extend_from_slice(&counter.to_be_bytes());
-    let len = if keyframe { 3000 } else { 700 };
-    data.extend((0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(counter) as u8));
-    data
-}
-
-fn check_frame(data: &[u8]) -> Option<(u32, bool)> {
-    let counter = u32::from_be_bytes(data.get(3..7)?.try_into().ok()?);
-    let keyframe = data[0] & 1 == 0;
-    let len = if keyframe { 3000 } else { 700 };
-    let body = data.get(7..)?;
-    let expected = (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(counter) as u8);
-    (body.len() == len && body.iter().copied().eq(expected)).then_some((counter, keyframe))
 }
 
 struct World {
