@@ -19,6 +19,7 @@
 pub mod app;
 pub mod bench;
 pub mod bot;
+pub mod browser;
 pub mod client;
 pub mod control_plane;
 pub mod servers;

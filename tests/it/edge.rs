@@ -14,13 +14,16 @@ use testkit::client::TestUser;
 
 const SECRET: &str = control_plane::config::TEST_CLUSTER_SECRET;
 
-struct RunningEdge {
-    addrs: edge_node::EdgeAddrs,
-    stop: service::ShutdownTrigger,
-    task: tokio::task::JoinHandle<Result<(), edge_node::StartError>>,
+pub struct RunningEdge {
+    /// Where it listens.
+    pub addrs: edge_node::EdgeAddrs,
+    /// Stops it (dropping it does too).
+    pub stop: service::ShutdownTrigger,
+    /// Its `run`.
+    pub task: tokio::task::JoinHandle<Result<(), edge_node::StartError>>,
 }
 
-async fn start_edge(app: &TestApp, id: &str) -> RunningEdge {
+pub async fn start_edge(app: &TestApp, id: &str) -> RunningEdge {
     str0m::crypto::from_feature_flags().install_process_default();
     let mut config = EdgeConfig::for_tests(id);
     config.control_plane_url = Some(app.url(""));

@@ -7,6 +7,8 @@
 //!   `build` → `run` path, checked over HTTP.
 //! - `api`: the REST API scenario by scenario, each on SQLite and Postgres.
 //! - `durability`: acknowledged writes survive SIGKILL and restart.
+//! - `browser`: two headless Chromium pages in one call through the real
+//!   API and edge (WebRTC interop).
 //! - `calls`: call lifecycle, busy, missed exactly once across replicas,
 //!   group calls, history/stats, the node API, regions, migration, join
 //!   tokens checked by the edge's verifier.
@@ -18,6 +20,7 @@
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
 mod api;
+mod browser;
 mod calls;
 mod cli;
 mod control_plane;

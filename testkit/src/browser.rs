@@ -1,0 +1,200 @@
+//! Headless Chromium driven over the Chrome DevTools Protocol, for tests
+//! that need a real browser's WebRTC stack. `$CHROMIUM`, else `chromium` on
+//! `PATH` (scripts/test installs Debian's package); fake camera and
+//! microphone; a fresh profile per launch; killed on drop.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The browser binary: `$CHROMIUM`, else `chromium` on `PATH`. Under CI a
+/// missing browser panics; elsewhere the test is skipped and says so.
+pub fn chromium() -> Option<PathBuf> {
+    let found = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("chromium"))
+                    .find(|p| p.is_file())
+            })
+        });
+    crate::servers::required_or_skip(found, "chromium (set CHROMIUM, or run scripts/test)")
+}
+
+/// A running headless browser.
+pub struct Browser {
+    child: tokio::process::Child,
+    socket: Socket,
+    next_id: u64,
+    profile: PathBuf,
+}
+
+/// A tab.
+#[derive(Debug, Clone)]
+pub struct Page {
+    session: String,
+}
+
+impl Browser {
+    /// Launches the browser (`None` when there is none, outside CI).
+    pub async fn launch() -> Option<Browser> {
+        let binary = chromium()?;
+        let profile = std::env::temp_dir().join(format!(
+            "cascade-chromium-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut child = tokio::process::Command::new(binary)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                "--allow-loopback-in-peer-connection",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromium starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.split("DevTools listening on ").nth(1) {
+                    return Some(url.trim().to_owned());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("chromium prints its DevTools address");
+        // Keep draining stderr so the browser never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("DevTools connection");
+        Some(Browser {
+            child,
+            socket,
+            next_id: 1,
+            profile,
+        })
+    }
+
+    /// Sends a DevTools command (on a page's session if given) and returns
+    /// its result; events in between are skipped.
+    async fn command(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut message = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = session {
+            message["sessionId"] = session.into();
+        }
+        self.socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .expect("DevTools send");
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), self.socket.next())
+                .await
+                .expect("DevTools answers")
+                .expect("DevTools open")
+                .expect("DevTools frame");
+            if let Message::Text(text) = frame {
+                let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                if value["id"] == id {
+                    assert!(value["error"].is_null(), "{method}: {}", value["error"]);
+                    return value["result"].clone();
+                }
+            }
+        }
+    }
+
+    /// Opens `url` in a new tab.
+    pub async fn open(&mut self, url: &str) -> Page {
+        let target = self
+            .command(None, "Target.createTarget", json!({"url": url}))
+            .await;
+        let attached = self
+            .command(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        Page {
+            session: attached["sessionId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
+    /// Evaluates `expression` in `page`, awaiting a promise, and returns
+    /// its value (JSON).
+    pub async fn eval(&mut self, page: &Page, expression: &str) -> Value {
+        let result = self
+            .command(
+                Some(&page.session),
+                "Runtime.evaluate",
+                json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
+            )
+            .await;
+        result["result"]["value"].clone()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Serves one HTML page at `/` on a free loopback port (a secure origin for
+/// `getUserMedia`); returns its URL. The server lives as long as the
+/// runtime.
+pub async fn serve_page(html: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the page server");
+    let addr = listener.local_addr().expect("bound");
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{html}",
+                    html.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/")
+}

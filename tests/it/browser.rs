@@ -1,0 +1,139 @@
+//! Browser interop: two headless Chromium pages (fake camera and
+//! microphone) join one call through the real control-plane API and a real
+//! edge, and each decodes the other's video and receives its audio.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testkit::app::{Backend, TestApp};
+use testkit::browser::{Browser, serve_page};
+
+/// The page: joins with the signaling URL and token from its `#fragment`,
+/// publishes camera + microphone, answers the edge's offers in order, and
+/// exposes `stats()` (from `getStats`).
+const PAGE: &str = r#"<!doctype html>
+<html><body><script>
+window.result = { state: 'starting', error: null, tracks: 0 };
+let chain = Promise.resolve();
+async function run() {
+  const p = new URLSearchParams(location.hash.slice(1));
+  const ws = new WebSocket(p.get('url') + '?token=' + encodeURIComponent(p.get('token')));
+  const pc = new RTCPeerConnection();
+  window.pc = pc;
+  pc.ontrack = () => { window.result.tracks += 1; };
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
+  stream.getTracks().forEach(t => pc.addTrack(t, stream));
+  window.result.state = 'media';
+  async function handle(msg) {
+    if (msg.type === 'answer') {
+      await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+    } else if (msg.type === 'offer') {
+      await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+      const answer = await pc.createAnswer();
+      await pc.setLocalDescription(answer);
+      ws.send(JSON.stringify({ type: 'answer', sdp: answer.sdp }));
+    } else if (msg.type === 'error') {
+      window.result.error = msg.code + ': ' + msg.message;
+    }
+  }
+  ws.onmessage = (m) => { chain = chain.then(() => handle(JSON.parse(m.data))).catch(e => { window.result.error = String(e); }); };
+  if (ws.readyState !== WebSocket.OPEN) {
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('signaling socket failed')); });
+  }
+  window.result.state = 'open';
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  ws.send(JSON.stringify({ type: 'offer', sdp: offer.sdp }));
+  window.result.state = 'offered';
+}
+async function stats() {
+  if (!window.pc) return { ...window.result, framesDecoded: 0, audioBytes: 0 };
+  const report = await window.pc.getStats();
+  let framesDecoded = 0, audioBytes = 0;
+  report.forEach(r => {
+    if (r.type === 'inbound-rtp' && r.kind === 'video') framesDecoded += r.framesDecoded || 0;
+    if (r.type === 'inbound-rtp' && r.kind === 'audio') audioBytes += r.bytesReceived || 0;
+  });
+  return { ...window.result, framesDecoded, audioBytes, connection: window.pc.connectionState };
+}
+run().catch(e => { window.result.error = String(e); });
+</script></body></html>
+"#;
+
+#[tokio::test]
+async fn two_chromium_pages_see_and_hear_each_other_through_the_edge() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let _edge = crate::edge::start_edge(&app, "edge-browser").await;
+    let (alice, bob) = (app.register("alice").await, app.register("bob").await);
+    let chat = app.direct(&alice, &bob).await;
+    let call = app
+        .post(
+            "/v1/calls",
+            &alice,
+            json!({"conversation_id": chat, "kind": "video"}),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(&format!("/v1/calls/{call}/accept"), &bob, json!({}))
+        .await
+        .expect(200);
+    let page_url = serve_page(PAGE).await;
+    let mut pages = Vec::new();
+    for user in [&alice, &bob] {
+        let joined = app
+            .post(
+                &format!("/v1/calls/{call}/join"),
+                user,
+                json!({"device_id": "chromium"}),
+            )
+            .await
+            .expect(200)
+            .body;
+        let url = format!(
+            "{page_url}#url={}&token={}",
+            joined["edge"]["signaling_url"].as_str().unwrap(),
+            joined["token"].as_str().unwrap()
+        );
+        pages.push(browser.open(&url).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last: Vec<Value> = Vec::new();
+    loop {
+        last.clear();
+        for page in &pages {
+            last.push(browser.eval(page, "stats()").await);
+        }
+        for stats in &last {
+            assert!(stats["error"].is_null(), "page error: {stats}");
+        }
+        let done = last.iter().all(|s| {
+            s["framesDecoded"].as_u64().unwrap_or(0) >= 30
+                && s["audioBytes"].as_u64().unwrap_or(0) >= 2000
+        });
+        if done {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not both decoding: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Still rising: live media, not a burst.
+    let before: Vec<u64> = last
+        .iter()
+        .map(|s| s["framesDecoded"].as_u64().unwrap_or(0))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (page, before) in pages.iter().zip(before) {
+        let now = browser.eval(page, "stats()").await;
+        assert!(now["framesDecoded"].as_u64().unwrap_or(0) > before, "{now}");
+    }
+}
