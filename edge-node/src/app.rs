@@ -92,6 +92,7 @@ impl EdgeState {
 }
 
 struct PendingWorker {
+    metrics: crate::metrics::EdgeMetrics,
     socket: tokio::net::UdpSocket,
     advertised: SocketAddr,
     commands: mpsc::Receiver<worker::Command>,
@@ -125,6 +126,7 @@ impl Service for Edge {
         if config.public_url.is_none() {
             config.public_url = Some(format!("ws://{}", http.local_addr()));
         }
+        let edge_metrics = crate::metrics::EdgeMetrics::new(&metrics);
         let mut workers = Vec::new();
         let mut pending = Vec::new();
         for i in 0..config.worker_count() {
@@ -149,6 +151,7 @@ impl Service for Edge {
                 shared: shared.clone(),
             });
             pending.push(PendingWorker {
+                metrics: edge_metrics.clone(),
                 socket,
                 advertised,
                 commands: rx,
@@ -208,12 +211,15 @@ impl Service for Edge {
         let mut tasks = Vec::new();
         for w in pending {
             tasks.push(tokio::spawn(worker::run(
-                w.socket,
-                w.advertised,
-                sfu_config.clone(),
-                w.commands,
-                w.shared,
-                gone_tx.clone(),
+                worker::Worker {
+                    socket: w.socket,
+                    advertised: w.advertised,
+                    config: sfu_config.clone(),
+                    commands: w.commands,
+                    shared: w.shared,
+                    gone: gone_tx.clone(),
+                    metrics: w.metrics,
+                },
                 workers_stop.clone().wait(),
             )));
         }

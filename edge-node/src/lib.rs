@@ -11,6 +11,7 @@
 pub mod app;
 pub mod config;
 pub mod join_token;
+pub mod metrics;
 pub mod registration;
 pub mod sfu;
 pub mod signaling;

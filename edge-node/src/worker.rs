@@ -74,17 +74,39 @@ pub async fn bind(bind: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::bind(bind).await
 }
 
+/// Everything a worker runs with.
+pub struct Worker {
+    /// Its media socket.
+    pub socket: UdpSocket,
+    /// The address its candidates advertise.
+    pub advertised: SocketAddr,
+    /// Limits and timing of its core.
+    pub config: SfuConfig,
+    /// Commands from signaling sessions.
+    pub commands: mpsc::Receiver<Command>,
+    /// Numbers shared with heartbeats.
+    pub shared: Arc<WorkerShared>,
+    /// Where ended sessions are reported.
+    pub gone: mpsc::UnboundedSender<Gone>,
+    /// Node-wide metrics.
+    pub metrics: crate::metrics::EdgeMetrics,
+}
+
 /// Runs a worker until `stop` resolves or every sender is gone.
-pub async fn run(
-    socket: UdpSocket,
-    advertised: SocketAddr,
-    config: SfuConfig,
-    mut commands: mpsc::Receiver<Command>,
-    shared: Arc<WorkerShared>,
-    gone: mpsc::UnboundedSender<Gone>,
-    stop: impl std::future::Future<Output = ()>,
-) {
+pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
+    let Worker {
+        socket,
+        advertised,
+        config,
+        mut commands,
+        shared,
+        gone,
+        metrics,
+    } = worker;
     let mut sfu = Sfu::new(config, advertised);
+    let mut counted = sfu.stats();
+    // This worker's share of the node-wide gauges.
+    let (mut participants, mut tracks, mut subscriptions) = (0i64, 0i64, 0i64);
     let mut signals: HashMap<PeerId, mpsc::Sender<ServerSignal>> = HashMap::new();
     let mut sessions: HashMap<PeerId, Uuid> = HashMap::new();
     let mut buf = vec![0u8; 2048];
@@ -99,7 +121,11 @@ pub async fn run(
                     sfu.handle_receive(Instant::now(), source, &buf[..n]);
                 }
             }
-            () = tokio::time::sleep_until(wake.into()) => sfu.handle_timeout(Instant::now()),
+            () = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                metrics.loop_lag.observe(now.saturating_duration_since(wake).as_secs_f64());
+                sfu.handle_timeout(now);
+            }
             command = commands.recv() => match command {
                 None => break,
                 Some(Command::Join { info, offer, signals: tx, reply }) => {
@@ -150,7 +176,30 @@ pub async fn run(
         shared
             .participants
             .store(sfu.participants() as u64, Ordering::Relaxed);
+        let stats = sfu.stats();
+        metrics.add(&counted, &stats);
+        counted = stats;
+        for (gauge, mine, now) in [
+            (
+                &metrics.participants,
+                &mut participants,
+                sfu.participants() as i64,
+            ),
+            (&metrics.tracks, &mut tracks, sfu.tracks() as i64),
+            (
+                &metrics.subscriptions,
+                &mut subscriptions,
+                sfu.subscriptions() as i64,
+            ),
+        ] {
+            gauge.add(now - *mine);
+            *mine = now;
+        }
     }
+    // Leave the node-wide gauges as if this worker had never been.
+    metrics.participants.sub(participants);
+    metrics.tracks.sub(tracks);
+    metrics.subscriptions.sub(subscriptions);
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

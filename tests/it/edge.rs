@@ -140,6 +140,28 @@ async fn a_publisher_reaches_five_subscribers_through_a_real_edge() {
                 .all(|t| t.user_id.to_string() == owner.id)
         );
     }
+    // Operators see it on the edge's /metrics (promtool-clean).
+    let metrics = reqwest::get(format!("http://{}/metrics", edge.addrs.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(value("cascade_edge_participants"), 6.0);
+    assert_eq!(value("cascade_edge_published_tracks"), 2.0);
+    assert_eq!(value("cascade_edge_subscribed_tracks"), 10.0);
+    assert!(value("cascade_edge_forwarded_media_total") > 500.0);
+    assert!(value("cascade_edge_keyframe_requests_total") >= 1.0);
+    if let Some((ok, complaints)) = testkit::promtool_check(&metrics) {
+        assert!(ok && complaints.is_empty(), "promtool: {complaints}");
+    }
+
     // A bad token never gets a session; garbage UDP hurts nobody.
     let bad = tokio_tungstenite::connect_async(format!(
         "ws://{}/v1/rtc?token=not-a-token",

@@ -1,0 +1,112 @@
+//! Edge metrics (registered in the service's registry). Workers add the
+//! difference between consecutive [`SfuStats`] snapshots, so the core
+//! keeps plain counters and knows nothing of Prometheus.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
+
+use crate::sfu::SfuStats;
+
+/// Counters and gauges of the media workers (summed over workers).
+#[derive(Clone)]
+pub struct EdgeMetrics {
+    /// Participants now.
+    pub participants: IntGauge,
+    /// Published tracks now.
+    pub tracks: IntGauge,
+    /// Subscriptions (track × subscriber) now.
+    pub subscriptions: IntGauge,
+    datagrams_in: IntCounter,
+    bytes_in: IntCounter,
+    datagrams_out: IntCounter,
+    bytes_out: IntCounter,
+    dropped: IntCounter,
+    forwarded: IntCounter,
+    keyframe_requests: IntCounter,
+    /// How late a worker's timer fired, seconds.
+    pub loop_lag: Histogram,
+}
+
+impl EdgeMetrics {
+    /// Creates and registers the metrics.
+    pub fn new(metrics: &service::Metrics) -> Self {
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric definition is static and valid");
+            metrics.register(Box::new(g.clone()));
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("metric definition is static and valid");
+            metrics.register(Box::new(c.clone()));
+            c
+        };
+        let loop_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "cascade_edge_worker_loop_lag_seconds",
+                "How late media workers' timers fired.",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ]),
+        )
+        .expect("metric definition is static and valid");
+        metrics.register(Box::new(loop_lag.clone()));
+        EdgeMetrics {
+            participants: gauge(
+                "cascade_edge_participants",
+                "Participants connected to this edge.",
+            ),
+            tracks: gauge(
+                "cascade_edge_published_tracks",
+                "Tracks published on this edge.",
+            ),
+            subscriptions: gauge(
+                "cascade_edge_subscribed_tracks",
+                "Track subscriptions (track × subscriber) on this edge.",
+            ),
+            datagrams_in: counter(
+                "cascade_edge_datagrams_received_total",
+                "UDP datagrams a participant's session accepted.",
+            ),
+            bytes_in: counter(
+                "cascade_edge_received_bytes_total",
+                "Bytes of those datagrams.",
+            ),
+            datagrams_out: counter("cascade_edge_datagrams_sent_total", "UDP datagrams sent."),
+            bytes_out: counter("cascade_edge_sent_bytes_total", "Bytes of those datagrams."),
+            dropped: counter(
+                "cascade_edge_dropped_datagrams_total",
+                "UDP datagrams no session took (garbage, unknown sources).",
+            ),
+            forwarded: counter(
+                "cascade_edge_forwarded_media_total",
+                "Media frames and audio packets written to subscribers.",
+            ),
+            keyframe_requests: counter(
+                "cascade_edge_keyframe_requests_total",
+                "Keyframe requests (PLI) sent to publishers.",
+            ),
+            loop_lag,
+        }
+    }
+
+    /// Adds what happened between two snapshots of one worker's counters.
+    pub fn add(&self, before: &SfuStats, after: &SfuStats) {
+        self.datagrams_in
+            .inc_by(after.datagrams_in.saturating_sub(before.datagrams_in));
+        self.bytes_in
+            .inc_by(after.bytes_in.saturating_sub(before.bytes_in));
+        self.datagrams_out
+            .inc_by(after.datagrams_out.saturating_sub(before.datagrams_out));
+        self.bytes_out
+            .inc_by(after.bytes_out.saturating_sub(before.bytes_out));
+        self.dropped
+            .inc_by(after.dropped.saturating_sub(before.dropped));
+        self.forwarded
+            .inc_by(after.forwarded.saturating_sub(before.forwarded));
+        self.keyframe_requests.inc_by(
+            after
+                .keyframe_requests
+                .saturating_sub(before.keyframe_requests),
+        );
+    }
+}
