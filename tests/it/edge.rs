@@ -213,3 +213,221 @@ async fn a_publisher_reaches_five_subscribers_through_a_real_edge() {
         .unwrap()
         .unwrap();
 }
+
+/// SIGTERM on an edge: it tells the control plane it is draining, whose
+/// sweeper sends its participants `call.migrate` to another edge; the node
+/// refuses new sessions, waits (bounded) and exits, leaving the registry.
+#[tokio::test]
+async fn a_draining_edge_hands_its_participants_to_another() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let first = start_edge(&app, "edge-drain-a").await;
+    let second = start_edge(&app, "edge-drain-b").await;
+    let (alice, bob) = (app.register("alice").await, app.register("bob").await);
+    let chat = app.direct(&alice, &bob).await;
+    let call = app
+        .post(
+            "/v1/calls",
+            &alice,
+            json!({"conversation_id": chat, "kind": "audio"}),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let joined = join(&app, &alice, &call).await;
+    let placed = joined["edge"]["id"].as_str().unwrap().to_owned();
+    let bot = Bot::join(&joined, true).await.expect("connects");
+    let (victim, survivor) = if placed == "edge-drain-a" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let survivor_id = if placed == "edge-drain-a" {
+        "edge-drain-b"
+    } else {
+        "edge-drain-a"
+    };
+    let mut socket = testkit::ws::WsClient::connect(
+        app.server.as_ref().unwrap().http_addr(),
+        Some(&alice.access),
+        None,
+    )
+    .await
+    .unwrap();
+    socket.expect("ready", Duration::from_secs(5)).await;
+    // The control plane treats nodes as dead only a node TTL after it
+    // starts; draining is immediate, but give the sweeper its start-up grace.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    victim.stop.trigger();
+    let migrate = socket.expect("call.migrate", Duration::from_secs(5)).await;
+    assert_eq!(migrate["data"]["from_node_id"], placed.as_str());
+    assert_eq!(migrate["data"]["join"]["edge"]["id"], survivor_id);
+    // A new session on the draining edge is refused.
+    let refused = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/rtc?token={}",
+        victim.addrs.http,
+        joined["token"].as_str().unwrap()
+    ))
+    .await;
+    assert!(refused.is_err());
+    // It exits within its drain timeout (3 s in tests) even though the bot
+    // never moved, and leaves the registry.
+    tokio::time::timeout(Duration::from_secs(8), victim.task)
+        .await
+        .expect("the edge exits")
+        .unwrap()
+        .unwrap();
+    let nodes = app
+        .call(Method::GET, "/internal/v1/nodes", Some(SECRET), None)
+        .await
+        .body;
+    let ids: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    assert_eq!(ids, [survivor_id]);
+    bot.leave().await;
+    survivor.stop.trigger();
+    let _ = tokio::time::timeout(Duration::from_secs(8), survivor.task).await;
+}
+
+/// Bad signaling (no offer first, bad SDP) gets clear errors; a client
+/// flooding the signaling socket is cut off with `rate_limited`; the
+/// call's other participants carry on.
+#[tokio::test]
+async fn a_signaling_flood_is_cut_off_without_harming_others() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let edge = start_edge(&app, "edge-flood").await;
+    let (alice, bob) = (app.register("alice").await, app.register("bob").await);
+    let chat = app.direct(&alice, &bob).await;
+    let call = app
+        .post(
+            "/v1/calls",
+            &alice,
+            json!({"conversation_id": chat, "kind": "video"}),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(&format!("/v1/calls/{call}/accept"), &bob, json!({}))
+        .await
+        .expect(200);
+    let publisher = Bot::join(&join(&app, &alice, &call).await, true)
+        .await
+        .unwrap();
+    let listener = Bot::join(&join(&app, &bob, &call).await, false)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Bob's second device floods.
+    let flooder = app
+        .post(
+            &format!("/v1/calls/{call}/join"),
+            &bob,
+            json!({"device_id": "flood"}),
+        )
+        .await
+        .expect(200)
+        .body;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/rtc?token={}",
+        edge.addrs.http,
+        flooder["token"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    // Not even an offer first: refused clearly.
+    ws.send(Message::Text("{\"type\":\"answer\",\"sdp\":\"x\"}".into()))
+        .await
+        .unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    assert!(
+        first.to_text().unwrap().contains("bad_message"),
+        "{first:?}"
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/rtc?token={}",
+        edge.addrs.http,
+        flooder["token"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::Text(
+        "{\"type\":\"offer\",\"sdp\":\"not sdp\"}".into(),
+    ))
+    .await
+    .unwrap();
+    let refused = ws.next().await.unwrap().unwrap();
+    assert!(
+        refused.to_text().unwrap().contains("bad_sdp"),
+        "{refused:?}"
+    );
+
+    // A real session that then floods: cut off with `rate_limited`.
+    let mut rtc = str0m::Rtc::builder().build(std::time::Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_channel("flood".into());
+    let (offer, _pending) = api.apply().unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/rtc?token={}",
+        edge.addrs.http,
+        flooder["token"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    let offer = json!({"type": "offer", "sdp": offer.to_sdp_string()}).to_string();
+    ws.send(Message::Text(offer.into())).await.unwrap();
+    let answer = ws.next().await.unwrap().unwrap();
+    assert!(
+        answer.to_text().unwrap().contains("\"answer\""),
+        "{answer:?}"
+    );
+    for _ in 0..200 {
+        if ws
+            .send(Message::Text("{\"type\":\"answer\",\"sdp\":\"x\"}".into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut cut_off = false;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+        if frame.to_text().is_ok_and(|t| t.contains("rate_limited")) {
+            cut_off = true;
+        }
+    }
+    assert!(cut_off, "the flooder was told why it was cut off");
+
+    let before = listener
+        .report()
+        .received
+        .values()
+        .next()
+        .map_or(0, Vec::len);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = listener
+        .report()
+        .received
+        .values()
+        .next()
+        .map_or(0, Vec::len);
+    assert!(
+        after > before + 10,
+        "the call carried on ({before} → {after})"
+    );
+    assert_eq!(listener.report().corrupt, 0);
+    let _ = (publisher.leave().await, listener.leave().await);
+}
