@@ -29,16 +29,8 @@ pub struct EdgeMetrics {
 impl EdgeMetrics {
     /// Creates and registers the metrics.
     pub fn new(metrics: &service::Metrics) -> Self {
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("metric definition is static and valid");
-            metrics.register(Box::new(g.clone()));
-            g
-        };
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("metric definition is static and valid");
-            metrics.register(Box::new(c.clone()));
-            c
-        };
+        let gauge = |name: &str, help: &str| metrics.gauge(name, help);
+        let counter = |name: &str, help: &str| metrics.counter(name, help);
         let loop_lag = Histogram::with_opts(
             HistogramOpts::new(
                 "cascade_edge_worker_loop_lag_seconds",

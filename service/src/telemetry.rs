@@ -145,6 +145,23 @@ impl Metrics {
             .expect("metric names are unique within a service");
     }
 
+    /// A new counter, registered. Names and help are static in code, so an
+    /// invalid one is a programming error.
+    pub fn counter(&self, name: &str, help: &str) -> prometheus::IntCounter {
+        let counter =
+            prometheus::IntCounter::new(name, help).expect("metric definition is static and valid");
+        self.register(Box::new(counter.clone()));
+        counter
+    }
+
+    /// A new gauge, registered.
+    pub fn gauge(&self, name: &str, help: &str) -> prometheus::IntGauge {
+        let gauge =
+            prometheus::IntGauge::new(name, help).expect("metric definition is static and valid");
+        self.register(Box::new(gauge.clone()));
+        gauge
+    }
+
     /// The registry, for services that define their own metrics.
     pub fn registry(&self) -> &Registry {
         &self.registry

@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 use testkit::app::{Backend, TestApp};
 use testkit::browser::{Browser, serve_page};
 
+use crate::edge::start_call;
+
 /// The page: joins with the signaling URL and token from its `#fragment`,
 /// publishes camera + microphone, answers the edge's offers in order, and
 /// exposes `stats()` (from `getStats`).
@@ -69,18 +71,7 @@ async fn two_chromium_pages_see_and_hear_each_other_through_the_edge() {
     let _edge = crate::edge::start_edge(&app, "edge-browser").await;
     let (alice, bob) = (app.register("alice").await, app.register("bob").await);
     let chat = app.direct(&alice, &bob).await;
-    let call = app
-        .post(
-            "/v1/calls",
-            &alice,
-            json!({"conversation_id": chat, "kind": "video"}),
-        )
-        .await
-        .expect(201)
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let call = start_call(&app, &alice, &chat, "video").await;
     app.post(&format!("/v1/calls/{call}/accept"), &bob, json!({}))
         .await
         .expect(200);

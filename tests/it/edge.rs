@@ -54,6 +54,21 @@ pub async fn start_edge(app: &TestApp, id: &str) -> RunningEdge {
     RunningEdge { addrs, stop, task }
 }
 
+/// Starts a call; returns its id.
+pub async fn start_call(app: &TestApp, user: &TestUser, conversation: &str, kind: &str) -> String {
+    app.post(
+        "/v1/calls",
+        user,
+        json!({"conversation_id": conversation, "kind": kind}),
+    )
+    .await
+    .expect(201)
+    .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn join(app: &TestApp, user: &TestUser, call: &str) -> Value {
     app.post(
         &format!("/v1/calls/{call}/join"),
@@ -76,18 +91,7 @@ async fn a_publisher_reaches_five_subscribers_through_a_real_edge() {
     }
     let refs: Vec<&TestUser> = others.iter().collect();
     let group = app.group(&owner, "room", &refs).await;
-    let call = app
-        .post(
-            "/v1/calls",
-            &owner,
-            json!({"conversation_id": group, "kind": "video"}),
-        )
-        .await
-        .expect(201)
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let call = start_call(&app, &owner, &group, "video").await;
 
     let publisher_join = join(&app, &owner, &call).await;
     assert_eq!(publisher_join["edge"]["id"], "edge-it-1");
@@ -224,18 +228,7 @@ async fn a_draining_edge_hands_its_participants_to_another() {
     let second = start_edge(&app, "edge-drain-b").await;
     let (alice, bob) = (app.register("alice").await, app.register("bob").await);
     let chat = app.direct(&alice, &bob).await;
-    let call = app
-        .post(
-            "/v1/calls",
-            &alice,
-            json!({"conversation_id": chat, "kind": "audio"}),
-        )
-        .await
-        .expect(201)
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let call = start_call(&app, &alice, &chat, "audio").await;
     let joined = join(&app, &alice, &call).await;
     let placed = joined["edge"]["id"].as_str().unwrap().to_owned();
     let bot = Bot::join(&joined, true).await.expect("connects");
@@ -308,18 +301,7 @@ async fn a_signaling_flood_is_cut_off_without_harming_others() {
     let edge = start_edge(&app, "edge-flood").await;
     let (alice, bob) = (app.register("alice").await, app.register("bob").await);
     let chat = app.direct(&alice, &bob).await;
-    let call = app
-        .post(
-            "/v1/calls",
-            &alice,
-            json!({"conversation_id": chat, "kind": "video"}),
-        )
-        .await
-        .expect(201)
-        .body["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let call = start_call(&app, &alice, &chat, "video").await;
     app.post(&format!("/v1/calls/{call}/accept"), &bob, json!({}))
         .await
         .expect(200);

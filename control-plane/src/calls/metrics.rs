@@ -24,11 +24,7 @@ pub struct CallMetrics {
 impl CallMetrics {
     /// Creates and registers the metrics.
     pub fn new(metrics: &service::Metrics) -> Self {
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("metric definition is static and valid");
-            metrics.register(Box::new(c.clone()));
-            c
-        };
+        let counter = |name: &str, help: &str| metrics.counter(name, help);
         let counter_vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label])
                 .expect("metric definition is static and valid");

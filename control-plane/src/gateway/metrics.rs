@@ -20,16 +20,8 @@ pub struct GatewayMetrics {
 impl GatewayMetrics {
     /// Creates and registers the metrics.
     pub fn new(metrics: &service::Metrics) -> Self {
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("metric definition is static and valid");
-            metrics.register(Box::new(g.clone()));
-            g
-        };
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("metric definition is static and valid");
-            metrics.register(Box::new(c.clone()));
-            c
-        };
+        let gauge = |name: &str, help: &str| metrics.gauge(name, help);
+        let counter = |name: &str, help: &str| metrics.counter(name, help);
         GatewayMetrics {
             connections: gauge("cascade_ws_connections", "Open WebSocket connections."),
             delivered: counter(
