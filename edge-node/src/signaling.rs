@@ -3,7 +3,6 @@
 //! frame is the client's offer; then edge offers, track lists and answers
 //! flow until either side leaves. See `docs/signaling.md`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
@@ -180,5 +179,4 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
     }
     let _ = worker.commands.send(Command::Leave { peer }).await;
     tracing::info!(peer, call = %info.call, "participant left");
-    let _ = Arc::strong_count(&state.link);
 }

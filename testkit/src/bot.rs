@@ -42,6 +42,13 @@ pub struct BotReport {
     pub audio_packets: u32,
 }
 
+impl BotReport {
+    /// Intact video frames received on the first video track.
+    pub fn video_frames(&self) -> usize {
+        self.received.values().next().map_or(0, Vec::len)
+    }
+}
+
 /// A running bot.
 pub struct Bot {
     report: Arc<Mutex<BotReport>>,

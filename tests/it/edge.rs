@@ -191,19 +191,9 @@ async fn a_publisher_reaches_five_subscribers_through_a_real_edge() {
         assert!(tokio::time::Instant::now() < deadline, "{state}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let before = subscribers[0]
-        .report()
-        .received
-        .values()
-        .next()
-        .map_or(0, Vec::len);
+    let before = subscribers[0].report().video_frames();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = subscribers[0]
-        .report()
-        .received
-        .values()
-        .next()
-        .map_or(0, Vec::len);
+    let after = subscribers[0].report().video_frames();
     assert!(after > before, "the others still receive");
 
     for bot in subscribers {
@@ -393,19 +383,9 @@ async fn a_signaling_flood_is_cut_off_without_harming_others() {
     }
     assert!(cut_off, "the flooder was told why it was cut off");
 
-    let before = listener
-        .report()
-        .received
-        .values()
-        .next()
-        .map_or(0, Vec::len);
+    let before = listener.report().video_frames();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = listener
-        .report()
-        .received
-        .values()
-        .next()
-        .map_or(0, Vec::len);
+    let after = listener.report().video_frames();
     assert!(
         after > before + 10,
         "the call carried on ({before} → {after})"

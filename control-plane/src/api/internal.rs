@@ -213,12 +213,9 @@ pub async fn participant_gone(
 ) -> Result<StatusCode, ApiError> {
     check_node_id(&node)?;
     authorize_node(&state, &headers, &node)?;
-    match remove_session(&state, gone.call_id, gone.session_id, &node).await? {
-        true => Ok(StatusCode::NO_CONTENT),
-        // Already gone (or never here): nothing to do, and edges retry
-        // reports, so this is not an error for them.
-        false => Ok(StatusCode::NO_CONTENT),
-    }
+    // Already gone (or never here) is fine: edges retry reports.
+    remove_session(&state, gone.call_id, gone.session_id, &node).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Removes session `session` of `call` if it is live on `node`. Whether it

@@ -215,6 +215,17 @@ impl Calls {
         current: &[Participant],
     ) -> Result<Option<NodeStatus>, RegistryError> {
         let edges = self.live_edges().await?;
+        Ok(self.place_among(&edges, call, region, current))
+    }
+
+    /// [`Calls::place`] over edges already read from the registry.
+    fn place_among(
+        &self,
+        edges: &[NodeStatus],
+        call: Uuid,
+        region: &str,
+        current: &[Participant],
+    ) -> Option<NodeStatus> {
         let by_id: HashMap<&str, &NodeStatus> = edges.iter().map(|e| (e.id.as_str(), e)).collect();
         let has_room =
             |e: &NodeStatus| !e.heartbeat.draining && e.heartbeat.load < e.heartbeat.capacity;
@@ -224,15 +235,15 @@ impl Calls {
             .filter_map(|p| by_id.get(p.node_id.as_str()))
             .find(|e| has_room(e) && e.heartbeat.region == region)
         {
-            return Ok(Some((*edge).clone()));
+            return Some((*edge).clone());
         }
-        let placement = self.placement_for(&edges);
+        let placement = self.placement_for(edges);
         let choice = placement.place(call, region, |edge| {
             by_id
                 .get(edge.id.as_str())
                 .map_or(u32::MAX, |n| n.heartbeat.load)
         });
-        Ok(choice.and_then(|c| by_id.get(c.edge.id.as_str()).map(|n| (*n).clone())))
+        choice.and_then(|c| by_id.get(c.edge.id.as_str()).map(|n| (*n).clone()))
     }
 
     /// The join token, ICE servers and edge for `participant`.
@@ -413,7 +424,8 @@ impl Calls {
                 let current = self.store.live_participants(call.id).await?;
                 let others: Vec<Participant> =
                     current.into_iter().filter(|p| p.node_id != node).collect();
-                let Some(edge) = self.place(call.id, &participant.region, &others).await? else {
+                let Some(edge) = self.place_among(&edges, call.id, &participant.region, &others)
+                else {
                     tracing::warn!(call_id = %call.id, node_id = %node, "no edge to migrate to");
                     continue;
                 };

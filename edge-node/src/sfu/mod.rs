@@ -306,7 +306,7 @@ impl Sfu {
             .enable_vp8(true)
             .set_local_ice_credentials(IceCreds {
                 ufrag: ufrag.clone(),
-                pass: random_token(24),
+                pass: random_token(32),
             });
         if let Some(cert) = &self.cert {
             config = config.set_dtls_cert(cert.clone());
@@ -338,13 +338,13 @@ impl Sfu {
                 timeout: now,
             },
         );
-        self.drive(id, now);
+        self.drive(id);
         self.process(now);
         if let Some(peer) = self.peers.get_mut(&id) {
             peer.answered = true;
         }
         // Everything already published in the call, offered after the answer.
-        self.renegotiate(id, now);
+        self.renegotiate(id);
         self.process(now);
         Ok((id, answer.to_sdp_string()))
     }
@@ -362,8 +362,8 @@ impl Sfu {
         let pending = p.pending.take().ok_or(SignalError::NoPendingOffer)?;
         if let Err(e) = p.rtc.sdp_api().accept_answer(pending.offer, answer) {
             // The session cannot continue in a known state.
-            self.drive(peer, now);
-            self.close(peer, now);
+            self.drive(peer);
+            self.close(peer);
             self.process(now);
             return Err(SignalError::BadSdp(e.to_string()));
         }
@@ -381,14 +381,14 @@ impl Sfu {
             }
         }
         let connected = p.connected;
-        self.drive(peer, now);
+        self.drive(peer);
         self.send_track_list(peer);
         if connected {
             for track in fresh_video {
                 self.request_keyframe(track, now, true);
             }
         }
-        self.renegotiate(peer, now);
+        self.renegotiate(peer);
         self.process(now);
         Ok(())
     }
@@ -398,7 +398,7 @@ impl Sfu {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.rtc.disconnect();
         }
-        self.close(peer, now);
+        self.close(peer);
         self.process(now);
     }
 
@@ -427,7 +427,7 @@ impl Sfu {
         }
         if p.rtc.handle_input(input).is_err() {
             self.stats.dropped += 1;
-            self.close(peer, now);
+            self.close(peer);
             self.process(now);
             return false;
         }
@@ -435,7 +435,7 @@ impl Sfu {
         self.stats.bytes_in += data.len() as u64;
         // The address is now this peer's (ICE checked the STUN integrity).
         self.by_addr.entry(source).or_insert(peer);
-        self.drive(peer, now);
+        self.drive(peer);
         self.process(now);
         true
     }
@@ -455,10 +455,10 @@ impl Sfu {
             if let Some(p) = self.peers.get_mut(&peer)
                 && p.rtc.handle_input(Input::Timeout(now)).is_err()
             {
-                self.close(peer, now);
+                self.close(peer);
                 continue;
             }
-            self.drive(peer, now);
+            self.drive(peer);
         }
         self.process(now);
     }
@@ -485,7 +485,7 @@ impl Sfu {
 
     /// Drains a peer's output (str0m's rule: after every mutation), queueing
     /// datagrams, its next timeout, and events for [`Sfu::process`].
-    fn drive(&mut self, peer: PeerId, now: Instant) {
+    fn drive(&mut self, peer: PeerId) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -512,7 +512,6 @@ impl Sfu {
                         peer,
                         Event::IceConnectionStateChange(IceConnectionState::Disconnected),
                     ));
-                    let _ = now;
                     return;
                 }
             }
@@ -539,16 +538,16 @@ impl Sfu {
                     }
                 }
                 Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                    self.close(peer, now);
+                    self.close(peer);
                 }
                 Event::MediaAdded(added) => {
                     let publishes =
                         matches!(added.direction, Direction::RecvOnly | Direction::SendRecv);
                     if publishes {
-                        self.publish(peer, added.mid, added.kind, now);
+                        self.publish(peer, added.mid, added.kind);
                     }
                 }
-                Event::MediaData(data) => self.forward(peer, data, now),
+                Event::MediaData(data) => self.forward(peer, data),
                 Event::KeyframeRequest(request) => {
                     let track = self
                         .peers
@@ -563,7 +562,7 @@ impl Sfu {
         }
     }
 
-    fn publish(&mut self, peer: PeerId, mid: Mid, kind: MediaKind, now: Instant) {
+    fn publish(&mut self, peer: PeerId, mid: Mid, kind: MediaKind) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -588,12 +587,12 @@ impl Sfu {
         tracing::debug!(peer, track = id, ?kind, "track published");
         for other in self.calls.get(&call).cloned().unwrap_or_default() {
             if other != peer {
-                self.renegotiate(other, now);
+                self.renegotiate(other);
             }
         }
     }
 
-    fn forward(&mut self, peer: PeerId, data: MediaData, now: Instant) {
+    fn forward(&mut self, peer: PeerId, data: MediaData) {
         let Some(track) = self
             .peers
             .get(&peer)
@@ -627,7 +626,7 @@ impl Sfu {
             if written.is_some() {
                 self.stats.forwarded += 1;
             }
-            self.drive(sub, now);
+            self.drive(sub);
         }
     }
 
@@ -658,12 +657,12 @@ impl Sfu {
         {
             self.stats.keyframe_requests += 1;
         }
-        self.drive(peer, now);
+        self.drive(peer);
     }
 
     /// Offers a peer the tracks it should receive and does not (and drops
     /// those that are gone), unless an offer is already outstanding.
-    fn renegotiate(&mut self, peer: PeerId, now: Instant) {
+    fn renegotiate(&mut self, peer: PeerId) {
         let Some(p) = self.peers.get(&peer) else {
             return;
         };
@@ -736,7 +735,7 @@ impl Sfu {
                 }
             }
         }
-        self.drive(peer, now);
+        self.drive(peer);
     }
 
     /// Tells a peer whose each received `mid` is.
@@ -768,7 +767,7 @@ impl Sfu {
     }
 
     /// Removes a peer, its tracks, and their subscriptions elsewhere.
-    fn close(&mut self, peer: PeerId, now: Instant) {
+    fn close(&mut self, peer: PeerId) {
         let Some(p) = self.peers.remove(&peer) else {
             return;
         };
@@ -787,27 +786,15 @@ impl Sfu {
         self.events
             .push_back(SfuEvent::Closed { peer, info: p.info });
         for other in self.calls.get(&call).cloned().unwrap_or_default() {
-            self.renegotiate(other, now);
+            self.renegotiate(other);
         }
     }
 }
 
-/// A random token of `len` characters from `[a-zA-Z0-9]` (ICE ufrag/pwd).
+/// A random ICE token (ufrag or password) of `len` ≤ 32 hex characters:
+/// UUIDv4 carries 122 random bits from the system source.
 fn random_token(len: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut bytes = vec![0u8; len];
-    getrandom_fill(&mut bytes);
-    bytes
-        .iter()
-        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
-        .collect()
-}
-
-fn getrandom_fill(bytes: &mut [u8]) {
-    let id = Uuid::new_v4();
-    let mut source = id.as_bytes().to_vec();
-    while source.len() < bytes.len() {
-        source.extend_from_slice(Uuid::new_v4().as_bytes());
-    }
-    bytes.copy_from_slice(&source[..bytes.len()]);
+    let mut token = Uuid::new_v4().simple().to_string();
+    token.truncate(len);
+    token
 }
