@@ -82,6 +82,22 @@ enum BenchCommand {
     Ws(WsBenchArgs),
     /// Simulated call placement: load balance, churn, decisions per second.
     Placement(PlacementBenchArgs),
+    /// One publisher to N subscribers through a real edge, ramped, beside a
+    /// raw UDP forwarder in the same run.
+    Sfu(SfuBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct SfuBenchArgs {
+    /// Subscriber counts of the ramp, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 25, 50, 100, 150])]
+    subscribers: Vec<usize>,
+    /// Seconds each step is measured.
+    #[arg(long, default_value_t = 5)]
+    step_secs: u64,
+    /// The publisher's video bitrate, kbit/s.
+    #[arg(long, default_value_t = 1500)]
+    video_kbps: u32,
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +184,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Api(args)) => exit_with(bench_api(args)),
         Command::Bench(BenchCommand::Ws(args)) => exit_with(bench_ws(args)),
         Command::Bench(BenchCommand::Placement(args)) => exit_with(bench_placement(&args)),
+        Command::Bench(BenchCommand::Sfu(args)) => exit_with(bench_sfu(&args)),
         Command::Admin(command) => {
             let config = loaded.config;
             service::telemetry::init_tracing(&config.telemetry);
@@ -367,6 +384,42 @@ fn bench_ws(args: WsBenchArgs) -> anyhow::Result<()> {
             loaded.p99.as_secs_f64() / quiet.p99.as_secs_f64().max(1e-9)
         );
     }
+    Ok(())
+}
+
+/// Runs `cascade bench sfu` and prints a Markdown report.
+#[allow(clippy::print_stdout, reason = "the report is the command's output")]
+fn bench_sfu(args: &SfuBenchArgs) -> anyhow::Result<()> {
+    if args.subscribers.is_empty() || args.subscribers.contains(&0) {
+        anyhow::bail!("--subscribers needs one or more counts above 0");
+    }
+    let options = testkit::bench::sfu::SfuBenchOptions {
+        subscribers: args.subscribers.clone(),
+        step: std::time::Duration::from_secs(args.step_secs.max(1)),
+        video_kbps: args.video_kbps.clamp(50, 20_000),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(testkit::bench::sfu::run(&options));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    println!(
+        "cascade bench sfu: VP8 {} kbit/s ({} B frames at 30/s) + Opus, {} s per step, {} cores ({cpu})\n",
+        options.video_kbps,
+        report.delta_body + 11,
+        options.step.as_secs(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    print!("{}", testkit::bench::sfu::markdown(&report));
     Ok(())
 }
 

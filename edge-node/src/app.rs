@@ -36,6 +36,9 @@ pub enum StartError {
     /// Serving HTTP failed.
     #[error("serving HTTP failed")]
     Serve(#[source] std::io::Error),
+    /// A media worker's thread could not start.
+    #[error("cannot start a media worker thread")]
+    Worker(#[source] std::io::Error),
 }
 
 /// Where a running edge can be reached.
@@ -93,7 +96,7 @@ impl EdgeState {
 
 struct PendingWorker {
     metrics: crate::metrics::EdgeMetrics,
-    socket: tokio::net::UdpSocket,
+    socket: std::net::UdpSocket,
     advertised: SocketAddr,
     commands: mpsc::Receiver<worker::Command>,
     shared: Arc<WorkerShared>,
@@ -136,9 +139,8 @@ impl Service for Edge {
                 config.media_port.saturating_add(i as u16)
             };
             let bind = SocketAddr::new(config.media_ip, port);
-            let socket = worker::bind(bind)
-                .await
-                .map_err(|source| StartError::Bind { addr: bind, source })?;
+            let socket =
+                worker::bind(bind).map_err(|source| StartError::Bind { addr: bind, source })?;
             let local = socket
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr: bind, source })?;
@@ -209,9 +211,10 @@ impl Service for Edge {
             ..SfuConfig::default()
         };
         let mut tasks = Vec::new();
-        for w in pending {
-            tasks.push(tokio::spawn(worker::run(
+        for (index, w) in pending.into_iter().enumerate() {
+            let spawned = worker::spawn(
                 worker::Worker {
+                    index,
                     socket: w.socket,
                     advertised: w.advertised,
                     config: sfu_config.clone(),
@@ -221,7 +224,8 @@ impl Service for Edge {
                     metrics: w.metrics,
                 },
                 workers_stop.clone().wait(),
-            )));
+            );
+            tasks.push(spawned.map_err(StartError::Worker)?);
         }
         drop(gone_tx);
         let reporter = tokio::spawn(state.link.clone().report_gone(gone_rx));

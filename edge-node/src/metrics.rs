@@ -2,7 +2,7 @@
 //! difference between consecutive [`SfuStats`] snapshots, so the core
 //! keeps plain counters and knows nothing of Prometheus.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
+use prometheus::{CounterVec, Histogram, HistogramOpts, IntCounter, IntGauge, Opts};
 
 use crate::sfu::SfuStats;
 
@@ -22,6 +22,11 @@ pub struct EdgeMetrics {
     dropped: IntCounter,
     forwarded: IntCounter,
     keyframe_requests: IntCounter,
+    keyframe_requests_received: IntCounter,
+    nacks_received: IntCounter,
+    nacks_sent: IntCounter,
+    /// CPU time of each media worker's thread, seconds.
+    pub worker_cpu: CounterVec,
     /// How late a worker's timer fired, seconds.
     pub loop_lag: Histogram,
 }
@@ -42,6 +47,15 @@ impl EdgeMetrics {
         )
         .expect("metric definition is static and valid");
         metrics.register(Box::new(loop_lag.clone()));
+        let worker_cpu = CounterVec::new(
+            Opts::new(
+                "cascade_edge_worker_cpu_seconds_total",
+                "CPU time used by each media worker's thread.",
+            ),
+            &["worker"],
+        )
+        .expect("metric definition is static and valid");
+        metrics.register(Box::new(worker_cpu.clone()));
         EdgeMetrics {
             participants: gauge(
                 "cascade_edge_participants",
@@ -77,6 +91,19 @@ impl EdgeMetrics {
                 "cascade_edge_keyframe_requests_total",
                 "Keyframe requests (PLI) sent to publishers.",
             ),
+            keyframe_requests_received: counter(
+                "cascade_edge_keyframe_requests_received_total",
+                "Keyframe requests (PLI/FIR) subscribers sent.",
+            ),
+            nacks_received: counter(
+                "cascade_edge_nacks_received_total",
+                "NACKs subscribers sent (answered with retransmissions).",
+            ),
+            nacks_sent: counter(
+                "cascade_edge_nacks_sent_total",
+                "NACKs sent to publishers for lost packets.",
+            ),
+            worker_cpu,
             loop_lag,
         }
     }
@@ -100,5 +127,14 @@ impl EdgeMetrics {
                 .keyframe_requests
                 .saturating_sub(before.keyframe_requests),
         );
+        self.keyframe_requests_received.inc_by(
+            after
+                .keyframe_requests_received
+                .saturating_sub(before.keyframe_requests_received),
+        );
+        self.nacks_received
+            .inc_by(after.nacks_received.saturating_sub(before.nacks_received));
+        self.nacks_sent
+            .inc_by(after.nacks_sent.saturating_sub(before.nacks_sent));
     }
 }

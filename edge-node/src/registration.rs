@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use protocol::calls::{JoinClaims, NodeEndpoints, NodeHeartbeat, NodeKind, ParticipantGone};
+use protocol::calls::{
+    JoinClaims, NodeEndpoints, NodeHeartbeat, NodeKind, NodeUsage, ParticipantGone,
+};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::config::EdgeConfig;
@@ -25,6 +27,58 @@ pub struct ControlPlaneLink {
     node_id: String,
     verifier: RwLock<Option<JoinTokenVerifier>>,
     last_fetch: Mutex<Option<Instant>>,
+    /// Totals at the previous heartbeat, for rates.
+    last_totals: std::sync::Mutex<Option<Totals>>,
+}
+
+/// Cumulative counters summed over workers, and when they were read.
+#[derive(Clone, Copy)]
+struct Totals {
+    at: Instant,
+    datagrams_in: u64,
+    datagrams_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    cpu_secs: f64,
+}
+
+impl Totals {
+    fn read(workers: &[WorkerHandle]) -> Totals {
+        let sum = |f: fn(&crate::worker::WorkerShared) -> &std::sync::atomic::AtomicU64| {
+            workers
+                .iter()
+                .map(|w| f(&w.shared).load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        Totals {
+            at: Instant::now(),
+            datagrams_in: sum(|s| &s.datagrams_in),
+            datagrams_out: sum(|s| &s.datagrams_out),
+            bytes_in: sum(|s| &s.bytes_in),
+            bytes_out: sum(|s| &s.bytes_out),
+            cpu_secs: process_cpu_secs(),
+        }
+    }
+}
+
+/// CPU seconds this process has used (0 where `/proc` is missing).
+fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Linux reports clock ticks of 1/100 s.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Why a join token was refused here.
@@ -54,6 +108,7 @@ impl ControlPlaneLink {
             node_id: config.node_id.clone(),
             verifier: RwLock::new(None),
             last_fetch: Mutex::new(None),
+            last_totals: std::sync::Mutex::new(None),
         }
     }
 
@@ -119,6 +174,40 @@ impl ControlPlaneLink {
         Ok(verifier.verify(token)?)
     }
 
+    /// The node's usage since the previous call.
+    fn usage(&self, workers: &[WorkerHandle]) -> NodeUsage {
+        let now = Totals::read(workers);
+        let mut last = self.last_totals.lock().unwrap_or_else(|e| e.into_inner());
+        let before = last.replace(now).unwrap_or(now);
+        let secs = now.at.saturating_duration_since(before.at).as_secs_f64();
+        let rate = |a: u64, b: u64| {
+            if secs > 0.0 {
+                (a.saturating_sub(b) as f64 / secs) as u64
+            } else {
+                0
+            }
+        };
+        let gauge = |f: fn(&crate::worker::WorkerShared) -> &std::sync::atomic::AtomicU64| {
+            workers
+                .iter()
+                .map(|w| f(&w.shared).load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        NodeUsage {
+            tracks: gauge(|s| &s.tracks),
+            subscriptions: gauge(|s| &s.subscriptions),
+            packets_in_per_sec: rate(now.datagrams_in, before.datagrams_in),
+            packets_out_per_sec: rate(now.datagrams_out, before.datagrams_out),
+            bits_in_per_sec: rate(now.bytes_in, before.bytes_in) * 8,
+            bits_out_per_sec: rate(now.bytes_out, before.bytes_out) * 8,
+            cpu_millicores: if secs > 0.0 {
+                ((now.cpu_secs - before.cpu_secs).max(0.0) / secs * 1000.0) as u64
+            } else {
+                0
+            },
+        }
+    }
+
     /// Sends one heartbeat. Returns whether the control plane took it.
     pub async fn heartbeat(
         &self,
@@ -144,6 +233,7 @@ impl ControlPlaneLink {
             })
             .collect();
         let signaling = signaling_base(config);
+        let usage = self.usage(workers);
         let body = NodeHeartbeat {
             kind: NodeKind::Edge,
             region: config.region.clone(),
@@ -157,6 +247,7 @@ impl ControlPlaneLink {
             load: u32::try_from(load).unwrap_or(u32::MAX),
             draining,
             sessions: Some(sessions),
+            usage: Some(usage),
         };
         let sent = self
             .http

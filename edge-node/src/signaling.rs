@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::app::EdgeState;
 use crate::sfu::PeerInfo;
-use crate::worker::Command;
+use crate::worker::{Command, TrackChange};
 
 /// Largest signaling frame (an SDP with many m-lines fits easily).
 const MAX_FRAME: usize = 64 * 1024;
@@ -160,7 +160,27 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
                                 break;
                             }
                             if let Ok(Err(refused)) = rx.await {
-                                send(&mut socket, &error("bad_sdp", refused.to_string())).await;
+                                send(&mut socket, &error(refused.code(), refused.to_string())).await;
+                            }
+                        }
+                        Ok(ClientSignal::Mute { mid, muted }) => {
+                            let change = TrackChange::Mute(muted);
+                            let (tx, rx) = oneshot::channel();
+                            if worker.commands.send(Command::Track { peer, mid, change, reply: tx }).await.is_err() {
+                                break;
+                            }
+                            if let Ok(Err(refused)) = rx.await {
+                                send(&mut socket, &error(refused.code(), refused.to_string())).await;
+                            }
+                        }
+                        Ok(ClientSignal::Pause { mid, paused }) => {
+                            let change = TrackChange::Pause(paused);
+                            let (tx, rx) = oneshot::channel();
+                            if worker.commands.send(Command::Track { peer, mid, change, reply: tx }).await.is_err() {
+                                break;
+                            }
+                            if let Ok(Err(refused)) = rx.await {
+                                send(&mut socket, &error(refused.code(), refused.to_string())).await;
                             }
                         }
                         Ok(ClientSignal::Leave) => break,

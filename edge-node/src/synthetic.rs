@@ -1,32 +1,47 @@
 //! Synthetic media that checks itself, shared by the SFU's tests, the
 //! testkit bot and `cascade bench`: a VP8-shaped frame (the VP8 P bit marks
-//! keyframes, which is all str0m's depacketizer reads) carrying a counter
-//! and a pattern derived from it, so a receiver can tell which frame it got
-//! and that every byte survived.
+//! keyframes, which is all str0m's depacketizer reads) carrying a counter,
+//! its body length and a pattern derived from the counter, so a receiver can
+//! tell which frame it got and that every byte survived.
 
-/// Bytes after the header in a keyframe / a delta frame.
-const KEYFRAME_BODY: usize = 3000;
-const DELTA_BODY: usize = 700;
+/// Default bytes after the header in a keyframe / a delta frame.
+pub const KEYFRAME_BODY: usize = 3000;
+/// See [`KEYFRAME_BODY`].
+pub const DELTA_BODY: usize = 700;
 
-/// Frame `counter`, a keyframe if `keyframe` (P bit clear).
+/// Header: VP8 payload descriptor (3), counter (4), body length (4).
+const HEADER: usize = 11;
+
+/// Frame `counter` with the default sizes, a keyframe if `keyframe` (P bit
+/// clear).
 pub fn vp8_frame(counter: u32, keyframe: bool) -> Vec<u8> {
-    let mut data = vec![if keyframe { 0x10 } else { 0x11 }, 0, 0];
+    vp8_frame_sized(
+        counter,
+        keyframe,
+        if keyframe { KEYFRAME_BODY } else { DELTA_BODY },
+    )
+}
+
+/// Frame `counter` with a body of `body` bytes (how a benchmark sets the
+/// bitrate).
+pub fn vp8_frame_sized(counter: u32, keyframe: bool, body: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(HEADER + body);
+    data.extend_from_slice(&[if keyframe { 0x10 } else { 0x11 }, 0, 0]);
     data.extend_from_slice(&counter.to_be_bytes());
-    data.extend(pattern(counter, body_len(keyframe)));
+    data.extend_from_slice(&u32::try_from(body).unwrap_or(u32::MAX).to_be_bytes());
+    data.extend(pattern(counter, body));
     data
 }
 
-/// The counter and keyframe flag of an intact [`vp8_frame`], else `None`.
+/// The counter and keyframe flag of an intact frame, else `None`.
 pub fn check_frame(data: &[u8]) -> Option<(u32, bool)> {
     let counter = u32::from_be_bytes(data.get(3..7)?.try_into().ok()?);
+    let body_len = u32::from_be_bytes(data.get(7..11)?.try_into().ok()?);
     let keyframe = data.first()? & 1 == 0;
-    let body = data.get(7..)?;
-    (body.len() == body_len(keyframe) && body.iter().copied().eq(pattern(counter, body.len())))
-        .then_some((counter, keyframe))
-}
-
-fn body_len(keyframe: bool) -> usize {
-    if keyframe { KEYFRAME_BODY } else { DELTA_BODY }
+    let body = data.get(HEADER..)?;
+    (body.len() as u64 == u64::from(body_len)
+        && body.iter().copied().eq(pattern(counter, body.len())))
+    .then_some((counter, keyframe))
 }
 
 fn pattern(counter: u32, len: usize) -> impl Iterator<Item = u8> {
@@ -41,10 +56,17 @@ mod tests {
     fn frames_check_themselves() {
         assert_eq!(check_frame(&vp8_frame(7, true)), Some((7, true)));
         assert_eq!(check_frame(&vp8_frame(8, false)), Some((8, false)));
+        assert_eq!(
+            check_frame(&vp8_frame_sized(9, false, 6000)),
+            Some((9, false))
+        );
         let mut damaged = vp8_frame(9, false);
         damaged[100] ^= 1;
         assert_eq!(check_frame(&damaged), None);
         assert_eq!(check_frame(&vp8_frame(9, false)[..50]), None);
+        let mut longer = vp8_frame(9, false);
+        longer.push(0);
+        assert_eq!(check_frame(&longer), None);
         assert_eq!(check_frame(b""), None);
     }
 }

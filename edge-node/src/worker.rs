@@ -38,6 +38,17 @@ pub enum Command {
         /// Accepted, or why not.
         reply: oneshot::Sender<Result<(), SignalError>>,
     },
+    /// The peer mutes one of its tracks or pauses one it receives.
+    Track {
+        /// The peer.
+        peer: PeerId,
+        /// The m-line in its session.
+        mid: String,
+        /// What changes.
+        change: TrackChange,
+        /// Done, or why not.
+        reply: oneshot::Sender<Result<(), SignalError>>,
+    },
     /// The peer leaves.
     Leave {
         /// The peer.
@@ -45,11 +56,33 @@ pub enum Command {
     },
 }
 
-/// Numbers a worker shares with the rest of the process.
+/// A change to one track of a peer.
+#[derive(Debug, Clone, Copy)]
+pub enum TrackChange {
+    /// Its own published track: muted or not.
+    Mute(bool),
+    /// A track it receives: paused or not.
+    Pause(bool),
+}
+
+/// Numbers a worker shares with the rest of the process (heartbeats read
+/// them).
 #[derive(Default)]
 pub struct WorkerShared {
     /// Participants now.
     pub participants: AtomicU64,
+    /// Published tracks now.
+    pub tracks: AtomicU64,
+    /// Subscriptions now.
+    pub subscriptions: AtomicU64,
+    /// Datagrams received since start.
+    pub datagrams_in: AtomicU64,
+    /// Datagrams sent since start.
+    pub datagrams_out: AtomicU64,
+    /// Bytes received since start.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent since start.
+    pub bytes_out: AtomicU64,
     /// Sessions connected now (join-token `session`s, for heartbeats).
     pub sessions: Mutex<Vec<Uuid>>,
 }
@@ -68,16 +101,54 @@ pub struct WorkerHandle {
 /// A session a worker's peer belonged to, reported gone to the control plane.
 pub type Gone = PeerInfo;
 
-/// Binds a worker's socket. `advertised` is the address in its candidates
-/// (the bound one unless a public IP is configured).
-pub async fn bind(bind: SocketAddr) -> std::io::Result<UdpSocket> {
-    UdpSocket::bind(bind).await
+/// Binds a worker's socket (non-blocking, for the worker's own runtime).
+pub fn bind(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(bind)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Starts a worker on its own thread with a single-threaded runtime: a
+/// call's media never crosses threads, and the thread's CPU time is the
+/// worker's. The receiver resolves when the worker has stopped.
+pub fn spawn(
+    worker: Worker,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let (done, stopped) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("media-worker-{}", worker.index))
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(run(worker, stop)),
+                Err(error) => tracing::error!(%error, "media worker runtime"),
+            }
+            let _ = done.send(());
+        })?;
+    Ok(stopped)
+}
+
+/// CPU seconds the calling thread has used (`/proc/thread-self/stat`;
+/// `None` where there is no such file).
+fn thread_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // Linux reports clock ticks of 1/100 s.
+    Some((utime + stime) / 100.0)
 }
 
 /// Everything a worker runs with.
 pub struct Worker {
-    /// Its media socket.
-    pub socket: UdpSocket,
+    /// Its number on this node (for metrics).
+    pub index: usize,
+    /// Its media socket (from [`bind`]).
+    pub socket: std::net::UdpSocket,
     /// The address its candidates advertise.
     pub advertised: SocketAddr,
     /// Limits and timing of its core.
@@ -95,6 +166,7 @@ pub struct Worker {
 /// Runs a worker until `stop` resolves or every sender is gone.
 pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
     let Worker {
+        index,
         socket,
         advertised,
         config,
@@ -103,6 +175,22 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
         gone,
         metrics,
     } = worker;
+    let socket = match UdpSocket::from_std(socket) {
+        Ok(socket) => socket,
+        Err(error) => {
+            tracing::error!(%error, "media socket");
+            return;
+        }
+    };
+    let worker_label = index.to_string();
+    let cpu_counter = metrics
+        .worker_cpu
+        .with_label_values(&[worker_label.as_str()]);
+    let mut cpu_seen = thread_cpu_secs().unwrap_or(0.0);
+    let mut cpu_tick = tokio::time::interval(Duration::from_secs(1));
+    // Whether the last pass handled an overdue timer without waiting (the
+    // next one waits, so a stream of due timers cannot starve the socket).
+    let mut handled_overdue = false;
     let mut sfu = Sfu::new(config, advertised);
     let mut counted = sfu.stats();
     // This worker's share of the node-wide gauges.
@@ -115,34 +203,59 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
         let wake = sfu
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_millis(100));
-        tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                if let Ok((n, source)) = received {
-                    sfu.handle_receive(Instant::now(), source, &buf[..n]);
-                }
-            }
-            () = tokio::time::sleep_until(wake.into()) => {
-                let now = Instant::now();
-                metrics.loop_lag.observe(now.saturating_duration_since(wake).as_secs_f64());
-                sfu.handle_timeout(now);
-            }
-            command = commands.recv() => match command {
-                None => break,
-                Some(Command::Join { info, offer, signals: tx, reply }) => {
-                    let session = info.session;
-                    let result = sfu.join(Instant::now(), info, &offer);
-                    if let Ok((peer, _)) = &result {
-                        signals.insert(*peer, tx);
-                        sessions.insert(*peer, session);
+        let now = Instant::now();
+        // A timer already due runs at once: the runtime's timer would round
+        // it up to its next millisecond tick.
+        if wake <= now && !handled_overdue {
+            handled_overdue = true;
+            metrics
+                .loop_lag
+                .observe(now.saturating_duration_since(wake).as_secs_f64());
+            sfu.handle_timeout(now);
+        } else {
+            handled_overdue = false;
+            tokio::select! {
+                received = socket.recv_from(&mut buf) => {
+                    if let Ok((n, source)) = received {
+                        sfu.handle_receive(Instant::now(), source, &buf[..n]);
                     }
-                    let _ = reply.send(result);
                 }
-                Some(Command::Answer { peer, sdp, reply }) => {
-                    let _ = reply.send(sfu.handle_answer(Instant::now(), peer, &sdp));
+                () = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    metrics.loop_lag.observe(now.saturating_duration_since(wake).as_secs_f64());
+                    sfu.handle_timeout(now);
                 }
-                Some(Command::Leave { peer }) => sfu.leave(Instant::now(), peer),
-            },
-            () = &mut stop => break,
+                command = commands.recv() => match command {
+                    None => break,
+                    Some(Command::Join { info, offer, signals: tx, reply }) => {
+                        let session = info.session;
+                        let result = sfu.join(Instant::now(), info, &offer);
+                        if let Ok((peer, _)) = &result {
+                            signals.insert(*peer, tx);
+                            sessions.insert(*peer, session);
+                        }
+                        let _ = reply.send(result);
+                    }
+                    Some(Command::Answer { peer, sdp, reply }) => {
+                        let _ = reply.send(sfu.handle_answer(Instant::now(), peer, &sdp));
+                    }
+                    Some(Command::Track { peer, mid, change, reply }) => {
+                        let now = Instant::now();
+                        let _ = reply.send(match change {
+                            TrackChange::Mute(muted) => sfu.set_muted(now, peer, &mid, muted),
+                            TrackChange::Pause(paused) => sfu.set_paused(now, peer, &mid, paused),
+                        });
+                    }
+                    Some(Command::Leave { peer }) => sfu.leave(Instant::now(), peer),
+                },
+                _ = cpu_tick.tick() => {
+                    if let Some(cpu) = thread_cpu_secs() {
+                        cpu_counter.inc_by((cpu - cpu_seen).max(0.0));
+                        cpu_seen = cpu;
+                    }
+                }
+                () = &mut stop => break,
+            }
         }
         // Out with everything the core produced.
         while let Some(t) = sfu.poll_transmit() {
@@ -177,8 +290,22 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
             .participants
             .store(sfu.participants() as u64, Ordering::Relaxed);
         let stats = sfu.stats();
-        metrics.add(&counted, &stats);
-        counted = stats;
+        if stats != counted {
+            metrics.add(&counted, &stats);
+            counted = stats;
+            shared
+                .datagrams_in
+                .store(stats.datagrams_in, Ordering::Relaxed);
+            shared
+                .datagrams_out
+                .store(stats.datagrams_out, Ordering::Relaxed);
+            shared.bytes_in.store(stats.bytes_in, Ordering::Relaxed);
+            shared.bytes_out.store(stats.bytes_out, Ordering::Relaxed);
+        }
+        shared.tracks.store(sfu.tracks() as u64, Ordering::Relaxed);
+        shared
+            .subscriptions
+            .store(sfu.subscriptions() as u64, Ordering::Relaxed);
         for (gauge, mine, now) in [
             (
                 &metrics.participants,

@@ -112,6 +112,30 @@ pub struct NodeHeartbeat {
     /// arrived, or left without a word).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<Vec<Uuid>>,
+    /// What the node is doing, beyond `load` (for operators and future
+    /// placement; rates are over the last heartbeat interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<NodeUsage>,
+}
+
+/// A node's work since its previous heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUsage {
+    /// Published tracks now.
+    pub tracks: u64,
+    /// Track subscriptions now.
+    pub subscriptions: u64,
+    /// Datagrams received per second.
+    pub packets_in_per_sec: u64,
+    /// Datagrams sent per second.
+    pub packets_out_per_sec: u64,
+    /// Bits received per second.
+    pub bits_in_per_sec: u64,
+    /// Bits sent per second.
+    pub bits_out_per_sec: u64,
+    /// CPU time the process used per second, in thousandths of a core.
+    pub cpu_millicores: u64,
 }
 
 /// A registered node as the registry returns it.

@@ -23,6 +23,25 @@ pub enum ClientSignal {
         /// SDP.
         sdp: String,
     },
+    /// Mute or unmute one of the client's own published m-lines. A muted
+    /// track is forwarded to nobody (the client may also stop sending), and
+    /// other participants' track lists show `muted`. Unmuting video makes
+    /// the edge ask for a keyframe.
+    Mute {
+        /// The m-line, in the client's session.
+        mid: String,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// Pause or resume a track the client receives: a paused track is not
+    /// sent to this client (e.g. its video is off screen). Resuming video
+    /// brings a keyframe.
+    Pause {
+        /// The m-line, in the client's session (from `tracks`).
+        mid: String,
+        /// Paused or not.
+        paused: bool,
+    },
     /// The client leaves (the socket closing says the same).
     Leave,
 }
@@ -68,6 +87,12 @@ pub struct TrackInfo {
     pub user_id: Uuid,
     /// Their device.
     pub device_id: String,
+    /// Its publisher muted it.
+    #[serde(default)]
+    pub muted: bool,
+    /// This client paused it.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[cfg(test)]

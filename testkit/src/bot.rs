@@ -1,23 +1,118 @@
 //! A headless WebRTC client on str0m: it joins a call through the real
 //! signaling socket and a real UDP socket, publishes synthetic VP8 (a frame
 //! every 33 ms, keyframes when asked) and Opus, and checks every frame it
-//! receives byte for byte.
+//! receives byte for byte. `cascade bench sfu` runs the same bots with
+//! bigger frames and a [`LatencyProbe`], and pairs two of them directly
+//! ([`Bot::direct_pair`]) for its no-SFU baseline.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_node::synthetic::{check_frame, vp8_frame};
+use edge_node::synthetic::{DELTA_BODY, KEYFRAME_BODY, check_frame, vp8_frame_sized};
 use futures_util::{SinkExt, StreamExt};
 use protocol::signaling::{ClientSignal, ServerSignal, TrackInfo};
-use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
+
+type Signaling =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How a bot behaves.
+#[derive(Clone)]
+pub struct BotOptions {
+    /// Publish video and audio (else only subscribe).
+    pub publish: bool,
+    /// Body bytes of a delta frame (30 per second: 700 ≈ 170 kbit/s,
+    /// 6,200 ≈ 1.5 Mbit/s).
+    pub delta_body: usize,
+    /// Body bytes of a keyframe.
+    pub keyframe_body: usize,
+    /// Where send and receive times of video frames go.
+    pub probe: Option<Arc<LatencyProbe>>,
+}
+
+impl BotOptions {
+    /// Small frames, no probe; publishing if `publish`.
+    pub fn new(publish: bool) -> Self {
+        BotOptions {
+            publish,
+            delta_body: DELTA_BODY,
+            keyframe_body: KEYFRAME_BODY,
+            probe: None,
+        }
+    }
+}
+
+/// Frame latency from the publisher's write to a subscriber's complete
+/// frame, for bots in one process (they share the clock).
+pub struct LatencyProbe {
+    base: Instant,
+    /// Send time of frame `counter % len`, ns after `base` (+1; 0: unknown).
+    sent: Vec<AtomicU64>,
+    recording: AtomicBool,
+    samples: Mutex<Vec<Duration>>,
+}
+
+impl LatencyProbe {
+    /// A probe that records nothing until [`LatencyProbe::start`].
+    pub fn new() -> Arc<Self> {
+        Arc::new(LatencyProbe {
+            base: Instant::now(),
+            sent: (0..4096).map(|_| AtomicU64::new(0)).collect(),
+            recording: AtomicBool::new(false),
+            samples: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn slot(&self, counter: u32) -> &AtomicU64 {
+        &self.sent[counter as usize % self.sent.len()]
+    }
+
+    pub(crate) fn sent(&self, counter: u32, at: Instant) {
+        let ns = at.saturating_duration_since(self.base).as_nanos() as u64;
+        self.slot(counter).store(ns + 1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn received(&self, counter: u32, at: Instant) {
+        if !self.recording.load(Ordering::Relaxed) {
+            return;
+        }
+        let sent = self.slot(counter).load(Ordering::Relaxed);
+        if sent == 0 {
+            return;
+        }
+        let now = at.saturating_duration_since(self.base).as_nanos() as u64;
+        let latency = Duration::from_nanos(now.saturating_sub(sent - 1));
+        if let Ok(mut samples) = self.samples.lock() {
+            samples.push(latency);
+        }
+    }
+
+    /// Clears the samples and starts recording.
+    pub fn start(&self) {
+        if let Ok(mut samples) = self.samples.lock() {
+            samples.clear();
+        }
+        self.recording.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops recording and returns what was recorded.
+    pub fn take(&self) -> Vec<Duration> {
+        self.recording.store(false, Ordering::Relaxed);
+        self.samples
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
+    }
+}
 
 /// What a bot saw.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +168,7 @@ struct State {
     audio: Option<Mid>,
     keyframe_due: bool,
     report: Arc<Mutex<BotReport>>,
+    options: BotOptions,
 }
 
 impl State {
@@ -98,6 +194,9 @@ impl State {
                 if data.params.spec().codec == Codec::Vp8 {
                     match check_frame(&data.data) {
                         Some((counter, keyframe)) => {
+                            if let Some(probe) = &self.options.probe {
+                                probe.received(counter, Instant::now());
+                            }
                             let mid = data.mid.to_string();
                             report
                                 .first_was_keyframe
@@ -127,13 +226,24 @@ impl State {
         };
         let keyframe = std::mem::take(&mut self.keyframe_due);
         let vp8 = self.pt(video, Codec::Vp8);
+        let body = if keyframe {
+            self.options.keyframe_body
+        } else {
+            self.options.delta_body
+        };
+        let frame = vp8_frame_sized(counter, keyframe, body);
+        if let Some(probe) = &self.options.probe {
+            probe.sent(counter, now);
+        }
         if let (Some(pt), Some(w)) = (vp8, self.rtc.writer(video)) {
             let _ = w.write(
                 pt,
                 now,
                 MediaTime::from_90khz(u64::from(counter) * 3000),
-                vp8_frame(counter, keyframe),
+                frame,
             );
+            // str0m packetizes on its next timeout: now, not at the timer.
+            let _ = self.rtc.handle_input(Input::Timeout(now));
         }
     }
 
@@ -150,6 +260,7 @@ impl State {
                 MediaTime::new(u64::from(counter) * 1600, Frequency::FORTY_EIGHT_KHZ),
                 vec![0xf8, 0xff, 0xfe],
             );
+            let _ = self.rtc.handle_input(Input::Timeout(now));
         }
     }
 
@@ -161,40 +272,143 @@ impl State {
     }
 }
 
+/// A client `Rtc` with one host candidate on `local`.
+fn client_rtc(local: SocketAddr) -> Result<Rtc, BotError> {
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_vp8(true)
+        .enable_opus(true, false)
+        .build(Instant::now());
+    let candidate = Candidate::host(local, "udp").map_err(|e| BotError(e.to_string()))?;
+    rtc.add_local_candidate(candidate);
+    Ok(rtc)
+}
+
+async fn bind_local() -> Result<(UdpSocket, SocketAddr), BotError> {
+    let socket = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| BotError(e.to_string()))?;
+    let local = socket.local_addr().map_err(|e| BotError(e.to_string()))?;
+    Ok((socket, local))
+}
+
+/// Adds send-only video and audio if publishing, else a data channel (an
+/// offer needs something in it).
+fn add_media(
+    rtc: &mut Rtc,
+    publish: bool,
+) -> (Option<Mid>, Option<Mid>, SdpOffer, SdpPendingOffer) {
+    let mut api = rtc.sdp_api();
+    let (video, audio) = if publish {
+        (
+            Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None)),
+            Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None)),
+        )
+    } else {
+        api.add_channel("cascade".into());
+        (None, None)
+    };
+    let (offer, pending) = api.apply().expect("an offer with media or a channel");
+    (video, audio, offer, pending)
+}
+
+async fn next_signal(
+    ws: &mut Option<Signaling>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match ws {
+        Some(ws) => ws.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The bot's loop: socket, str0m timers, the frame ticker, signaling (if
+/// any) and the stop signal.
+async fn run(
+    mut state: State,
+    local: SocketAddr,
+    mut ws: Option<Signaling>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let socket = state.socket.clone();
+    let publish = state.options.publish;
+    let mut buf = vec![0u8; 2048];
+    let mut ticker = tokio::time::interval(Duration::from_millis(33));
+    let mut counter = 0u32;
+    let mut wake = state.drain().await;
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let Ok((n, source)) = received else { continue };
+                if let Ok(r) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {
+                    let _ = state.rtc.handle_input(Input::Receive(Instant::now(), r));
+                }
+            }
+            () = tokio::time::sleep_until(wake.into()) => {
+                let _ = state.rtc.handle_input(Input::Timeout(Instant::now()));
+            }
+            _ = ticker.tick() => {
+                let connected = state.report.lock().map(|r| r.connected).unwrap_or(false);
+                if publish && connected {
+                    state.send_video(counter, Instant::now());
+                    state.drain().await;
+                    state.send_audio(counter, Instant::now());
+                    counter += 1;
+                    if let Ok(mut r) = state.report.lock() { r.frames_sent = counter; }
+                }
+            }
+            frame = next_signal(&mut ws) => match frame {
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerSignal>(&text) {
+                    Ok(ServerSignal::Offer { sdp }) => {
+                        let answer = SdpOffer::from_sdp_string(&sdp)
+                            .ok()
+                            .and_then(|offer| state.rtc.sdp_api().accept_offer(offer).ok());
+                        if let (Some(answer), Some(ws)) = (answer, ws.as_mut()) {
+                            let text = serde_json::to_string(&ClientSignal::Answer { sdp: answer.to_sdp_string() }).unwrap_or_default();
+                            let _ = ws.send(Message::Text(text.into())).await;
+                        }
+                    }
+                    Ok(ServerSignal::Tracks { tracks }) => {
+                        if let Ok(mut r) = state.report.lock() { r.tracks = tracks; }
+                    }
+                    Ok(ServerSignal::Error { code, message }) => {
+                        if let Ok(mut r) = state.report.lock() { r.errors.push(format!("{code}: {message}")); }
+                    }
+                    _ => {}
+                },
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+            _ = &mut stopped => {
+                if let Some(ws) = ws.as_mut() {
+                    let leave = serde_json::to_string(&ClientSignal::Leave).unwrap_or_default();
+                    let _ = ws.send(Message::Text(leave.into())).await;
+                    let _ = ws.close(None).await;
+                }
+                break;
+            }
+        }
+        wake = state.drain().await;
+    }
+}
+
 impl Bot {
     /// Joins with a `POST /v1/calls/{id}/join` response (`edge.signaling_url`
     /// and `token`), publishing video and audio if `publish`.
     pub async fn join(join: &serde_json::Value, publish: bool) -> Result<Bot, BotError> {
+        Bot::join_with(join, BotOptions::new(publish)).await
+    }
+
+    /// [`Bot::join`] with options.
+    pub async fn join_with(join: &serde_json::Value, options: BotOptions) -> Result<Bot, BotError> {
         let url = join["edge"]["signaling_url"]
             .as_str()
             .ok_or_else(|| BotError("no signaling_url".into()))?;
         let token = join["token"]
             .as_str()
             .ok_or_else(|| BotError("no token".into()))?;
-        let socket = UdpSocket::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| BotError(e.to_string()))?;
-        let local: SocketAddr = socket.local_addr().map_err(|e| BotError(e.to_string()))?;
-        let mut rtc = Rtc::builder()
-            .clear_codecs()
-            .enable_vp8(true)
-            .enable_opus(true, false)
-            .build(Instant::now());
-        let candidate = Candidate::host(local, "udp").map_err(|e| BotError(e.to_string()))?;
-        rtc.add_local_candidate(candidate);
-        let mut api = rtc.sdp_api();
-        let (video, audio) = if publish {
-            (
-                Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None)),
-                Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None)),
-            )
-        } else {
-            api.add_channel("cascade".into());
-            (None, None)
-        };
-        let (offer, pending) = api
-            .apply()
-            .ok_or_else(|| BotError("nothing to offer".into()))?;
+        let (socket, local) = bind_local().await?;
+        let mut rtc = client_rtc(local)?;
+        let (video, audio, offer, pending) = add_media(&mut rtc, options.publish);
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}"))
             .await
             .map_err(|e| BotError(format!("signaling: {e}")))?;
@@ -225,76 +439,75 @@ impl Bot {
         rtc.sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| BotError(e.to_string()))?;
-        let report = Arc::new(Mutex::new(BotReport::default()));
-        let socket = Arc::new(socket);
-        let mut state = State {
+        Ok(Bot::spawn(
             rtc,
-            socket: socket.clone(),
+            socket,
+            local,
+            video,
+            audio,
+            options,
+            Some(ws),
+        ))
+    }
+
+    /// Two bots connected to each other with no server between them (both
+    /// full ICE over loopback, SDP exchanged in process): a benchmark's
+    /// no-SFU baseline.
+    pub async fn direct_pair(
+        publisher: BotOptions,
+        subscriber: BotOptions,
+    ) -> Result<(Bot, Bot), BotError> {
+        let (pub_socket, pub_local) = bind_local().await?;
+        let (sub_socket, sub_local) = bind_local().await?;
+        let mut pub_rtc = client_rtc(pub_local)?;
+        let mut sub_rtc = client_rtc(sub_local)?;
+        let (video, audio, offer, pending) = add_media(&mut pub_rtc, true);
+        let answer = sub_rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| BotError(e.to_string()))?;
+        pub_rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| BotError(e.to_string()))?;
+        let publisher = BotOptions {
+            publish: true,
+            ..publisher
+        };
+        let subscriber = BotOptions {
+            publish: false,
+            ..subscriber
+        };
+        Ok((
+            Bot::spawn(
+                pub_rtc, pub_socket, pub_local, video, audio, publisher, None,
+            ),
+            Bot::spawn(sub_rtc, sub_socket, sub_local, None, None, subscriber, None),
+        ))
+    }
+
+    fn spawn(
+        rtc: Rtc,
+        socket: UdpSocket,
+        local: SocketAddr,
+        video: Option<Mid>,
+        audio: Option<Mid>,
+        options: BotOptions,
+        ws: Option<Signaling>,
+    ) -> Bot {
+        let report = Arc::new(Mutex::new(BotReport::default()));
+        let state = State {
+            rtc,
+            socket: Arc::new(socket),
             video,
             audio,
             keyframe_due: true,
             report: report.clone(),
+            options,
         };
-        let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            let mut ticker = tokio::time::interval(Duration::from_millis(33));
-            let mut counter = 0u32;
-            let mut wake = state.drain().await;
-            loop {
-                tokio::select! {
-                    received = socket.recv_from(&mut buf) => {
-                        let Ok((n, source)) = received else { continue };
-                        if let Ok(r) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {
-                            let _ = state.rtc.handle_input(Input::Receive(Instant::now(), r));
-                        }
-                    }
-                    () = tokio::time::sleep_until(wake.into()) => {
-                        let _ = state.rtc.handle_input(Input::Timeout(Instant::now()));
-                    }
-                    _ = ticker.tick() => {
-                        let connected = state.report.lock().map(|r| r.connected).unwrap_or(false);
-                        if publish && connected {
-                            state.send_video(counter, Instant::now());
-                            state.drain().await;
-                            state.send_audio(counter, Instant::now());
-                            counter += 1;
-                            if let Ok(mut r) = state.report.lock() { r.frames_sent = counter; }
-                        }
-                    }
-                    frame = ws.next() => match frame {
-                        Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerSignal>(&text) {
-                            Ok(ServerSignal::Offer { sdp }) => {
-                                let answer = SdpOffer::from_sdp_string(&sdp)
-                                    .ok()
-                                    .and_then(|offer| state.rtc.sdp_api().accept_offer(offer).ok());
-                                if let Some(answer) = answer {
-                                    let text = serde_json::to_string(&ClientSignal::Answer { sdp: answer.to_sdp_string() }).unwrap_or_default();
-                                    let _ = ws.send(Message::Text(text.into())).await;
-                                }
-                            }
-                            Ok(ServerSignal::Tracks { tracks }) => {
-                                if let Ok(mut r) = state.report.lock() { r.tracks = tracks; }
-                            }
-                            Ok(ServerSignal::Error { code, message }) => {
-                                if let Ok(mut r) = state.report.lock() { r.errors.push(format!("{code}: {message}")); }
-                            }
-                            _ => {}
-                        },
-                        Some(Ok(_)) => {}
-                        _ => break,
-                    },
-                    _ = &mut stopped => {
-                        let leave = serde_json::to_string(&ClientSignal::Leave).unwrap_or_default();
-                        let _ = ws.send(Message::Text(leave.into())).await;
-                        let _ = ws.close(None).await;
-                        break;
-                    }
-                }
-                wake = state.drain().await;
-            }
-        });
-        Ok(Bot { report, stop, task })
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(run(state, local, ws, stopped));
+        Bot { report, stop, task }
     }
 
     /// What it saw so far.

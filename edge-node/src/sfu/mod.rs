@@ -28,7 +28,7 @@ mod stun;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,9 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use uuid::Uuid;
+
+/// Video packets kept per subscription for retransmission.
+const SEND_BUFFER_VIDEO: usize = 400;
 
 /// A participant session in this core.
 pub type PeerId = u64;
@@ -116,6 +119,21 @@ pub enum SignalError {
     /// The answer is not SDP str0m can accept.
     #[error("bad SDP answer: {0}")]
     BadSdp(String),
+    /// Mute or pause named an m-line the peer does not publish or receive.
+    #[error("no such track: {0}")]
+    UnknownTrack(String),
+}
+
+impl SignalError {
+    /// The `code` of the signaling error frame.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignalError::UnknownPeer => "gone",
+            SignalError::NoPendingOffer => "bad_message",
+            SignalError::BadSdp(_) => "bad_sdp",
+            SignalError::UnknownTrack(_) => "unknown_track",
+        }
+    }
 }
 
 /// Where a track's media comes from.
@@ -143,6 +161,8 @@ pub struct Track {
     pub user: Uuid,
     /// From which device.
     pub device: String,
+    /// Its publisher muted it: nothing of it is forwarded.
+    pub muted: bool,
     last_keyframe_request: Option<Instant>,
 }
 
@@ -187,6 +207,13 @@ pub struct SfuStats {
     pub forwarded: u64,
     /// Keyframe requests sent upstream.
     pub keyframe_requests: u64,
+    /// Keyframe requests (PLI/FIR) subscribers sent.
+    pub keyframe_requests_received: u64,
+    /// NACKs subscribers sent (each answered by str0m with RTX from its
+    /// send buffer).
+    pub nacks_received: u64,
+    /// NACKs sent to publishers for their lost packets.
+    pub nacks_sent: u64,
 }
 
 struct Peer {
@@ -199,6 +226,14 @@ struct Peer {
     subscribed: HashMap<TrackId, Mid>,
     /// The reverse of `subscribed`.
     out_mids: HashMap<Mid, TrackId>,
+    /// Received tracks the peer paused (not forwarded to it).
+    paused: HashSet<TrackId>,
+    /// Received video tracks that start (again) only on a keyframe: new,
+    /// resumed or unmuted. A delta frame before it would not decode.
+    awaiting_keyframe: HashSet<TrackId>,
+    /// Last cumulative NACK counts str0m reported, per m-line and
+    /// direction (`true`: ingress), to count the differences.
+    nacks_seen: HashMap<(Mid, bool), u64>,
     /// The outstanding edge offer and what it adds and removes.
     pending: Option<Pending>,
     /// Whether the peer has received its answer (offers wait for that).
@@ -304,6 +339,12 @@ impl Sfu {
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
+            // str0m keeps 1000 sent video packets per stream for NACKs by
+            // default: ~1 MB per subscription. 400 is ~2 s of 1.5 Mbit/s
+            // video, far beyond any retransmission that can still help.
+            .set_send_buffer_video(SEND_BUFFER_VIDEO)
+            // NACK and keyframe-request counts for the metrics.
+            .set_stats_interval(Some(Duration::from_secs(1)))
             .set_local_ice_credentials(IceCreds {
                 ufrag: ufrag.clone(),
                 pass: random_token(32),
@@ -332,6 +373,9 @@ impl Sfu {
                 published: HashMap::new(),
                 subscribed: HashMap::new(),
                 out_mids: HashMap::new(),
+                paused: HashSet::new(),
+                awaiting_keyframe: HashSet::new(),
+                nacks_seen: HashMap::new(),
                 pending: None,
                 answered: false,
                 ufrag,
@@ -369,16 +413,21 @@ impl Sfu {
         }
         let mut fresh_video = Vec::new();
         for (track, mid) in pending.added {
-            if self.tracks.contains_key(&track) {
+            if let Some(t) = self.tracks.get(&track) {
                 p.subscribed.insert(track, mid);
                 p.out_mids.insert(mid, track);
-                fresh_video.push(track);
+                if t.kind == MediaKind::Video {
+                    p.awaiting_keyframe.insert(track);
+                    fresh_video.push(track);
+                }
             }
         }
         for track in pending.removed {
             if let Some(mid) = p.subscribed.remove(&track) {
                 p.out_mids.remove(&mid);
             }
+            p.paused.remove(&track);
+            p.awaiting_keyframe.remove(&track);
         }
         let connected = p.connected;
         self.drive(peer);
@@ -390,6 +439,90 @@ impl Sfu {
         }
         self.renegotiate(peer);
         self.process(now);
+        Ok(())
+    }
+
+    /// The peer mutes or unmutes one of its published m-lines: a muted
+    /// track is forwarded to nobody, and every subscriber's track list says
+    /// so. Unmuting asks for a keyframe so video resumes at once.
+    pub fn set_muted(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        mid: &str,
+        muted: bool,
+    ) -> Result<(), SignalError> {
+        let p = self.peers.get(&peer).ok_or(SignalError::UnknownPeer)?;
+        let track = p
+            .published
+            .iter()
+            .find(|(m, _)| m.to_string() == mid)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| SignalError::UnknownTrack(mid.to_owned()))?;
+        let call = p.info.call;
+        let t = self
+            .tracks
+            .get_mut(&track)
+            .ok_or_else(|| SignalError::UnknownTrack(mid.to_owned()))?;
+        if t.muted == muted {
+            return Ok(());
+        }
+        t.muted = muted;
+        let video = t.kind == MediaKind::Video;
+        for other in self.calls.get(&call).cloned().unwrap_or_default() {
+            let Some(o) = self.peers.get_mut(&other) else {
+                continue;
+            };
+            if o.subscribed.contains_key(&track) {
+                if video && !muted {
+                    o.awaiting_keyframe.insert(track);
+                }
+                self.send_track_list(other);
+            }
+        }
+        if !muted {
+            self.request_keyframe(track, now, true);
+        }
+        self.process(now);
+        Ok(())
+    }
+
+    /// The peer pauses or resumes one of the tracks it receives (its `mid`):
+    /// a paused track is not forwarded to it, so it costs no bandwidth.
+    /// Resuming asks for a keyframe.
+    pub fn set_paused(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        mid: &str,
+        paused: bool,
+    ) -> Result<(), SignalError> {
+        let p = self.peers.get_mut(&peer).ok_or(SignalError::UnknownPeer)?;
+        let track = p
+            .out_mids
+            .iter()
+            .find(|(m, _)| m.to_string() == mid)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| SignalError::UnknownTrack(mid.to_owned()))?;
+        let video = self
+            .tracks
+            .get(&track)
+            .is_some_and(|t| t.kind == MediaKind::Video);
+        let changed = if paused {
+            p.paused.insert(track)
+        } else {
+            p.paused.remove(&track)
+        };
+        if changed && !paused && video {
+            p.awaiting_keyframe.insert(track);
+        }
+        if changed {
+            self.send_track_list(peer);
+            if !paused {
+                self.request_keyframe(track, now, true);
+            }
+            self.process(now);
+        }
         Ok(())
     }
 
@@ -547,8 +680,15 @@ impl Sfu {
                         self.publish(peer, added.mid, added.kind);
                     }
                 }
-                Event::MediaData(data) => self.forward(peer, data),
+                Event::MediaData(data) => self.forward(peer, data, now),
+                Event::MediaEgressStats(stats) => {
+                    self.count_nacks(peer, stats.mid, false, stats.nacks);
+                }
+                Event::MediaIngressStats(stats) => {
+                    self.count_nacks(peer, stats.mid, true, stats.nacks);
+                }
                 Event::KeyframeRequest(request) => {
+                    self.stats.keyframe_requests_received += 1;
                     let track = self
                         .peers
                         .get(&peer)
@@ -581,6 +721,7 @@ impl Sfu {
                 kind,
                 user: p.info.user,
                 device: p.info.device.clone(),
+                muted: false,
                 last_keyframe_request: None,
             },
         );
@@ -592,7 +733,22 @@ impl Sfu {
         }
     }
 
-    fn forward(&mut self, peer: PeerId, data: MediaData) {
+    /// Adds the growth of a cumulative NACK count str0m reported.
+    fn count_nacks(&mut self, peer: PeerId, mid: Mid, ingress: bool, total: u64) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let seen = p.nacks_seen.entry((mid, ingress)).or_insert(0);
+        let new = total.saturating_sub(*seen);
+        *seen = total.max(*seen);
+        if ingress {
+            self.stats.nacks_sent += new;
+        } else {
+            self.stats.nacks_received += new;
+        }
+    }
+
+    fn forward(&mut self, peer: PeerId, data: MediaData, now: Instant) {
         let Some(track) = self
             .peers
             .get(&peer)
@@ -600,7 +756,15 @@ impl Sfu {
         else {
             return;
         };
-        let call = self.tracks.get(&track).map(|t| t.call);
+        let Some((call, muted)) = self.tracks.get(&track).map(|t| (t.call, t.muted)) else {
+            return;
+        };
+        if muted {
+            return;
+        }
+        let keyframe = data.is_keyframe();
+        let mut waiting = false;
+        let call = Some(call);
         let subscribers = call
             .and_then(|c| self.calls.get(&c))
             .cloned()
@@ -615,8 +779,15 @@ impl Sfu {
             let Some(mid) = s.subscribed.get(&track).copied() else {
                 continue;
             };
-            if !s.connected {
+            if !s.connected || s.paused.contains(&track) {
                 continue;
+            }
+            if s.awaiting_keyframe.contains(&track) {
+                if !keyframe {
+                    waiting = true;
+                    continue;
+                }
+                s.awaiting_keyframe.remove(&track);
             }
             let written = s.rtc.writer(mid).and_then(|w| {
                 let pt = w.match_params(data.params)?;
@@ -625,8 +796,18 @@ impl Sfu {
             });
             if written.is_some() {
                 self.stats.forwarded += 1;
+                // str0m packetizes written media on its next timeout; give
+                // it one now rather than waiting for the timer.
+                if s.rtc.handle_input(Input::Timeout(now)).is_err() {
+                    s.rtc.disconnect();
+                }
             }
             self.drive(sub);
+        }
+        // Someone waits for a keyframe: ask again (throttled), in case the
+        // first request or its answer was lost.
+        if waiting {
+            self.request_keyframe(track, now, false);
         }
     }
 
@@ -732,6 +913,8 @@ impl Sfu {
                     if let Some(mid) = p.subscribed.remove(track) {
                         p.out_mids.remove(&mid);
                     }
+                    p.paused.remove(track);
+                    p.awaiting_keyframe.remove(track);
                 }
             }
         }
@@ -758,6 +941,8 @@ impl Sfu {
                     .to_owned(),
                     user_id: t.user,
                     device_id: t.device.clone(),
+                    muted: t.muted,
+                    paused: p.paused.contains(track),
                 })
             })
             .collect();

@@ -408,4 +408,131 @@ fn a_subscriber_on_a_lossy_link_recovers_frames_through_nack() {
         .filter(|n| !counters.contains(n))
         .collect();
     assert!(missing.is_empty(), "frames lost for good: {missing:?}");
+    let stats = world.sfu.stats();
+    assert!(
+        stats.nacks_received > 0,
+        "the subscriber's NACKs are counted: {stats:?}"
+    );
+}
+
+/// The virtual clock advances 1 ms per step; a frame the publisher writes
+/// must reach subscribers in the same step (the core gives str0m a timeout
+/// right after each write instead of waiting for the timer).
+#[test]
+fn a_frame_is_forwarded_without_waiting_for_a_timer() {
+    let mut world = World::new(SfuConfig::default());
+    let publisher = world.join(true).unwrap();
+    let subscriber = world.join(false).unwrap();
+    world.run(Duration::from_secs(1));
+    let before = world.clients[subscriber].received.len();
+    assert!(before > 10);
+    // One frame, then only datagrams move: no timer of the SFU fires.
+    world.send_frame(publisher);
+    // The client packetizes on its own timeout (str0m's rule for writes).
+    let now = world.now;
+    let _ = world.clients[publisher]
+        .rtc
+        .handle_input(Input::Timeout(now));
+    world.pump();
+    assert_eq!(world.clients[subscriber].received.len(), before + 1);
+}
+
+#[test]
+fn a_muted_track_reaches_nobody_until_unmuted() {
+    let mut world = World::new(SfuConfig::default());
+    let publisher = world.join(true).unwrap();
+    let subscriber = world.join(false).unwrap();
+    world.run(Duration::from_secs(1));
+    let peer = world.clients[publisher].peer;
+    let video = world.clients[publisher].video.unwrap().to_string();
+    world.sfu.set_muted(world.now, peer, &video, true).unwrap();
+    world.pump();
+    let tracks = world.clients[subscriber]
+        .track_lists
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        tracks.iter().any(|t| t.kind == "video" && t.muted),
+        "subscribers are told: {tracks:?}"
+    );
+    assert!(tracks.iter().any(|t| t.kind == "audio" && !t.muted));
+    let before = world.clients[subscriber].received.len();
+    let sent_before = world.sfu.stats().forwarded;
+    world.run(Duration::from_secs(1));
+    assert_eq!(
+        world.clients[subscriber].received.len(),
+        before,
+        "no video while muted"
+    );
+    assert!(
+        world.sfu.stats().forwarded > sent_before,
+        "audio still flows"
+    );
+    world.sfu.set_muted(world.now, peer, &video, false).unwrap();
+    world.run(Duration::from_millis(500));
+    let after: Vec<&Frame> = world.clients[subscriber].received[before..]
+        .iter()
+        .collect();
+    assert!(after.len() > 5, "video is back");
+    assert!(after[0].keyframe, "starting on a keyframe");
+    assert_eq!(
+        world.sfu.set_muted(world.now, peer, "nope", true),
+        Err(SignalError::UnknownTrack("nope".into()))
+    );
+}
+
+#[test]
+fn a_paused_track_stops_for_that_subscriber_only() {
+    let mut world = World::new(SfuConfig::default());
+    world.join(true).unwrap();
+    let pausing = world.join(false).unwrap();
+    let other = world.join(false).unwrap();
+    world.run(Duration::from_secs(1));
+    let peer = world.clients[pausing].peer;
+    let video_mid = world.clients[pausing]
+        .track_lists
+        .last()
+        .unwrap()
+        .iter()
+        .find(|t| t.kind == "video")
+        .unwrap()
+        .mid
+        .clone();
+    world
+        .sfu
+        .set_paused(world.now, peer, &video_mid, true)
+        .unwrap();
+    world.pump();
+    assert!(
+        world.clients[pausing]
+            .track_lists
+            .last()
+            .unwrap()
+            .iter()
+            .any(|t| t.mid == video_mid && t.paused)
+    );
+    let (p_before, o_before) = (
+        world.clients[pausing].received.len(),
+        world.clients[other].received.len(),
+    );
+    world.run(Duration::from_secs(1));
+    assert_eq!(world.clients[pausing].received.len(), p_before, "paused");
+    assert!(
+        world.clients[other].received.len() > o_before + 20,
+        "the other subscriber carries on"
+    );
+    world
+        .sfu
+        .set_paused(world.now, peer, &video_mid, false)
+        .unwrap();
+    world.run(Duration::from_millis(500));
+    let resumed = &world.clients[pausing].received[p_before..];
+    assert!(resumed.len() > 5, "resumed");
+    assert!(resumed[0].keyframe, "on a keyframe");
+    // A mid it does not receive is refused.
+    assert!(matches!(
+        world.sfu.set_paused(world.now, peer, "zz", true),
+        Err(SignalError::UnknownTrack(_))
+    ));
 }

@@ -4,9 +4,109 @@
 
 pub mod api;
 pub mod placement;
+pub mod sfu;
 pub mod ws;
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A service (`cascade <subcommand>`, this same binary) in a child process,
+/// so it has its own CPU and memory accounting in `/proc`. Stopped with
+/// SIGTERM when dropped.
+pub struct ChildService {
+    child: Child,
+    /// The address it logged when it bound.
+    pub addr: String,
+}
+
+impl ChildService {
+    /// Starts `cascade <subcommand>` with `env` on top of JSON logs filtered
+    /// by `log_filter`, and waits for the log line `ready_message`, whose
+    /// field `addr_field` is its address.
+    pub fn spawn(
+        subcommand: &str,
+        log_filter: &str,
+        env: &[(String, String)],
+        ready_message: &str,
+        addr_field: &str,
+    ) -> ChildService {
+        let exe = std::env::current_exe().expect("current executable");
+        let mut child = Command::new(exe)
+            .arg(subcommand)
+            .env("CASCADE_TELEMETRY__LOG_FORMAT", "json")
+            .env("CASCADE_TELEMETRY__LOG_FILTER", log_filter)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn a child service");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("{subcommand} exited before binding"))
+                .expect("read its log");
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                && event["message"] == ready_message
+            {
+                break event[addr_field]
+                    .as_str()
+                    .expect("address in the ready line")
+                    .to_owned();
+            }
+            // Anything else it says before binding (a config error) is shown.
+            if !line.starts_with('{') {
+                eprintln!("{subcommand}: {line}");
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        ChildService { child, addr }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildService {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory (bytes) and CPU time used so far (user + system,
+/// seconds) of process `pid`.
+pub fn proc_stat(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (rss_kib * 1024, cpu_secs(&format!("/proc/{pid}/stat")))
+}
+
+/// User + system CPU seconds from a `/proc/.../stat` file (a process's or a
+/// thread's).
+pub fn cpu_secs(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // Fields after the command name (which may contain spaces).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<f64>().ok()))
+        .sum();
+    // Clock ticks are 100 per second on Linux.
+    ticks / 100.0
+}
 
 /// One measured workload.
 #[derive(Debug, Clone)]

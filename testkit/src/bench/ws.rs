@@ -7,8 +7,6 @@
 //! run, with only the group's members connected and then with the full
 //! connection count held, so the ratio shows what the idle connections cost.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use super::Measurement;
+use super::{ChildService, Measurement, proc_stat};
 use crate::client::{ApiClient, TestUser};
 use crate::ws::WsClient;
 
@@ -53,74 +51,24 @@ pub struct WsBenchReport {
     pub server_cpu_secs: f64,
 }
 
-/// A control plane in a child process.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(env: &[(String, String)]) -> Server {
-    let exe = std::env::current_exe().expect("current executable");
-    let mut child = Command::new(exe)
-        .arg("control-plane")
-        .env("CASCADE_CONTROL_PLANE__LISTEN", "127.0.0.1:0")
-        .env("CASCADE_TELEMETRY__LOG_FORMAT", "json")
-        .env(
-            "CASCADE_TELEMETRY__LOG_FILTER",
-            "warn,control_plane::app=info",
-        )
-        // Password hashing is not what is measured here.
-        .env("CASCADE_CONTROL_PLANE__AUTH__ARGON2_MEMORY_KIB", "1024")
-        .env("CASCADE_CONTROL_PLANE__AUTH__ARGON2_ITERATIONS", "1")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the control plane");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("control plane exited before binding")
-            .expect("read its log");
-        if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-            && event["message"] == "control plane bound"
-        {
-            break event["addr"].as_str().expect("addr").to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    Server { child, addr }
-}
-
-fn proc_stat(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<f64>().ok()))
-        .sum();
-    // Clock ticks are 100 per second on Linux.
-    (rss_kib * 1024, ticks / 100.0)
+fn start_server(env: &[(String, String)]) -> ChildService {
+    let mut env = env.to_vec();
+    // Password hashing is not what is measured here.
+    env.push((
+        "CASCADE_CONTROL_PLANE__AUTH__ARGON2_MEMORY_KIB".into(),
+        "1024".into(),
+    ));
+    env.push((
+        "CASCADE_CONTROL_PLANE__AUTH__ARGON2_ITERATIONS".into(),
+        "1".into(),
+    ));
+    ChildService::spawn(
+        "control-plane",
+        "warn,control_plane::app=info",
+        &env,
+        "control plane bound",
+        "addr",
+    )
 }
 
 /// Runs the benchmark.
@@ -141,7 +89,7 @@ pub async fn run(options: &WsBenchOptions) -> WsBenchReport {
         database = Some(db);
     }
     let server = start_server(&env);
-    let pid = server.child.id();
+    let pid = server.pid();
     let (_, cpu_start) = proc_stat(pid);
     let api = ApiClient::new(&server.addr);
 
