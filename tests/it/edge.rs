@@ -162,9 +162,26 @@ async fn a_publisher_reaches_five_subscribers_through_a_real_edge() {
     assert_eq!(value("cascade_edge_subscribed_tracks"), 10.0);
     assert!(value("cascade_edge_forwarded_media_total") > 500.0);
     assert!(value("cascade_edge_keyframe_requests_total") >= 1.0);
+    assert!(value("cascade_edge_worker_cpu_seconds_total{worker=\"0\"}") > 0.0);
     if let Some((ok, complaints)) = testkit::promtool_check(&metrics) {
         assert!(ok && complaints.is_empty(), "promtool: {complaints}");
     }
+    // The registry sees the edge's usage from its heartbeats.
+    let nodes = app
+        .call(Method::GET, "/internal/v1/nodes", Some(SECRET), None)
+        .await
+        .body;
+    let usage = &nodes[0]["usage"];
+    assert_eq!(usage["tracks"], 2, "{nodes}");
+    assert_eq!(usage["subscriptions"], 10, "{nodes}");
+    assert!(
+        usage["packets_out_per_sec"].as_u64().unwrap() > 100,
+        "{nodes}"
+    );
+    assert!(
+        usage["bits_in_per_sec"].as_u64().unwrap() > 10_000,
+        "{nodes}"
+    );
 
     // A bad token never gets a session; garbage UDP hurts nobody.
     let bad = tokio_tungstenite::connect_async(format!(
