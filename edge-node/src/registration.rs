@@ -3,7 +3,7 @@
 //! load and connected sessions, deregistration, and reports of sessions
 //! that ended.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::config::EdgeConfig;
 use crate::join_token::{JoinTokenError, JoinTokenVerifier};
-use crate::worker::{Gone, WorkerHandle};
+use crate::worker::{Gone, WorkerHandle, WorkerShared};
 
 /// Least time between two JWKS fetches caused by unknown key ids.
 const JWKS_REFETCH: Duration = Duration::from_secs(5);
@@ -42,43 +42,26 @@ struct Totals {
     cpu_secs: f64,
 }
 
+/// One of the workers' shared numbers, summed over workers.
+fn sum_over(workers: &[WorkerHandle], field: fn(&WorkerShared) -> &AtomicU64) -> u64 {
+    workers
+        .iter()
+        .map(|w| field(&w.shared).load(Ordering::Relaxed))
+        .sum()
+}
+
 impl Totals {
     fn read(workers: &[WorkerHandle]) -> Totals {
-        let sum = |f: fn(&crate::worker::WorkerShared) -> &std::sync::atomic::AtomicU64| {
-            workers
-                .iter()
-                .map(|w| f(&w.shared).load(Ordering::Relaxed))
-                .sum::<u64>()
-        };
+        let sum = |f| sum_over(workers, f);
         Totals {
             at: Instant::now(),
             datagrams_in: sum(|s| &s.datagrams_in),
             datagrams_out: sum(|s| &s.datagrams_out),
             bytes_in: sum(|s| &s.bytes_in),
             bytes_out: sum(|s| &s.bytes_out),
-            cpu_secs: process_cpu_secs(),
+            cpu_secs: crate::worker::proc_cpu_secs("/proc/self/stat").unwrap_or(0.0),
         }
     }
-}
-
-/// CPU seconds this process has used (0 where `/proc` is missing).
-fn process_cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // Linux reports clock ticks of 1/100 s.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Why a join token was refused here.
@@ -187,12 +170,7 @@ impl ControlPlaneLink {
                 0
             }
         };
-        let gauge = |f: fn(&crate::worker::WorkerShared) -> &std::sync::atomic::AtomicU64| {
-            workers
-                .iter()
-                .map(|w| f(&w.shared).load(Ordering::Relaxed))
-                .sum::<u64>()
-        };
+        let gauge = |f| sum_over(workers, f);
         NodeUsage {
             tracks: gauge(|s| &s.tracks),
             subscriptions: gauge(|s| &s.subscriptions),

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::app::EdgeState;
-use crate::sfu::PeerInfo;
-use crate::worker::{Command, TrackChange};
+use crate::sfu::{PeerId, PeerInfo};
+use crate::worker::{Command, TrackChange, WorkerHandle};
 
 /// Largest signaling frame (an SDP with many m-lines fits easily).
 const MAX_FRAME: usize = 64 * 1024;
@@ -75,6 +75,31 @@ async fn send(socket: &mut WebSocket, signal: &ServerSignal) -> bool {
         return false;
     };
     socket.send(Message::Text(text.into())).await.is_ok()
+}
+
+/// Asks the worker to mute or pause a track; a refusal goes back as an
+/// error frame. Returns false when the worker is gone.
+async fn change_track(
+    socket: &mut WebSocket,
+    worker: &WorkerHandle,
+    peer: PeerId,
+    mid: String,
+    change: TrackChange,
+) -> bool {
+    let (reply, refused) = oneshot::channel();
+    let command = Command::Track {
+        peer,
+        mid,
+        change,
+        reply,
+    };
+    if worker.commands.send(command).await.is_err() {
+        return false;
+    }
+    if let Ok(Err(refused)) = refused.await {
+        send(socket, &error(refused.code(), refused.to_string())).await;
+    }
+    true
 }
 
 fn error(code: &str, message: impl Into<String>) -> ServerSignal {
@@ -164,23 +189,13 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
                             }
                         }
                         Ok(ClientSignal::Mute { mid, muted }) => {
-                            let change = TrackChange::Mute(muted);
-                            let (tx, rx) = oneshot::channel();
-                            if worker.commands.send(Command::Track { peer, mid, change, reply: tx }).await.is_err() {
+                            if !change_track(&mut socket, worker, peer, mid, TrackChange::Mute(muted)).await {
                                 break;
-                            }
-                            if let Ok(Err(refused)) = rx.await {
-                                send(&mut socket, &error(refused.code(), refused.to_string())).await;
                             }
                         }
                         Ok(ClientSignal::Pause { mid, paused }) => {
-                            let change = TrackChange::Pause(paused);
-                            let (tx, rx) = oneshot::channel();
-                            if worker.commands.send(Command::Track { peer, mid, change, reply: tx }).await.is_err() {
+                            if !change_track(&mut socket, worker, peer, mid, TrackChange::Pause(paused)).await {
                                 break;
-                            }
-                            if let Ok(Err(refused)) = rx.await {
-                                send(&mut socket, &error(refused.code(), refused.to_string())).await;
                             }
                         }
                         Ok(ClientSignal::Leave) => break,

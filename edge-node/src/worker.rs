@@ -131,16 +131,22 @@ pub fn spawn(
     Ok(stopped)
 }
 
-/// CPU seconds the calling thread has used (`/proc/thread-self/stat`;
-/// `None` where there is no such file).
-fn thread_cpu_secs() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+/// User + system CPU seconds from a `/proc/.../stat` file (a process's or
+/// a thread's); `None` where there is no such file.
+pub fn proc_cpu_secs(stat_path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command name (which may contain spaces).
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     // Linux reports clock ticks of 1/100 s.
     Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds the calling thread has used.
+fn thread_cpu_secs() -> Option<f64> {
+    proc_cpu_secs("/proc/thread-self/stat")
 }
 
 /// Everything a worker runs with.
@@ -286,9 +292,6 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                 }
             }
         }
-        shared
-            .participants
-            .store(sfu.participants() as u64, Ordering::Relaxed);
         let stats = sfu.stats();
         if stats != counted {
             metrics.add(&counted, &stats);
@@ -302,23 +305,29 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
             shared.bytes_in.store(stats.bytes_in, Ordering::Relaxed);
             shared.bytes_out.store(stats.bytes_out, Ordering::Relaxed);
         }
-        shared.tracks.store(sfu.tracks() as u64, Ordering::Relaxed);
-        shared
-            .subscriptions
-            .store(sfu.subscriptions() as u64, Ordering::Relaxed);
-        for (gauge, mine, now) in [
+        // Read once per pass (`subscriptions` walks every peer), then
+        // shared with heartbeats and added to the node-wide gauges.
+        for (now, shared_value, gauge, mine) in [
             (
+                sfu.participants() as i64,
+                &shared.participants,
                 &metrics.participants,
                 &mut participants,
-                sfu.participants() as i64,
             ),
-            (&metrics.tracks, &mut tracks, sfu.tracks() as i64),
             (
+                sfu.tracks() as i64,
+                &shared.tracks,
+                &metrics.tracks,
+                &mut tracks,
+            ),
+            (
+                sfu.subscriptions() as i64,
+                &shared.subscriptions,
                 &metrics.subscriptions,
                 &mut subscriptions,
-                sfu.subscriptions() as i64,
             ),
         ] {
+            shared_value.store(now as u64, Ordering::Relaxed);
             gauge.add(now - *mine);
             *mine = now;
         }

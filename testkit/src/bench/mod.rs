@@ -93,19 +93,9 @@ pub fn proc_stat(pid: u32) -> (u64, f64) {
     (rss_kib * 1024, cpu_secs(&format!("/proc/{pid}/stat")))
 }
 
-/// User + system CPU seconds from a `/proc/.../stat` file (a process's or a
-/// thread's).
+/// User + system CPU seconds of a `/proc/.../stat` file (0 if unreadable).
 pub fn cpu_secs(stat_path: &str) -> f64 {
-    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
-    // Fields after the command name (which may contain spaces).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<f64>().ok()))
-        .sum();
-    // Clock ticks are 100 per second on Linux.
-    ticks / 100.0
+    edge_node::worker::proc_cpu_secs(stat_path).unwrap_or(0.0)
 }
 
 /// One measured workload.
