@@ -6,12 +6,13 @@
 //!   report to the control plane's registry.
 //!
 //! - [`signaling`]: client ↔ edge messages on the edge's `/v1/rtc` socket.
-//!
-//! Still to come with its issue: relay frames with a fuzzable codec.
+//! - [`relay`]: edge ↔ relay and relay ↔ relay control frames and media
+//!   datagrams, a binary codec that never panics on malformed input.
 //!
 //! Architecture invariant: no I/O, no async runtime, no clock. Every other
 //! crate may depend on this one; it depends on nothing of ours.
 
 pub mod calls;
 pub mod gateway;
+pub mod relay;
 pub mod signaling;

@@ -1,0 +1,387 @@
+//! Cluster TLS for relay links: a private CA signs every node's
+//! certificate; both sides of a link present one and check the other's
+//! against the CA (mutual TLS 1.3, ALPN [`protocol::relay::ALPN`]).
+//!
+//! [`write_dev_certs`] (`cascade certs`) makes a development CA and node
+//! certificates, so a multi-region cluster starts without openssl.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+
+/// The name every relay certificate carries besides its node id, and the
+/// server name dialers check unless told another.
+pub const RELAY_SERVER_NAME: &str = "relay.cascade.internal";
+const CA_NAME: &str = "Cascade development CA";
+
+/// Why TLS material could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A PEM file holds no usable certificate or key.
+    #[error("{path}: {message}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// rustls refused the material.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// The client verifier could not be built.
+    #[error("client verifier: {0}")]
+    Verifier(String),
+}
+
+/// Where a node's TLS files are (`[relay.tls]`, `[edge.relay.tls]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM). Never logged.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The files `cascade certs` writes for `name` in `dir`.
+    pub fn in_dir(dir: &Path, name: &str) -> Self {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+        }
+    }
+}
+
+/// A node's loaded TLS identity and the cluster's trust anchor.
+#[derive(Clone)]
+pub struct NodeTls {
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("NodeTls")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+impl NodeTls {
+    /// Loads the files.
+    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        Self::from_pem(&read(&files.ca)?, &read(&files.cert)?, &read(&files.key)?).map_err(|e| {
+            match e {
+                TlsError::Pem { path, message } if path.as_os_str().is_empty() => TlsError::Pem {
+                    path: files.cert.clone(),
+                    message,
+                },
+                other => other,
+            }
+        })
+    }
+
+    /// From PEM bytes: the CA, this node's chain, its key.
+    pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Self, TlsError> {
+        let pem_error = |message: String| TlsError::Pem {
+            path: PathBuf::new(),
+            message,
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca) {
+            let cert = cert.map_err(|e| pem_error(format!("CA: {e}")))?;
+            roots.add(cert)?;
+        }
+        if roots.is_empty() {
+            return Err(pem_error("no CA certificate".into()));
+        }
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_error(format!("certificate: {e}")))?;
+        if chain.is_empty() {
+            return Err(pem_error("no certificate".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key)
+            .map_err(|e| pem_error(format!("private key: {e}")))?;
+        Ok(NodeTls {
+            roots: Arc::new(roots),
+            chain,
+            key: Arc::new(key),
+        })
+    }
+
+    /// Accepts links: TLS 1.3, our ALPN, a client certificate from the CA
+    /// required.
+    pub fn server_config(
+        &self,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::ServerConfig, TlsError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        tls.alpn_protocols = vec![protocol::relay::ALPN.to_vec()];
+        let crypto = QuicServerConfig::try_from(tls)
+            .map_err(|e| TlsError::Verifier(format!("QUIC: {e}")))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(transport);
+        Ok(config)
+    }
+
+    /// Dials links: checks the server against the CA, presents our
+    /// certificate.
+    pub fn client_config(
+        &self,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::ClientConfig, TlsError> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.roots.clone())
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        tls.alpn_protocols = vec![protocol::relay::ALPN.to_vec()];
+        let crypto = QuicClientConfig::try_from(tls)
+            .map_err(|e| TlsError::Verifier(format!("QUIC: {e}")))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(transport);
+        Ok(config)
+    }
+}
+
+/// The transport settings of every relay link.
+pub fn transport_config(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // Browser RTP is ~1200 bytes; QUIC's default 1200-byte initial MTU
+    // leaves 1162 for a datagram. Links start at Ethernet-sized packets
+    // and MTU discovery still probes (and backs off) from there.
+    t.initial_mtu(1452);
+    t.keep_alive_interval(Some(idle_timeout / 4));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
+    t.datagram_receive_buffer_size(Some(4 << 20));
+    t.datagram_send_buffer_size(1 << 20);
+    // Media links are long-lived and see random WAN loss; BBR does not
+    // read every lost packet as congestion the way Cubic does.
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    Arc::new(t)
+}
+
+/// A CA that issues node certificates.
+pub struct DevCa {
+    key: KeyPair,
+    params: CertificateParams,
+    pem: String,
+}
+
+fn ca_params() -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_NAME);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // rcgen's default validity (1975 to 4096) suits a development CA whose
+    // key lives next to it; production clusters bring their own PKI.
+    Ok(params)
+}
+
+impl DevCa {
+    /// A new CA with a fresh key.
+    pub fn generate() -> Result<Self, TlsError> {
+        let key = KeyPair::generate()?;
+        let params = ca_params()?;
+        let pem = params.self_signed(&key)?.pem();
+        Ok(DevCa { key, params, pem })
+    }
+
+    /// The CA's certificate (PEM).
+    pub fn cert_pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// The CA's private key (PEM).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Issues a node certificate for `name` (client and server use);
+    /// returns (certificate PEM, key PEM).
+    pub fn issue(&self, name: &str) -> Result<(String, String), TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![
+            name.to_owned(),
+            RELAY_SERVER_NAME.to_owned(),
+            "localhost".to_owned(),
+        ])?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A node's full identity, in memory (tests, `cascade dev`).
+    pub fn node_tls(&self, name: &str) -> Result<NodeTls, TlsError> {
+        let (cert, key) = self.issue(name)?;
+        NodeTls::from_pem(self.pem.as_bytes(), cert.as_bytes(), key.as_bytes())
+    }
+}
+
+/// Writes `ca.pem` (and `ca.key`) plus `<name>.pem` / `<name>.key` for each
+/// name into `dir`; an existing CA there is kept and signs the new
+/// certificates. Returns the files written.
+pub fn write_dev_certs(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, TlsError> {
+    let file_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TlsError::File { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(file_error(dir))?;
+    let ca_cert = dir.join("ca.pem");
+    let ca_key = dir.join("ca.key");
+    let mut written = Vec::new();
+    let ca = if ca_key.exists() && ca_cert.exists() {
+        let key_pem = std::fs::read_to_string(&ca_key).map_err(file_error(&ca_key))?;
+        let pem = std::fs::read_to_string(&ca_cert).map_err(file_error(&ca_cert))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Pem {
+            path: ca_key.clone(),
+            message: e.to_string(),
+        })?;
+        // The issuer needs the CA's name and key, both ours: the same
+        // parameters rebuild it without parsing the certificate.
+        DevCa {
+            key,
+            params: ca_params()?,
+            pem,
+        }
+    } else {
+        let ca = DevCa::generate()?;
+        write_private(&ca_key, &ca.key_pem())?;
+        std::fs::write(&ca_cert, ca.cert_pem()).map_err(file_error(&ca_cert))?;
+        written.push(ca_cert);
+        written.push(ca_key);
+        ca
+    };
+    for name in names {
+        let (cert, key) = ca.issue(name)?;
+        let files = TlsFiles::in_dir(dir, name);
+        std::fs::write(&files.cert, cert).map_err(file_error(&files.cert))?;
+        write_private(&files.key, &key)?;
+        written.push(files.cert);
+        written.push(files.key);
+    }
+    Ok(written)
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| TlsError::File {
+            path: path.to_owned(),
+            source,
+        })?;
+    file.write_all(contents.as_bytes())
+        .map_err(|source| TlsError::File {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_certs_are_written_and_load_and_a_second_run_keeps_the_ca() {
+        let dir = std::env::temp_dir().join(format!("cascade-certs-{}", uuid_like()));
+        let names = vec!["eu-relay".to_owned(), "eu-edge-1".to_owned()];
+        let written = write_dev_certs(&dir, &names).unwrap();
+        assert_eq!(written.len(), 6);
+        let ca_before = std::fs::read(dir.join("ca.pem")).unwrap();
+        for name in &names {
+            NodeTls::load(&TlsFiles::in_dir(&dir, name)).unwrap();
+        }
+        let written = write_dev_certs(&dir, &["us-relay".to_owned()]).unwrap();
+        assert_eq!(written.len(), 2, "the CA is kept");
+        assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca_before);
+        NodeTls::load(&TlsFiles::in_dir(&dir, "us-relay")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("us-relay.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "keys are private");
+        let err = NodeTls::load(&TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("missing.pem"),
+            key: dir.join("ca.key"),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn uuid_like() -> String {
+        format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        )
+    }
+}
