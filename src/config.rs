@@ -16,6 +16,8 @@ pub struct CascadeConfig {
     pub control_plane: ControlPlaneConfig,
     /// `cascade edge` (`[edge]`).
     pub edge: edge_node::EdgeConfig,
+    /// `cascade relay` (`[relay]`).
+    pub relay: relay::RelayConfig,
 }
 
 impl Validate for CascadeConfig {
@@ -23,5 +25,6 @@ impl Validate for CascadeConfig {
         v.section("telemetry", &self.telemetry);
         v.section("control_plane", &self.control_plane);
         v.section("edge", &self.edge);
+        v.section("relay", &self.relay);
     }
 }

@@ -44,6 +44,12 @@ enum Command {
     ControlPlane(ServiceArgs),
     /// Run an edge SFU node (`[edge]`): WebRTC media for the calls placed on it.
     Edge(ServiceArgs),
+    /// Run a region's QUIC relay (`[relay]`): cascades media between edges
+    /// and regions.
+    Relay(ServiceArgs),
+    /// Create a development CA and node certificates for relay links (no
+    /// openssl needed). An existing CA in the directory is kept.
+    Certs(CertsArgs),
     /// Account administration on the configured database.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -159,6 +165,16 @@ struct ApiBenchArgs {
 }
 
 #[derive(Debug, Args)]
+struct CertsArgs {
+    /// Where to write `ca.pem`, `ca.key`, `<name>.pem`, `<name>.key`.
+    #[arg(long, default_value = "certs")]
+    out: PathBuf,
+    /// Node ids to issue certificates for (relays and edges).
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 struct ServiceArgs {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
@@ -199,6 +215,15 @@ fn main() -> ExitCode {
             str0m::crypto::from_feature_flags().install_process_default();
             exit_with(run::<edge_node::Edge>(config.edge))
         }
+        Command::Relay(args) => {
+            if args.print_config {
+                return print_config(&loaded);
+            }
+            let config = loaded.config;
+            service::telemetry::init_tracing(&config.telemetry);
+            exit_with(run::<relay::Relay>(config.relay))
+        }
+        Command::Certs(args) => exit_with(certs(&args)),
         Command::ControlPlane(args) => {
             if args.print_config {
                 return print_config(&loaded);
@@ -217,6 +242,26 @@ fn main() -> ExitCode {
 fn print_config(loaded: &Loaded<CascadeConfig>) -> ExitCode {
     print!("{}", loaded.to_redacted_toml());
     ExitCode::SUCCESS
+}
+
+#[allow(
+    clippy::print_stdout,
+    reason = "the files written are the command's output"
+)]
+fn certs(args: &CertsArgs) -> anyhow::Result<()> {
+    for name in &args.names {
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        anyhow::ensure!(ok, "node id {name:?}: use A-Z a-z 0-9 - _ .");
+    }
+    let written = relay::tls::write_dev_certs(&args.out, &args.names)
+        .context("cannot write the certificates")?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// Starts `S` on a fresh runtime and serves until SIGTERM or Ctrl-C.

@@ -39,6 +39,9 @@ pub enum StartError {
     /// A media worker's thread could not start.
     #[error("cannot start a media worker thread")]
     Worker(#[source] std::io::Error),
+    /// The relay link could not be set up (TLS files, QUIC endpoint).
+    #[error("relay link")]
+    Relay(#[from] crate::relay_link::RelayLinkError),
 }
 
 /// Where a running edge can be reached.
@@ -110,6 +113,7 @@ pub struct Edge {
     state: EdgeState,
     pending: Vec<PendingWorker>,
     readiness: Readiness,
+    relay: Option<crate::relay_link::RelayLink>,
 }
 
 impl Service for Edge {
@@ -130,6 +134,16 @@ impl Service for Edge {
             config.public_url = Some(format!("ws://{}", http.local_addr()));
         }
         let edge_metrics = crate::metrics::EdgeMetrics::new(&metrics);
+        let relay = match &config.relay {
+            Some(relay) => Some(crate::relay_link::RelayLink::new(
+                relay.clone(),
+                config.media_ip,
+                &config.node_id,
+                &config.region,
+                &metrics,
+            )?),
+            None => None,
+        };
         let mut workers = Vec::new();
         let mut pending = Vec::new();
         for i in 0..config.worker_count() {
@@ -184,6 +198,7 @@ impl Service for Edge {
             state,
             pending,
             readiness,
+            relay,
         })
     }
 
@@ -202,6 +217,7 @@ impl Service for Edge {
             state,
             pending,
             readiness,
+            relay,
         } = self;
         let (stop_workers, workers_stop) = service::lifecycle::shutdown_channel();
         let (gone_tx, gone_rx) = mpsc::unbounded_channel();
@@ -222,12 +238,17 @@ impl Service for Edge {
                     shared: w.shared,
                     gone: gone_tx.clone(),
                     metrics: w.metrics,
+                    relay: relay.as_ref().map(|r| r.worker_relay()),
                 },
                 workers_stop.clone().wait(),
             );
             tasks.push(spawned.map_err(StartError::Worker)?);
         }
         drop(gone_tx);
+        let relay_task = relay.map(|r| {
+            let workers = state.workers.clone();
+            tokio::spawn(r.run(workers, workers_stop.clone().wait()))
+        });
         let reporter = tokio::spawn(state.link.clone().report_gone(gone_rx));
         // Keys first, so the first joins need no fetch; then heartbeats.
         state.link.refresh_keys().await;
@@ -268,6 +289,9 @@ impl Service for Edge {
         state.link.deregister().await;
         stop_workers.trigger();
         for task in tasks {
+            let _ = task.await;
+        }
+        if let Some(task) = relay_task {
             let _ = task.await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), reporter).await;

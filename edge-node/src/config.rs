@@ -46,6 +46,9 @@ pub struct EdgeConfig {
     /// After SIGTERM: how long participants get to move elsewhere before
     /// the node exits anyway, seconds.
     pub drain_timeout_secs: u64,
+    /// The region's relay (`[edge.relay]`). Unset: calls stay on this
+    /// node (no cascade to other edges or regions).
+    pub relay: Option<crate::relay_link::EdgeRelayConfig>,
 }
 
 impl Default for EdgeConfig {
@@ -65,6 +68,7 @@ impl Default for EdgeConfig {
             credential: None,
             heartbeat_interval_secs: 2,
             drain_timeout_secs: 10,
+            relay: None,
         }
     }
 }
@@ -144,6 +148,11 @@ impl Validate for EdgeConfig {
         }
         if !(1..=600).contains(&self.drain_timeout_secs) {
             v.invalid("drain_timeout_secs", "must be between 1 and 600");
+        }
+        if let Some(relay) = &self.relay
+            && !(200..=60_000).contains(&relay.link_timeout_ms)
+        {
+            v.invalid("relay.link_timeout_ms", "must be between 200 and 60000");
         }
     }
 }

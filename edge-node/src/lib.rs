@@ -1,18 +1,22 @@
-//! The edge SFU node (`cascade edge`, issue 6): str0m peers, one UDP socket
-//! per worker, WebSocket/WHIP/WHEP signaling, and a sans-IO forwarding core
-//! in `sfu/`. So far: [`join_token`], the verification edges run on every
-//! join token, and [`sfu`], the sans-IO forwarding core (tested with str0m
-//! clients on a virtual clock); the process shell (sockets, signaling
-//! socket, registration) lands next.
+//! The edge SFU node (`cascade edge`): str0m peers, one UDP socket per
+//! media worker, signaling over WebSocket, and a sans-IO forwarding core.
 //!
-//! Architecture invariant (to keep when it lands): forwarding decisions are
-//! plain data and functions of `now`, with no sockets or tokio inside.
+//! - [`sfu`]: the forwarding core (str0m clients on a virtual clock test it).
+//! - [`worker`]: a worker thread's async shell around one core.
+//! - [`signaling`]: the `/v1/rtc` socket; [`join_token`]: token checks.
+//! - [`registration`]: registration and heartbeats with the control plane.
+//! - [`relay_link`]: the QUIC link to the region's relay (interest,
+//!   announcements, subscriptions, frames both ways, reconnects).
+//!
+//! Architecture invariant: forwarding decisions are plain data and
+//! functions of `now`, with no sockets or tokio inside.
 
 pub mod app;
 pub mod config;
 pub mod join_token;
 pub mod metrics;
 pub mod registration;
+pub mod relay_link;
 pub mod sfu;
 pub mod signaling;
 pub mod synthetic;

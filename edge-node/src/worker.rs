@@ -14,6 +14,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::relay_link::{RelayCommand, RelayEvent, WorkerRelay};
 use crate::sfu::{JoinError, PeerId, PeerInfo, Sfu, SfuConfig, SfuEvent, SignalError};
 
 /// What a signaling session asks of its worker.
@@ -54,6 +55,8 @@ pub enum Command {
         /// The peer.
         peer: PeerId,
     },
+    /// From the relay link: remote tracks and frames, relay subscriptions.
+    Relay(RelayCommand),
 }
 
 /// A change to one track of a peer.
@@ -167,6 +170,8 @@ pub struct Worker {
     pub gone: mpsc::UnboundedSender<Gone>,
     /// Node-wide metrics.
     pub metrics: crate::metrics::EdgeMetrics,
+    /// The relay link, if the edge has one.
+    pub relay: Option<WorkerRelay>,
 }
 
 /// Runs a worker until `stop` resolves or every sender is gone.
@@ -180,7 +185,9 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
         shared,
         gone,
         metrics,
+        relay,
     } = worker;
+    let mut packetizers = HashMap::new();
     let socket = match UdpSocket::from_std(socket) {
         Ok(socket) => socket,
         Err(error) => {
@@ -253,6 +260,7 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                         });
                     }
                     Some(Command::Leave { peer }) => sfu.leave(Instant::now(), peer),
+                    Some(Command::Relay(command)) => relay_command(&mut sfu, command),
                 },
                 _ = cpu_tick.tick() => {
                     if let Some(cpu) = thread_cpu_secs() {
@@ -290,6 +298,48 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                     lock(&shared.sessions).retain(|s| *s != info.session);
                     let _ = gone.send(info);
                 }
+                SfuEvent::CallActive(call) => relay_event(
+                    &relay,
+                    RelayEvent::CallActive {
+                        worker: index,
+                        call,
+                    },
+                ),
+                SfuEvent::CallIdle(call) => relay_event(&relay, RelayEvent::CallIdle(call)),
+                SfuEvent::TrackPublished {
+                    track,
+                    call,
+                    kind,
+                    user,
+                    device,
+                } => relay_event(
+                    &relay,
+                    RelayEvent::TrackPublished {
+                        worker: index,
+                        track,
+                        call,
+                        kind,
+                        user,
+                        device,
+                    },
+                ),
+                SfuEvent::TrackEnded(track) => {
+                    relay_event(
+                        &relay,
+                        RelayEvent::TrackEnded {
+                            worker: index,
+                            track,
+                        },
+                    );
+                }
+                SfuEvent::RemoteKeyframeRequest { key } => {
+                    relay_event(&relay, RelayEvent::KeyframeRequest(key));
+                }
+            }
+        }
+        while let Some(frame) = sfu.poll_relay_frame() {
+            if let Some(r) = &relay {
+                r.uplink.send_frame(&mut packetizers, frame);
             }
         }
         let stats = sfu.stats();
@@ -336,6 +386,38 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
     metrics.participants.sub(participants);
     metrics.tracks.sub(tracks);
     metrics.subscriptions.sub(subscriptions);
+}
+
+fn relay_event(relay: &Option<WorkerRelay>, event: RelayEvent) {
+    if let Some(r) = relay {
+        let _ = r.events.send(event);
+    }
+}
+
+fn relay_command(sfu: &mut Sfu, command: RelayCommand) {
+    let now = Instant::now();
+    match command {
+        RelayCommand::AddRemoteTrack {
+            key,
+            call,
+            kind,
+            user,
+            device,
+        } => {
+            sfu.add_remote_track(now, key, call, kind, user, device);
+        }
+        RelayCommand::RemoveRemoteTrack(key) => sfu.remove_remote_track(now, key),
+        RelayCommand::RemoteFrame {
+            key,
+            rtp_time,
+            keyframe,
+            data,
+        } => {
+            sfu.remote_frame(now, key, rtp_time, keyframe, &data);
+        }
+        RelayCommand::Subscribed { track, alias } => sfu.set_relay_subscribed(now, track, alias),
+        RelayCommand::KeyframeRequest(track) => sfu.relay_keyframe_request(now, track),
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -6,10 +6,20 @@
 //!   subscriptions, keyframe requests; virtual-clock tested).
 //! - [`media`]: frames ↔ datagrams (packetizer and reassembler), sans-IO.
 //! - [`tls`]: the cluster CA, node certificates, mutual TLS 1.3 configs.
+//! - [`link`]: dialing/accepting a link, hellos, control framing, backoff
+//!   (shared with edges).
+//! - [`app`]: the `cascade relay` service shell; [`config`], [`metrics`].
 //!
 //! Architecture invariant: routing decisions live in the sans-IO parts;
 //! quinn lives only in the async shells.
 
+pub mod app;
+pub mod config;
+pub mod link;
 pub mod media;
+pub mod metrics;
 pub mod router;
 pub mod tls;
+
+pub use app::{Relay, RelayAddrs, StartError};
+pub use config::{PeerConfig, RelayConfig};

@@ -52,6 +52,8 @@ pub enum DropReason {
     Congestion,
     /// Larger than the link's largest datagram.
     TooLarge,
+    /// The link closed while sending.
+    LinkClosed,
 }
 
 impl DropReason {
@@ -62,6 +64,7 @@ impl DropReason {
             DropReason::UnknownTrack => "unknown_track",
             DropReason::Congestion => "congestion",
             DropReason::TooLarge => "too_large",
+            DropReason::LinkClosed => "link_closed",
         }
     }
 }

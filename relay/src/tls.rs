@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 /// The name every relay certificate carries besides its node id, and the
 /// server name dialers check unless told another.
 pub const RELAY_SERVER_NAME: &str = "relay.cascade.internal";
+/// Bytes of datagrams a link queues before it drops the oldest.
+pub const DATAGRAM_SEND_BUFFER: usize = 1 << 20;
 const CA_NAME: &str = "Cascade development CA";
 
 /// Why TLS material could not be made or used.
@@ -201,7 +203,7 @@ pub fn transport_config(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     t.keep_alive_interval(Some(idle_timeout / 4));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
     t.datagram_receive_buffer_size(Some(4 << 20));
-    t.datagram_send_buffer_size(1 << 20);
+    t.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     // Media links are long-lived and see random WAN loss; BBR does not
     // read every lost packet as congestion the way Cubic does.
     t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));

@@ -9,6 +9,9 @@
 //!   helpers, and `both_backends!` to run one scenario on both.
 //! - [`client`]: `ApiClient`, typed API calls against any address.
 //! - [`ws`]: `WsClient`, a gateway WebSocket client with timeouts.
+//! - [`cluster`]: development certificates, in-process relays and edges
+//!   for multi-region tests; [`udp_proxy`]: a WAN-like UDP proxy (delay,
+//!   loss).
 //! - [`bench`]: the load generators behind `cascade bench`.
 //! - [`promtool`]: finds Prometheus' `promtool` to check `/metrics` output.
 //!
@@ -21,8 +24,10 @@ pub mod bench;
 pub mod bot;
 pub mod browser;
 pub mod client;
+pub mod cluster;
 pub mod control_plane;
 pub mod servers;
+pub mod udp_proxy;
 pub mod ws;
 
 use std::path::PathBuf;

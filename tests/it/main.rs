@@ -14,6 +14,9 @@
 //!   tokens checked by the edge's verifier.
 //! - `edge`: an edge node with str0m bots over real UDP and WebSocket,
 //!   joined through the control plane's API.
+//! - `relay`: two regions with an edge and a relay each: media from `eu`
+//!   to `us` crossing the relay link once, a killed relay restarted, a
+//!   WAN-like link (delay, loss) through a userspace proxy.
 //! - `gateway`: the WebSocket gateway, live and resumed, on one and two
 //!   replicas, through a Redis restart.
 
@@ -27,3 +30,4 @@ mod control_plane;
 mod durability;
 mod edge;
 mod gateway;
+mod relay;

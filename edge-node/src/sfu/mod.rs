@@ -20,8 +20,13 @@
 //!   the ICE username (our ufrag), never by asking every peer.
 //! - A timer heap wakes only peers whose str0m timeout is due.
 //!
-//! A track's source is a [`TrackSource`]: today a local publisher; a remote
-//! feed (the relay, issue 7) plugs in as another variant.
+//! A track's source is a [`TrackSource`]: a local publisher, or a remote
+//! one whose frames the relay brings ([`Sfu::add_remote_track`],
+//! [`Sfu::remote_frame`]). Remote tracks reach subscribers exactly like
+//! local ones (same renegotiation, gating, keyframe requests, counters);
+//! their keyframe requests come out as [`SfuEvent::RemoteKeyframeRequest`].
+//! Local tracks the relay subscribed to ([`Sfu::set_relay_subscribed`])
+//! also come out as [`RelayFrame`]s.
 
 mod stun;
 #[cfg(test)]
@@ -35,7 +40,10 @@ use std::time::{Duration, Instant};
 use protocol::signaling::{ServerSignal, TrackInfo};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{
+    Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use uuid::Uuid;
@@ -146,6 +154,11 @@ pub enum TrackSource {
         /// Its m-line.
         mid: Mid,
     },
+    /// A participant of another edge, through the relay.
+    Remote {
+        /// The shell's key for it.
+        key: u32,
+    },
 }
 
 /// A published track.
@@ -163,7 +176,35 @@ pub struct Track {
     pub device: String,
     /// Its publisher muted it: nothing of it is forwarded.
     pub muted: bool,
+    /// A local track the relay subscribed to, under this alias.
+    pub relay_alias: Option<u32>,
     last_keyframe_request: Option<Instant>,
+}
+
+/// A frame of a local track for the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayFrame {
+    /// The track's alias on the relay link.
+    pub alias: u32,
+    /// Video (else audio).
+    pub video: bool,
+    /// RTP time in the codec's clock.
+    pub rtp_time: u64,
+    /// A keyframe.
+    pub keyframe: bool,
+    /// The frame.
+    pub data: Vec<u8>,
+}
+
+/// A frame on its way to subscribers, from a local publisher or the relay.
+struct FrameRef<'a> {
+    /// The publisher's payload parameters (local frames).
+    params: Option<PayloadParams>,
+    codec: Codec,
+    time: MediaTime,
+    network_time: Instant,
+    keyframe: bool,
+    data: &'a [u8],
 }
 
 /// A datagram to send.
@@ -187,6 +228,31 @@ pub enum SfuEvent {
         peer: PeerId,
         /// Who it was.
         info: PeerInfo,
+    },
+    /// A call's first participant joined this core (the relay should hear
+    /// of our interest).
+    CallActive(Uuid),
+    /// A call's last participant left; its remote tracks are gone too.
+    CallIdle(Uuid),
+    /// A local participant published a track.
+    TrackPublished {
+        /// The track.
+        track: TrackId,
+        /// Its call.
+        call: Uuid,
+        /// Audio or video.
+        kind: MediaKind,
+        /// The publisher.
+        user: Uuid,
+        /// Their device.
+        device: String,
+    },
+    /// A local track ended.
+    TrackEnded(TrackId),
+    /// A remote track needs a keyframe: ask upstream.
+    RemoteKeyframeRequest {
+        /// The shell's key of the track.
+        key: u32,
     },
 }
 
@@ -263,6 +329,9 @@ pub struct Sfu {
     transmits: VecDeque<Transmit>,
     signals: VecDeque<(PeerId, ServerSignal)>,
     events: VecDeque<SfuEvent>,
+    relay_frames: VecDeque<RelayFrame>,
+    /// Remote tracks by the shell's key.
+    remote_tracks: HashMap<u32, TrackId>,
     next_peer: PeerId,
     next_track: TrackId,
     stats: SfuStats,
@@ -289,6 +358,8 @@ impl Sfu {
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
             events: VecDeque::new(),
+            relay_frames: VecDeque::new(),
+            remote_tracks: HashMap::new(),
             next_peer: 1,
             next_track: 1,
             stats: SfuStats::default(),
@@ -363,6 +434,9 @@ impl Sfu {
         let id = self.next_peer;
         self.next_peer += 1;
         self.by_ufrag.insert(ufrag.clone(), id);
+        if !self.calls.contains_key(&info.call) {
+            self.events.push_back(SfuEvent::CallActive(info.call));
+        }
         self.calls.entry(info.call).or_default().push(id);
         self.peers.insert(
             id,
@@ -722,9 +796,17 @@ impl Sfu {
                 user: p.info.user,
                 device: p.info.device.clone(),
                 muted: false,
+                relay_alias: None,
                 last_keyframe_request: None,
             },
         );
+        self.events.push_back(SfuEvent::TrackPublished {
+            track: id,
+            call,
+            kind,
+            user: p.info.user,
+            device: p.info.device.clone(),
+        });
         tracing::debug!(peer, track = id, ?kind, "track published");
         for other in self.calls.get(&call).cloned().unwrap_or_default() {
             if other != peer {
@@ -756,21 +838,46 @@ impl Sfu {
         else {
             return;
         };
-        let Some((call, muted)) = self.tracks.get(&track).map(|t| (t.call, t.muted)) else {
+        let frame = FrameRef {
+            params: Some(data.params),
+            codec: data.params.spec().codec,
+            time: data.time,
+            network_time: data.network_time,
+            keyframe: data.is_keyframe(),
+            data: &data.data,
+        };
+        self.fan_out(track, Some(peer), &frame, now);
+    }
+
+    /// Writes a frame of `track` to each subscriber (and to the relay if it
+    /// subscribed), keyframe gating included.
+    fn fan_out(
+        &mut self,
+        track: TrackId,
+        publisher: Option<PeerId>,
+        frame: &FrameRef<'_>,
+        now: Instant,
+    ) {
+        let Some(t) = self.tracks.get(&track) else {
             return;
         };
-        if muted {
+        if t.muted {
             return;
         }
-        let keyframe = data.is_keyframe();
+        let call = t.call;
+        if let Some(alias) = t.relay_alias {
+            self.relay_frames.push_back(RelayFrame {
+                alias,
+                video: t.kind == MediaKind::Video,
+                rtp_time: frame.time.numer(),
+                keyframe: frame.keyframe,
+                data: frame.data.to_vec(),
+            });
+        }
         let mut waiting = false;
-        let call = Some(call);
-        let subscribers = call
-            .and_then(|c| self.calls.get(&c))
-            .cloned()
-            .unwrap_or_default();
+        let subscribers = self.calls.get(&call).cloned().unwrap_or_default();
         for sub in subscribers {
-            if sub == peer {
+            if Some(sub) == publisher {
                 continue;
             }
             let Some(s) = self.peers.get_mut(&sub) else {
@@ -783,15 +890,21 @@ impl Sfu {
                 continue;
             }
             if s.awaiting_keyframe.contains(&track) {
-                if !keyframe {
+                if !frame.keyframe {
                     waiting = true;
                     continue;
                 }
                 s.awaiting_keyframe.remove(&track);
             }
             let written = s.rtc.writer(mid).and_then(|w| {
-                let pt = w.match_params(data.params)?;
-                w.write(pt, data.network_time, data.time, data.data.clone())
+                let pt = match frame.params {
+                    Some(params) => w.match_params(params)?,
+                    None => w
+                        .payload_params()
+                        .find(|p| p.spec().codec == frame.codec)?
+                        .pt(),
+                };
+                w.write(pt, frame.network_time, frame.time, frame.data.to_vec())
                     .ok()
             });
             if written.is_some() {
@@ -811,6 +924,121 @@ impl Sfu {
         }
     }
 
+    /// A track of another edge's participant, announced by the relay, joins
+    /// the call: every local participant is offered it. Returns false (and
+    /// adds nothing) when the call has no participant here.
+    pub fn add_remote_track(
+        &mut self,
+        now: Instant,
+        key: u32,
+        call: Uuid,
+        kind: MediaKind,
+        user: Uuid,
+        device: String,
+    ) -> bool {
+        if !self.calls.contains_key(&call) {
+            return false;
+        }
+        if self.remote_tracks.contains_key(&key) {
+            return true;
+        }
+        let id = self.next_track;
+        self.next_track += 1;
+        self.tracks.insert(
+            id,
+            Track {
+                source: TrackSource::Remote { key },
+                call,
+                kind,
+                user,
+                device,
+                muted: false,
+                relay_alias: None,
+                last_keyframe_request: None,
+            },
+        );
+        self.remote_tracks.insert(key, id);
+        tracing::debug!(track = id, key, ?kind, "remote track added");
+        for peer in self.calls.get(&call).cloned().unwrap_or_default() {
+            self.renegotiate(peer);
+        }
+        self.process(now);
+        true
+    }
+
+    /// A remote track ended: it leaves every local session.
+    pub fn remove_remote_track(&mut self, now: Instant, key: u32) {
+        let Some(id) = self.remote_tracks.remove(&key) else {
+            return;
+        };
+        if let Some(t) = self.tracks.remove(&id) {
+            for peer in self.calls.get(&t.call).cloned().unwrap_or_default() {
+                self.renegotiate(peer);
+            }
+        }
+        self.process(now);
+    }
+
+    /// A frame of a remote track arrived from the relay.
+    pub fn remote_frame(
+        &mut self,
+        now: Instant,
+        key: u32,
+        rtp_time: u64,
+        keyframe: bool,
+        data: &[u8],
+    ) {
+        let Some(track) = self.remote_tracks.get(&key).copied() else {
+            return;
+        };
+        let Some(kind) = self.tracks.get(&track).map(|t| t.kind) else {
+            return;
+        };
+        let (codec, clock) = if kind == MediaKind::Video {
+            (Codec::Vp8, Frequency::NINETY_KHZ)
+        } else {
+            (Codec::Opus, Frequency::FORTY_EIGHT_KHZ)
+        };
+        let frame = FrameRef {
+            params: None,
+            codec,
+            time: MediaTime::new(rtp_time, clock),
+            network_time: now,
+            keyframe,
+            data,
+        };
+        self.fan_out(track, None, &frame, now);
+        self.process(now);
+    }
+
+    /// The relay subscribed to a local track under `alias` (or ended its
+    /// subscription: `None`). A new subscription starts with a keyframe.
+    pub fn set_relay_subscribed(&mut self, now: Instant, track: TrackId, alias: Option<u32>) {
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if !matches!(t.source, TrackSource::Local { .. }) {
+            return;
+        }
+        t.relay_alias = alias;
+        if alias.is_some() {
+            self.request_keyframe(track, now, true);
+        }
+        self.process(now);
+    }
+
+    /// A subscriber behind the relay asks for a keyframe of a local track.
+    pub fn relay_keyframe_request(&mut self, now: Instant, track: TrackId) {
+        self.stats.keyframe_requests_received += 1;
+        self.request_keyframe(track, now, false);
+        self.process(now);
+    }
+
+    /// The next frame for the relay.
+    pub fn poll_relay_frame(&mut self) -> Option<RelayFrame> {
+        self.relay_frames.pop_front()
+    }
+
     /// Asks a track's publisher for a keyframe, unless one was asked for
     /// within the throttle (`force`: a new subscriber always gets one).
     fn request_keyframe(&mut self, track: TrackId, now: Instant, force: bool) {
@@ -827,7 +1055,15 @@ impl Sfu {
             return;
         }
         t.last_keyframe_request = Some(now);
-        let TrackSource::Local { peer, mid } = t.source;
+        let (peer, mid) = match t.source {
+            TrackSource::Local { peer, mid } => (peer, mid),
+            TrackSource::Remote { key } => {
+                self.stats.keyframe_requests += 1;
+                self.events
+                    .push_back(SfuEvent::RemoteKeyframeRequest { key });
+                return;
+            }
+        };
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -963,10 +1199,21 @@ impl Sfu {
             members.retain(|id| *id != peer);
             if members.is_empty() {
                 self.calls.remove(&call);
+                // Nobody here receives the call's remote tracks any more.
+                let tracks = &mut self.tracks;
+                self.remote_tracks.retain(|_, id| {
+                    let keep = tracks.get(id).is_some_and(|t| t.call != call);
+                    if !keep {
+                        tracks.remove(id);
+                    }
+                    keep
+                });
+                self.events.push_back(SfuEvent::CallIdle(call));
             }
         }
         for track in p.published.values() {
             self.tracks.remove(track);
+            self.events.push_back(SfuEvent::TrackEnded(*track));
         }
         self.events
             .push_back(SfuEvent::Closed { peer, info: p.info });

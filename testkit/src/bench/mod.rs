@@ -18,6 +18,8 @@ pub struct ChildService {
     child: Child,
     /// The address it logged when it bound.
     pub addr: String,
+    /// Already reaped (killed).
+    exited: bool,
 }
 
 impl ChildService {
@@ -32,8 +34,29 @@ impl ChildService {
         addr_field: &str,
     ) -> ChildService {
         let exe = std::env::current_exe().expect("current executable");
+        Self::spawn_exe(
+            &exe,
+            &[subcommand],
+            log_filter,
+            env,
+            ready_message,
+            addr_field,
+        )
+    }
+
+    /// [`ChildService::spawn`] of another executable (a test's
+    /// `CARGO_BIN_EXE_cascade`) with `args`.
+    pub fn spawn_exe(
+        exe: &std::path::Path,
+        args: &[&str],
+        log_filter: &str,
+        env: &[(String, String)],
+        ready_message: &str,
+        addr_field: &str,
+    ) -> ChildService {
+        let subcommand = args.first().copied().unwrap_or_default();
         let mut child = Command::new(exe)
-            .arg(subcommand)
+            .args(args)
             .env("CASCADE_TELEMETRY__LOG_FORMAT", "json")
             .env("CASCADE_TELEMETRY__LOG_FILTER", log_filter)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -62,17 +85,31 @@ impl ChildService {
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
-        ChildService { child, addr }
+        ChildService {
+            child,
+            addr,
+            exited: false,
+        }
     }
 
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Kills it with SIGKILL (a crash: nothing is closed cleanly).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.exited = true;
+    }
 }
 
 impl Drop for ChildService {
     fn drop(&mut self) {
+        if self.exited {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

@@ -1,0 +1,791 @@
+//! The edge's link to its region's relay: declares interest in the calls
+//! that have participants here, announces their local tracks, subscribes
+//! to the remote tracks the relay announces, and moves frames both ways.
+//!
+//! - Workers report calls and tracks as [`RelayEvent`]s; this task keeps
+//!   the desired state (interests, announcements, remote tracks) so a link
+//!   that drops is redialed with backoff and the state replayed, without
+//!   the clients doing anything. Remote tracks survive a short outage (the
+//!   relay re-announces them and they rebind) and go after
+//!   [`STALE_AFTER`].
+//! - Frames of remote tracks are reassembled here ([`Reassembler`]: video
+//!   waits for a keyframe after a gap, and one is asked for) and handed to
+//!   the call's worker; frames of local tracks are packetized and sent by
+//!   the worker itself through the shared [`Uplink`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prometheus::IntCounter;
+use protocol::relay::{Announce, Control, Hello, Kind, MediaHeader, Role, RtpHeader};
+use quinn::Connection;
+use relay::link::{self, Backoff, ControlReader};
+use relay::media::{Packetizer, Reassembler};
+use relay::metrics::{LinkCounters, LinkMetrics};
+use relay::router::DropReason;
+use relay::tls::{NodeTls, TlsFiles};
+use serde::{Deserialize, Serialize};
+use str0m::media::MediaKind;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::sfu::{RelayFrame, TrackId};
+use crate::worker::{Command, WorkerHandle};
+
+/// Remote tracks not re-announced this long after the link came back (or
+/// while it is down) are removed from the sessions.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+/// Least time between keyframe requests this edge sends per remote track.
+const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
+
+/// `[edge.relay]`: the region's relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeRelayConfig {
+    /// The relay's QUIC address.
+    pub addr: SocketAddr,
+    /// The name its certificate must carry.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// Cluster CA, this edge's certificate and key.
+    pub tls: TlsFiles,
+    /// A link with no packet for this long is dead, milliseconds.
+    #[serde(default = "default_link_timeout")]
+    pub link_timeout_ms: u64,
+}
+
+fn default_server_name() -> String {
+    relay::tls::RELAY_SERVER_NAME.to_owned()
+}
+
+fn default_link_timeout() -> u64 {
+    2000
+}
+
+/// What workers tell the relay task.
+#[derive(Debug)]
+pub enum RelayEvent {
+    /// A call has its first participant on `worker`.
+    CallActive {
+        /// The worker the call is pinned to.
+        worker: usize,
+        /// The call.
+        call: Uuid,
+    },
+    /// A call's last participant here left.
+    CallIdle(Uuid),
+    /// A local track was published.
+    TrackPublished {
+        /// Its worker.
+        worker: usize,
+        /// Its id in that worker.
+        track: TrackId,
+        /// The call.
+        call: Uuid,
+        /// Audio or video.
+        kind: MediaKind,
+        /// The publisher.
+        user: Uuid,
+        /// Their device.
+        device: String,
+    },
+    /// A local track ended.
+    TrackEnded {
+        /// Its worker.
+        worker: usize,
+        /// Its id there.
+        track: TrackId,
+    },
+    /// A remote track needs a keyframe.
+    KeyframeRequest(u32),
+}
+
+/// What the relay task asks of a worker.
+#[derive(Debug)]
+pub enum RelayCommand {
+    /// A remote track of a call on the worker.
+    AddRemoteTrack {
+        /// The key frames will carry.
+        key: u32,
+        /// The call.
+        call: Uuid,
+        /// Audio or video.
+        kind: MediaKind,
+        /// The publisher.
+        user: Uuid,
+        /// Their device.
+        device: String,
+    },
+    /// A remote track ended.
+    RemoveRemoteTrack(u32),
+    /// A frame of a remote track.
+    RemoteFrame {
+        /// The track's key.
+        key: u32,
+        /// RTP time.
+        rtp_time: u64,
+        /// A keyframe.
+        keyframe: bool,
+        /// The frame.
+        data: Vec<u8>,
+    },
+    /// The relay subscribed to a local track (under this alias) or not.
+    Subscribed {
+        /// The local track.
+        track: TrackId,
+        /// Its alias, or `None`: unsubscribed.
+        alias: Option<u32>,
+    },
+    /// A keyframe request for a local track from behind the relay.
+    KeyframeRequest(TrackId),
+}
+
+/// The sending half workers share: the current connection (none while the
+/// link is down) and the link's counters.
+pub struct Uplink {
+    current: Mutex<Option<(Connection, LinkCounters)>>,
+    metrics: LinkMetrics,
+}
+
+impl Uplink {
+    fn lock(&self) -> MutexGuard<'_, Option<(Connection, LinkCounters)>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a local frame the relay subscribed to (dropped, and counted,
+    /// while the link is down).
+    pub fn send_frame(&self, packetizers: &mut HashMap<u32, Packetizer>, frame: RelayFrame) {
+        let Some((connection, counters)) = self.lock().clone() else {
+            self.metrics.dropped(DropReason::LinkClosed);
+            return;
+        };
+        let Some(max) = connection.max_datagram_size() else {
+            self.metrics.dropped(DropReason::TooLarge);
+            return;
+        };
+        let packetizer = packetizers
+            .entry(frame.alias)
+            .or_insert_with(|| Packetizer::new(frame.alias, if frame.video { 96 } else { 111 }));
+        let mut datagrams = Vec::new();
+        packetizer.packetize(
+            0,
+            frame.rtp_time,
+            frame.keyframe,
+            &frame.data,
+            max,
+            &mut datagrams,
+        );
+        let kind = if frame.video {
+            Kind::Video
+        } else {
+            Kind::Audio
+        };
+        for datagram in datagrams {
+            let len = datagram.len();
+            match relay::app::send_media(&connection, kind, Bytes::from(datagram)) {
+                Ok(()) => counters.sent(len),
+                Err(reason) => self.metrics.dropped(reason),
+            }
+        }
+    }
+}
+
+/// What a worker needs to take part.
+#[derive(Clone)]
+pub struct WorkerRelay {
+    /// Where it reports calls and tracks.
+    pub events: mpsc::UnboundedSender<RelayEvent>,
+    /// Where it sends frames.
+    pub uplink: Arc<Uplink>,
+}
+
+struct LocalTrack {
+    worker: usize,
+    track: TrackId,
+    announce: Announce,
+}
+
+struct RemoteTrack {
+    key: u32,
+    worker: usize,
+    call: Uuid,
+    upstream_alias: Option<u32>,
+    reassembler: Reassembler,
+    last_keyframe_request: Option<Instant>,
+    stale_since: Option<Instant>,
+}
+
+/// Edge relay counters beyond the link's.
+#[derive(Clone)]
+pub struct EdgeRelayMetrics {
+    link: LinkMetrics,
+    remote_tracks: prometheus::IntGauge,
+    frames_received: IntCounter,
+    frame_gaps: IntCounter,
+    frames_dropped: IntCounter,
+}
+
+impl EdgeRelayMetrics {
+    /// Creates and registers them.
+    pub fn new(metrics: &service::Metrics) -> Self {
+        EdgeRelayMetrics {
+            link: LinkMetrics::new(metrics, "cascade_edge_relay"),
+            remote_tracks: metrics.gauge(
+                "cascade_edge_remote_tracks",
+                "Tracks of other edges' participants received through the relay.",
+            ),
+            frames_received: metrics.counter(
+                "cascade_edge_relay_frames_received_total",
+                "Frames of remote tracks reassembled and handed to subscribers.",
+            ),
+            frame_gaps: metrics.counter(
+                "cascade_edge_relay_frame_gaps_total",
+                "Gaps (lost packets) seen in remote tracks.",
+            ),
+            frames_dropped: metrics.counter(
+                "cascade_edge_relay_frames_dropped_total",
+                "Remote frames dropped because a worker's queue was full.",
+            ),
+        }
+    }
+}
+
+/// The relay task's state.
+struct Client {
+    node: String,
+    workers: Vec<WorkerHandle>,
+    metrics: EdgeRelayMetrics,
+    calls: HashMap<Uuid, usize>,
+    local: HashMap<u32, LocalTrack>,
+    local_ids: HashMap<String, u32>,
+    remote: HashMap<String, RemoteTrack>,
+    remote_by_alias: HashMap<u32, String>,
+    remote_by_key: HashMap<u32, String>,
+    next_alias: u32,
+    next_key: u32,
+    control: Option<mpsc::UnboundedSender<Control>>,
+}
+
+impl Client {
+    fn send(&self, message: Control) {
+        if let Some(control) = &self.control {
+            let _ = control.send(message);
+        }
+    }
+
+    fn command(&self, worker: usize, command: RelayCommand) -> bool {
+        let Some(w) = self.workers.get(worker) else {
+            return false;
+        };
+        match w.commands.try_send(Command::Relay(command)) {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!(worker, "media worker queue full; relay command dropped");
+                false
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: RelayEvent) {
+        match event {
+            RelayEvent::CallActive { worker, call } => {
+                self.calls.insert(call, worker);
+                self.send(Control::Interest {
+                    call,
+                    interested: true,
+                });
+            }
+            RelayEvent::CallIdle(call) => {
+                self.calls.remove(&call);
+                self.send(Control::Interest {
+                    call,
+                    interested: false,
+                });
+                // The worker dropped the call's remote tracks itself.
+                let gone: Vec<String> = self
+                    .remote
+                    .iter()
+                    .filter(|(_, r)| r.call == call)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in gone {
+                    self.forget_remote(&id);
+                }
+            }
+            RelayEvent::TrackPublished {
+                worker,
+                track,
+                call,
+                kind,
+                user,
+                device,
+            } => {
+                let alias = self.next_alias;
+                self.next_alias = self.next_alias.wrapping_add(1).max(1);
+                let video = kind == MediaKind::Video;
+                let announce = Announce {
+                    call,
+                    track: format!("{}:{alias}", self.node),
+                    alias,
+                    kind: if video { Kind::Video } else { Kind::Audio },
+                    codec: if video { "VP8" } else { "opus" }.into(),
+                    origin: self.node.clone(),
+                    user,
+                    device,
+                };
+                self.local_ids.insert(announce.track.clone(), alias);
+                self.send(Control::Announce(announce.clone()));
+                self.local.insert(
+                    alias,
+                    LocalTrack {
+                        worker,
+                        track,
+                        announce,
+                    },
+                );
+            }
+            RelayEvent::TrackEnded { worker, track } => {
+                let alias = self
+                    .local
+                    .iter()
+                    .find(|(_, l)| l.worker == worker && l.track == track)
+                    .map(|(a, _)| *a);
+                if let Some(local) = alias.and_then(|a| self.local.remove(&a)) {
+                    self.local_ids.remove(&local.announce.track);
+                    self.send(Control::Unannounce {
+                        track: local.announce.track,
+                    });
+                }
+            }
+            RelayEvent::KeyframeRequest(key) => {
+                if let Some(id) = self.remote_by_key.get(&key).cloned() {
+                    self.request_keyframe(&id, Instant::now(), true);
+                }
+            }
+        }
+    }
+
+    fn request_keyframe(&mut self, id: &str, now: Instant, asked_by_worker: bool) {
+        let Some(r) = self.remote.get_mut(id) else {
+            return;
+        };
+        // Workers throttle their own requests; ours (after a gap) are
+        // throttled here.
+        let throttled = !asked_by_worker
+            && r.last_keyframe_request
+                .is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_THROTTLE);
+        if throttled || r.upstream_alias.is_none() {
+            return;
+        }
+        r.last_keyframe_request = Some(now);
+        self.send(Control::KeyframeRequest {
+            track: id.to_owned(),
+        });
+    }
+
+    fn forget_remote(&mut self, id: &str) {
+        if let Some(r) = self.remote.remove(id) {
+            self.remote_by_key.remove(&r.key);
+            if let Some(alias) = r.upstream_alias {
+                self.remote_by_alias.remove(&alias);
+            }
+        }
+    }
+
+    fn on_control(&mut self, message: Control) {
+        match message {
+            Control::Announce(a) => {
+                let Some(&worker) = self.calls.get(&a.call) else {
+                    return;
+                };
+                if let Some(old) = self.remote.get(&a.track).and_then(|r| r.upstream_alias) {
+                    self.remote_by_alias.remove(&old);
+                }
+                let video = a.kind == Kind::Video;
+                let known = self.remote.contains_key(&a.track);
+                if !known {
+                    let key = self.next_key;
+                    self.next_key = self.next_key.wrapping_add(1).max(1);
+                    let added = self.command(
+                        worker,
+                        RelayCommand::AddRemoteTrack {
+                            key,
+                            call: a.call,
+                            kind: if video {
+                                MediaKind::Video
+                            } else {
+                                MediaKind::Audio
+                            },
+                            user: a.user,
+                            device: a.device.clone(),
+                        },
+                    );
+                    if !added {
+                        return;
+                    }
+                    self.remote_by_key.insert(key, a.track.clone());
+                    self.remote.insert(
+                        a.track.clone(),
+                        RemoteTrack {
+                            key,
+                            worker,
+                            call: a.call,
+                            upstream_alias: None,
+                            reassembler: Reassembler::new(video),
+                            last_keyframe_request: None,
+                            stale_since: None,
+                        },
+                    );
+                }
+                if let Some(r) = self.remote.get_mut(&a.track) {
+                    // (Re)bound: a fresh reassembler waits for a keyframe.
+                    r.upstream_alias = Some(a.alias);
+                    r.stale_since = None;
+                    r.reassembler = Reassembler::new(video);
+                }
+                self.remote_by_alias.insert(a.alias, a.track.clone());
+                // Every local participant receives every track of its call.
+                self.send(Control::Subscribe {
+                    track: a.track.clone(),
+                    layers: 1,
+                });
+                if video {
+                    self.request_keyframe(&a.track, Instant::now(), true);
+                }
+            }
+            Control::Unannounce { track } => {
+                if let Some(r) = self.remote.get(&track) {
+                    let (worker, key) = (r.worker, r.key);
+                    self.command(worker, RelayCommand::RemoveRemoteTrack(key));
+                }
+                self.forget_remote(&track);
+            }
+            Control::Subscribe { track, .. } => self.subscribed(&track, true),
+            Control::Unsubscribe { track } => self.subscribed(&track, false),
+            Control::KeyframeRequest { track } => {
+                if let Some(l) = self.local_ids.get(&track).and_then(|a| self.local.get(a)) {
+                    self.command(l.worker, RelayCommand::KeyframeRequest(l.track));
+                }
+            }
+            Control::Ping { nonce } => self.send(Control::Pong { nonce }),
+            Control::Hello(_) | Control::Interest { .. } | Control::Pong { .. } => {}
+        }
+    }
+
+    fn subscribed(&mut self, track: &str, on: bool) {
+        if let Some((&alias, l)) = self
+            .local_ids
+            .get(track)
+            .and_then(|a| self.local.get_key_value(a))
+        {
+            self.command(
+                l.worker,
+                RelayCommand::Subscribed {
+                    track: l.track,
+                    alias: on.then_some(alias),
+                },
+            );
+        }
+    }
+
+    fn on_datagram(&mut self, datagram: &[u8]) {
+        let Ok((header, packet)) = MediaHeader::decode(datagram) else {
+            self.metrics.link.dropped(DropReason::Malformed);
+            return;
+        };
+        let Some(id) = self.remote_by_alias.get(&header.alias).cloned() else {
+            self.metrics.link.dropped(DropReason::UnknownTrack);
+            return;
+        };
+        let Ok((rtp, payload)) = RtpHeader::decode(packet) else {
+            self.metrics.link.dropped(DropReason::Malformed);
+            return;
+        };
+        let Some(r) = self.remote.get_mut(&id) else {
+            return;
+        };
+        let pushed = r.reassembler.push(&header, &rtp, payload);
+        let waiting = r.reassembler.waiting_keyframe();
+        let (worker, key) = (r.worker, r.key);
+        if pushed.loss {
+            self.metrics.frame_gaps.inc();
+        }
+        if let Some(frame) = pushed.frame {
+            let command = RelayCommand::RemoteFrame {
+                key,
+                rtp_time: frame.rtp_time,
+                keyframe: frame.keyframe,
+                data: frame.data,
+            };
+            if self.command(worker, command) {
+                self.metrics.frames_received.inc();
+            } else {
+                self.metrics.frames_dropped.inc();
+            }
+        }
+        if waiting {
+            self.request_keyframe(&id, Instant::now(), false);
+        }
+    }
+
+    /// The link is up: replay the desired state.
+    fn connected(&mut self, control: mpsc::UnboundedSender<Control>) {
+        self.control = Some(control);
+        let mut calls: Vec<Uuid> = self.calls.keys().copied().collect();
+        calls.sort();
+        for call in calls {
+            self.send(Control::Interest {
+                call,
+                interested: true,
+            });
+        }
+        let mut local: Vec<&LocalTrack> = self.local.values().collect();
+        local.sort_by_key(|l| l.announce.alias);
+        let mut resubscribe = Vec::new();
+        for l in local {
+            self.send(Control::Announce(l.announce.clone()));
+            resubscribe.push((l.worker, l.track));
+        }
+        // The relay subscribes afresh; until then nothing is sent.
+        for (worker, track) in resubscribe {
+            self.command(worker, RelayCommand::Subscribed { track, alias: None });
+        }
+        self.mark_stale();
+    }
+
+    /// The link is down.
+    fn disconnected(&mut self) {
+        self.control = None;
+        self.mark_stale();
+    }
+
+    fn mark_stale(&mut self) {
+        let now = Instant::now();
+        self.remote_by_alias.clear();
+        for r in self.remote.values_mut() {
+            r.upstream_alias = None;
+            r.stale_since.get_or_insert(now);
+        }
+    }
+
+    /// Removes remote tracks that were not re-announced in time.
+    fn sweep(&mut self, now: Instant) {
+        let stale: Vec<String> = self
+            .remote
+            .iter()
+            .filter(|(_, r)| {
+                r.stale_since
+                    .is_some_and(|at| now.saturating_duration_since(at) >= STALE_AFTER)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some(r) = self.remote.get(&id) {
+                let (worker, key) = (r.worker, r.key);
+                self.command(worker, RelayCommand::RemoveRemoteTrack(key));
+            }
+            self.forget_remote(&id);
+        }
+        self.metrics.remote_tracks.set(self.remote.len() as i64);
+    }
+}
+
+/// The relay side of an edge, before it runs.
+pub struct RelayLink {
+    config: EdgeRelayConfig,
+    endpoint: quinn::Endpoint,
+    hello: Hello,
+    metrics: EdgeRelayMetrics,
+    uplink: Arc<Uplink>,
+    events_tx: mpsc::UnboundedSender<RelayEvent>,
+    events: mpsc::UnboundedReceiver<RelayEvent>,
+}
+
+/// Why the relay link could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayLinkError {
+    /// TLS files.
+    #[error(transparent)]
+    Tls(#[from] relay::tls::TlsError),
+    /// The QUIC endpoint.
+    #[error(transparent)]
+    Endpoint(#[from] link::EndpointError),
+}
+
+impl RelayLink {
+    /// Loads TLS and binds the QUIC endpoint (client only) on `ip`.
+    pub fn new(
+        config: EdgeRelayConfig,
+        ip: std::net::IpAddr,
+        node: &str,
+        region: &str,
+        metrics: &service::Metrics,
+    ) -> Result<Self, RelayLinkError> {
+        let tls = NodeTls::load(&config.tls)?;
+        let timeout = Duration::from_millis(config.link_timeout_ms);
+        let endpoint = link::endpoint(SocketAddr::new(ip, 0), &tls, timeout, false)?;
+        let metrics = EdgeRelayMetrics::new(metrics);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        Ok(RelayLink {
+            config,
+            endpoint,
+            hello: Hello {
+                node: node.to_owned(),
+                region: region.to_owned(),
+                role: Role::Edge,
+            },
+            uplink: Arc::new(Uplink {
+                current: Mutex::new(None),
+                metrics: metrics.link.clone(),
+            }),
+            metrics,
+            events_tx,
+            events,
+        })
+    }
+
+    /// What each worker gets.
+    pub fn worker_relay(&self) -> WorkerRelay {
+        WorkerRelay {
+            events: self.events_tx.clone(),
+            uplink: self.uplink.clone(),
+        }
+    }
+
+    /// Runs until `stop` resolves.
+    pub async fn run(
+        self,
+        workers: Vec<WorkerHandle>,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let RelayLink {
+            config,
+            endpoint,
+            hello,
+            metrics,
+            uplink,
+            events_tx,
+            mut events,
+        } = self;
+        drop(events_tx);
+        let mut client = Client {
+            node: hello.node.clone(),
+            workers,
+            metrics: metrics.clone(),
+            calls: HashMap::new(),
+            local: HashMap::new(),
+            local_ids: HashMap::new(),
+            remote: HashMap::new(),
+            remote_by_alias: HashMap::new(),
+            remote_by_key: HashMap::new(),
+            next_alias: 1,
+            next_key: 1,
+            control: None,
+        };
+        let timeout = Duration::from_millis(config.link_timeout_ms);
+        let mut backoff = Backoff::new(timeout.min(Duration::from_secs(1)));
+        let mut reader: Option<ControlReader> = None;
+        let mut connection: Option<Connection> = None;
+        let mut redial_at = tokio::time::Instant::now();
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        let mut peer_label = String::new();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => client.on_event(event),
+                    None => break,
+                },
+                message = next_control(&mut reader) => match message {
+                    Ok(Some(message)) => client.on_control(message),
+                    Ok(None) | Err(_) => {
+                        if let Err(error) = &message {
+                            tracing::info!(%error, "relay link down");
+                        }
+                        drop_link(&mut reader, &mut connection, &uplink, &metrics, &mut client);
+                        redial_at = tokio::time::Instant::now() + backoff.next_delay();
+                    }
+                },
+                datagram = next_datagram(&connection) => match datagram {
+                    Ok(datagram) => {
+                        if let Some((_, counters)) = uplink.lock().as_ref() {
+                            counters.received(datagram.len());
+                        }
+                        client.on_datagram(&datagram);
+                    }
+                    Err(error) => {
+                        tracing::info!(%error, "relay link down");
+                        drop_link(&mut reader, &mut connection, &uplink, &metrics, &mut client);
+                        redial_at = tokio::time::Instant::now() + backoff.next_delay();
+                    }
+                },
+                () = tokio::time::sleep_until(redial_at), if connection.is_none() => {
+                    match link::dial(&endpoint, config.addr, &config.server_name, &hello).await {
+                        Ok(l) => {
+                            backoff.reset();
+                            tracing::info!(relay = %l.hello.node, addr = %config.addr, "relay link up");
+                            metrics.link.links.with_label_values(&["relay"]).inc();
+                            metrics.link.links_established.with_label_values(&["relay"]).inc();
+                            let counters = metrics.link.link(&l.hello.node);
+                            peer_label = l.hello.node.clone();
+                            *uplink.lock() = Some((l.connection.clone(), counters));
+                            connection = Some(l.connection);
+                            reader = Some(l.reader);
+                            client.connected(link::spawn_writer(l.send));
+                        }
+                        Err(error) => {
+                            tracing::debug!(addr = %config.addr, %error, "dialing relay failed");
+                            redial_at = tokio::time::Instant::now() + backoff.next_delay();
+                        }
+                    }
+                }
+                _ = sweep.tick() => {
+                    client.sweep(Instant::now());
+                    if let Some(c) = &connection {
+                        metrics.link.rtt.with_label_values(&[&peer_label]).set(c.rtt().as_secs_f64());
+                    }
+                }
+                () = &mut stop => break,
+            }
+        }
+        if let Some(c) = connection {
+            c.close(0u32.into(), b"edge stopping");
+        }
+        endpoint.close(0u32.into(), b"edge stopping");
+    }
+}
+
+fn drop_link(
+    reader: &mut Option<ControlReader>,
+    connection: &mut Option<Connection>,
+    uplink: &Uplink,
+    metrics: &EdgeRelayMetrics,
+    client: &mut Client,
+) {
+    if let Some(c) = connection.take() {
+        c.close(0u32.into(), b"link ended");
+        metrics.link.links.with_label_values(&["relay"]).dec();
+    }
+    *reader = None;
+    *uplink.lock() = None;
+    client.disconnected();
+}
+
+async fn next_control(
+    reader: &mut Option<ControlReader>,
+) -> Result<Option<Control>, link::LinkError> {
+    match reader {
+        Some(r) => r.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_datagram(connection: &Option<Connection>) -> Result<Bytes, quinn::ConnectionError> {
+    match connection {
+        Some(c) => c.read_datagram().await,
+        None => std::future::pending().await,
+    }
+}

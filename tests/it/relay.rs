@@ -1,0 +1,426 @@
+//! Media across regions: a control plane with regions `eu` and `us`, an
+//! edge and a relay in each (production `build`/`run`, real QUIC with
+//! mutual TLS from `cascade certs`' code), str0m bots placed by the real
+//! API. The publisher is in `eu`, the subscribers in `us`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use control_plane::calls::config::RegionConfig;
+use serde_json::{Value, json};
+use testkit::app::{Backend, TestApp};
+use testkit::bot::{Bot, BotOptions, LatencyProbe};
+use testkit::client::TestUser;
+use testkit::cluster::{
+    CertDir, RunningEdge, RunningRelay, edge_config, free_udp_port, metric, relay_config,
+};
+
+use crate::edge::start_call;
+
+const SECRET: &str = control_plane::config::TEST_CLUSTER_SECRET;
+const NODES: [&str; 4] = ["eu-relay", "us-relay", "eu-edge", "us-edge"];
+
+async fn two_region_app() -> TestApp {
+    TestApp::spawn_with(Backend::Sqlite, |config| {
+        let region = |name: &str, lat: f64, lon: f64| RegionConfig {
+            name: name.into(),
+            latitude: lat,
+            longitude: lon,
+            probe_url: None,
+        };
+        config.calls.regions = vec![region("eu", 50.1, 8.7), region("us", 39.0, -77.5)];
+        config.calls.default_region = "eu".into();
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the control plane lists every edge.
+async fn wait_registered(app: &TestApp, ids: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let nodes = app
+            .call(
+                reqwest::Method::GET,
+                "/internal/v1/nodes",
+                Some(SECRET),
+                None,
+            )
+            .await
+            .body;
+        let listed = |id: &str| {
+            nodes
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["id"] == id))
+        };
+        if ids.iter().all(|id| listed(id)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "edges never registered: {nodes}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn join_in(app: &TestApp, user: &TestUser, call: &str, region: &str) -> Value {
+    let joined = app
+        .post(
+            &format!("/v1/calls/{call}/join"),
+            user,
+            json!({"device_id": "bot", "region": region}),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(joined["region"], region, "{joined}");
+    joined
+}
+
+/// Everything of one two-region call.
+struct Scene {
+    /// Held: the control plane lives as long as the scene.
+    _app: TestApp,
+    eu_relay: RunningRelay,
+    eu_edge: RunningEdge,
+    us_edge: RunningEdge,
+    publisher: Bot,
+    subscribers: Vec<Bot>,
+    _certs: CertDir,
+}
+
+/// Starts the cluster and the call. `us_relay_addr` is where the `us` relay
+/// is (or will be); `start_us_relay` starts it in-process when given.
+async fn scene(
+    certs: CertDir,
+    us_relay: impl AsyncFnOnce(&CertDir, SocketAddr) -> SocketAddr,
+    probe: Option<std::sync::Arc<LatencyProbe>>,
+) -> Scene {
+    let app = two_region_app().await;
+    let eu_relay = RunningRelay::start(relay_config(&certs, "eu-relay", "eu", 0, &[])).await;
+    let us_relay_addr = us_relay(&certs, eu_relay.addrs.quic).await;
+    let eu_edge = RunningEdge::start(edge_config(
+        "eu-edge",
+        "eu",
+        &app.url(""),
+        SECRET,
+        Some((&certs, eu_relay.addrs.quic)),
+    ))
+    .await;
+    let us_edge = RunningEdge::start(edge_config(
+        "us-edge",
+        "us",
+        &app.url(""),
+        SECRET,
+        Some((&certs, us_relay_addr)),
+    ))
+    .await;
+    wait_registered(&app, &["eu-edge", "us-edge"]).await;
+
+    let owner = app.register("owner").await;
+    let mut members = Vec::new();
+    for i in 0..3 {
+        members.push(app.register(&format!("member{i}")).await);
+    }
+    let refs: Vec<&TestUser> = members.iter().collect();
+    let group = app.group(&owner, "across", &refs).await;
+    let call = start_call(&app, &owner, &group, "video").await;
+    let joined = join_in(&app, &owner, &call, "eu").await;
+    assert_eq!(joined["edge"]["id"], "eu-edge");
+    let mut options = BotOptions::new(true);
+    options.probe = probe.clone();
+    let publisher = Bot::join_with(&joined, options).await.expect("publisher");
+    let mut subscribers = Vec::new();
+    for user in &members {
+        let joined = join_in(&app, user, &call, "us").await;
+        assert_eq!(joined["edge"]["id"], "us-edge");
+        let mut options = BotOptions::new(false);
+        options.probe = probe.clone();
+        subscribers.push(Bot::join_with(&joined, options).await.expect("subscriber"));
+    }
+    Scene {
+        _app: app,
+        eu_relay,
+        eu_edge,
+        us_edge,
+        publisher,
+        subscribers,
+        _certs: certs,
+    }
+}
+
+/// Every subscriber's video frames: intact, in order, no gap after the
+/// first; returns the fewest frames any got.
+fn assert_every_frame_intact(subscribers: &[Bot]) -> usize {
+    let mut fewest = usize::MAX;
+    for bot in subscribers {
+        let report = bot.report();
+        assert!(report.connected);
+        assert_eq!(report.corrupt, 0, "payloads arrive byte for byte");
+        assert_eq!(
+            report.tracks.len(),
+            2,
+            "video and audio from eu: {:?}",
+            report.tracks
+        );
+        let (mid, counters) = report.received.iter().next().expect("video arrived");
+        assert_eq!(
+            report.first_was_keyframe.get(mid),
+            Some(&true),
+            "starts on a keyframe"
+        );
+        let first = counters[0];
+        let expected: Vec<u32> = (first..first + counters.len() as u32).collect();
+        assert_eq!(counters, &expected, "every frame after the first, in order");
+        assert!(
+            report.audio_packets > 30,
+            "audio too ({})",
+            report.audio_packets
+        );
+        fewest = fewest.min(counters.len());
+    }
+    fewest
+}
+
+#[tokio::test]
+async fn a_publisher_in_eu_reaches_three_subscribers_in_us_crossing_once() {
+    let certs = CertDir::new(&NODES);
+    let mut us_relay = None;
+    let s = scene(
+        certs,
+        async |certs: &CertDir, eu: SocketAddr| {
+            let relay = RunningRelay::start(relay_config(certs, "us-relay", "us", 0, &[eu])).await;
+            let addr = relay.addrs.quic;
+            us_relay = Some(relay);
+            addr
+        },
+        None,
+    )
+    .await;
+    let us_relay = us_relay.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let fewest = assert_every_frame_intact(&s.subscribers);
+    assert!(fewest > 60, "{fewest} frames in 4 s");
+
+    // The track crossed eu→us once: what the eu relay sent to the us relay
+    // is what it received from the eu edge, not three times that.
+    let eu = s.eu_relay.metrics().await;
+    let us = us_relay.metrics().await;
+    let from_edge = metric(
+        &eu,
+        "cascade_relay_datagrams_received_total{peer=\"eu-edge\"}",
+    );
+    let to_us = metric(&eu, "cascade_relay_datagrams_sent_total{peer=\"us-relay\"}");
+    let us_in = metric(
+        &us,
+        "cascade_relay_datagrams_received_total{peer=\"eu-relay\"}",
+    );
+    let to_us_edge = metric(&us, "cascade_relay_datagrams_sent_total{peer=\"us-edge\"}");
+    eprintln!(
+        "eu relay: {from_edge} datagrams in from eu-edge, {to_us} out to us-relay; \
+         us relay: {us_in} in, {to_us_edge} out to us-edge"
+    );
+    assert!(
+        from_edge > 100.0,
+        "the publisher's media reached the eu relay"
+    );
+    assert!(
+        to_us <= from_edge,
+        "no more than one copy per datagram crosses"
+    );
+    assert!(to_us >= from_edge * 0.9, "and every datagram does");
+    assert!(to_us_edge <= us_in && to_us_edge >= us_in * 0.9);
+    for text in [&eu, &us] {
+        assert_eq!(
+            metric(text, "cascade_relay_tracks_relayed"),
+            2.0,
+            "video + audio"
+        );
+    }
+    assert_eq!(
+        metric(&us, "cascade_relay_subscriptions"),
+        2.0,
+        "one edge × 2 tracks"
+    );
+    assert_eq!(metric(&eu, "cascade_relay_links{role=\"edge\"}"), 1.0);
+    assert_eq!(metric(&eu, "cascade_relay_links{role=\"relay\"}"), 1.0);
+    assert!(metric(&eu, "cascade_relay_link_rtt_seconds{peer=\"us-relay\"}") > 0.0);
+    // The us edge fans the one copy out to three subscribers.
+    let edge = s.us_edge.metrics().await;
+    assert_eq!(metric(&edge, "cascade_edge_remote_tracks"), 2.0);
+    assert!(metric(&edge, "cascade_edge_relay_frames_received_total") > 100.0);
+    for text in [&eu, &us, &edge] {
+        if let Some((ok, complaints)) = testkit::promtool_check(text) {
+            assert!(ok && complaints.is_empty(), "promtool: {complaints}");
+        }
+    }
+
+    // The publisher leaves: the remote tracks leave the us sessions.
+    s.publisher.leave().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.subscribers.iter().any(|b| !b.report().tracks.is_empty()) {
+        assert!(Instant::now() < deadline, "remote tracks were not removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    us_relay.stop().await;
+    s.eu_edge.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_us_relay_is_restarted_and_media_resumes_without_clients() {
+    let certs = CertDir::new(&NODES);
+    let port = free_udp_port();
+    let config_path = certs.dir.join("us-relay.toml");
+    let s = scene(
+        certs,
+        async |certs: &CertDir, eu: SocketAddr| {
+            let files = certs.files("us-relay");
+            let toml = format!(
+                "[relay]\nnode_id = \"us-relay\"\nregion = \"us\"\nlisten = \"127.0.0.1:0\"\n\
+                 quic_listen = \"127.0.0.1:{port}\"\nlink_timeout_ms = 1000\n\
+                 [relay.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
+                 [[relay.peers]]\naddr = \"{eu}\"\n",
+                files.ca, files.cert, files.key
+            );
+            std::fs::write(certs.dir.join("us-relay.toml"), toml).unwrap();
+            SocketAddr::from(([127, 0, 0, 1], port))
+        },
+        None,
+    )
+    .await;
+    let spawn = move || {
+        testkit::bench::ChildService::spawn_exe(
+            std::path::Path::new(env!("CARGO_BIN_EXE_cascade")),
+            &["relay", "--config", config_path.to_str().unwrap()],
+            "info",
+            &[],
+            "relay bound",
+            "quic",
+        )
+    };
+    let relay = tokio::task::spawn_blocking(spawn.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before: Vec<usize> = s
+        .subscribers
+        .iter()
+        .map(|b| b.report().video_frames())
+        .collect();
+    assert!(
+        before.iter().all(|n| *n > 20),
+        "media flows first: {before:?}"
+    );
+
+    // SIGKILL: no goodbye reaches the edge or the eu relay.
+    relay.kill();
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stalled: Vec<usize> = s
+        .subscribers
+        .iter()
+        .map(|b| b.report().video_frames())
+        .collect();
+    let _relay = tokio::task::spawn_blocking(spawn.clone()).await.unwrap();
+    let restarted = Instant::now();
+    // Each subscriber gets new frames, without doing anything.
+    let mut resumed = vec![None; s.subscribers.len()];
+    while resumed.iter().any(Option::is_none) {
+        for (i, bot) in s.subscribers.iter().enumerate() {
+            if resumed[i].is_none() && bot.report().video_frames() > stalled[i] + 5 {
+                resumed[i] = Some(restarted.elapsed());
+            }
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "media did not resume: {resumed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let slowest = resumed.iter().flatten().max().copied().unwrap();
+    eprintln!(
+        "media resumed {slowest:?} after the restart ({:?} after the kill)",
+        killed.elapsed()
+    );
+    assert!(
+        slowest < Duration::from_secs(3),
+        "resumed after {slowest:?}"
+    );
+    // And what arrives is intact and in order again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for bot in &s.subscribers {
+        let report = bot.report();
+        assert_eq!(report.corrupt, 0);
+        assert_eq!(
+            report.tracks.len(),
+            2,
+            "the same tracks, no renegotiation needed"
+        );
+    }
+    let eu = s.eu_relay.metrics().await;
+    assert!(metric(&eu, "cascade_relay_links_established_total{role=\"relay\"}") >= 2.0);
+}
+
+#[tokio::test]
+async fn media_crosses_a_wan_link_with_80ms_delay_and_2_percent_loss() {
+    let certs = CertDir::new(&NODES);
+    let probe = LatencyProbe::new();
+    let mut parts = None;
+    let s = scene(
+        certs,
+        async |certs: &CertDir, eu: SocketAddr| {
+            let proxy = testkit::udp_proxy::UdpProxy::start(eu, Duration::from_millis(80), 0.02)
+                .await
+                .unwrap();
+            let mut config = relay_config(certs, "us-relay", "us", 0, &[proxy.addr]);
+            config.link_timeout_ms = 3000;
+            let relay = RunningRelay::start(config).await;
+            let addr = relay.addrs.quic;
+            parts = Some((proxy, relay));
+            addr
+        },
+        Some(probe.clone()),
+    )
+    .await;
+    let (proxy, us_relay) = parts.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    probe.start();
+    let sent_before = s.publisher.report().frames_sent;
+    let got_before: Vec<usize> = s
+        .subscribers
+        .iter()
+        .map(|b| b.report().video_frames())
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut latencies = probe.take();
+    let sent = s.publisher.report().frames_sent - sent_before;
+    latencies.sort();
+    assert!(!latencies.is_empty(), "frames arrived across the WAN link");
+    let p = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    let (p50, p99) = (p(0.5), p(0.99));
+    let dropped = proxy
+        .stats
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut delivered = Vec::new();
+    for (bot, before) in s.subscribers.iter().zip(&got_before) {
+        let report = bot.report();
+        assert_eq!(report.corrupt, 0, "what arrives is intact");
+        delivered.push((report.video_frames() - before) as f64 / f64::from(sent));
+    }
+    eprintln!(
+        "WAN link (80 ms, 2 % loss; {dropped} datagrams dropped by the proxy): \
+         frame latency p50 {p50:?} p99 {p99:?} over {} frames; delivered {delivered:?} of {sent}",
+        latencies.len()
+    );
+    assert!(dropped > 0, "the proxy did drop packets");
+    assert!(
+        p50 >= Duration::from_millis(80),
+        "the delay is real: {p50:?}"
+    );
+    assert!(
+        p50 < Duration::from_millis(250),
+        "no more than the link adds: {p50:?}"
+    );
+    for share in delivered {
+        assert!(share > 0.5, "most frames still arrive ({share:.2})");
+    }
+    us_relay.stop().await;
+}
