@@ -91,6 +91,25 @@ enum BenchCommand {
     /// One publisher to N subscribers through a real edge, ramped, beside a
     /// raw UDP forwarder in the same run.
     Sfu(SfuBenchArgs),
+    /// One relay hop (a `cascade relay` process): packets per second per
+    /// core and added latency, beside a raw UDP forwarder in the same run.
+    Relay(RelayBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct RelayBenchArgs {
+    /// Publisher packet rates of the ramp, per second, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [5_000u64, 20_000, 50_000, 100_000])]
+    rates: Vec<u64>,
+    /// Subscriber links behind the relay.
+    #[arg(long, default_value_t = 1)]
+    subscribers: usize,
+    /// Payload bytes per packet after the RTP header.
+    #[arg(long, default_value_t = 1100)]
+    payload: usize,
+    /// Seconds each step is measured.
+    #[arg(long, default_value_t = 5)]
+    step_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +220,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Ws(args)) => exit_with(bench_ws(args)),
         Command::Bench(BenchCommand::Placement(args)) => exit_with(bench_placement(&args)),
         Command::Bench(BenchCommand::Sfu(args)) => exit_with(bench_sfu(&args)),
+        Command::Bench(BenchCommand::Relay(args)) => exit_with(bench_relay(&args)),
         Command::Admin(command) => {
             let config = loaded.config;
             service::telemetry::init_tracing(&config.telemetry);
@@ -432,6 +452,48 @@ fn bench_ws(args: WsBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `cascade bench relay` and prints a Markdown report.
+#[allow(clippy::print_stdout, reason = "the report is the command's output")]
+fn bench_relay(args: &RelayBenchArgs) -> anyhow::Result<()> {
+    if args.rates.is_empty() || args.rates.contains(&0) || args.subscribers == 0 {
+        anyhow::bail!("--rates needs rates above 0 and --subscribers at least 1");
+    }
+    let options = testkit::bench::relay::RelayBenchOptions {
+        rates: args.rates.clone(),
+        subscribers: args.subscribers.min(50),
+        payload: args.payload.clamp(16, 1200),
+        step: std::time::Duration::from_secs(args.step_secs.max(1)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(testkit::bench::relay::run(&options));
+    println!(
+        "cascade bench relay: {} B packets ({} B payload + relay and RTP headers), {} subscriber link(s), {} s per step, {} cores ({})\n",
+        options.payload + 19,
+        options.payload,
+        options.subscribers,
+        options.step.as_secs(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model(),
+    );
+    print!("{}", testkit::bench::relay::markdown(&report));
+    Ok(())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
 /// Runs `cascade bench sfu` and prints a Markdown report.
 #[allow(clippy::print_stdout, reason = "the report is the command's output")]
 fn bench_sfu(args: &SfuBenchArgs) -> anyhow::Result<()> {
@@ -448,15 +510,7 @@ fn bench_sfu(args: &SfuBenchArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let report = runtime.block_on(testkit::bench::sfu::run(&options));
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_default();
+    let cpu = cpu_model();
     println!(
         "cascade bench sfu: VP8 {} kbit/s ({} B frames at 30/s) + Opus, {} s per step, {} cores ({cpu})\n",
         options.video_kbps,

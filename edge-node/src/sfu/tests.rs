@@ -536,3 +536,109 @@ fn a_paused_track_stops_for_that_subscriber_only() {
         Err(SignalError::UnknownTrack(_))
     ));
 }
+
+#[test]
+fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
+    let mut world = World::new(SfuConfig::default());
+    let a = world.join(false).unwrap();
+    let b = world.join(false).unwrap();
+    world.run(Duration::from_millis(300));
+    let events: Vec<SfuEvent> = std::iter::from_fn(|| world.sfu.poll_event()).collect();
+    let active = events
+        .iter()
+        .filter(|e| matches!(e, SfuEvent::CallActive(c) if *c == world.call))
+        .count();
+    assert_eq!(active, 1, "the relay hears of the call once: {events:?}");
+    // No local participant in another call: refused.
+    assert!(!world.sfu.add_remote_track(
+        world.now,
+        1,
+        Uuid::now_v7(),
+        MediaKind::Video,
+        Uuid::now_v7(),
+        "x".into()
+    ));
+    let far_user = Uuid::now_v7();
+    assert!(world.sfu.add_remote_track(
+        world.now,
+        7,
+        world.call,
+        MediaKind::Video,
+        far_user,
+        "far".into()
+    ));
+    world.pump();
+    assert_eq!(world.sfu.subscriptions(), 2, "both were offered it");
+    for counter in 0..40u32 {
+        // The relay's first frames are deltas: gated until the keyframe.
+        let keyframe = counter == 5 || counter == 30;
+        world.sfu.remote_frame(
+            world.now,
+            7,
+            u64::from(counter) * 3000,
+            keyframe,
+            &vp8_frame(counter, keyframe),
+        );
+        world.pump();
+        world.run(FRAME);
+    }
+    for &c in &[a, b] {
+        let client = &world.clients[c];
+        assert_eq!(client.corrupt, 0);
+        let counters: Vec<u32> = client.received.iter().map(|f| f.counter).collect();
+        assert_eq!(counters, (5..40).collect::<Vec<u32>>(), "from the keyframe on");
+        let tracks = client.track_lists.last().unwrap();
+        assert_eq!(tracks.len(), 1);
+        assert_eq!(tracks[0].user_id, far_user);
+        assert_eq!(tracks[0].device_id, "far");
+    }
+    // Waiting subscribers asked upstream for a keyframe (via the relay).
+    let asked = std::iter::from_fn(|| world.sfu.poll_event())
+        .filter(|e| matches!(e, SfuEvent::RemoteKeyframeRequest { key: 7 }))
+        .count();
+    assert!(asked >= 1, "a keyframe was asked of the relay");
+    world.sfu.remove_remote_track(world.now, 7);
+    world.pump();
+    assert_eq!(world.sfu.subscriptions(), 0);
+    assert_eq!(world.sfu.tracks(), 0);
+}
+
+#[test]
+fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_frames() {
+    let mut world = World::new(SfuConfig::default());
+    let publisher = world.join(true).unwrap();
+    world.run(Duration::from_millis(300));
+    let video = std::iter::from_fn(|| world.sfu.poll_event())
+        .find_map(|e| match e {
+            SfuEvent::TrackPublished {
+                track,
+                kind: MediaKind::Video,
+                call,
+                ..
+            } if call == world.call => Some(track),
+            _ => None,
+        })
+        .expect("the relay hears of the published track");
+    world.run(Duration::from_secs(1));
+    assert!(world.sfu.poll_relay_frame().is_none(), "nothing before a subscription");
+    let requests = world.clients[publisher].keyframe_requests;
+    world.sfu.set_relay_subscribed(world.now, video, Some(3));
+    world.run(Duration::from_secs(1));
+    assert!(
+        world.clients[publisher].keyframe_requests > requests,
+        "a relay subscription starts with a keyframe"
+    );
+    let frames: Vec<RelayFrame> = std::iter::from_fn(|| world.sfu.poll_relay_frame()).collect();
+    assert!(frames.len() > 25, "{} frames", frames.len());
+    assert!(frames.iter().all(|f| f.alias == 3 && f.video));
+    assert!(frames.iter().any(|f| f.keyframe));
+    assert!(frames.iter().all(|f| check_frame(&f.data).is_some()), "whole frames, intact");
+    world.sfu.set_relay_subscribed(world.now, video, None);
+    world.run(Duration::from_millis(200));
+    assert!(world.sfu.poll_relay_frame().is_none());
+    // The publisher leaves: its track ends and the call goes idle.
+    world.sfu.leave(world.now, world.clients[publisher].peer);
+    let events: Vec<SfuEvent> = std::iter::from_fn(|| world.sfu.poll_event()).collect();
+    assert!(events.contains(&SfuEvent::TrackEnded(video)), "{events:?}");
+    assert!(events.contains(&SfuEvent::CallIdle(world.call)), "{events:?}");
+}

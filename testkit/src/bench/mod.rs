@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod placement;
+pub mod relay;
 pub mod sfu;
 pub mod ws;
 

@@ -433,20 +433,20 @@ async fn raw_direct(frame_bytes: usize, step: Duration) -> Measurement {
 }
 
 /// The physical floor: recv a datagram, send a copy to every subscriber.
-struct RawForwarder {
-    addr: SocketAddr,
+pub(super) struct RawForwarder {
+    pub(super) addr: SocketAddr,
     /// `/proc/self/task/<tid>/stat` of its thread.
-    stat_path: String,
-    sent: Arc<AtomicU64>,
+    pub(super) stat_path: String,
+    pub(super) sent: Arc<AtomicU64>,
     sent_bytes: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
 /// First byte of a datagram that subscribes its source.
-const RAW_SUBSCRIBE: u8 = 0xff;
+pub(super) const RAW_SUBSCRIBE: u8 = 0xff;
 
 impl RawForwarder {
-    fn spawn() -> RawForwarder {
+    pub(super) fn spawn() -> RawForwarder {
         let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind the raw forwarder");
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
