@@ -586,7 +586,11 @@ fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
         let client = &world.clients[c];
         assert_eq!(client.corrupt, 0);
         let counters: Vec<u32> = client.received.iter().map(|f| f.counter).collect();
-        assert_eq!(counters, (5..40).collect::<Vec<u32>>(), "from the keyframe on");
+        assert_eq!(
+            counters,
+            (5..40).collect::<Vec<u32>>(),
+            "from the keyframe on"
+        );
         let tracks = client.track_lists.last().unwrap();
         assert_eq!(tracks.len(), 1);
         assert_eq!(tracks[0].user_id, far_user);
@@ -620,7 +624,10 @@ fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_frames() {
         })
         .expect("the relay hears of the published track");
     world.run(Duration::from_secs(1));
-    assert!(world.sfu.poll_relay_frame().is_none(), "nothing before a subscription");
+    assert!(
+        world.sfu.poll_relay_frame().is_none(),
+        "nothing before a subscription"
+    );
     let requests = world.clients[publisher].keyframe_requests;
     world.sfu.set_relay_subscribed(world.now, video, Some(3));
     world.run(Duration::from_secs(1));
@@ -632,7 +639,10 @@ fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_frames() {
     assert!(frames.len() > 25, "{} frames", frames.len());
     assert!(frames.iter().all(|f| f.alias == 3 && f.video));
     assert!(frames.iter().any(|f| f.keyframe));
-    assert!(frames.iter().all(|f| check_frame(&f.data).is_some()), "whole frames, intact");
+    assert!(
+        frames.iter().all(|f| check_frame(&f.data).is_some()),
+        "whole frames, intact"
+    );
     world.sfu.set_relay_subscribed(world.now, video, None);
     world.run(Duration::from_millis(200));
     assert!(world.sfu.poll_relay_frame().is_none());
@@ -640,5 +650,8 @@ fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_frames() {
     world.sfu.leave(world.now, world.clients[publisher].peer);
     let events: Vec<SfuEvent> = std::iter::from_fn(|| world.sfu.poll_event()).collect();
     assert!(events.contains(&SfuEvent::TrackEnded(video)), "{events:?}");
-    assert!(events.contains(&SfuEvent::CallIdle(world.call)), "{events:?}");
+    assert!(
+        events.contains(&SfuEvent::CallIdle(world.call)),
+        "{events:?}"
+    );
 }

@@ -179,7 +179,9 @@ fn media_datagram(alias: u32, seq: u64, sent_ns: u64, payload: usize) -> Vec<u8>
 fn sent_time(datagram: &[u8]) -> Option<u64> {
     let (_, packet) = MediaHeader::decode(datagram).ok()?;
     let (_, payload) = RtpHeader::decode(packet).ok()?;
-    Some(u64::from_be_bytes(<[u8; 8]>::try_from(payload.get(8..16)?).ok()?))
+    Some(u64::from_be_bytes(
+        <[u8; 8]>::try_from(payload.get(8..16)?).ok()?,
+    ))
 }
 
 fn hello(node: &str) -> Hello {
@@ -466,9 +468,14 @@ async fn direct_quic(certs: &CertDir, options: &RelayBenchOptions, rate: u64) ->
         (server, l)
     });
     let client = bench_endpoint(certs, "bench-pub", false);
-    let dialed = link::dial(&client, addr, relay::tls::RELAY_SERVER_NAME, &hello("bench-pub"))
-        .await
-        .expect("dial directly");
+    let dialed = link::dial(
+        &client,
+        addr,
+        relay::tls::RELAY_SERVER_NAME,
+        &hello("bench-pub"),
+    )
+    .await
+    .expect("dial directly");
     let (_server, accepted) = accepting.await.expect("accepted");
     let clock = Clock::new();
     let receiver = receive(accepted.connection.clone(), clock.clone());
@@ -553,7 +560,13 @@ pub fn markdown(report: &RelayBenchReport) -> String {
     };
     let mut out = format!(
         "Baselines (no forwarder, {}/s): QUIC → QUIC p50 {} ms, p99 {} ms; UDP → UDP p50 {} ms, p99 {} ms.\n\n",
-        report.options.rates.iter().min().copied().unwrap_or_default(),
+        report
+            .options
+            .rates
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or_default(),
         ms(report.direct_quic.p50),
         ms(report.direct_quic.p99),
         ms(report.direct_udp.p50),
