@@ -112,10 +112,20 @@ impl NodeTls {
     pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
         Self::from_pem(&read(&files.ca)?, &read(&files.cert)?, &read(&files.key)?).map_err(|e| {
             match e {
-                TlsError::Pem { path, message } if path.as_os_str().is_empty() => TlsError::Pem {
-                    path: files.cert.clone(),
-                    message,
-                },
+                // Name the file the complaint is about.
+                TlsError::Pem { path, message } if path.as_os_str().is_empty() => {
+                    let path = if message.starts_with("CA") || message.starts_with("no CA") {
+                        &files.ca
+                    } else if message.starts_with("private key") {
+                        &files.key
+                    } else {
+                        &files.cert
+                    };
+                    TlsError::Pem {
+                        path: path.clone(),
+                        message,
+                    }
+                }
                 other => other,
             }
         })

@@ -256,3 +256,66 @@ fn node_credentials_are_derived_from_the_cluster_secret() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cluster.secret"));
 }
+
+#[test]
+fn certs_are_written_and_a_relay_without_its_files_says_which_one() {
+    let dir = std::env::temp_dir().join(format!("cascade-cli-certs-{}", std::process::id()));
+    let out = dir.to_str().unwrap();
+    let output = run(&["certs", "--out", out, "eu-relay", "eu-edge-1"], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+    for file in [
+        "ca.pem",
+        "ca.key",
+        "eu-relay.pem",
+        "eu-relay.key",
+        "eu-edge-1.key",
+    ] {
+        assert!(dir.join(file).exists(), "{file} missing; printed {listed}");
+    }
+    let bad = run(&["certs", "--out", out, "../escape"], &[]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("use A-Z a-z 0-9"), "{}", stderr(&bad));
+
+    // A relay pointed at a key that is not there stops with its name.
+    let cert = dir.join("eu-relay.pem");
+    let output = run(
+        &["relay"],
+        &[
+            ("CASCADE_RELAY__LISTEN", "127.0.0.1:0"),
+            ("CASCADE_RELAY__QUIC_LISTEN", "127.0.0.1:0"),
+            (
+                "CASCADE_RELAY__TLS__CA",
+                dir.join("ca.pem").to_str().unwrap(),
+            ),
+            ("CASCADE_RELAY__TLS__CERT", cert.to_str().unwrap()),
+            (
+                "CASCADE_RELAY__TLS__KEY",
+                dir.join("missing.key").to_str().unwrap(),
+            ),
+        ],
+    );
+    let err = stderr(&output);
+    assert!(!output.status.success());
+    assert!(err.contains("missing.key"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // A certificate file in place of the key: refused as PEM, not a panic.
+    let output = run(
+        &["relay"],
+        &[
+            ("CASCADE_RELAY__LISTEN", "127.0.0.1:0"),
+            ("CASCADE_RELAY__QUIC_LISTEN", "127.0.0.1:0"),
+            (
+                "CASCADE_RELAY__TLS__CA",
+                dir.join("ca.pem").to_str().unwrap(),
+            ),
+            ("CASCADE_RELAY__TLS__CERT", cert.to_str().unwrap()),
+            ("CASCADE_RELAY__TLS__KEY", cert.to_str().unwrap()),
+        ],
+    );
+    let err = stderr(&output);
+    assert!(!output.status.success());
+    assert!(err.contains("eu-relay.pem: private key"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
