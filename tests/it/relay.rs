@@ -424,3 +424,98 @@ async fn media_crosses_a_wan_link_with_80ms_delay_and_2_percent_loss() {
     }
     us_relay.stop().await;
 }
+
+/// Waits until the registry shows `id` with `load` participants.
+async fn wait_load(app: &TestApp, id: &str, load: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let nodes = app
+            .call(
+                reqwest::Method::GET,
+                "/internal/v1/nodes",
+                Some(SECRET),
+                None,
+            )
+            .await
+            .body;
+        let now = nodes
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["id"] == id))
+            .and_then(|n| n["load"].as_u64());
+        if now == Some(load) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never reported load {load}: {nodes}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_call_that_overflows_an_edge_cascades_through_the_regional_relay() {
+    let certs = CertDir::new(&["eu-relay", "eu-edge-a", "eu-edge-b"]);
+    let app = two_region_app().await;
+    let relay = RunningRelay::start(relay_config(&certs, "eu-relay", "eu", 0, &[])).await;
+    let relay_at = Some((&certs, relay.addrs.quic));
+    // Edge a takes two participants; the third lands on edge b.
+    let mut config = edge_config("eu-edge-a", "eu", &app.url(""), SECRET, relay_at);
+    config.capacity = 2;
+    let edge_a = RunningEdge::start(config).await;
+    wait_registered(&app, &["eu-edge-a"]).await;
+
+    let owner = app.register("owner").await;
+    let mut members = Vec::new();
+    for i in 0..3 {
+        members.push(app.register(&format!("member{i}")).await);
+    }
+    let refs: Vec<&TestUser> = members.iter().collect();
+    let group = app.group(&owner, "overflow", &refs).await;
+    let call = start_call(&app, &owner, &group, "video").await;
+    let joined = join_in(&app, &owner, &call, "eu").await;
+    let publisher = Bot::join(&joined, true).await.expect("publisher");
+    let joined = join_in(&app, &members[0], &call, "eu").await;
+    assert_eq!(joined["edge"]["id"], "eu-edge-a");
+    let mut subscribers = vec![Bot::join(&joined, false).await.expect("subscriber on a")];
+    wait_load(&app, "eu-edge-a", 2).await;
+
+    let edge_b = RunningEdge::start(edge_config(
+        "eu-edge-b",
+        "eu",
+        &app.url(""),
+        SECRET,
+        relay_at,
+    ))
+    .await;
+    wait_registered(&app, &["eu-edge-b"]).await;
+    for user in &members[1..] {
+        let joined = join_in(&app, user, &call, "eu").await;
+        assert_eq!(joined["edge"]["id"], "eu-edge-b", "edge a is full");
+        subscribers.push(Bot::join(&joined, false).await.expect("subscriber on b"));
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let fewest = assert_every_frame_intact(&subscribers);
+    assert!(fewest > 60, "{fewest} frames");
+    let metrics = relay.metrics().await;
+    let from_a = metric(
+        &metrics,
+        "cascade_relay_datagrams_received_total{peer=\"eu-edge-a\"}",
+    );
+    let to_b = metric(
+        &metrics,
+        "cascade_relay_datagrams_sent_total{peer=\"eu-edge-b\"}",
+    );
+    eprintln!("eu relay: {from_a} datagrams from edge a, {to_b} to edge b");
+    assert!(from_a > 100.0);
+    assert!(
+        to_b <= from_a && to_b >= from_a * 0.9,
+        "once for two subscribers on b"
+    );
+    assert_eq!(metric(&metrics, "cascade_relay_links{role=\"edge\"}"), 2.0);
+    drop(publisher);
+    edge_b.stop().await;
+    edge_a.stop().await;
+    relay.stop().await;
+}
