@@ -8,10 +8,12 @@
 //!   the clients doing anything. Remote tracks survive a short outage (the
 //!   relay re-announces them and they rebind) and go after
 //!   [`STALE_AFTER`].
-//! - Frames of remote tracks are reassembled here ([`Reassembler`]: video
-//!   waits for a keyframe after a gap, and one is asked for) and handed to
-//!   the call's worker; frames of local tracks are packetized and sent by
-//!   the worker itself through the shared [`Uplink`].
+//! - Frames of remote tracks are reassembled here ([`Reassembler`]: lost
+//!   video packets are NACKed and waited for a bounded time; after a gap
+//!   given up, video waits for a keyframe and one is asked for) and handed
+//!   to the call's worker; frames of local tracks are packetized and sent
+//!   by the worker itself through the shared [`Uplink`], which keeps the
+//!   last video datagrams to answer the relay's NACKs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,7 +25,7 @@ use prometheus::IntCounter;
 use protocol::relay::{Announce, Control, Hello, Kind, MediaHeader, Role, RtpHeader};
 use quinn::Connection;
 use relay::link::{self, Backoff, ControlReader};
-use relay::media::{Packetizer, Reassembler};
+use relay::media::{Packetizer, Reassembler, RecoveryConfig, SendHistory};
 use relay::metrics::{LinkCounters, LinkMetrics};
 use relay::router::DropReason;
 use relay::tls::{NodeTls, TlsFiles};
@@ -147,7 +149,10 @@ pub enum RelayCommand {
 /// link is down) and the link's counters.
 pub struct Uplink {
     current: Mutex<Option<(Connection, LinkCounters)>>,
+    /// Recent video datagrams by alias, for NACKs.
+    history: Mutex<HashMap<u32, SendHistory>>,
     metrics: LinkMetrics,
+    retransmissions: IntCounter,
 }
 
 impl Uplink {
@@ -183,13 +188,54 @@ impl Uplink {
         } else {
             Kind::Audio
         };
+        let mut history = frame
+            .video
+            .then(|| self.history.lock().unwrap_or_else(|e| e.into_inner()));
         for datagram in datagrams {
+            let datagram = Bytes::from(datagram);
+            if let Some(h) = history.as_mut() {
+                h.entry(frame.alias)
+                    .or_insert_with(|| SendHistory::new(relay::router::HISTORY))
+                    .insert(datagram.clone());
+            }
             let len = datagram.len();
-            match relay::app::send_media(&connection, kind, Bytes::from(datagram)) {
+            match relay::app::send_media(&connection, kind, datagram) {
                 Ok(()) => counters.sent(len),
                 Err(reason) => self.metrics.dropped(reason),
             }
         }
+    }
+
+    /// Resends what the history still holds of a local track.
+    fn resend(&self, alias: u32, sequences: &[u16]) {
+        let Some((connection, counters)) = self.lock().clone() else {
+            return;
+        };
+        let found: Vec<Bytes> = {
+            let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(h) = history.get(&alias) else {
+                return;
+            };
+            sequences.iter().filter_map(|s| h.get(*s)).collect()
+        };
+        for datagram in found {
+            let len = datagram.len();
+            match relay::app::send_media(&connection, Kind::Video, datagram) {
+                Ok(()) => {
+                    counters.sent(len);
+                    self.retransmissions.inc();
+                }
+                Err(reason) => self.metrics.dropped(reason),
+            }
+        }
+    }
+
+    /// A local track ended: its history goes.
+    fn forget(&self, alias: u32) {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&alias);
     }
 }
 
@@ -200,6 +246,16 @@ pub struct WorkerRelay {
     pub events: mpsc::UnboundedSender<RelayEvent>,
     /// Where it sends frames.
     pub uplink: Arc<Uplink>,
+}
+
+/// A reassembler for a remote track: video NACKs and waits, audio never.
+fn reassembler(video: bool) -> Reassembler {
+    let recovery = if video {
+        RecoveryConfig::VIDEO
+    } else {
+        RecoveryConfig::AUDIO
+    };
+    Reassembler::new(video, recovery)
 }
 
 struct LocalTrack {
@@ -226,6 +282,9 @@ pub struct EdgeRelayMetrics {
     frames_received: IntCounter,
     frame_gaps: IntCounter,
     frames_dropped: IntCounter,
+    nacks_sent: IntCounter,
+    recovered: IntCounter,
+    retransmissions: IntCounter,
 }
 
 impl EdgeRelayMetrics {
@@ -243,7 +302,19 @@ impl EdgeRelayMetrics {
             ),
             frame_gaps: metrics.counter(
                 "cascade_edge_relay_frame_gaps_total",
-                "Gaps (lost packets) seen in remote tracks.",
+                "Gaps in remote tracks given up (packets that never came).",
+            ),
+            nacks_sent: metrics.counter(
+                "cascade_edge_relay_nacks_sent_total",
+                "Sequence numbers of remote tracks NACKed to the relay.",
+            ),
+            recovered: metrics.counter(
+                "cascade_edge_relay_recovered_packets_total",
+                "Missing packets of remote tracks that arrived later (retransmitted).",
+            ),
+            retransmissions: metrics.counter(
+                "cascade_edge_relay_retransmitted_datagrams_total",
+                "Datagrams of local tracks resent to answer the relay's NACKs.",
             ),
             frames_dropped: metrics.counter(
                 "cascade_edge_relay_frames_dropped_total",
@@ -256,6 +327,7 @@ impl EdgeRelayMetrics {
 /// The relay task's state.
 struct Client {
     node: String,
+    uplink: Arc<Uplink>,
     workers: Vec<WorkerHandle>,
     metrics: EdgeRelayMetrics,
     calls: HashMap<Uuid, usize>,
@@ -355,6 +427,7 @@ impl Client {
                     .map(|(a, _)| *a);
                 if let Some(local) = alias.and_then(|a| self.local.remove(&a)) {
                     self.local_ids.remove(&local.announce.track);
+                    self.uplink.forget(local.announce.alias);
                     self.send(Control::Unannounce {
                         track: local.announce.track,
                     });
@@ -434,7 +507,7 @@ impl Client {
                             worker,
                             call: a.call,
                             upstream_alias: None,
-                            reassembler: Reassembler::new(video),
+                            reassembler: reassembler(video),
                             last_keyframe_request: None,
                             stale_since: None,
                         },
@@ -444,7 +517,7 @@ impl Client {
                     // (Re)bound: a fresh reassembler waits for a keyframe.
                     r.upstream_alias = Some(a.alias);
                     r.stale_since = None;
-                    r.reassembler = Reassembler::new(video);
+                    r.reassembler = reassembler(video);
                 }
                 self.remote_by_alias.insert(a.alias, a.track.clone());
                 // Every local participant receives every track of its call.
@@ -468,6 +541,11 @@ impl Client {
             Control::KeyframeRequest { track } => {
                 if let Some(l) = self.local_ids.get(&track).and_then(|a| self.local.get(a)) {
                     self.command(l.worker, RelayCommand::KeyframeRequest(l.track));
+                }
+            }
+            Control::Nack { track, sequences } => {
+                if let Some(&alias) = self.local_ids.get(&track) {
+                    self.uplink.resend(alias, &sequences);
                 }
             }
             Control::Ping { nonce } => self.send(Control::Pong { nonce }),
@@ -504,16 +582,51 @@ impl Client {
             self.metrics.link.dropped(DropReason::Malformed);
             return;
         };
+        let now = Instant::now();
         let Some(r) = self.remote.get_mut(&id) else {
             return;
         };
-        let pushed = r.reassembler.push(&header, &rtp, payload);
-        let waiting = r.reassembler.waiting_keyframe();
-        let (worker, key) = (r.worker, r.key);
+        let recovered = r.reassembler.stats().recovered;
+        let pushed = r.reassembler.push(now, &header, &rtp, payload);
+        self.metrics
+            .recovered
+            .inc_by(r.reassembler.stats().recovered - recovered);
+        self.handle_pushed(&id, pushed, now);
+    }
+
+    /// Gives up gaps waited on too long and repeats NACKs.
+    fn poll_reassembly(&mut self, now: Instant) {
+        let stalled: Vec<String> = self
+            .remote
+            .iter()
+            .filter(|(_, r)| r.reassembler.stalled())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stalled {
+            if let Some(r) = self.remote.get_mut(&id) {
+                let pushed = r.reassembler.poll(now);
+                self.handle_pushed(&id, pushed, now);
+            }
+        }
+    }
+
+    /// Frames to the worker, NACKs and keyframe requests to the relay.
+    fn handle_pushed(&mut self, id: &str, pushed: relay::media::Pushed, now: Instant) {
+        let Some(r) = self.remote.get(id) else {
+            return;
+        };
+        let (worker, key, waiting) = (r.worker, r.key, r.reassembler.waiting_keyframe());
         if pushed.loss {
             self.metrics.frame_gaps.inc();
         }
-        if let Some(frame) = pushed.frame {
+        if !pushed.nacks.is_empty() {
+            self.metrics.nacks_sent.inc_by(pushed.nacks.len() as u64);
+            self.send(Control::Nack {
+                track: id.to_owned(),
+                sequences: pushed.nacks,
+            });
+        }
+        for frame in pushed.frames {
             let command = RelayCommand::RemoteFrame {
                 key,
                 rtp_time: frame.rtp_time,
@@ -527,7 +640,7 @@ impl Client {
             }
         }
         if waiting {
-            self.request_keyframe(&id, Instant::now(), false);
+            self.request_keyframe(id, now, false);
         }
     }
 
@@ -639,7 +752,9 @@ impl RelayLink {
             },
             uplink: Arc::new(Uplink {
                 current: Mutex::new(None),
+                history: Mutex::new(HashMap::new()),
                 metrics: metrics.link.clone(),
+                retransmissions: metrics.retransmissions.clone(),
             }),
             metrics,
             events_tx,
@@ -673,6 +788,7 @@ impl RelayLink {
         drop(events_tx);
         let mut client = Client {
             node: hello.node.clone(),
+            uplink: uplink.clone(),
             workers,
             metrics: metrics.clone(),
             calls: HashMap::new(),
@@ -691,6 +807,9 @@ impl RelayLink {
         let mut connection: Option<Connection> = None;
         let mut redial_at = tokio::time::Instant::now();
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        // Reassembly deadlines and repeated NACKs.
+        let mut gaps = tokio::time::interval(Duration::from_millis(20));
+        gaps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut peer_label = String::new();
         tokio::pin!(stop);
         loop {
@@ -742,6 +861,7 @@ impl RelayLink {
                         }
                     }
                 }
+                _ = gaps.tick() => client.poll_reassembly(Instant::now()),
                 _ = sweep.tick() => {
                     client.sweep(Instant::now());
                     if let Some(c) = &connection {

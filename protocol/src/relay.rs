@@ -31,6 +31,8 @@ pub const MAX_STRING: usize = 1024;
 pub const MEDIA_HEADER_LEN: usize = 7;
 /// Bytes of the fixed RTP header [`RtpHeader::encode`] writes.
 pub const RTP_HEADER_LEN: usize = 12;
+/// Most sequence numbers one NACK may carry.
+pub const MAX_NACK: usize = 512;
 
 /// Why bytes are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +168,14 @@ pub enum Control {
         /// The ping's.
         nonce: u64,
     },
+    /// These RTP sequence numbers of a track were lost on the way to the
+    /// sender of this message: resend them (or ask upstream).
+    Nack {
+        /// The track's id.
+        track: String,
+        /// Lost sequence numbers (at most [`MAX_NACK`]).
+        sequences: Vec<u16>,
+    },
 }
 
 impl Control {
@@ -181,6 +191,7 @@ impl Control {
             Control::KeyframeRequest { .. } => 7,
             Control::Ping { .. } => 8,
             Control::Pong { .. } => 9,
+            Control::Nack { .. } => 10,
         }
     }
 
@@ -225,6 +236,15 @@ impl Control {
             }
             Control::Ping { nonce } | Control::Pong { nonce } => {
                 out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Control::Nack { track, sequences } => {
+                put_str(out, track);
+                // Encoders are ours: a longer list is cut, never corrupt.
+                let n = sequences.len().min(MAX_NACK);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+                for seq in &sequences[..n] {
+                    out.extend_from_slice(&seq.to_be_bytes());
+                }
             }
         }
         let len = (out.len() - start - 4) as u32;
@@ -295,6 +315,18 @@ impl Control {
             7 => Control::KeyframeRequest { track: r.string()? },
             8 => Control::Ping { nonce: r.u64()? },
             9 => Control::Pong { nonce: r.u64()? },
+            10 => {
+                let track = r.string()?;
+                let n = usize::from(r.u16()?);
+                if n > MAX_NACK {
+                    return Err(CodecError::TooLong("nack list", n));
+                }
+                let mut sequences = Vec::with_capacity(n);
+                for _ in 0..n {
+                    sequences.push(r.u16()?);
+                }
+                Control::Nack { track, sequences }
+            }
             other => return Err(CodecError::Unknown("message type", other)),
         };
         if !r.0.is_empty() {
@@ -442,6 +474,11 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
+    fn u16(&mut self) -> Result<u16, CodecError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
     fn u32(&mut self) -> Result<u32, CodecError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
@@ -504,7 +541,7 @@ mod tests {
             Uuid::from_u64_pair(self.next(), self.next())
         }
         fn message(&mut self) -> Control {
-            match self.below(9) {
+            match self.below(10) {
                 0 => Control::Hello(Hello {
                     node: self.string(),
                     region: self.string(),
@@ -546,6 +583,10 @@ mod tests {
                     track: self.string(),
                 },
                 7 => Control::Ping { nonce: self.next() },
+                8 => Control::Nack {
+                    track: self.string(),
+                    sequences: (0..self.below(40)).map(|_| self.next() as u16).collect(),
+                },
                 _ => Control::Pong { nonce: self.next() },
             }
         }
@@ -629,6 +670,17 @@ mod tests {
         Control::Unannounce { track: "ab".into() }.encode(&mut bad);
         bad[8] = 0xff;
         assert_eq!(Control::decode(&bad), Err(CodecError::NotUtf8));
+        let mut bad = Vec::new();
+        Control::Nack {
+            track: "t".into(),
+            sequences: vec![],
+        }
+        .encode(&mut bad);
+        bad[9..11].copy_from_slice(&600u16.to_be_bytes());
+        assert_eq!(
+            Control::decode(&bad),
+            Err(CodecError::TooLong("nack list", 600))
+        );
     }
 
     #[test]

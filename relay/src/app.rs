@@ -85,11 +85,21 @@ struct Shared {
 }
 
 impl Shared {
-    /// Sends what the router queued.
-    fn flush(&mut self) {
+    /// Sends what the router queued: control messages, and datagrams
+    /// resent to answer NACKs.
+    fn flush(&mut self, metrics: &RelayMetrics) {
         while let Some((link, message)) = self.router.poll_control() {
             if let Some(l) = self.links.get(&link) {
                 let _ = l.control.send(message);
+            }
+        }
+        while let Some((link, datagram, kind)) = self.router.poll_resend() {
+            if let Some(l) = self.links.get(&link) {
+                let len = datagram.len();
+                match send_media(&l.connection, kind, datagram) {
+                    Ok(()) => l.counters.sent(len),
+                    Err(reason) => metrics.link.dropped(reason),
+                }
             }
         }
     }
@@ -116,34 +126,33 @@ impl State {
         targets: &mut Vec<(Connection, LinkCounters)>,
     ) {
         let mut to = Vec::new();
-        let (alias, kind) = {
-            let shared = self.lock();
-            match shared.router.route(from, &datagram, &mut to) {
-                Ok(route) => {
-                    targets.clear();
-                    targets.extend(
-                        to.iter()
-                            .filter_map(|l| shared.links.get(l))
-                            .map(|h| (h.connection.clone(), h.counters.clone())),
-                    );
-                    route
-                }
+        let (kind, rewritten) = {
+            let mut shared = self.lock();
+            let (alias, kind) = match shared.router.route(from, &datagram, &mut to) {
+                Ok(route) => route,
                 Err(reason) => {
                     drop(shared);
                     self.metrics.link.dropped(reason);
                     return;
                 }
+            };
+            if to.is_empty() {
+                return;
             }
+            targets.clear();
+            targets.extend(
+                to.iter()
+                    .filter_map(|l| shared.links.get(l))
+                    .map(|h| (h.connection.clone(), h.counters.clone())),
+            );
+            // Rewritten once (route checked the header), kept for NACKs,
+            // shared by every link.
+            let mut rewritten = datagram.to_vec();
+            let _ = MediaHeader::rewrite_alias(&mut rewritten, alias);
+            let rewritten = Bytes::from(rewritten);
+            shared.router.remember(alias, rewritten.clone());
+            (kind, rewritten)
         };
-        if targets.is_empty() {
-            return;
-        }
-        let mut rewritten = datagram.to_vec();
-        if MediaHeader::rewrite_alias(&mut rewritten, alias).is_err() {
-            self.metrics.link.dropped(DropReason::Malformed);
-            return;
-        }
-        let rewritten = Bytes::from(rewritten);
         for (connection, counters) in targets.drain(..) {
             let len = rewritten.len();
             match send_media(&connection, kind, rewritten.clone()) {
@@ -190,7 +199,7 @@ async fn serve_link(state: Arc<State>, link: Link) {
             },
         );
         shared.router.link_up(id, hello.clone());
-        shared.flush();
+        shared.flush(&state.metrics);
     }
     state.metrics.link.links.with_label_values(&[role]).inc();
     state
@@ -212,7 +221,7 @@ async fn serve_link(state: Arc<State>, link: Link) {
         while let Some(message) = reader.next().await? {
             let mut shared = state.lock();
             shared.router.handle_control(Instant::now(), id, message);
-            shared.flush();
+            shared.flush(&state.metrics);
         }
         Ok::<(), LinkError>(())
     };
@@ -225,7 +234,7 @@ async fn serve_link(state: Arc<State>, link: Link) {
         let mut shared = state.lock();
         shared.router.link_down(id);
         shared.links.remove(&id);
-        shared.flush();
+        shared.flush(&state.metrics);
     }
     state.metrics.link.links.with_label_values(&[role]).dec();
     let _ = state.metrics.link.rtt.remove_label_values(&[&peer]);
@@ -381,21 +390,22 @@ impl Service for Relay {
                     m.tracks_relayed.set(shared.router.tracks_relayed() as i64);
                     m.subscriptions.set(shared.router.subscriptions() as i64);
                     let stats = shared.router.stats();
-                    m.keyframe_requests_forwarded.inc_by(
-                        stats
-                            .keyframe_requests_forwarded
-                            .saturating_sub(m.keyframe_requests_forwarded.get()),
-                    );
-                    m.keyframe_requests_throttled.inc_by(
-                        stats
-                            .keyframe_requests_throttled
-                            .saturating_sub(m.keyframe_requests_throttled.get()),
-                    );
-                    m.control_refused.inc_by(
-                        stats
-                            .control_refused
-                            .saturating_sub(m.control_refused.get()),
-                    );
+                    // The router counts; the metrics follow its totals.
+                    for (counter, total) in [
+                        (
+                            &m.keyframe_requests_forwarded,
+                            stats.keyframe_requests_forwarded,
+                        ),
+                        (
+                            &m.keyframe_requests_throttled,
+                            stats.keyframe_requests_throttled,
+                        ),
+                        (&m.control_refused, stats.control_refused),
+                        (&m.retransmissions, stats.retransmissions),
+                        (&m.nacks_forwarded, stats.nacks_forwarded),
+                    ] {
+                        counter.inc_by(total.saturating_sub(counter.get()));
+                    }
                     for l in shared.links.values() {
                         m.link
                             .rtt

@@ -151,6 +151,10 @@ pub struct RelayMetrics {
     pub keyframe_requests_throttled: IntCounter,
     /// Control messages refused (unknown track, rules broken).
     pub control_refused: IntCounter,
+    /// Datagrams resent from the history (NACKs answered).
+    pub retransmissions: IntCounter,
+    /// Sequence numbers NACKed upstream.
+    pub nacks_forwarded: IntCounter,
 }
 
 impl RelayMetrics {
@@ -178,6 +182,14 @@ impl RelayMetrics {
             control_refused: metrics.counter(
                 "cascade_relay_control_refused_total",
                 "Control messages refused (unknown track, a second hello, ...).",
+            ),
+            retransmissions: metrics.counter(
+                "cascade_relay_retransmitted_datagrams_total",
+                "Datagrams resent from the relay's history to answer NACKs.",
+            ),
+            nacks_forwarded: metrics.counter(
+                "cascade_relay_nacks_forwarded_total",
+                "Lost sequence numbers the relay could not resend and asked upstream for.",
             ),
         }
     }

@@ -16,11 +16,21 @@
 //!   link, so a datagram's header is rewritten once per hop.
 //! - Keyframe requests go upstream at most once per track per
 //!   [`RouterConfig::keyframe_throttle`].
+//! - NACKs are answered hop by hop: from the last [`HISTORY`] datagrams of
+//!   a video track this relay forwarded, and what it no longer (or never)
+//!   had is asked of the link upstream.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use protocol::relay::{Announce, Control, Hello, Kind, MediaHeader, Role};
+
+use crate::media::SendHistory;
+
+/// Datagrams of each video track kept to answer NACKs (~1.5 s of
+/// 1.5 Mbit/s video).
+pub const HISTORY: usize = 256;
 use uuid::Uuid;
 
 /// A link (one QUIC connection), numbered by the shell.
@@ -90,6 +100,10 @@ pub struct RouterStats {
     /// Control messages that named an unknown track or broke the rules
     /// (subscribing to a track never announced to the link, a second hello).
     pub control_refused: u64,
+    /// Datagrams resent from the history to answer NACKs.
+    pub retransmissions: u64,
+    /// Sequence numbers NACKed upstream (not in the history).
+    pub nacks_forwarded: u64,
 }
 
 /// Whether a datagram of `kind` may join a link's send queue that has
@@ -122,6 +136,8 @@ struct Track {
     /// The layers subscribed upstream (0: not subscribed).
     upstream_layers: u8,
     last_keyframe_request: Option<Instant>,
+    /// Recent datagrams as forwarded (video only).
+    history: Option<SendHistory>,
 }
 
 /// The routing state of one relay.
@@ -136,6 +152,7 @@ pub struct Router {
     /// Calls we declared interest in to the other relays.
     relay_interest: HashSet<Uuid>,
     out: VecDeque<(LinkId, Control)>,
+    resend: VecDeque<(LinkId, Bytes, Kind)>,
     stats: RouterStats,
 }
 
@@ -185,6 +202,19 @@ impl Router {
     /// The next control message to send.
     pub fn poll_control(&mut self) -> Option<(LinkId, Control)> {
         self.out.pop_front()
+    }
+
+    /// The next datagram to resend (answering a NACK).
+    pub fn poll_resend(&mut self) -> Option<(LinkId, Bytes, Kind)> {
+        self.resend.pop_front()
+    }
+
+    /// Keeps a forwarded datagram (already carrying our alias) of a video
+    /// track for NACKs.
+    pub fn remember(&mut self, alias: u32, datagram: Bytes) {
+        if let Some(history) = self.tracks.get_mut(&alias).and_then(|t| t.history.as_mut()) {
+            history.insert(datagram);
+        }
     }
 
     /// A link completed its hello.
@@ -275,6 +305,10 @@ impl Router {
             },
             Control::Ping { nonce } => self.out.push_back((link, Control::Pong { nonce })),
             Control::Pong { .. } => {}
+            Control::Nack { track, sequences } => match self.announced_to(link, &track) {
+                Some(alias) => self.nack(link, alias, &sequences),
+                None => self.stats.control_refused += 1,
+            },
         }
     }
 
@@ -406,6 +440,7 @@ impl Router {
         }
         self.by_id.insert(announce.track.clone(), alias);
         let call = announce.call;
+        let history = (announce.kind == Kind::Video).then(|| SendHistory::new(HISTORY));
         self.tracks.insert(
             alias,
             Track {
@@ -415,6 +450,7 @@ impl Router {
                 subscribers: Vec::new(),
                 upstream_layers: 0,
                 last_keyframe_request: None,
+                history,
             },
         );
         let mut interested: Vec<LinkId> = self
@@ -506,6 +542,34 @@ impl Router {
             }
         };
         self.out.push_back((from, message));
+    }
+
+    /// Resends what the history holds; asks upstream for the rest.
+    fn nack(&mut self, link: LinkId, alias: u32, sequences: &[u16]) {
+        let Some(track) = self.tracks.get(&alias) else {
+            return;
+        };
+        let kind = track.announce.kind;
+        let mut missing = Vec::new();
+        for &seq in sequences {
+            match track.history.as_ref().and_then(|h| h.get(seq)) {
+                Some(datagram) => {
+                    self.stats.retransmissions += 1;
+                    self.resend.push_back((link, datagram, kind));
+                }
+                None => missing.push(seq),
+            }
+        }
+        if !missing.is_empty() && self.links.contains_key(&track.from) {
+            self.stats.nacks_forwarded += missing.len() as u64;
+            self.out.push_back((
+                track.from,
+                Control::Nack {
+                    track: track.announce.track.clone(),
+                    sequences: missing,
+                },
+            ));
+        }
     }
 
     fn request_keyframe(&mut self, now: Instant, alias: u32) {

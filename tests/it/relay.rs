@@ -410,6 +410,15 @@ async fn media_crosses_a_wan_link_with_80ms_delay_and_2_percent_loss() {
          frame latency p50 {p50:?} p99 {p99:?} over {} frames; delivered {delivered:?} of {sent}",
         latencies.len()
     );
+    let edge = s.us_edge.metrics().await;
+    let eu = s.eu_relay.metrics().await;
+    eprintln!(
+        "us edge: {} sequence numbers NACKed, {} recovered, {} gaps given up; eu relay: {} resent",
+        metric(&edge, "cascade_edge_relay_nacks_sent_total"),
+        metric(&edge, "cascade_edge_relay_recovered_packets_total"),
+        metric(&edge, "cascade_edge_relay_frame_gaps_total"),
+        metric(&eu, "cascade_relay_retransmitted_datagrams_total"),
+    );
     assert!(dropped > 0, "the proxy did drop packets");
     assert!(
         p50 >= Duration::from_millis(80),
@@ -420,7 +429,9 @@ async fn media_crosses_a_wan_link_with_80ms_delay_and_2_percent_loss() {
         "no more than the link adds: {p50:?}"
     );
     for share in delivered {
-        assert!(share > 0.5, "most frames still arrive ({share:.2})");
+        // Lost video packets are NACKed and resent hop by hop: (almost)
+        // every frame arrives. Without retransmission about 60 % did.
+        assert!(share > 0.95, "frames delivered: {share:.2}");
     }
     us_relay.stop().await;
 }

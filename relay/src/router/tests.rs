@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
+
 use super::*;
 
 const EU: usize = 0;
@@ -503,4 +505,73 @@ fn audio_keeps_room_that_video_cannot_take() {
     assert!(admit(Kind::Audio, 200, free, capacity));
     // Full: nothing goes.
     assert!(!admit(Kind::Audio, 200, 100, capacity));
+}
+
+#[test]
+fn nacks_are_answered_from_the_history_or_asked_upstream() {
+    let call = Uuid::from_u128(6);
+    let mut mesh = Mesh::new();
+    mesh.edge_up(EU, 1);
+    mesh.edge_up(US, 2);
+    mesh.send(
+        US,
+        2,
+        Control::Interest {
+            call,
+            interested: true,
+        },
+    );
+    mesh.send(EU, 1, announce(call, "eu-edge-1:1", 1, Kind::Video));
+    mesh.send(
+        US,
+        2,
+        Control::Subscribe {
+            track: "eu-edge-1:1".into(),
+            layers: 1,
+        },
+    );
+    mesh.take(EU, 1);
+    mesh.take(US, 2);
+    // The us relay forwarded sequence 1 (its copy is remembered).
+    let mut to = Vec::new();
+    let forwarded = datagram(7, 0);
+    let (alias, _) = mesh.routers[US]
+        .route(RELAY_LINK, &datagram_with_alias(&mesh, 1), &mut to)
+        .unwrap();
+    assert_eq!(to, vec![2]);
+    mesh.routers[US].remember(alias, Bytes::from(forwarded.clone()));
+    // The edge lost 1 and 9: 1 is resent from the us relay, 9 is asked of
+    // the eu relay, which never had it and asks the publisher's edge.
+    mesh.send(
+        US,
+        2,
+        Control::Nack {
+            track: "eu-edge-1:1".into(),
+            sequences: vec![1, 9],
+        },
+    );
+    let resent: Vec<_> = std::iter::from_fn(|| mesh.routers[US].poll_resend()).collect();
+    assert_eq!(resent, vec![(2, Bytes::from(forwarded), Kind::Video)]);
+    assert_eq!(
+        mesh.take(EU, 1),
+        vec![Control::Nack {
+            track: "eu-edge-1:1".into(),
+            sequences: vec![9]
+        }]
+    );
+    assert_eq!(mesh.routers[US].stats().retransmissions, 1);
+    assert_eq!(mesh.routers[US].stats().nacks_forwarded, 1);
+    assert_eq!(mesh.routers[EU].stats().nacks_forwarded, 1);
+}
+
+/// A datagram as the eu relay would send it to us (its alias for the track
+/// on that link).
+fn datagram_with_alias(mesh: &Mesh, eu_edge_alias: u32) -> Vec<u8> {
+    let mut to = Vec::new();
+    let (alias, _) = mesh.routers[EU]
+        .route(1, &datagram(eu_edge_alias, 0), &mut to)
+        .unwrap();
+    let mut d = datagram(eu_edge_alias, 0);
+    MediaHeader::rewrite_alias(&mut d, alias).unwrap();
+    d
 }
