@@ -270,11 +270,9 @@ fn print_config(loaded: &Loaded<CascadeConfig>) -> ExitCode {
 )]
 fn certs(args: &CertsArgs) -> anyhow::Result<()> {
     for name in &args.names {
-        let ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        anyhow::ensure!(ok, "node id {name:?}: use A-Z a-z 0-9 - _ .");
+        if let Err(rule) = service::config::node_id_problem(name) {
+            anyhow::bail!("node id {name:?}: use {rule}");
+        }
     }
     let written = relay::tls::write_dev_certs(&args.out, &args.names)
         .context("cannot write the certificates")?;

@@ -109,14 +109,7 @@ impl EdgeConfig {
 
 impl Validate for EdgeConfig {
     fn validate(&self, v: &mut Validator) {
-        let id_ok = (1..=64).contains(&self.node_id.len())
-            && self
-                .node_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !id_ok {
-            v.invalid("node_id", "1-64 of A-Z a-z 0-9 - _ .");
-        }
+        v.check("node_id", service::config::node_id_problem(&self.node_id));
         if self.region.is_empty() {
             v.invalid("region", "must not be empty");
         }

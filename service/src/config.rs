@@ -71,6 +71,20 @@ pub trait Validate {
     fn validate(&self, v: &mut Validator);
 }
 
+/// A node id as registries, certificates and metric labels take it: 1–64
+/// of A-Z a-z 0-9 - _ .
+pub fn node_id_problem(id: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err("1-64 of A-Z a-z 0-9 - _ .".into())
+    }
+}
+
 /// Collects validation problems against dotted key paths.
 #[derive(Debug, Default)]
 pub struct Validator {

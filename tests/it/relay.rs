@@ -35,8 +35,8 @@ async fn two_region_app() -> TestApp {
     .unwrap()
 }
 
-/// Waits until the control plane lists every edge.
-async fn wait_registered(app: &TestApp, ids: &[&str]) {
+/// Waits until the control plane's node list satisfies `done`.
+async fn wait_nodes(app: &TestApp, what: &str, done: impl Fn(&[Value]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let nodes = app
@@ -48,17 +48,30 @@ async fn wait_registered(app: &TestApp, ids: &[&str]) {
             )
             .await
             .body;
-        let listed = |id: &str| {
-            nodes
-                .as_array()
-                .is_some_and(|n| n.iter().any(|n| n["id"] == id))
-        };
-        if ids.iter().all(|id| listed(id)) {
+        if nodes.as_array().is_some_and(|n| done(n)) {
             return;
         }
-        assert!(Instant::now() < deadline, "edges never registered: {nodes}");
+        assert!(Instant::now() < deadline, "never {what}: {nodes}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until the control plane lists every edge.
+async fn wait_registered(app: &TestApp, ids: &[&str]) {
+    wait_nodes(app, "registered", |nodes| {
+        ids.iter().all(|id| nodes.iter().any(|n| n["id"] == *id))
+    })
+    .await;
+}
+
+/// Waits until the registry shows `id` with `load` participants.
+async fn wait_load(app: &TestApp, id: &str, load: u64) {
+    wait_nodes(app, "reached the load", |nodes| {
+        nodes
+            .iter()
+            .any(|n| n["id"] == id && n["load"].as_u64() == Some(load))
+    })
+    .await;
 }
 
 async fn join_in(app: &TestApp, user: &TestUser, call: &str, region: &str) -> Value {
@@ -434,34 +447,6 @@ async fn media_crosses_a_wan_link_with_80ms_delay_and_2_percent_loss() {
         assert!(share > 0.95, "frames delivered: {share:.2}");
     }
     us_relay.stop().await;
-}
-
-/// Waits until the registry shows `id` with `load` participants.
-async fn wait_load(app: &TestApp, id: &str, load: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let nodes = app
-            .call(
-                reqwest::Method::GET,
-                "/internal/v1/nodes",
-                Some(SECRET),
-                None,
-            )
-            .await
-            .body;
-        let now = nodes
-            .as_array()
-            .and_then(|n| n.iter().find(|n| n["id"] == id))
-            .and_then(|n| n["load"].as_u64());
-        if now == Some(load) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} never reported load {load}: {nodes}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

@@ -203,6 +203,18 @@ fn receive(connection: quinn::Connection, clock: Arc<Clock>) -> tokio::task::Joi
     })
 }
 
+/// Reads a UDP socket's datagrams into `clock`.
+fn udp_receiver(socket: tokio::net::UdpSocket, clock: Arc<Clock>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok(n) = socket.recv(&mut buf).await {
+            if let Some(sent) = sent_time(&buf[..n]) {
+                clock.arrived(sent);
+            }
+        }
+    })
+}
+
 struct RelayHop {
     child: ChildService,
     metrics_url: String,
@@ -408,15 +420,7 @@ async fn raw_step(options: &RelayBenchOptions, rate: u64) -> RelayStep {
             .send_to(&[super::sfu::RAW_SUBSCRIBE], forwarder.addr)
             .await
             .expect("subscribe");
-        let clock = clock.clone();
-        receivers.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            while let Ok(n) = socket.recv(&mut buf).await {
-                if let Some(sent) = sent_time(&buf[..n]) {
-                    clock.arrived(sent);
-                }
-            }
-        }));
+        receivers.push(udp_receiver(socket, clock.clone()));
     }
     let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind the publisher");
     let to = forwarder.addr;
@@ -500,17 +504,7 @@ async fn direct_udp(options: &RelayBenchOptions, rate: u64) -> Measurement {
         .expect("bind a receiver");
     let to = receiver_socket.local_addr().expect("receiver address");
     let clock = Clock::new();
-    let receiver = {
-        let clock = clock.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            while let Ok(n) = receiver_socket.recv(&mut buf).await {
-                if let Some(sent) = sent_time(&buf[..n]) {
-                    clock.arrived(sent);
-                }
-            }
-        })
-    };
+    let receiver = udp_receiver(receiver_socket, clock.clone());
     let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind the publisher");
     let payload = options.payload;
     let stop = paced_sender(rate, clock.clone(), move |seq, now| {
