@@ -102,6 +102,7 @@ struct PendingWorker {
     socket: std::net::UdpSocket,
     advertised: SocketAddr,
     commands: mpsc::Receiver<worker::Command>,
+    relay_commands: mpsc::UnboundedReceiver<crate::relay_link::RelayCommand>,
     shared: Arc<WorkerShared>,
 }
 
@@ -160,9 +161,11 @@ impl Service for Edge {
                 .map_err(|source| StartError::Bind { addr: bind, source })?;
             let advertised = SocketAddr::new(config.public_ip.unwrap_or(local.ip()), local.port());
             let (tx, rx) = mpsc::channel(256);
+            let (relay_tx, relay_rx) = mpsc::unbounded_channel();
             let shared = Arc::new(WorkerShared::default());
             workers.push(WorkerHandle {
                 commands: tx,
+                relay: relay_tx,
                 addr: advertised,
                 shared: shared.clone(),
             });
@@ -171,6 +174,7 @@ impl Service for Edge {
                 socket,
                 advertised,
                 commands: rx,
+                relay_commands: relay_rx,
                 shared,
             });
         }
@@ -235,6 +239,7 @@ impl Service for Edge {
                     advertised: w.advertised,
                     config: sfu_config.clone(),
                     commands: w.commands,
+                    relay_commands: w.relay_commands,
                     shared: w.shared,
                     gone: gone_tx.clone(),
                     metrics: w.metrics,

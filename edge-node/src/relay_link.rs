@@ -162,7 +162,7 @@ impl Uplink {
 
     /// Sends a local frame the relay subscribed to (dropped, and counted,
     /// while the link is down).
-    pub fn send_frame(&self, packetizers: &mut HashMap<u32, Packetizer>, frame: RelayFrame) {
+    pub fn send_frame(&self, packetizers: &mut HashMap<TrackId, Packetizer>, frame: RelayFrame) {
         let Some((connection, counters)) = self.lock().clone() else {
             self.metrics.dropped(DropReason::LinkClosed);
             return;
@@ -172,7 +172,7 @@ impl Uplink {
             return;
         };
         let packetizer = packetizers
-            .entry(frame.alias)
+            .entry(frame.track)
             .or_insert_with(|| Packetizer::new(frame.alias, if frame.video { 96 } else { 111 }));
         let mut datagrams = Vec::new();
         packetizer.packetize(
@@ -338,26 +338,31 @@ struct Client {
     remote_by_key: HashMap<u32, String>,
     next_alias: u32,
     next_key: u32,
-    control: Option<mpsc::UnboundedSender<Control>>,
+    control: Option<mpsc::Sender<Control>>,
+    /// The relay stopped reading our control frames: drop the link.
+    control_stuck: bool,
 }
 
 impl Client {
-    fn send(&self, message: Control) {
-        if let Some(control) = &self.control {
-            let _ = control.send(message);
+    fn send(&mut self, message: Control) {
+        if let Some(control) = &self.control
+            && control.try_send(message).is_err()
+        {
+            self.control_stuck = true;
         }
     }
 
+    /// Hands a command to a worker: frames may be dropped when its queue
+    /// is full (counted by the caller); tracks and subscriptions never are.
     fn command(&self, worker: usize, command: RelayCommand) -> bool {
         let Some(w) = self.workers.get(worker) else {
             return false;
         };
-        match w.commands.try_send(Command::Relay(command)) {
-            Ok(()) => true,
-            Err(_) => {
-                tracing::warn!(worker, "media worker queue full; relay command dropped");
-                false
-            }
+        if matches!(command, RelayCommand::RemoteFrame { .. }) {
+            w.commands.try_send(Command::Relay(command)).is_ok()
+        } else {
+            // Fails only if the worker stopped.
+            w.relay.send(command).is_ok()
         }
     }
 
@@ -474,6 +479,11 @@ impl Client {
                 let Some(&worker) = self.calls.get(&a.call) else {
                     return;
                 };
+                if a.origin == self.node {
+                    // Our own track, echoed (a relay must not, but a
+                    // reconnect race could): never receive it back.
+                    return;
+                }
                 if let Some(old) = self.remote.get(&a.track).and_then(|r| r.upstream_alias) {
                     self.remote_by_alias.remove(&old);
                 }
@@ -645,8 +655,9 @@ impl Client {
     }
 
     /// The link is up: replay the desired state.
-    fn connected(&mut self, control: mpsc::UnboundedSender<Control>) {
+    fn connected(&mut self, control: mpsc::Sender<Control>) {
         self.control = Some(control);
+        self.control_stuck = false;
         let mut calls: Vec<Uuid> = self.calls.keys().copied().collect();
         calls.sort();
         for call in calls {
@@ -655,12 +666,16 @@ impl Client {
                 interested: true,
             });
         }
-        let mut local: Vec<&LocalTrack> = self.local.values().collect();
-        local.sort_by_key(|l| l.announce.alias);
+        let mut local: Vec<(u32, Announce, usize, TrackId)> = self
+            .local
+            .iter()
+            .map(|(alias, l)| (*alias, l.announce.clone(), l.worker, l.track))
+            .collect();
+        local.sort_by_key(|(alias, ..)| *alias);
         let mut resubscribe = Vec::new();
-        for l in local {
-            self.send(Control::Announce(l.announce.clone()));
-            resubscribe.push((l.worker, l.track));
+        for (_, announce, worker, track) in local {
+            self.send(Control::Announce(announce));
+            resubscribe.push((worker, track));
         }
         // The relay subscribes afresh; until then nothing is sent.
         for (worker, track) in resubscribe {
@@ -800,6 +815,7 @@ impl RelayLink {
             next_alias: 1,
             next_key: 1,
             control: None,
+            control_stuck: false,
         };
         let timeout = Duration::from_millis(config.link_timeout_ms);
         let mut backoff = Backoff::new(timeout.min(Duration::from_secs(1)));
@@ -842,7 +858,14 @@ impl RelayLink {
                     }
                 },
                 () = tokio::time::sleep_until(redial_at), if connection.is_none() => {
-                    match link::dial(&endpoint, config.addr, &config.server_name, &hello).await {
+                    // Bounded: worker events and `stop` wait meanwhile.
+                    let dialed = tokio::time::timeout(
+                        timeout,
+                        link::dial(&endpoint, config.addr, &config.server_name, &hello),
+                    )
+                    .await
+                    .unwrap_or(Err(link::LinkError::Handshake("no answer in time")));
+                    match dialed {
                         Ok(l) => {
                             backoff.reset();
                             tracing::info!(relay = %l.hello.node, addr = %config.addr, "relay link up");
@@ -869,6 +892,11 @@ impl RelayLink {
                     }
                 }
                 () = &mut stop => break,
+            }
+            if client.control_stuck && connection.is_some() {
+                tracing::warn!("relay not reading control frames; dropping the link");
+                drop_link(&mut reader, &mut connection, &uplink, &metrics, &mut client);
+                redial_at = tokio::time::Instant::now() + backoff.next_delay();
             }
         }
         if let Some(c) = connection {

@@ -95,6 +95,9 @@ pub struct WorkerShared {
 pub struct WorkerHandle {
     /// Its command channel.
     pub commands: mpsc::Sender<Command>,
+    /// Relay commands that must not be lost (tracks, subscriptions); the
+    /// relay's frames go through `commands`, where a full queue drops them.
+    pub relay: mpsc::UnboundedSender<RelayCommand>,
     /// Its media socket's advertised address.
     pub addr: SocketAddr,
     /// Its shared numbers.
@@ -164,6 +167,8 @@ pub struct Worker {
     pub config: SfuConfig,
     /// Commands from signaling sessions.
     pub commands: mpsc::Receiver<Command>,
+    /// Relay commands that must not be lost.
+    pub relay_commands: mpsc::UnboundedReceiver<RelayCommand>,
     /// Numbers shared with heartbeats.
     pub shared: Arc<WorkerShared>,
     /// Where ended sessions are reported.
@@ -182,6 +187,7 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
         advertised,
         config,
         mut commands,
+        mut relay_commands,
         shared,
         gone,
         metrics,
@@ -262,6 +268,7 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                     Some(Command::Leave { peer }) => sfu.leave(Instant::now(), peer),
                     Some(Command::Relay(command)) => relay_command(&mut sfu, command),
                 },
+                Some(command) = relay_commands.recv() => relay_command(&mut sfu, command),
                 _ = cpu_tick.tick() => {
                     if let Some(cpu) = thread_cpu_secs() {
                         cpu_counter.inc_by((cpu - cpu_seen).max(0.0));
@@ -324,6 +331,7 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                     },
                 ),
                 SfuEvent::TrackEnded(track) => {
+                    packetizers.remove(&track);
                     relay_event(
                         &relay,
                         RelayEvent::TrackEnded {

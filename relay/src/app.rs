@@ -74,9 +74,11 @@ pub fn send_media(connection: &Connection, kind: Kind, datagram: Bytes) -> Resul
 
 struct LinkHandle {
     connection: Connection,
-    control: mpsc::UnboundedSender<protocol::relay::Control>,
+    control: mpsc::Sender<protocol::relay::Control>,
     counters: LinkCounters,
     peer: String,
+    /// We dialed it (else accepted).
+    dialed: bool,
 }
 
 struct Shared {
@@ -89,8 +91,13 @@ impl Shared {
     /// resent to answer NACKs.
     fn flush(&mut self, metrics: &RelayMetrics) {
         while let Some((link, message)) = self.router.poll_control() {
-            if let Some(l) = self.links.get(&link) {
-                let _ = l.control.send(message);
+            if let Some(l) = self.links.get(&link)
+                && l.control.try_send(message).is_err()
+            {
+                // Its peer stopped reading control frames: end the link
+                // (it redials and the state is replayed) rather than queue
+                // without bound.
+                l.connection.close(0u32.into(), b"control stream not read");
             }
         }
         while let Some((link, datagram, kind)) = self.router.poll_resend() {
@@ -170,8 +177,9 @@ fn role_label(role: Role) -> &'static str {
     }
 }
 
-/// Runs one link until it ends.
-async fn serve_link(state: Arc<State>, link: Link) {
+/// Runs one link until it ends. Returns false when it was refused as a
+/// duplicate of a link to the same peer.
+async fn serve_link(state: Arc<State>, link: Link, dialed: bool) -> bool {
     let Link {
         connection,
         hello,
@@ -184,10 +192,28 @@ async fn serve_link(state: Arc<State>, link: Link) {
     let counters = state.metrics.link.link(&peer);
     {
         let mut shared = state.lock();
-        // A node that reconnects replaces its old link at once rather than
-        // waiting for the old one to time out.
-        for old in shared.links.values().filter(|l| l.peer == peer) {
-            old.connection.close(0u32.into(), b"replaced by a new link");
+        let same_peer: Vec<(LinkId, bool)> = shared
+            .links
+            .iter()
+            .filter(|(_, l)| l.peer == peer)
+            .map(|(id, l)| (*id, l.dialed))
+            .collect();
+        for (old, old_dialed) in same_peer {
+            // The same direction: the peer reconnected, and the new link
+            // replaces the old at once (not after its timeout). Opposite
+            // directions: both sides dial each other; the link dialed by
+            // the smaller node id is kept, on both sides alike.
+            let keep_new = old_dialed == dialed || dialed == (state.hello.node < peer);
+            if !keep_new {
+                drop(shared);
+                connection.close(0u32.into(), b"duplicate link");
+                return false;
+            }
+            if let Some(l) = shared.links.remove(&old) {
+                l.connection.close(0u32.into(), b"replaced by a new link");
+            }
+            // Gone from routing before the new link's first message.
+            shared.router.link_down(old);
         }
         shared.links.insert(
             id,
@@ -196,6 +222,7 @@ async fn serve_link(state: Arc<State>, link: Link) {
                 control: link::spawn_writer(send),
                 counters: counters.clone(),
                 peer: peer.clone(),
+                dialed,
             },
         );
         shared.router.link_up(id, hello.clone());
@@ -242,6 +269,7 @@ async fn serve_link(state: Arc<State>, link: Link) {
         Ok(()) => tracing::info!(link = id, "link closed by peer"),
         Err(error) => tracing::info!(link = id, %error, "link down"),
     }
+    true
 }
 
 /// One relay, bound and ready to run.
@@ -344,7 +372,7 @@ impl Service for Relay {
                                     peer = %link.hello.node,
                                     %remote
                                 );
-                                serve_link(state, link).instrument(span).await;
+                                serve_link(state, link, false).instrument(span).await;
                             }
                             Err(error) => tracing::warn!(%remote, %error, "link refused"),
                         }
@@ -358,16 +386,28 @@ impl Service for Relay {
                 (endpoint.clone(), state.clone(), config.link_timeout());
             tasks.push(tokio::spawn(async move {
                 let mut backoff = Backoff::new(link_timeout.min(Duration::from_secs(2)));
+                // The peer's node id, once a hello told it.
+                let mut known: Option<String> = None;
                 loop {
+                    // It dialed us and that link is up: nothing to do.
+                    let linked = known
+                        .as_ref()
+                        .is_some_and(|n| state.lock().links.values().any(|l| &l.peer == n));
+                    if linked {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                     match link::dial(&endpoint, peer.addr, &peer.server_name, &state.hello).await {
                         Ok(link) => {
-                            backoff.reset();
+                            known = Some(link.hello.node.clone());
                             let span = tracing::info_span!(
                                 "relay_link",
                                 peer = %link.hello.node,
                                 remote = %peer.addr
                             );
-                            serve_link(state.clone(), link).instrument(span).await;
+                            if serve_link(state.clone(), link, true).instrument(span).await {
+                                backoff.reset();
+                            }
                         }
                         Err(error) => {
                             tracing::debug!(addr = %peer.addr, %error, "dialing peer relay failed");

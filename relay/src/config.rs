@@ -38,8 +38,8 @@ pub struct RelayConfig {
     pub quic_listen: SocketAddr,
     /// Cluster CA and this node's certificate and key.
     pub tls: TlsFiles,
-    /// Relays of other regions to dial. Each pair of relays needs one
-    /// dialer: list a peer on one side only.
+    /// Relays of other regions to dial. One side of a pair is enough; if
+    /// both list each other, the link the smaller node id dialed is kept.
     pub peers: Vec<PeerConfig>,
     /// A link with no packet for this long is dead, milliseconds
     /// (keep-alives go every quarter of it).

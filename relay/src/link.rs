@@ -86,10 +86,15 @@ pub async fn write_control(send: &mut SendStream, message: &Control) -> Result<(
     Ok(())
 }
 
+/// Control frames queued per link before the link counts as stuck (its
+/// peer stopped reading): the sender must then close it.
+pub const CONTROL_QUEUE: usize = 4096;
+
 /// Spawns the task that writes a link's control frames in order; dropping
-/// every sender ends it.
-pub fn spawn_writer(mut send: SendStream) -> mpsc::UnboundedSender<Control> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Control>();
+/// every sender ends it. The queue is bounded ([`CONTROL_QUEUE`]): a full
+/// one means the peer does not read, and memory must not grow for it.
+pub fn spawn_writer(mut send: SendStream) -> mpsc::Sender<Control> {
+    let (tx, mut rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     tokio::spawn(async move {
         let mut frame = Vec::new();
         while let Some(message) = rx.recv().await {

@@ -307,8 +307,13 @@ impl Reassembler {
         }
         self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
         if self.pending.len() >= MAX_PENDING {
-            // Far behind: give up what is held.
+            // Far behind: give up what is held and start again at this
+            // packet if it starts a frame (else at the next one that does).
             self.give_up(&mut out);
+            if !start {
+                return out;
+            }
+            self.next = Some(seq);
         }
         self.pending.insert(
             seq,

@@ -31,6 +31,9 @@ use crate::media::SendHistory;
 /// Datagrams of each video track kept to answer NACKs (~1.5 s of
 /// 1.5 Mbit/s video).
 pub const HISTORY: usize = 256;
+/// A sequence number NACKed upstream is not asked again within this (the
+/// answer is on its way; a receiver re-NACKs after 150 ms).
+const NACK_DEDUP: Duration = Duration::from_millis(100);
 use uuid::Uuid;
 
 /// A link (one QUIC connection), numbered by the shell.
@@ -138,6 +141,9 @@ struct Track {
     last_keyframe_request: Option<Instant>,
     /// Recent datagrams as forwarded (video only).
     history: Option<SendHistory>,
+    /// Sequence numbers recently NACKed upstream: several downstream links
+    /// missing one packet ask upstream once.
+    nacked: HashMap<u16, Instant>,
 }
 
 /// The routing state of one relay.
@@ -306,7 +312,7 @@ impl Router {
             Control::Ping { nonce } => self.out.push_back((link, Control::Pong { nonce })),
             Control::Pong { .. } => {}
             Control::Nack { track, sequences } => match self.announced_to(link, &track) {
-                Some(alias) => self.nack(link, alias, &sequences),
+                Some(alias) => self.nack(now, link, alias, &sequences),
                 None => self.stats.control_refused += 1,
             },
         }
@@ -420,6 +426,26 @@ impl Router {
                 },
             ));
         }
+        if !wanted {
+            // The other relays stop telling us about the call's tracks
+            // (they do not unannounce on a withdrawn interest): forget
+            // what we learned from them, or it would outlive the tracks.
+            let learned: Vec<u32> = self
+                .tracks
+                .iter()
+                .filter(|(_, t)| {
+                    t.announce.call == call
+                        && self
+                            .links
+                            .get(&t.from)
+                            .is_some_and(|l| l.hello.role == Role::Relay)
+                })
+                .map(|(alias, _)| *alias)
+                .collect();
+            for alias in learned {
+                self.remove_track(alias);
+            }
+        }
     }
 
     fn announce(&mut self, link: LinkId, announce: Announce) {
@@ -451,6 +477,7 @@ impl Router {
                 upstream_layers: 0,
                 last_keyframe_request: None,
                 history,
+                nacked: HashMap::new(),
             },
         );
         let mut interested: Vec<LinkId> = self
@@ -545,8 +572,8 @@ impl Router {
     }
 
     /// Resends what the history holds; asks upstream for the rest.
-    fn nack(&mut self, link: LinkId, alias: u32, sequences: &[u16]) {
-        let Some(track) = self.tracks.get(&alias) else {
+    fn nack(&mut self, now: Instant, link: LinkId, alias: u32, sequences: &[u16]) {
+        let Some(track) = self.tracks.get_mut(&alias) else {
             return;
         };
         let kind = track.announce.kind;
@@ -557,19 +584,36 @@ impl Router {
                     self.stats.retransmissions += 1;
                     self.resend.push_back((link, datagram, kind));
                 }
-                None => missing.push(seq),
+                None => {
+                    let recent = track
+                        .nacked
+                        .get(&seq)
+                        .is_some_and(|at| now.saturating_duration_since(*at) < NACK_DEDUP);
+                    if !recent {
+                        missing.push(seq);
+                    }
+                }
             }
         }
-        if !missing.is_empty() && self.links.contains_key(&track.from) {
-            self.stats.nacks_forwarded += missing.len() as u64;
-            self.out.push_back((
-                track.from,
-                Control::Nack {
-                    track: track.announce.track.clone(),
-                    sequences: missing,
-                },
-            ));
+        if missing.is_empty() || !self.links.contains_key(&track.from) {
+            return;
         }
+        if track.nacked.len() > 1024 {
+            track
+                .nacked
+                .retain(|_, at| now.saturating_duration_since(*at) < NACK_DEDUP);
+        }
+        for &seq in &missing {
+            track.nacked.insert(seq, now);
+        }
+        self.stats.nacks_forwarded += missing.len() as u64;
+        self.out.push_back((
+            track.from,
+            Control::Nack {
+                track: track.announce.track.clone(),
+                sequences: missing,
+            },
+        ));
     }
 
     fn request_keyframe(&mut self, now: Instant, alias: u32) {

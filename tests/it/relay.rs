@@ -515,3 +515,45 @@ async fn a_call_that_overflows_an_edge_cascades_through_the_regional_relay() {
     edge_a.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn relays_that_dial_each_other_keep_one_link() {
+    let certs = CertDir::new(&["eu-relay", "us-relay"]);
+    let (eu_port, us_port) = (free_udp_port(), free_udp_port());
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let eu = RunningRelay::start(relay_config(
+        &certs,
+        "eu-relay",
+        "eu",
+        eu_port,
+        &[at(us_port)],
+    ))
+    .await;
+    let us = RunningRelay::start(relay_config(
+        &certs,
+        "us-relay",
+        "us",
+        us_port,
+        &[at(eu_port)],
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for relay in [&eu, &us] {
+        let text = relay.metrics().await;
+        assert_eq!(
+            metric(&text, "cascade_relay_links{role=\"relay\"}"),
+            1.0,
+            "{text}"
+        );
+        let established = metric(
+            &text,
+            "cascade_relay_links_established_total{role=\"relay\"}",
+        );
+        assert!(
+            (1.0..=2.0).contains(&established),
+            "the link settled instead of flapping: {established} links established"
+        );
+    }
+    us.stop().await;
+    eu.stop().await;
+}

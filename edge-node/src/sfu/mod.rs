@@ -184,6 +184,8 @@ pub struct Track {
 /// A frame of a local track for the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayFrame {
+    /// The local track.
+    pub track: TrackId,
     /// The track's alias on the relay link.
     pub alias: u32,
     /// Video (else audio).
@@ -867,6 +869,7 @@ impl Sfu {
         let call = t.call;
         if let Some(alias) = t.relay_alias {
             self.relay_frames.push_back(RelayFrame {
+                track,
                 alias,
                 video: t.kind == MediaKind::Video,
                 rtp_time: frame.time.numer(),

@@ -575,3 +575,112 @@ fn datagram_with_alias(mesh: &Mesh, eu_edge_alias: u32) -> Vec<u8> {
     MediaHeader::rewrite_alias(&mut d, alias).unwrap();
     d
 }
+
+#[test]
+fn several_edges_missing_one_packet_ask_upstream_once() {
+    let call = Uuid::from_u128(8);
+    let mut mesh = Mesh::new();
+    mesh.edge_up(EU, 1);
+    for edge in [2, 3, 4] {
+        mesh.edge_up(US, edge);
+        mesh.send(
+            US,
+            edge,
+            Control::Interest {
+                call,
+                interested: true,
+            },
+        );
+    }
+    mesh.send(EU, 1, announce(call, "eu-edge-1:1", 1, Kind::Video));
+    for edge in [2, 3, 4] {
+        mesh.send(
+            US,
+            edge,
+            Control::Subscribe {
+                track: "eu-edge-1:1".into(),
+                layers: 1,
+            },
+        );
+    }
+    mesh.take(EU, 1);
+    for edge in [2, 3, 4] {
+        mesh.send(
+            US,
+            edge,
+            Control::Nack {
+                track: "eu-edge-1:1".into(),
+                sequences: vec![5],
+            },
+        );
+    }
+    assert_eq!(
+        mesh.take(EU, 1),
+        vec![Control::Nack {
+            track: "eu-edge-1:1".into(),
+            sequences: vec![5]
+        }],
+        "one NACK crossed, not three"
+    );
+    // Later (the answer was lost too), it is asked again.
+    mesh.now += Duration::from_millis(150);
+    mesh.send(
+        US,
+        2,
+        Control::Nack {
+            track: "eu-edge-1:1".into(),
+            sequences: vec![5],
+        },
+    );
+    assert_eq!(mesh.take(EU, 1).len(), 1);
+}
+
+#[test]
+fn tracks_learned_from_a_relay_are_forgotten_when_interest_ends() {
+    let call = Uuid::from_u128(9);
+    let mut mesh = Mesh::new();
+    mesh.edge_up(EU, 1);
+    mesh.edge_up(US, 2);
+    mesh.send(
+        US,
+        2,
+        Control::Interest {
+            call,
+            interested: true,
+        },
+    );
+    mesh.send(EU, 1, announce(call, "eu-edge-1:1", 1, Kind::Video));
+    assert_eq!(mesh.routers[US].tracks(), 1);
+    // The last us edge leaves the call: the us relay forgets the eu track,
+    // so a later edge is not offered a track that may be long gone.
+    mesh.send(
+        US,
+        2,
+        Control::Interest {
+            call,
+            interested: false,
+        },
+    );
+    assert_eq!(mesh.routers[US].tracks(), 0);
+    mesh.send(
+        EU,
+        1,
+        Control::Unannounce {
+            track: "eu-edge-1:1".into(),
+        },
+    );
+    mesh.edge_up(US, 3);
+    mesh.take(US, 3);
+    mesh.send(
+        US,
+        3,
+        Control::Interest {
+            call,
+            interested: true,
+        },
+    );
+    assert!(mesh.take(US, 3).is_empty(), "nothing stale is announced");
+    // And a track announced again is learned again.
+    mesh.send(EU, 1, announce(call, "eu-edge-1:2", 2, Kind::Audio));
+    assert!(announced_alias(&mesh.take(US, 3), "eu-edge-1:2") > 0);
+}
