@@ -5,6 +5,7 @@
 //! the common `build` → `addrs` → `run` shape of the `service` crate.
 
 mod config;
+mod dev;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole system in one process, no servers needed: a control plane
+    /// on SQLite in `--data-dir`, and per region a relay and edges.
+    Dev(DevArgs),
     /// Run a control-plane replica: accounts, conversations, calls, placement.
     ControlPlane(ServiceArgs),
     /// Run an edge SFU node (`[edge]`): WebRTC media for the calls placed on it.
@@ -184,6 +188,23 @@ struct ApiBenchArgs {
 }
 
 #[derive(Debug, Args)]
+struct DevArgs {
+    /// Where SQLite, the cluster secret and certificates live (kept across
+    /// runs).
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// The control plane's HTTP port.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Regions to start (eu, us, ap, sa in that order).
+    #[arg(long, default_value_t = 2)]
+    regions: usize,
+    /// Edges per region.
+    #[arg(long, default_value_t = 1)]
+    edges_per_region: usize,
+}
+
+#[derive(Debug, Args)]
 struct CertsArgs {
     /// Where to write `ca.pem`, `ca.key`, `<name>.pem`, `<name>.key`.
     #[arg(long, default_value = "certs")]
@@ -244,6 +265,12 @@ fn main() -> ExitCode {
             exit_with(run::<relay::Relay>(config.relay))
         }
         Command::Certs(args) => exit_with(certs(&args)),
+        Command::Dev(args) => {
+            let config = loaded.config;
+            service::telemetry::init_tracing(&config.telemetry);
+            str0m::crypto::from_feature_flags().install_process_default();
+            exit_with(dev(args))
+        }
         Command::ControlPlane(args) => {
             if args.print_config {
                 return print_config(&loaded);
@@ -280,6 +307,37 @@ fn certs(args: &CertsArgs) -> anyhow::Result<()> {
         println!("{}", path.display());
     }
     Ok(())
+}
+
+/// Runs `cascade dev` until SIGTERM or Ctrl-C.
+fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = Shutdown::on_termination_signal();
+        let options = dev::DevOptions {
+            data_dir: args.data_dir,
+            port: args.port,
+            regions: args.regions,
+            edges_per_region: args.edges_per_region,
+        };
+        let stopping = shutdown.clone();
+        let run = dev::run(options, shutdown);
+        tokio::pin!(run);
+        tokio::select! {
+            result = &mut run => result,
+            () = stopping.wait() => {
+                // Each service drains within its own timeout; this bounds
+                // the whole.
+                tokio::time::timeout(dev::STOP_TIMEOUT, run)
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("services did not stop in time")))
+            }
+        }
+    })
 }
 
 /// Starts `S` on a fresh runtime and serves until SIGTERM or Ctrl-C.

@@ -6,6 +6,8 @@
 //! - `control_plane`: a control plane started in-process through the same
 //!   `build` → `run` path, checked over HTTP.
 //! - `api`: the REST API scenario by scenario, each on SQLite and Postgres.
+//! - `dev`: `cascade dev` (one process, two regions) with a cross-region
+//!   call, Ctrl-C, and a second run keeping the data.
 //! - `durability`: acknowledged writes survive SIGKILL and restart.
 //! - `browser`: two headless Chromium pages in one call through the real
 //!   API and edge (WebRTC interop).
@@ -27,6 +29,7 @@ mod browser;
 mod calls;
 mod cli;
 mod control_plane;
+mod dev;
 mod durability;
 mod edge;
 mod gateway;

@@ -98,6 +98,30 @@ impl ChildService {
         self.child.id()
     }
 
+    /// Waits up to `limit` for it to exit (after a signal the caller sent);
+    /// its exit code, or `None` if it did not exit in time (it is then
+    /// killed) or died by a signal.
+    pub fn wait_exit(mut self, limit: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.exited = true;
+                    return status.code();
+                }
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    self.exited = true;
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Kills it with SIGKILL (a crash: nothing is closed cleanly).
     pub fn kill(mut self) {
         let _ = self.child.kill();
