@@ -145,6 +145,7 @@ pub async fn run(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<()> 
     // One relay per region, each dialing the ones started before it (a full
     // mesh, one dialer per pair).
     let mut relay_addrs: Vec<SocketAddr> = Vec::new();
+    let mut relay_metrics = Vec::new();
     for (region, ..) in regions {
         let id = relay_id(region);
         let config = RelayConfig {
@@ -167,6 +168,7 @@ pub async fn run(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<()> 
             .with_context(|| format!("relay {id} did not start"))?;
         let quic = relay.addrs().quic;
         relay_addrs.push(quic);
+        relay_metrics.push(format!("{id}=http://{}/metrics", relay.addrs().http));
         tasks.spawn({
             let shutdown = shutdown.clone();
             async move { relay.run(shutdown).await.map_err(anyhow::Error::from) }
@@ -211,6 +213,7 @@ pub async fn run(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<()> 
         data_dir = %data_dir.display(),
         regions = ?region_names,
         edges = ?edges,
+        relay_metrics = %relay_metrics.join(" "),
         "cascade dev ready"
     );
     print_welcome(&url, data_dir, &region_names, &edges);

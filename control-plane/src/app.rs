@@ -266,6 +266,7 @@ pub fn router(
         ))
         // Serves /docs (Swagger UI) and /openapi.json.
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .merge(crate::web::routes())
         .merge(service::ops::routes(metrics.clone(), readiness))
         .fallback(error::no_route);
     service::ops::measure(app, metrics)

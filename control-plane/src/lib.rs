@@ -35,6 +35,7 @@ pub mod gateway;
 pub mod placement;
 pub mod ratelimit;
 pub mod store;
+pub mod web;
 
 pub use app::{Addrs, ControlPlane, StartError};
 pub use config::ControlPlaneConfig;

@@ -153,6 +153,63 @@ impl Browser {
         }
     }
 
+    /// Opens `url` in a new tab of a fresh browser context (its own
+    /// cookies and storage: another user).
+    pub async fn open_isolated(&mut self, url: &str) -> Page {
+        let context = self
+            .command(None, "Target.createBrowserContext", json!({}))
+            .await;
+        let target = self
+            .command(
+                None,
+                "Target.createTarget",
+                json!({"url": url, "browserContextId": context["browserContextId"]}),
+            )
+            .await;
+        let attached = self
+            .command(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        Page {
+            session: attached["sessionId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
+    /// Makes `page` `width` × `height` CSS pixels (a phone, say).
+    pub async fn set_viewport(&mut self, page: &Page, width: u32, height: u32) {
+        self.command(
+            Some(&page.session),
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}),
+        )
+        .await;
+    }
+
+    /// Saves a PNG of `page` to `path` (directories created).
+    pub async fn screenshot(&mut self, page: &Page, path: &std::path::Path) {
+        use base64::Engine;
+        let shot = self
+            .command(
+                Some(&page.session),
+                "Page.captureScreenshot",
+                json!({"format": "png"}),
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap_or_default())
+            .expect("a base64 PNG");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("artifact directory");
+        }
+        std::fs::write(path, png).expect("write the screenshot");
+    }
+
     /// Evaluates `expression` in `page`, awaiting a promise, and returns
     /// its value (JSON).
     pub async fn eval(&mut self, page: &Page, expression: &str) -> Value {

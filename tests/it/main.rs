@@ -34,3 +34,4 @@ mod durability;
 mod edge;
 mod gateway;
 mod relay;
+mod web;

@@ -19,6 +19,8 @@ pub struct ChildService {
     child: Child,
     /// The address it logged when it bound.
     pub addr: String,
+    /// The whole log event that said it was ready (JSON).
+    pub ready: serde_json::Value,
     /// Already reaped (killed).
     exited: bool,
 }
@@ -67,7 +69,7 @@ impl ChildService {
             .expect("spawn a child service");
         let stderr = child.stderr.take().expect("piped stderr");
         let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
+        let (addr, ready) = loop {
             let line = lines
                 .next()
                 .unwrap_or_else(|| panic!("{subcommand} exited before binding"))
@@ -75,10 +77,11 @@ impl ChildService {
             if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
                 && event["message"] == ready_message
             {
-                break event[addr_field]
+                let addr = event[addr_field]
                     .as_str()
                     .expect("address in the ready line")
                     .to_owned();
+                break (addr, event);
             }
             // Anything else it says before binding (a config error) is shown.
             if !line.starts_with('{') {
@@ -89,6 +92,7 @@ impl ChildService {
         ChildService {
             child,
             addr,
+            ready,
             exited: false,
         }
     }

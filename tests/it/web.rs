@@ -1,0 +1,436 @@
+//! The web client end to end, as a new user meets it: `cascade dev` (the
+//! built binary), two people in two isolated contexts of headless Chromium
+//! (fake camera and microphone) sign up, become contacts, chat, reload, and
+//! call each other across the `eu` and `us` regions through the relays.
+//! Screenshots go to `target/artifacts/web/`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testkit::bench::ChildService;
+use testkit::browser::{Browser, Page};
+
+const PASSWORD: &str = "Plum-Ferry-Quartz-91-web";
+
+fn artifacts() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts/web")
+}
+
+/// Evaluates `expression` until it is truthy (or fails after `limit`).
+async fn wait_for(browser: &mut Browser, page: &Page, expression: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let value = browser.eval(page, expression).await;
+        let truthy = match &value {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_f64().is_some_and(|n| n != 0.0),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        };
+        if truthy {
+            return value;
+        }
+        if Instant::now() > deadline {
+            let error = browser
+                .eval(page, "document.querySelector('.error') && document.querySelector('.error').textContent")
+                .await;
+            panic!("timed out waiting for {expression} (page error: {error})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Types into an input the way a user does (value + input event).
+fn type_into(selector: &str, text: &str) -> String {
+    format!(
+        "(() => {{ const el = document.querySelector({sel}); el.focus(); el.value = {text}; \
+         el.dispatchEvent(new Event('input', {{bubbles: true}})); return true; }})()",
+        sel = serde_json::to_string(selector).unwrap(),
+        text = serde_json::to_string(text).unwrap(),
+    )
+}
+
+fn click(selector: &str) -> String {
+    format!(
+        "(() => {{ const el = document.querySelector({sel}); if (!el) return false; el.click(); return true; }})()",
+        sel = serde_json::to_string(selector).unwrap()
+    )
+}
+
+async fn sign_up(browser: &mut Browser, page: &Page, name: &str) {
+    wait_for(
+        browser,
+        page,
+        "!!document.querySelector('.auth form')",
+        Duration::from_secs(10),
+    )
+    .await;
+    browser.eval(page, &click(".auth .switch")).await;
+    browser
+        .eval(page, &type_into("input[name=login]", name))
+        .await;
+    browser
+        .eval(
+            page,
+            &type_into("input[name=email]", &format!("{name}@example.com")),
+        )
+        .await;
+    browser
+        .eval(page, &type_into("input[name=password]", PASSWORD))
+        .await;
+    browser.eval(page, &click(".auth [type=submit]")).await;
+    wait_for(
+        browser,
+        page,
+        "!!document.querySelector('.sidebar')",
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+async fn send(browser: &mut Browser, page: &Page, text: &str) {
+    browser
+        .eval(page, &type_into(".composer input", text))
+        .await;
+    browser
+        .eval(
+            page,
+            "(() => { document.querySelector('.composer').requestSubmit(); return true; })()",
+        )
+        .await;
+}
+
+/// How many messages with exactly `text` the page shows.
+fn count_text(text: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('.msg .body')].filter(b => b.textContent === {}).length",
+        serde_json::to_string(text).unwrap()
+    )
+}
+
+/// Waits until `page` shows `text` once; returns how long it took.
+async fn arrives(browser: &mut Browser, page: &Page, text: &str) -> Duration {
+    let t0 = Instant::now();
+    wait_for(
+        browser,
+        page,
+        &format!("{} === 1", count_text(text)),
+        Duration::from_secs(5),
+    )
+    .await;
+    t0.elapsed()
+}
+
+async fn call_stats(browser: &mut Browser, page: &Page) -> Value {
+    browser
+        .eval(
+            page,
+            "(async () => { const c = window.cascadeState.call; if (!c) return null; \
+             const s = await c.session.stats(); return {...s, region: c.session.edge && c.session.edge.region}; })()",
+        )
+        .await
+}
+
+#[tokio::test]
+async fn two_people_sign_up_chat_and_call_across_regions_in_a_browser() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let data_dir = std::env::temp_dir().join(format!("cascade-web-it-{}", uuid::Uuid::new_v4()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dev = tokio::task::spawn_blocking({
+        let data_dir = data_dir.clone();
+        move || {
+            ChildService::spawn_exe(
+                std::path::Path::new(env!("CARGO_BIN_EXE_cascade")),
+                &[
+                    "dev",
+                    "--data-dir",
+                    data_dir.to_str().unwrap(),
+                    "--port",
+                    &port.to_string(),
+                ],
+                "info",
+                &[],
+                "cascade dev ready",
+                "url",
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let url = format!("{}/", dev.addr);
+    let alice = browser.open_isolated(&url).await;
+    let bob = browser.open_isolated(&url).await;
+    sign_up(&mut browser, &alice, "alice").await;
+    sign_up(&mut browser, &bob, "bob").await;
+
+    // Alice finds Bob and asks; Bob accepts.
+    browser
+        .eval(&alice, &type_into("input[name=q]", "bob"))
+        .await;
+    browser
+        .eval(&alice, "(() => { document.querySelector('form[role=search]').requestSubmit(); return true; })()")
+        .await;
+    wait_for(
+        &mut browser,
+        &alice,
+        "!!document.querySelector('button[aria-label=\"Add bob as a contact\"]')",
+        Duration::from_secs(5),
+    )
+    .await;
+    browser
+        .eval(
+            &alice,
+            &click("button[aria-label=\"Add bob as a contact\"]"),
+        )
+        .await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "!!document.querySelector('button[aria-label=\"Accept alice\"]')",
+        Duration::from_secs(5),
+    )
+    .await;
+    browser
+        .eval(&bob, &click("button[aria-label=\"Accept alice\"]"))
+        .await;
+    wait_for(
+        &mut browser,
+        &alice,
+        "!!document.querySelector('li[aria-label=\"Chat with bob\"]')",
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // They chat: each sees the other's message within a second.
+    browser
+        .eval(&alice, &click("li[aria-label=\"Chat with bob\"]"))
+        .await;
+    wait_for(
+        &mut browser,
+        &alice,
+        "!!document.querySelector('.composer input')",
+        Duration::from_secs(5),
+    )
+    .await;
+    send(&mut browser, &alice, "hi bob").await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "!!document.querySelector('.conversations li[data-id]')",
+        Duration::from_secs(5),
+    )
+    .await;
+    // Bob's list shows the conversation with one unread message.
+    wait_for(
+        &mut browser,
+        &bob,
+        "(() => { const b = document.querySelector('.conversations .unread'); return b && b.textContent === '1'; })()",
+        Duration::from_secs(5),
+    )
+    .await;
+    browser
+        .eval(&bob, &click(".conversations li[data-id]"))
+        .await;
+    arrives(&mut browser, &bob, "hi bob").await;
+    send(&mut browser, &bob, "hello alice").await;
+    let to_alice = arrives(&mut browser, &alice, "hello alice").await;
+    send(&mut browser, &alice, "how are you?").await;
+    let to_bob = arrives(&mut browser, &bob, "how are you?").await;
+    eprintln!("chat latency: bob → alice {to_alice:?}, alice → bob {to_bob:?}");
+    assert!(to_alice < Duration::from_secs(1) && to_bob < Duration::from_secs(1));
+    browser
+        .screenshot(&alice, &artifacts().join("chat.png"))
+        .await;
+
+    // Bob reloads mid-chat while Alice writes: nothing lost, nothing twice.
+    browser
+        .eval(&bob, "(() => { location.reload(); return true; })()")
+        .await;
+    send(&mut browser, &alice, "sent while you reloaded").await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "!!document.querySelector('.conversations li[data-id]')",
+        Duration::from_secs(10),
+    )
+    .await;
+    browser
+        .eval(&bob, &click(".conversations li[data-id]"))
+        .await;
+    arrives(&mut browser, &bob, "sent while you reloaded").await;
+    for text in [
+        "hi bob",
+        "hello alice",
+        "how are you?",
+        "sent while you reloaded",
+    ] {
+        let n = browser.eval(&bob, &count_text(text)).await;
+        assert_eq!(n, 1, "{text:?} shown once after the reload");
+    }
+
+    // A phone-width view still holds.
+    browser.set_viewport(&bob, 390, 844).await;
+    browser
+        .screenshot(&bob, &artifacts().join("chat-phone-390.png"))
+        .await;
+    let overflow = browser
+        .eval(
+            &bob,
+            "document.documentElement.scrollWidth <= window.innerWidth + 1",
+        )
+        .await;
+    assert_eq!(overflow, true, "no horizontal overflow at 390 px");
+    browser.set_viewport(&bob, 1280, 800).await;
+
+    // Every control has a name; interactive list items are focusable.
+    for page in [&alice, &bob] {
+        let unlabeled = browser
+            .eval(
+                page,
+                "[...document.querySelectorAll('button, input, select, [role=button]')].filter(el => \
+                 !(el.getAttribute('aria-label') || (el.labels && el.labels.length) || el.textContent.trim())).length",
+            )
+            .await;
+        assert_eq!(unlabeled, 0, "every control is labelled");
+        let unfocusable = browser
+            .eval(page, "[...document.querySelectorAll('[role=button]')].filter(el => el.tabIndex < 0).length")
+            .await;
+        assert_eq!(unfocusable, 0, "every control is reachable by keyboard");
+    }
+
+    // The call: Alice in eu, Bob in us (the development region picker).
+    for (page, region) in [(&alice, "eu"), (&bob, "us")] {
+        browser
+            .eval(
+                page,
+                &format!(
+                    "(() => {{ const s = document.querySelector('select[aria-label=\"Call region\"]'); s.value = '{region}'; \
+                     s.dispatchEvent(new Event('change')); return true; }})()"
+                ),
+            )
+            .await;
+    }
+    browser
+        .eval(&alice, &click("button[aria-label=\"Start video call\"]"))
+        .await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "!!document.querySelector('.ringing')",
+        Duration::from_secs(5),
+    )
+    .await;
+    browser
+        .screenshot(&bob, &artifacts().join("incoming-call.png"))
+        .await;
+    browser
+        .eval(&bob, &click("button[aria-label=\"Accept call\"]"))
+        .await;
+    for page in [&alice, &bob] {
+        wait_for(
+            &mut browser,
+            page,
+            "!!document.querySelector('.call')",
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let first_alice = wait_for(
+        &mut browser,
+        &alice,
+        "(async () => { const c = window.cascadeState.call; const s = c && await c.session.stats(); return s && s.framesDecoded > 0 && s.audioBytes > 0 && s; })()",
+        Duration::from_secs(20),
+    )
+    .await;
+    let first_bob = wait_for(
+        &mut browser,
+        &bob,
+        "(async () => { const c = window.cascadeState.call; const s = c && await c.session.stats(); return s && s.framesDecoded > 0 && s.audioBytes > 0 && s; })()",
+        Duration::from_secs(20),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later_alice = call_stats(&mut browser, &alice).await;
+    let later_bob = call_stats(&mut browser, &bob).await;
+    eprintln!("alice {first_alice} → {later_alice}; bob {first_bob} → {later_bob}");
+    assert_eq!(later_alice["region"], "eu");
+    assert_eq!(later_bob["region"], "us");
+    for (first, later) in [(&first_alice, &later_alice), (&first_bob, &later_bob)] {
+        assert!(
+            later["framesDecoded"].as_f64() > first["framesDecoded"].as_f64(),
+            "video keeps decoding"
+        );
+        assert!(
+            later["audioBytes"].as_f64() > first["audioBytes"].as_f64(),
+            "audio keeps arriving"
+        );
+    }
+    browser
+        .screenshot(&alice, &artifacts().join("call.png"))
+        .await;
+
+    // The relays carried it across regions.
+    let relay_metrics = dev.ready["relay_metrics"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut crossed = 0.0;
+    for entry in relay_metrics.split_whitespace() {
+        let (id, metrics_url) = entry.split_once('=').unwrap();
+        let text = reqwest::get(metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let peer = if id == "relay-eu" {
+            "relay-us"
+        } else {
+            "relay-eu"
+        };
+        crossed += testkit::cluster::metric(
+            &text,
+            &format!("cascade_relay_datagrams_sent_total{{peer=\"{peer}\"}}"),
+        );
+    }
+    assert!(
+        crossed > 100.0,
+        "media crossed the relay link ({crossed} datagrams)"
+    );
+
+    // Alice hangs up: the call ends for both and is in the history.
+    browser
+        .eval(&alice, &click("button[aria-label=\"Hang up\"]"))
+        .await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "!document.querySelector('.call')",
+        Duration::from_secs(10),
+    )
+    .await;
+    let history = wait_for(
+        &mut browser,
+        &alice,
+        "(async () => { const h = await window.cascadeClient.api('GET', '/v1/calls'); \
+         return h.items.length && h.items[0].call.state === 'ended' && h.items[0]; })()",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(history["call"]["kind"], "video", "{history}");
+    drop(browser);
+    let pid = dev.pid().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert_eq!(dev.wait_exit(Duration::from_secs(15)), Some(0));
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

@@ -1,0 +1,688 @@
+// The Cascade web client: sign-in, contacts, conversations, chat and calls,
+// on top of cascade.js. Plain DOM; every control has a label and works from
+// the keyboard.
+
+import { Cascade, ApiError } from './cascade.js';
+
+const client = new Cascade(location.origin);
+const app = document.getElementById('app');
+
+const state = {
+  conversations: new Map(),
+  users: new Map(),
+  presence: new Map(),
+  contacts: [],
+  results: [],
+  active: null,
+  messages: new Map(),
+  typing: new Map(),
+  editing: null,
+  regions: [],
+  region: localStorage.getItem('cascade.region') || '',
+  call: null,
+  ringing: null,
+  error: '',
+};
+window.cascadeState = state;
+window.cascadeClient = client;
+
+// ---------- helpers ----------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else if (v === true) el.setAttribute(k, '');
+    else el.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function userName(id) {
+  if (client.me && id === client.me.id) return 'You';
+  const u = state.users.get(id);
+  return u ? (u.display_name || u.username) : 'Someone';
+}
+
+function rememberUsers(list) {
+  for (const u of list || []) state.users.set(u.id, u);
+}
+
+function title(conv) {
+  if (!conv) return '';
+  if (conv.kind === 'group') return conv.name || 'Group';
+  const other = (conv.members || []).map((m) => m.user.id).find((id) => id !== client.me.id);
+  return other ? userName(other) : 'Direct conversation';
+}
+
+function otherMember(conv) {
+  return (conv.members || []).map((m) => m.user.id).find((id) => id !== client.me.id);
+}
+
+function showError(e) {
+  state.error = e instanceof ApiError ? `${e.message}` : String(e.message || e);
+  render();
+}
+
+// ---------- data ----------
+
+async function loadConversations() {
+  const list = await client.api('GET', '/v1/conversations?limit=100');
+  const fresh = new Map();
+  for (const conv of list.conversations) {
+    const known = state.conversations.get(conv.id);
+    if (known && known.members) conv.members = known.members;
+    fresh.set(conv.id, conv);
+  }
+  state.conversations = fresh;
+  await Promise.all(
+    [...fresh.values()].filter((c) => !c.members).map(async (c) => {
+      const full = await client.api('GET', `/v1/conversations/${c.id}`);
+      c.members = full.members;
+      rememberUsers((full.members || []).map((m) => m.user));
+    }),
+  );
+}
+
+async function loadContacts() {
+  const list = await client.api('GET', '/v1/contacts');
+  state.contacts = list.contacts;
+  rememberUsers(list.contacts.map((c) => c.user));
+}
+
+async function loadPresence() {
+  const list = await client.api('GET', '/v1/presence');
+  for (const p of list.presence) state.presence.set(p.user_id, p.status);
+}
+
+async function loadMessages(convId, older = false) {
+  const entry = state.messages.get(convId) || { list: [], hasMore: true };
+  let path = `/v1/conversations/${convId}/messages?limit=50`;
+  if (older && entry.list.length) path += `&before=${entry.list[0].seq}`;
+  const page = await client.api('GET', path);
+  const byId = new Map(entry.list.map((m) => [m.id, m]));
+  for (const m of page.messages) byId.set(m.id, m);
+  entry.list = [...byId.values()].sort((a, b) => a.seq - b.seq);
+  if (older || !state.messages.has(convId)) entry.hasMore = page.has_more;
+  state.messages.set(convId, entry);
+}
+
+function upsertMessage(m) {
+  const entry = state.messages.get(m.conversation_id);
+  if (!entry) return;
+  const i = entry.list.findIndex((x) => x.id === m.id);
+  if (i >= 0) entry.list[i] = m;
+  else {
+    entry.list.push(m);
+    entry.list.sort((a, b) => a.seq - b.seq);
+  }
+}
+
+async function markRead(convId) {
+  const entry = state.messages.get(convId);
+  const conv = state.conversations.get(convId);
+  if (!entry || !entry.list.length || !conv) return;
+  const last = entry.list[entry.list.length - 1];
+  if (conv.last_read_seq >= last.seq) return;
+  const read = await client.api('POST', `/v1/conversations/${convId}/read`, { message_id: last.id });
+  conv.last_read_seq = read.last_read_seq;
+  conv.unread_count = 0;
+  render();
+}
+
+async function openConversation(convId) {
+  state.active = convId;
+  state.editing = null;
+  if (!state.messages.has(convId)) await loadMessages(convId);
+  render();
+  scrollToBottom();
+  await markRead(convId);
+}
+
+async function openDirect(userId) {
+  const conv = await client.api('POST', '/v1/conversations', { kind: 'direct', user_id: userId });
+  await loadConversations();
+  await openConversation(conv.id);
+}
+
+function scrollToBottom() {
+  const box = document.querySelector('.messages');
+  if (box) box.scrollTop = box.scrollHeight;
+}
+
+// ---------- gateway events ----------
+
+client.on('message.created', (m) => {
+  upsertMessage(m);
+  const conv = state.conversations.get(m.conversation_id);
+  if (!conv) {
+    loadConversations().then(render);
+    return;
+  }
+  conv.last_seq = Math.max(conv.last_seq, m.seq);
+  conv.last_message = m;
+  const typing = state.typing.get(m.conversation_id);
+  if (typing) typing.delete(m.author_id);
+  if (m.author_id === client.me.id) conv.last_read_seq = Math.max(conv.last_read_seq, m.seq);
+  else if (state.active !== m.conversation_id || document.hidden) conv.unread_count += 1;
+  render();
+  if (state.active === m.conversation_id) {
+    scrollToBottom();
+    if (!document.hidden) markRead(m.conversation_id).catch(showError);
+  }
+});
+client.on('message.updated', (m) => { upsertMessage(m); render(); });
+client.on('message.deleted', (m) => { upsertMessage(m); render(); });
+client.on('read.updated', (d) => {
+  const conv = state.conversations.get(d.conversation_id);
+  if (conv && d.user_id === client.me.id) {
+    conv.last_read_seq = Math.max(conv.last_read_seq, d.last_read_seq);
+    loadConversations().then(render);
+  } else if (conv && conv.members) {
+    const member = conv.members.find((x) => x.user.id === d.user_id);
+    if (member) member.last_read_seq = d.last_read_seq;
+    render();
+  }
+});
+for (const type of ['conversation.updated', 'member.added', 'member.removed']) {
+  client.on(type, () => loadConversations().then(render).catch(showError));
+}
+for (const type of ['contact.request', 'contact.updated']) {
+  client.on(type, () => loadContacts().then(render).catch(showError));
+}
+client.on('presence', (d) => { state.presence.set(d.user_id, d.status); render(); });
+client.on('typing', (d) => {
+  if (d.user_id === client.me.id) return;
+  if (!state.typing.has(d.conversation_id)) state.typing.set(d.conversation_id, new Map());
+  const map = state.typing.get(d.conversation_id);
+  clearTimeout(map.get(d.user_id));
+  map.set(d.user_id, setTimeout(() => { map.delete(d.user_id); render(); }, 4000));
+  render();
+});
+client.on('resync', () => refreshAll().catch(showError));
+client.on('open', () => {
+  // Connected devices are online; then catch up on everyone else's status.
+  state.presence.set(client.me.id, document.hidden ? 'away' : 'online');
+  loadPresence().then(render).catch(() => {});
+});
+client.on('signed_out', () => render());
+
+client.on('call.ringing', (d) => {
+  const call = d.call;
+  if (call.initiator_id === client.me.id || (state.call && state.call.id === call.id)) return;
+  state.ringing = call;
+  ring(true);
+  render();
+});
+for (const type of ['call.declined', 'call.cancelled', 'call.missed', 'call.ended']) {
+  client.on(type, (d) => {
+    if (state.ringing && state.ringing.id === d.call.id) {
+      state.ringing = null;
+      ring(false);
+    }
+    if (state.call && state.call.id === d.call.id && type !== 'call.declined') endCallView();
+    if (state.call && state.call.id === d.call.id && type === 'call.declined' && d.call.direct) endCallView();
+    render();
+  });
+}
+client.on('call.accepted', (d) => {
+  if (state.ringing && state.ringing.id === d.call.id) {
+    // Answered on another device.
+    state.ringing = null;
+    ring(false);
+    render();
+  }
+});
+for (const type of ['call.participant_joined', 'call.participant_left']) {
+  client.on(type, () => renderCall());
+}
+
+// ---------- ringing sound (Web Audio; no asset needed) ----------
+
+let ringer = null;
+function ring(on) {
+  if (ringer) {
+    clearInterval(ringer.timer);
+    ringer.ctx.close();
+    ringer = null;
+  }
+  if (!on) return;
+  try {
+    const ctx = new AudioContext();
+    const beep = () => {
+      const o = ctx.createOscillator();
+      const g = ctx.createGain();
+      o.frequency.value = 440;
+      g.gain.value = 0.05;
+      o.connect(g).connect(ctx.destination);
+      o.start();
+      o.stop(ctx.currentTime + 0.4);
+    };
+    beep();
+    ringer = { ctx, timer: setInterval(beep, 1500) };
+  } catch (_) { /* no audio output */ }
+}
+
+// ---------- calls ----------
+
+async function regionProbes() {
+  const probes = [];
+  await Promise.all(state.regions.filter((r) => r.probe_url).map(async (r) => {
+    const t0 = performance.now();
+    try {
+      await fetch(r.probe_url, { mode: 'no-cors', cache: 'no-store' });
+      probes.push({ region: r.name, rtt_ms: Math.round(performance.now() - t0) });
+    } catch (_) { /* unreachable region */ }
+  }));
+  return probes;
+}
+
+async function joinCall(call) {
+  const session = await client.joinCall(call.id, {
+    region: state.region || null,
+    video: call.kind === 'video',
+    probes: state.region ? [] : await regionProbes(),
+  });
+  state.call = { id: call.id, kind: call.kind, session, tiles: new Map(), quality: '' };
+  session.onTrack = () => renderCall();
+  session.onTracks = () => renderCall();
+  session.onState = () => renderCall();
+  session.onError = (e) => showError(e);
+  state.call.timer = setInterval(updateQuality, 2000);
+  render();
+}
+
+async function startCall(kind) {
+  try {
+    const call = await client.api('POST', '/v1/calls', { conversation_id: state.active, kind });
+    await joinCall(call);
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function acceptCall() {
+  const call = state.ringing;
+  state.ringing = null;
+  ring(false);
+  try {
+    if (call.direct) await client.api('POST', `/v1/calls/${call.id}/accept`);
+    await joinCall(call);
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function declineCall() {
+  const call = state.ringing;
+  state.ringing = null;
+  ring(false);
+  render();
+  await client.api('POST', `/v1/calls/${call.id}/decline`).catch(showError);
+}
+
+function endCallView() {
+  if (!state.call) return;
+  clearInterval(state.call.timer);
+  const session = state.call.session;
+  state.call = null;
+  session.leave();
+  render();
+}
+
+async function updateQuality() {
+  if (!state.call) return;
+  const s = await state.call.session.stats();
+  state.call.lastStats = s;
+  const rtt = s.rtt === null ? null : Math.round(s.rtt * 1000);
+  const label = rtt === null ? 'connecting' : rtt < 150 ? 'good' : rtt < 400 ? 'fair' : 'poor';
+  state.call.quality = rtt === null ? label : `${label} (${rtt} ms)`;
+  const el = document.querySelector('.call .quality');
+  if (el) el.textContent = `Connection: ${state.call.quality}`;
+}
+
+function renderCall() {
+  const old = document.querySelector('.call');
+  if (!state.call) {
+    if (old) old.remove();
+    return;
+  }
+  const { session } = state.call;
+  let view = old;
+  if (!view) {
+    view = h('section', { class: 'call', 'aria-label': 'Call' },
+      h('div', { class: 'grid' }),
+      h('div', { class: 'bar' },
+        h('span', { class: 'where' }),
+        h('button', { class: 'mute', 'aria-label': 'Mute microphone', onclick: () => {
+          session.setMuted('audio', !session.muted.audio);
+          renderCall();
+        } }, 'Mute'),
+        h('button', { class: 'camera', 'aria-label': 'Turn camera off', onclick: () => {
+          session.setMuted('video', !session.muted.video);
+          renderCall();
+        } }, 'Camera off'),
+        h('button', { class: 'danger hangup', 'aria-label': 'Hang up', onclick: () => {
+          const id = state.call.id;
+          endCallView();
+          client.api('GET', `/v1/calls/${id}`).catch(() => {});
+        } }, 'Hang up'),
+        h('span', { class: 'quality' }, `Connection: ${state.call.quality || 'connecting'}`)));
+    document.body.append(view);
+  }
+  view.querySelector('.where').textContent = session.edge ? `${session.edge.region} · ${session.edge.id}` : '';
+  const mute = view.querySelector('.mute');
+  mute.textContent = session.muted.audio ? 'Unmute' : 'Mute';
+  mute.setAttribute('aria-label', session.muted.audio ? 'Unmute microphone' : 'Mute microphone');
+  mute.setAttribute('aria-pressed', String(session.muted.audio));
+  const cam = view.querySelector('.camera');
+  cam.textContent = session.muted.video ? 'Camera on' : 'Camera off';
+  cam.setAttribute('aria-label', session.muted.video ? 'Turn camera on' : 'Turn camera off');
+  cam.setAttribute('aria-pressed', String(session.muted.video));
+  cam.hidden = state.call.kind !== 'video';
+  const grid = view.querySelector('.grid');
+  // Local preview first, then one tile per remote participant device.
+  const wanted = new Map();
+  wanted.set('local', { label: 'You', stream: session.stream, muted: true });
+  for (const [mid, track] of session.remote) {
+    // Only what the edge named in `tracks` is someone's media.
+    const info = session.tracks.find((t) => t.mid === mid);
+    if (!info) continue;
+    const key = `${info.user_id}/${info.device_id}`;
+    if (!wanted.has(key)) wanted.set(key, { label: userName(info.user_id), stream: new MediaStream(), muted: false });
+    const tile = wanted.get(key);
+    tile.tracks = tile.tracks || [];
+    tile.tracks.push(track);
+    if (info.muted) tile.label += ` (${info.kind} off)`;
+  }
+  for (const [key, tile] of wanted) {
+    let fig = grid.querySelector(`figure[data-key="${CSS.escape(key)}"]`);
+    if (!fig) {
+      const video = h('video', { autoplay: true, playsinline: true, 'aria-label': `Video of ${tile.label}` });
+      video.muted = tile.muted;
+      fig = h('figure', { 'data-key': key }, video, h('figcaption', {}, tile.label));
+      grid.append(fig);
+      video.srcObject = key === 'local' ? tile.stream : new MediaStream(tile.tracks);
+    } else if (key !== 'local') {
+      const video = fig.querySelector('video');
+      const have = video.srcObject.getTracks().map((t) => t.id).sort().join();
+      const want = tile.tracks.map((t) => t.id).sort().join();
+      if (have !== want) video.srcObject = new MediaStream(tile.tracks);
+    }
+    fig.querySelector('figcaption').textContent = tile.label;
+  }
+  for (const fig of grid.querySelectorAll('figure')) {
+    if (!wanted.has(fig.dataset.key)) fig.remove();
+  }
+}
+
+// ---------- views ----------
+
+function renderAuth() {
+  let mode = 'login';
+  const err = h('p', { class: 'error', role: 'alert' }, state.error);
+  const form = h('form', {},
+    h('h1', {}, 'Cascade'),
+    h('label', {}, 'Username or e-mail', h('input', { name: 'login', autocomplete: 'username', required: true })),
+    h('label', { class: 'only-register', hidden: true }, 'E-mail', h('input', { name: 'email', type: 'email', autocomplete: 'email' })),
+    h('label', {}, 'Password', h('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: true })),
+    h('button', { class: 'primary', type: 'submit' }, 'Log in'),
+    h('button', { type: 'button', class: 'switch', onclick: () => {
+      mode = mode === 'login' ? 'register' : 'login';
+      form.querySelector('.only-register').hidden = mode === 'login';
+      form.querySelector('.only-register input').required = mode === 'register';
+      form.querySelector('[type=submit]').textContent = mode === 'login' ? 'Log in' : 'Sign up';
+      form.querySelector('.switch').textContent = mode === 'login' ? 'New here? Sign up' : 'Have an account? Log in';
+    } }, 'New here? Sign up'),
+    err);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const data = Object.fromEntries(new FormData(form));
+    try {
+      if (mode === 'login') await client.login(data.login, data.password);
+      else await client.register({ username: data.login, email: data.email, password: data.password });
+      state.error = '';
+      await start();
+    } catch (ex) {
+      err.textContent = ex.message;
+    }
+  });
+  app.replaceChildren(h('div', { class: 'auth' }, form));
+}
+
+function presenceDot(userId) {
+  const status = state.presence.get(userId) || 'offline';
+  return h('span', { class: `dot ${status}`, role: 'img', 'aria-label': status, title: status });
+}
+
+function renderSidebar() {
+  const me = client.me;
+  const search = h('form', { role: 'search', onsubmit: async (e) => {
+    e.preventDefault();
+    const q = e.target.q.value.trim();
+    if (!q) return;
+    try {
+      const found = await client.api('GET', `/v1/users?q=${encodeURIComponent(q)}`);
+      state.results = found.users.filter((u) => u.id !== me.id);
+      rememberUsers(found.users);
+      render();
+    } catch (ex) { showError(ex); }
+  } },
+  h('label', {}, 'Find people ', h('input', { name: 'q', placeholder: 'username', 'aria-label': 'Search users' })),
+  h('button', { type: 'submit' }, 'Search'));
+  const results = h('ul', { class: 'results', 'aria-label': 'Search results' },
+    state.results.map((u) => h('li', {}, presenceDot(u.id), u.display_name || u.username,
+      h('button', { 'aria-label': `Add ${u.username} as a contact`, onclick: async () => {
+        await client.api('POST', `/v1/contacts/${u.id}`).catch(showError);
+        state.results = [];
+        await loadContacts();
+        render();
+      } }, 'Add'))));
+  const contacts = h('ul', { class: 'contacts', 'aria-label': 'Contacts' },
+    state.contacts.map((c) => {
+      const name = c.user.display_name || c.user.username;
+      const act = (action) => async () => {
+        await client.api('PATCH', `/v1/contacts/${c.user.id}`, { action }).catch(showError);
+        await loadContacts();
+        render();
+      };
+      if (c.status === 'incoming') {
+        return h('li', {}, presenceDot(c.user.id), `${name} wants to connect`,
+          h('button', { 'aria-label': `Accept ${name}`, onclick: act('accept') }, 'Accept'),
+          h('button', { 'aria-label': `Decline ${name}`, onclick: act('decline') }, 'Decline'));
+      }
+      if (c.status === 'outgoing') return h('li', {}, presenceDot(c.user.id), `${name} (request sent)`);
+      if (c.status === 'blocked') return h('li', {}, `${name} (blocked)`);
+      return h('li', { tabindex: 0, role: 'button', 'aria-label': `Chat with ${name}`,
+        onclick: () => openDirect(c.user.id).catch(showError),
+        onkeydown: (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); openDirect(c.user.id).catch(showError); } } },
+      presenceDot(c.user.id), name);
+    }));
+  const convs = [...state.conversations.values()].sort((a, b) => b.last_activity_at.localeCompare(a.last_activity_at));
+  const list = h('ul', { class: 'conversations', 'aria-label': 'Conversations' },
+    convs.map((c) => {
+      const name = title(c);
+      const other = otherMember(c);
+      return h('li', { tabindex: 0, role: 'button', class: c.id === state.active ? 'active' : '',
+        'aria-label': `${name}${c.unread_count ? `, ${c.unread_count} unread` : ''}`,
+        'aria-current': c.id === state.active ? 'true' : null,
+        'data-id': c.id,
+        onclick: () => openConversation(c.id).catch(showError),
+        onkeydown: (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); openConversation(c.id).catch(showError); } } },
+      c.kind === 'direct' && other ? presenceDot(other) : null,
+      name,
+      c.unread_count ? h('span', { class: 'badge unread' }, c.unread_count) : null);
+    }));
+  const regions = h('label', {}, 'Call region ',
+    h('select', { 'aria-label': 'Call region', onchange: (e) => {
+      state.region = e.target.value;
+      localStorage.setItem('cascade.region', state.region);
+    } },
+    h('option', { value: '' }, 'nearest (measured)'),
+    state.regions.map((r) => h('option', { value: r.name, selected: r.name === state.region }, r.name))));
+  return h('nav', { class: 'sidebar', 'aria-label': 'Contacts and conversations' },
+    h('div', { class: 'me' }, presenceDot(me.id), h('strong', {}, me.display_name || me.username),
+      h('button', { 'aria-label': 'Log out', onclick: async () => { await client.logout(); render(); } }, 'Log out')),
+    regions,
+    search, results,
+    h('section', {}, h('h2', {}, 'Contacts'), contacts),
+    h('section', {}, h('h2', {}, 'Conversations'), list));
+}
+
+function renderMessage(m, conv) {
+  const mine = m.author_id === client.me.id;
+  const deleted = !!m.deleted_at;
+  const readers = (conv.members || []).filter((x) => x.user.id !== client.me.id && x.last_read_seq >= m.seq);
+  const react = (emoji, reacted) => async () => {
+    const path = `/v1/conversations/${m.conversation_id}/messages/${m.id}/reactions/${encodeURIComponent(emoji)}`;
+    upsertMessage(await client.api(reacted ? 'DELETE' : 'PUT', path).catch(showError) || m);
+    render();
+  };
+  const thumbs = (m.reactions || []).find((r) => r.emoji === '👍');
+  return h('article', { class: `msg${mine ? ' mine' : ''}${deleted ? ' deleted' : ''}`, 'data-seq': m.seq, 'data-id': m.id },
+    h('div', { class: 'body' }, deleted ? 'message deleted' : m.body),
+    h('div', { class: 'meta' },
+      h('span', {}, userName(m.author_id)),
+      h('time', { datetime: m.created_at }, new Date(m.created_at).toLocaleTimeString()),
+      m.edited_at && !deleted ? h('span', {}, '(edited)') : null,
+      (m.reactions || []).map((r) => h('span', { class: 'reaction' }, `${r.emoji} ${r.count}`)),
+      !deleted ? h('button', { 'aria-label': thumbs && thumbs.reacted ? 'Remove thumbs up' : 'React with thumbs up', onclick: react('👍', !!(thumbs && thumbs.reacted)) }, '👍') : null,
+      mine && !deleted ? h('button', { 'aria-label': 'Edit message', onclick: () => {
+        state.editing = m;
+        render();
+        const input = document.querySelector('.composer input');
+        input.value = m.body;
+        input.focus();
+      } }, 'Edit') : null,
+      mine && !deleted ? h('button', { 'aria-label': 'Delete message', onclick: async () => {
+        upsertMessage(await client.api('DELETE', `/v1/conversations/${m.conversation_id}/messages/${m.id}`).catch(showError) || m);
+        render();
+      } }, 'Delete') : null,
+      mine && readers.length ? h('span', { class: 'read' }, `seen by ${readers.map((r) => userName(r.user.id)).join(', ')}`) : null));
+}
+
+function renderChat() {
+  const conv = state.conversations.get(state.active);
+  if (!conv) return h('section', { class: 'chat' }, h('p', { class: 'empty' }, 'Pick a conversation, or add a contact to start one.'));
+  const entry = state.messages.get(conv.id) || { list: [], hasMore: false };
+  const typing = [...(state.typing.get(conv.id) || new Map()).keys()].map(userName);
+  let lastTyping = 0;
+  const input = h('input', { name: 'body', autocomplete: 'off', 'aria-label': state.editing ? 'Edit message' : 'Message', placeholder: 'Write a message', oninput: () => {
+    if (Date.now() - lastTyping > 2500) {
+      lastTyping = Date.now();
+      client.send({ type: 'typing', conversation_id: conv.id });
+    }
+  } });
+  const composer = h('form', { class: 'composer', onsubmit: async (e) => {
+    e.preventDefault();
+    const body = input.value.trim();
+    if (!body) return;
+    input.value = '';
+    try {
+      if (state.editing) {
+        const m = state.editing;
+        state.editing = null;
+        upsertMessage(await client.api('PATCH', `/v1/conversations/${conv.id}/messages/${m.id}`, { body }));
+      } else {
+        const m = await client.api('POST', `/v1/conversations/${conv.id}/messages`, { body, client_message_id: crypto.randomUUID() });
+        upsertMessage(m);
+      }
+      render();
+      scrollToBottom();
+      document.querySelector('.composer input').focus();
+    } catch (ex) { showError(ex); }
+  } }, input, h('button', { class: 'primary', type: 'submit' }, state.editing ? 'Save' : 'Send'));
+  const box = h('div', { class: 'messages', role: 'log', 'aria-label': 'Messages', onscroll: async (e) => {
+    if (e.target.scrollTop === 0 && entry.hasMore) await olderMessages(conv.id);
+  } },
+  entry.hasMore ? h('button', { class: 'older', onclick: () => olderMessages(conv.id) }, 'Load older messages') : null,
+  entry.list.map((m) => renderMessage(m, conv)));
+  return h('section', { class: 'chat', 'aria-label': title(conv) },
+    h('header', {}, h('h1', {}, title(conv)),
+      h('button', { 'aria-label': 'Start audio call', disabled: !!state.call, onclick: () => startCall('audio') }, 'Audio call'),
+      h('button', { 'aria-label': 'Start video call', disabled: !!state.call, onclick: () => startCall('video') }, 'Video call')),
+    box,
+    h('div', { class: 'typing', 'aria-live': 'polite' }, typing.length ? `${typing.join(', ')} ${typing.length > 1 ? 'are' : 'is'} typing…` : ''),
+    composer);
+}
+
+async function olderMessages(convId) {
+  const box = document.querySelector('.messages');
+  const before = box ? box.scrollHeight - box.scrollTop : 0;
+  await loadMessages(convId, true).catch(showError);
+  render();
+  const after = document.querySelector('.messages');
+  if (after) after.scrollTop = after.scrollHeight - before;
+}
+
+function renderRinging() {
+  if (!state.ringing) return null;
+  const call = state.ringing;
+  return h('aside', { class: 'ringing', role: 'alertdialog', 'aria-label': 'Incoming call' },
+    h('strong', {}, `${userName(call.initiator_id)} is calling (${call.kind})`),
+    h('div', {},
+      h('button', { class: 'primary accept', 'aria-label': 'Accept call', onclick: () => acceptCall() }, 'Accept'),
+      ' ',
+      h('button', { class: 'danger decline', 'aria-label': 'Decline call', onclick: () => declineCall() }, 'Decline')));
+}
+
+function render() {
+  if (!client.signedIn || !client.me) {
+    renderAuth();
+    return;
+  }
+  const focused = document.activeElement && document.activeElement.name === 'body';
+  const draft = document.querySelector('.composer input');
+  const draftValue = draft ? draft.value : '';
+  const box = document.querySelector('.messages');
+  const atBottom = !box || box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  const scroll = box ? box.scrollTop : 0;
+  app.replaceChildren(...[
+    h('div', { class: 'shell' }, renderSidebar(), renderChat()),
+    state.error ? h('p', { class: 'error', role: 'alert' }, state.error) : null,
+    renderRinging(),
+  ].filter(Boolean));
+  const input = document.querySelector('.composer input');
+  if (input) {
+    input.value = draftValue;
+    if (focused) input.focus();
+  }
+  const newBox = document.querySelector('.messages');
+  if (newBox) newBox.scrollTop = atBottom ? newBox.scrollHeight : scroll;
+  renderCall();
+}
+
+async function refreshAll() {
+  await Promise.all([loadConversations(), loadContacts(), loadPresence()]);
+  for (const convId of state.messages.keys()) await loadMessages(convId);
+  render();
+}
+
+async function start() {
+  try {
+    if (!client.me) client.me = await client.api('GET', '/v1/me');
+    const regions = await client.api('GET', '/v1/regions');
+    state.regions = regions.regions;
+    await refreshAll();
+    client.connect();
+    const params = new URLSearchParams(location.hash.slice(1));
+    if (params.get('conversation')) await openConversation(params.get('conversation'));
+  } catch (e) {
+    if (e.status === 401) await client.logout();
+    showError(e);
+  }
+}
+
+document.addEventListener('visibilitychange', () => {
+  client.send({ type: 'presence', status: document.hidden ? 'away' : 'online' });
+  if (!document.hidden && state.active) markRead(state.active).catch(() => {});
+});
+
+if (client.signedIn) start();
+else render();

@@ -1,0 +1,381 @@
+// cascade.js: a small client for Cascade's protocols, with no dependencies.
+//
+//   import { Cascade } from './cascade.js';
+//   const c = new Cascade(location.origin);
+//   await c.login('alice', 'password');            // or c.register({...})
+//   c.on('message.created', (data) => ...);         // gateway events
+//   c.connect();                                    // WebSocket, resumes by cursor
+//   const page = await c.api('GET', '/v1/conversations');
+//   const call = await c.joinCall(callId, { region: 'us', video: true });
+//   call.onTrack = (track, info) => ...;            // remote media
+//   call.setMuted('audio', true); await call.leave();
+//
+// - REST (docs/api.md): `api()` adds the access token, refreshes it before it
+//   expires and once on a 401; refresh tokens work once, so the new pair is
+//   stored before it is used.
+// - Gateway (docs/websocket.md): one WebSocket; every event's `cursor` is
+//   kept and a reconnect resumes after it, so nothing is lost or repeated.
+// - Calls (docs/signaling.md): `joinCall()` gets an edge and a join token,
+//   opens the edge's `/v1/rtc`, publishes the camera and microphone, and
+//   answers the edge's offers in order. `call.migrate` (the edge died or is
+//   draining) reconnects to the new edge without the user doing anything.
+
+const REFRESH_MARGIN_MS = 60_000;
+
+/** A failed API call: `status`, `code` (e.g. `not_found`) and `message`. */
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || code || `HTTP ${status}`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export class Cascade {
+  /** `base`: the control plane's origin (`http://127.0.0.1:8080`). */
+  constructor(base, storage = window.sessionStorage) {
+    this.base = base.replace(/\/$/, '');
+    this.storage = storage;
+    this.tokens = JSON.parse(storage.getItem('cascade.tokens') || 'null');
+    this.me = JSON.parse(storage.getItem('cascade.me') || 'null');
+    this.cursor = storage.getItem('cascade.cursor');
+    this.handlers = new Map();
+    this.deviceId = storage.getItem('cascade.device') || `web-${crypto.randomUUID().slice(0, 8)}`;
+    storage.setItem('cascade.device', this.deviceId);
+    this.ws = null;
+    this.wantSocket = false;
+    this.refreshing = null;
+  }
+
+  /** Whether a login is stored. */
+  get signedIn() {
+    return !!this.tokens;
+  }
+
+  /** Subscribes to gateway events of `type` (`*`: all; `open`, `close` too). */
+  on(type, handler) {
+    if (!this.handlers.has(type)) this.handlers.set(type, []);
+    this.handlers.get(type).push(handler);
+  }
+
+  emit(type, data, frame) {
+    for (const h of this.handlers.get(type) || []) h(data, frame);
+    if (type !== '*') for (const h of this.handlers.get('*') || []) h(data, frame, type);
+  }
+
+  saveSession(session) {
+    this.setTokens(session.tokens);
+    this.me = session.user;
+    this.storage.setItem('cascade.me', JSON.stringify(this.me));
+  }
+
+  setTokens(tokens) {
+    this.tokens = { ...tokens, expires_at: Date.now() + tokens.expires_in * 1000 };
+    this.storage.setItem('cascade.tokens', JSON.stringify(this.tokens));
+  }
+
+  async register({ username, email, password, display_name }) {
+    const session = await this.request('POST', '/v1/auth/register', { username, email, password, display_name }, false);
+    this.saveSession(session);
+    return session.user;
+  }
+
+  async login(login, password) {
+    const session = await this.request('POST', '/v1/auth/login', { login, password }, false);
+    this.saveSession(session);
+    return session.user;
+  }
+
+  async logout() {
+    try { await this.api('POST', '/v1/auth/logout'); } catch (_) { /* gone already */ }
+    this.disconnect();
+    this.tokens = null;
+    this.me = null;
+    for (const k of ['cascade.tokens', 'cascade.me', 'cascade.cursor']) this.storage.removeItem(k);
+  }
+
+  /** A fresh access token (refreshed when near expiry; one refresh at a time). */
+  async accessToken(force = false) {
+    if (!this.tokens) throw new ApiError(401, 'not_signed_in', 'not signed in');
+    if (!force && this.tokens.expires_at - Date.now() > REFRESH_MARGIN_MS) return this.tokens.access_token;
+    if (!this.refreshing) {
+      const refresh_token = this.tokens.refresh_token;
+      this.refreshing = this.request('POST', '/v1/auth/refresh', { refresh_token }, false)
+        .then((tokens) => { this.setTokens(tokens); })
+        .catch((e) => {
+          if (e.status === 401) { this.tokens = null; this.storage.removeItem('cascade.tokens'); this.emit('signed_out', e); }
+          throw e;
+        })
+        .finally(() => { this.refreshing = null; });
+    }
+    await this.refreshing;
+    return this.tokens.access_token;
+  }
+
+  /** An authenticated REST call; the JSON reply (or null for 204). */
+  async api(method, path, body) {
+    try {
+      return await this.request(method, path, body, await this.accessToken());
+    } catch (e) {
+      if (e.status !== 401 || !this.tokens) throw e;
+      return this.request(method, path, body, await this.accessToken(true));
+    }
+  }
+
+  async request(method, path, body, token) {
+    const headers = {};
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    if (token) headers.authorization = `Bearer ${token}`;
+    const response = await fetch(this.base + path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (response.status === 204) return null;
+    const json = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const err = json.error || {};
+      throw new ApiError(response.status, err.code, err.message);
+    }
+    return json;
+  }
+
+  /** Opens the gateway; reconnects with the last cursor until `disconnect`. */
+  connect() {
+    this.wantSocket = true;
+    if (this.ws) return;
+    this.openSocket(0);
+  }
+
+  disconnect() {
+    this.wantSocket = false;
+    if (this.ws) this.ws.close(1000);
+    this.ws = null;
+  }
+
+  async openSocket(attempt) {
+    if (!this.wantSocket) return;
+    let token;
+    try {
+      token = await this.accessToken();
+    } catch (e) {
+      if (e.status === 401) return;
+      setTimeout(() => this.openSocket(attempt + 1), Math.min(10_000, 500 * 2 ** attempt));
+      return;
+    }
+    const url = new URL('/v1/ws', this.base.replace(/^http/, 'ws'));
+    if (this.cursor) url.searchParams.set('cursor', this.cursor);
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onopen = () => ws.send(JSON.stringify({ type: 'auth', token }));
+    ws.onmessage = (m) => {
+      let frame;
+      try { frame = JSON.parse(m.data); } catch (_) { return; }
+      if (frame.type === 'ready') {
+        attempt = 0;
+        this.emit('open', frame);
+        return;
+      }
+      if (frame.type === 'resync_required') {
+        this.setCursor(frame.cursor);
+        this.emit('resync', frame);
+        return;
+      }
+      if (frame.cursor) this.setCursor(frame.cursor);
+      this.emit(frame.type, frame.data ?? frame, frame);
+    };
+    ws.onclose = (e) => {
+      if (this.ws === ws) this.ws = null;
+      this.emit('close', e);
+      if (!this.wantSocket) return;
+      // 4401: the token expired or the login ended: refresh, then retry.
+      const delay = e.code === 4401 ? 0 : Math.min(10_000, 300 * 2 ** attempt);
+      if (e.code === 4401 && this.tokens) this.tokens.expires_at = 0;
+      setTimeout(() => this.openSocket(attempt + 1), delay);
+    };
+  }
+
+  setCursor(cursor) {
+    this.cursor = cursor;
+    this.storage.setItem('cascade.cursor', cursor);
+  }
+
+  /** Sends an ephemeral frame (`typing`, `presence`) if the socket is open. */
+  send(frame) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame));
+  }
+
+  /** Joins call `callId`: see {@link CallSession}. */
+  async joinCall(callId, { region, video = true, audio = true, probes } = {}) {
+    const session = new CallSession(this, callId, { region, video, audio, probes });
+    await session.start();
+    return session;
+  }
+}
+
+/**
+ * One device in one call: the edge's signaling socket and an
+ * RTCPeerConnection. Callbacks: `onTrack(track, info)` for each remote track
+ * (`info`: `{mid, kind, user_id, device_id, muted}` once the edge names it),
+ * `onTracks(list)`, `onState(state)`, `onError(error)`.
+ */
+export class CallSession {
+  constructor(client, callId, options) {
+    this.client = client;
+    this.callId = callId;
+    this.options = options;
+    this.stream = null;
+    this.pc = null;
+    this.ws = null;
+    this.tracks = [];
+    this.remote = new Map();
+    this.chain = Promise.resolve();
+    this.muted = { audio: false, video: false };
+    this.onTrack = () => {};
+    this.onTracks = () => {};
+    this.onState = () => {};
+    this.onError = () => {};
+    this.left = false;
+    this.migrateHandler = (data) => {
+      if (data.call_id === this.callId && data.device_id === this.client.deviceId) {
+        this.reconnect(data.join);
+      }
+    };
+    client.on('call.migrate', this.migrateHandler);
+  }
+
+  async start() {
+    const { region, video, audio, probes } = this.options;
+    const join = await this.client.api('POST', `/v1/calls/${this.callId}/join`, {
+      device_id: this.client.deviceId,
+      region: region || null,
+      probes: probes || [],
+      audio,
+      video,
+    });
+    this.stream = await navigator.mediaDevices.getUserMedia({
+      audio,
+      video: video ? { width: 640, height: 360 } : false,
+    });
+    await this.connect(join);
+  }
+
+  /** The edge this device is on (`{id, region}`). */
+  get edge() {
+    return this.join ? this.join.edge : null;
+  }
+
+  async connect(join) {
+    this.join = join;
+    this.onState('connecting');
+    const pc = new RTCPeerConnection({ iceServers: join.ice_servers || [] });
+    this.pc = pc;
+    this.remote.clear();
+    pc.ontrack = (e) => {
+      const mid = e.transceiver && e.transceiver.mid;
+      this.remote.set(mid, e.track);
+      this.onTrack(e.track, this.tracks.find((t) => t.mid === mid) || { mid, kind: e.track.kind });
+    };
+    pc.onconnectionstatechange = () => this.onState(pc.connectionState);
+    for (const track of this.stream.getTracks()) pc.addTrack(track, this.stream);
+    const url = `${join.edge.signaling_url}?token=${encodeURIComponent(join.token)}`;
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onmessage = (m) => {
+      this.chain = this.chain
+        .then(() => this.handle(JSON.parse(m.data)))
+        .catch((e) => this.onError(e));
+    };
+    ws.onclose = () => {
+      if (this.ws === ws && !this.left) this.onState('signaling-closed');
+    };
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = () => reject(new Error('cannot reach the edge'));
+    });
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    ws.send(JSON.stringify({ type: 'offer', sdp: offer.sdp }));
+  }
+
+  async handle(msg) {
+    if (msg.type === 'answer') {
+      await this.pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+      // Mutes set before the session existed.
+      for (const kind of ['audio', 'video']) if (this.muted[kind]) this.sendMute(kind);
+    } else if (msg.type === 'offer') {
+      await this.pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+      const answer = await this.pc.createAnswer();
+      await this.pc.setLocalDescription(answer);
+      this.ws.send(JSON.stringify({ type: 'answer', sdp: answer.sdp }));
+    } else if (msg.type === 'tracks') {
+      this.tracks = msg.tracks;
+      this.onTracks(msg.tracks);
+    } else if (msg.type === 'error') {
+      this.onError(new Error(`${msg.code}: ${msg.message}`));
+    }
+  }
+
+  /** Reconnects to a new edge (after `call.migrate`), keeping the camera. */
+  async reconnect(join) {
+    this.closeTransport();
+    try {
+      await this.connect(join);
+    } catch (e) {
+      this.onError(e);
+    }
+  }
+
+  /** Mutes or unmutes this device's `audio` or `video`. */
+  setMuted(kind, muted) {
+    this.muted[kind] = muted;
+    for (const t of this.stream.getTracks()) if (t.kind === kind) t.enabled = !muted;
+    this.sendMute(kind);
+    const media = { device_id: this.client.deviceId, audio: !this.muted.audio, video: !this.muted.video, screen: false };
+    this.client.api('POST', `/v1/calls/${this.callId}/media`, media).catch(() => {});
+  }
+
+  sendMute(kind) {
+    if (!this.pc || !this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+    for (const tr of this.pc.getTransceivers()) {
+      if (tr.sender && tr.sender.track && tr.sender.track.kind === kind && tr.mid !== null) {
+        this.ws.send(JSON.stringify({ type: 'mute', mid: tr.mid, muted: this.muted[kind] }));
+      }
+    }
+  }
+
+  /** Inbound video frames decoded and audio bytes received so far. */
+  async stats() {
+    let framesDecoded = 0, audioBytes = 0, rtt = null;
+    if (!this.pc) return { framesDecoded, audioBytes, rtt };
+    const report = await this.pc.getStats();
+    report.forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'video') framesDecoded += r.framesDecoded || 0;
+      if (r.type === 'inbound-rtp' && r.kind === 'audio') audioBytes += r.bytesReceived || 0;
+      if (r.type === 'candidate-pair' && r.nominated && r.currentRoundTripTime !== undefined) rtt = r.currentRoundTripTime;
+    });
+    return { framesDecoded, audioBytes, rtt };
+  }
+
+  closeTransport() {
+    if (this.ws) {
+      const ws = this.ws;
+      this.ws = null;
+      try { ws.send(JSON.stringify({ type: 'leave' })); } catch (_) { /* closed */ }
+      ws.close();
+    }
+    if (this.pc) this.pc.close();
+    this.pc = null;
+  }
+
+  /** Leaves the call (the server ends a direct call when one side leaves). */
+  async leave() {
+    this.left = true;
+    this.closeTransport();
+    if (this.stream) for (const t of this.stream.getTracks()) t.stop();
+    const list = this.client.handlers.get('call.migrate') || [];
+    const i = list.indexOf(this.migrateHandler);
+    if (i >= 0) list.splice(i, 1);
+    await this.client.api('POST', `/v1/calls/${this.callId}/leave`, { device_id: this.client.deviceId }).catch(() => {});
+  }
+}
