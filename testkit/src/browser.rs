@@ -181,6 +181,35 @@ impl Browser {
         }
     }
 
+    /// Types `text` into whatever has the focus, as a keyboard does.
+    pub async fn type_text(&mut self, page: &Page, text: &str) {
+        self.command(
+            Some(&page.session),
+            "Input.insertText",
+            json!({"text": text}),
+        )
+        .await;
+    }
+
+    /// Presses and releases a key (`Enter`, `Tab`, ...) on `page`.
+    pub async fn press(&mut self, page: &Page, key: &str) {
+        let (code, vk) = match key {
+            "Enter" => ("Enter", 13),
+            "Tab" => ("Tab", 9),
+            " " => ("Space", 32),
+            _ => (key, 0),
+        };
+        for kind in ["keyDown", "keyUp"] {
+            let mut params =
+                json!({"type": kind, "key": key, "code": code, "windowsVirtualKeyCode": vk});
+            if kind == "keyDown" && key == "Enter" {
+                params["text"] = "\r".into();
+            }
+            self.command(Some(&page.session), "Input.dispatchKeyEvent", params)
+                .await;
+        }
+    }
+
     /// Makes `page` `width` × `height` CSS pixels (a phone, say).
     pub async fn set_viewport(&mut self, page: &Page, width: u32, height: u32) {
         self.command(

@@ -241,7 +241,17 @@ async fn two_people_sign_up_chat_and_call_across_regions_in_a_browser() {
     arrives(&mut browser, &bob, "hi bob").await;
     send(&mut browser, &bob, "hello alice").await;
     let to_alice = arrives(&mut browser, &alice, "hello alice").await;
-    send(&mut browser, &alice, "how are you?").await;
+    // With the keyboard alone: the composer has the focus, typing and
+    // Enter send.
+    let focused = browser
+        .eval(
+            &alice,
+            "document.activeElement === document.querySelector('.composer input')",
+        )
+        .await;
+    assert_eq!(focused, true, "the composer keeps the focus after sending");
+    browser.type_text(&alice, "how are you?").await;
+    browser.press(&alice, "Enter").await;
     let to_bob = arrives(&mut browser, &bob, "how are you?").await;
     eprintln!("chat latency: bob → alice {to_alice:?}, alice → bob {to_bob:?}");
     assert!(to_alice < Duration::from_secs(1) && to_bob < Duration::from_secs(1));
