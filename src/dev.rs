@@ -110,42 +110,12 @@ pub async fn run(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<()> 
 
     let mut tasks = tokio::task::JoinSet::new();
 
-    // The control plane.
-    let mut cp = ControlPlaneConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], options.port)),
-        data_dir: data_dir.clone(),
-        drain_timeout_secs: 2,
-        ..ControlPlaneConfig::default()
-    };
-    cp.cluster.secret = Some(secret.clone());
-    cp.calls.regions = regions
-        .iter()
-        .map(|(name, lat, lon)| RegionConfig {
-            name: (*name).into(),
-            latitude: *lat,
-            longitude: *lon,
-            probe_url: None,
-        })
-        .collect();
-    cp.calls.default_region = regions[0].0.into();
-    let control_plane = ControlPlane::build(cp)
-        .await
-        .context("the control plane did not start")?;
-    let url = format!("http://{}", control_plane.addrs().http);
-    tasks.spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            control_plane
-                .run(shutdown)
-                .await
-                .map_err(anyhow::Error::from)
-        }
-    });
-
     // One relay per region, each dialing the ones started before it (a full
-    // mesh, one dialer per pair).
+    // mesh, one dialer per pair). Relays first: the control plane names
+    // their health URLs as the regions' probe URLs.
     let mut relay_addrs: Vec<SocketAddr> = Vec::new();
     let mut relay_metrics = Vec::new();
+    let mut relay_http = Vec::new();
     for (region, ..) in regions {
         let id = relay_id(region);
         let config = RelayConfig {
@@ -169,11 +139,47 @@ pub async fn run(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<()> 
         let quic = relay.addrs().quic;
         relay_addrs.push(quic);
         relay_metrics.push(format!("{id}=http://{}/metrics", relay.addrs().http));
+        relay_http.push(relay.addrs().http);
         tasks.spawn({
             let shutdown = shutdown.clone();
             async move { relay.run(shutdown).await.map_err(anyhow::Error::from) }
         });
     }
+
+    // The control plane.
+    let mut cp = ControlPlaneConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], options.port)),
+        data_dir: data_dir.clone(),
+        drain_timeout_secs: 2,
+        ..ControlPlaneConfig::default()
+    };
+    cp.cluster.secret = Some(secret.clone());
+    // Clients time a region's probe URL to find the nearest; here each
+    // region's relay answers for it.
+    cp.calls.regions = regions
+        .iter()
+        .zip(&relay_http)
+        .map(|((name, lat, lon), http)| RegionConfig {
+            name: (*name).into(),
+            latitude: *lat,
+            longitude: *lon,
+            probe_url: Some(format!("http://{http}/healthz")),
+        })
+        .collect();
+    cp.calls.default_region = regions[0].0.into();
+    let control_plane = ControlPlane::build(cp)
+        .await
+        .context("the control plane did not start")?;
+    let url = format!("http://{}", control_plane.addrs().http);
+    tasks.spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            control_plane
+                .run(shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    });
 
     // The edges, registered with the control plane, linked to their relay.
     let mut edges = Vec::new();

@@ -18,6 +18,7 @@ const state = {
   typing: new Map(),
   editing: null,
   regions: [],
+  history: [],
   region: localStorage.getItem('cascade.region') || '',
   call: null,
   ringing: null,
@@ -94,6 +95,11 @@ async function loadContacts() {
   const list = await client.api('GET', '/v1/contacts');
   state.contacts = list.contacts;
   rememberUsers(list.contacts.map((c) => c.user));
+}
+
+async function loadHistory() {
+  const page = await client.api('GET', '/v1/calls?limit=5');
+  state.history = page.items;
 }
 
 async function loadPresence() {
@@ -226,8 +232,8 @@ for (const type of ['call.declined', 'call.cancelled', 'call.missed', 'call.ende
       state.ringing = null;
       ring(false);
     }
-    if (state.call && state.call.id === d.call.id && type !== 'call.declined') endCallView();
-    if (state.call && state.call.id === d.call.id && type === 'call.declined' && d.call.direct) endCallView();
+    if (state.call && state.call.id === d.call.id && (type !== 'call.declined' || d.call.direct)) endCallView();
+    else loadHistory().then(render).catch(() => {});
     render();
   });
 }
@@ -328,6 +334,7 @@ async function declineCall() {
 }
 
 function endCallView() {
+  setTimeout(() => loadHistory().then(render).catch(() => {}), 300);
   if (!state.call) return;
   clearInterval(state.call.timer);
   const session = state.call.session;
@@ -532,7 +539,15 @@ function renderSidebar() {
     regions,
     search, results,
     h('section', {}, h('h2', {}, 'Contacts'), contacts),
-    h('section', {}, h('h2', {}, 'Conversations'), list));
+    h('section', {}, h('h2', {}, 'Conversations'), list),
+    h('section', {}, h('h2', {}, 'Recent calls'),
+      h('ul', { class: 'history', 'aria-label': 'Recent calls' },
+        state.history.map(({ call, outcome }) => {
+          const conv = state.conversations.get(call.conversation_id);
+          const secs = Math.round((call.duration_ms || 0) / 1000);
+          return h('li', { 'data-call': call.id },
+            `${call.kind} call · ${conv ? title(conv) : ''} · ${outcome || call.state}${secs ? ` · ${secs} s` : ''}`);
+        }))));
 }
 
 function renderMessage(m, conv) {
@@ -659,7 +674,7 @@ function render() {
 }
 
 async function refreshAll() {
-  await Promise.all([loadConversations(), loadContacts(), loadPresence()]);
+  await Promise.all([loadConversations(), loadContacts(), loadPresence(), loadHistory()]);
   for (const convId of state.messages.keys()) await loadMessages(convId);
   render();
 }

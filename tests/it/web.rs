@@ -435,6 +435,16 @@ async fn two_people_sign_up_chat_and_call_across_regions_in_a_browser() {
     )
     .await;
     assert_eq!(history["call"]["kind"], "video", "{history}");
+    // And both see it in the client's recent calls.
+    for page in [&alice, &bob] {
+        wait_for(
+            &mut browser,
+            page,
+            "(() => { const li = document.querySelector('.history li'); return li && li.textContent.startsWith('video call'); })()",
+            Duration::from_secs(5),
+        )
+        .await;
+    }
     drop(browser);
     let pid = dev.pid().to_string();
     std::process::Command::new("kill")
