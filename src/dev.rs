@@ -253,17 +253,16 @@ pub async fn run(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<()> 
 )]
 fn print_welcome(url: &str, data_dir: &Path, regions: &[&str], edges: &[String]) {
     println!(
-        "\nCascade is running at {url}  (API reference: {url}/docs/)\n\
+        "\nCascade is running: open {url} in two browser windows (one private), sign up twice.\n\
          regions: {}; edges: {}; one QUIC relay per region, meshed.\n\
-         data: {} (a second run keeps accounts and messages).\n\
-         Try a cross-region call: two users join one call with \
-         {{\"region\": \"{}\"}} and {{\"region\": \"{}\"}} in POST /v1/calls/{{id}}/join;\n\
-         their media meets through the relays. Ctrl-C stops everything.\n",
+         For a cross-region call pick \"{}\" as Call region in one window and \"{}\" in the other;\n\
+         the media meets through the relays. API reference: {url}/docs/\n\
+         data: {} (a second run keeps accounts and messages). Ctrl-C stops everything.\n",
         regions.join(", "),
         edges.join(", "),
-        data_dir.display(),
         regions[0],
         regions.get(1).unwrap_or(&regions[0]),
+        data_dir.display(),
     );
 }
 
