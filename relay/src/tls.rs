@@ -331,8 +331,8 @@ pub fn write_dev_certs(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, Tls
     Ok(written)
 }
 
-/// Writes a private key readable by its owner only.
-fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+/// Writes a file readable by its owner only (keys, secrets).
+pub fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

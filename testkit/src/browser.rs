@@ -135,9 +135,11 @@ impl Browser {
 
     /// Opens `url` in a new tab.
     pub async fn open(&mut self, url: &str) -> Page {
-        let target = self
-            .command(None, "Target.createTarget", json!({"url": url}))
-            .await;
+        self.open_target(json!({"url": url})).await
+    }
+
+    async fn open_target(&mut self, params: Value) -> Page {
+        let target = self.command(None, "Target.createTarget", params).await;
         let attached = self
             .command(
                 None,
@@ -159,26 +161,8 @@ impl Browser {
         let context = self
             .command(None, "Target.createBrowserContext", json!({}))
             .await;
-        let target = self
-            .command(
-                None,
-                "Target.createTarget",
-                json!({"url": url, "browserContextId": context["browserContextId"]}),
-            )
-            .await;
-        let attached = self
-            .command(
-                None,
-                "Target.attachToTarget",
-                json!({"targetId": target["targetId"], "flatten": true}),
-            )
-            .await;
-        Page {
-            session: attached["sessionId"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        }
+        self.open_target(json!({"url": url, "browserContextId": context["browserContextId"]}))
+            .await
     }
 
     /// Types `text` into whatever has the focus, as a keyboard does.

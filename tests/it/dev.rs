@@ -9,7 +9,8 @@ use testkit::bench::ChildService;
 use testkit::bot::Bot;
 use testkit::client::ApiClient;
 
-fn start(data_dir: &std::path::Path, port: u16) -> ChildService {
+/// Starts `cascade dev` on `port` with `data_dir`, once it is ready.
+pub fn start(data_dir: &std::path::Path, port: u16) -> ChildService {
     ChildService::spawn_exe(
         std::path::Path::new(env!("CARGO_BIN_EXE_cascade")),
         &[
@@ -27,7 +28,7 @@ fn start(data_dir: &std::path::Path, port: u16) -> ChildService {
 }
 
 /// Sends SIGINT (Ctrl-C) and waits for a clean exit.
-fn interrupt(child: ChildService) {
+pub fn interrupt(child: ChildService) {
     let pid = child.pid().to_string();
     let sent = std::process::Command::new("kill")
         .args(["-INT", &pid])

@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::bench::ChildService;
 use testkit::browser::{Browser, Page};
 
 const PASSWORD: &str = "Plum-Ferry-Quartz-91-web";
@@ -145,22 +144,7 @@ async fn two_people_sign_up_chat_and_call_across_regions_in_a_browser() {
         .port();
     let dev = tokio::task::spawn_blocking({
         let data_dir = data_dir.clone();
-        move || {
-            ChildService::spawn_exe(
-                std::path::Path::new(env!("CARGO_BIN_EXE_cascade")),
-                &[
-                    "dev",
-                    "--data-dir",
-                    data_dir.to_str().unwrap(),
-                    "--port",
-                    &port.to_string(),
-                ],
-                "info",
-                &[],
-                "cascade dev ready",
-                "url",
-            )
-        }
+        move || crate::dev::start(&data_dir, port)
     })
     .await
     .unwrap();
@@ -446,11 +430,6 @@ async fn two_people_sign_up_chat_and_call_across_regions_in_a_browser() {
         .await;
     }
     drop(browser);
-    let pid = dev.pid().to_string();
-    std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert_eq!(dev.wait_exit(Duration::from_secs(15)), Some(0));
+    crate::dev::interrupt(dev);
     let _ = std::fs::remove_dir_all(&data_dir);
 }
