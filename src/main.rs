@@ -309,13 +309,19 @@ fn certs(args: &CertsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `cascade dev` until SIGTERM or Ctrl-C.
-fn dev(args: DevArgs) -> anyhow::Result<()> {
+/// The multi-threaded runtime every subcommand runs on, with the one
+/// rustls crypto provider (aws-lc-rs) installed first.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+        .context("cannot start the async runtime")
+}
+
+/// Runs `cascade dev` until SIGTERM or Ctrl-C.
+fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let runtime = runtime()?;
     runtime.block_on(async {
         let shutdown = Shutdown::on_termination_signal();
         let options = dev::DevOptions {
@@ -343,12 +349,8 @@ fn dev(args: DevArgs) -> anyhow::Result<()> {
 /// Starts `S` on a fresh runtime and serves until SIGTERM or Ctrl-C.
 fn run<S: Service>(config: S::Config) -> anyhow::Result<()> {
     // One crypto provider for the whole process (aws-lc-rs); rustls panics
-    // at first use if it has to guess between two.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    // at first use if it has to guess between two (`runtime` installs it).
+    let runtime = runtime()?;
     runtime.block_on(async {
         // Listen for signals before binding, so an early SIGTERM is not lost.
         let shutdown = Shutdown::on_termination_signal();
@@ -402,7 +404,6 @@ fn admin(command: AdminCommand, config: &control_plane::ControlPlaneConfig) -> a
 /// Runs `cascade bench api` and prints a Markdown report.
 #[allow(clippy::print_stdout, reason = "the report is the command's output")]
 fn bench_api(args: ApiBenchArgs) -> anyhow::Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let options = testkit::bench::api::ApiBenchOptions {
         admin_database_url: args.database_url,
         duration: std::time::Duration::from_secs(args.seconds),
@@ -410,10 +411,7 @@ fn bench_api(args: ApiBenchArgs) -> anyhow::Result<()> {
         conversations: args.conversations,
         history: args.history,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     let results = runtime.block_on(testkit::bench::api::run(&options));
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -470,10 +468,7 @@ fn bench_ws(args: WsBenchArgs) -> anyhow::Result<()> {
         messages: args.messages,
         rate: args.rate,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     let report = runtime.block_on(testkit::bench::ws::run(&options));
     println!(
         "cascade bench ws: {} connections, {}-member group, {} messages per phase at {}/s, {} cores\n",
@@ -520,10 +515,7 @@ fn bench_relay(args: &RelayBenchArgs) -> anyhow::Result<()> {
         payload: args.payload.clamp(16, 1200),
         step: std::time::Duration::from_secs(args.step_secs.max(1)),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     let report = runtime.block_on(testkit::bench::relay::run(&options));
     println!(
         "cascade bench relay: {} B packets ({} B payload + relay and RTP headers), {} subscriber link(s), {} s per step, {} cores ({})\n",
@@ -561,10 +553,7 @@ fn bench_sfu(args: &SfuBenchArgs) -> anyhow::Result<()> {
         step: std::time::Duration::from_secs(args.step_secs.max(1)),
         video_kbps: args.video_kbps.clamp(50, 20_000),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     let report = runtime.block_on(testkit::bench::sfu::run(&options));
     let cpu = cpu_model();
     println!(

@@ -584,24 +584,36 @@ impl Client {
             self.metrics.link.dropped(DropReason::Malformed);
             return;
         };
-        let Some(id) = self.remote_by_alias.get(&header.alias).cloned() else {
-            self.metrics.link.dropped(DropReason::UnknownTrack);
-            return;
-        };
         let Ok((rtp, payload)) = RtpHeader::decode(packet) else {
             self.metrics.link.dropped(DropReason::Malformed);
             return;
         };
-        let now = Instant::now();
-        let Some(r) = self.remote.get_mut(&id) else {
+        let Some(r) = self
+            .remote_by_alias
+            .get(&header.alias)
+            .and_then(|id| self.remote.get_mut(id))
+        else {
+            self.metrics.link.dropped(DropReason::UnknownTrack);
             return;
         };
+        let now = Instant::now();
         let recovered = r.reassembler.stats().recovered;
         let pushed = r.reassembler.push(now, &header, &rtp, payload);
         self.metrics
             .recovered
             .inc_by(r.reassembler.stats().recovered - recovered);
-        self.handle_pushed(&id, pushed, now);
+        // Most packets complete nothing: the track id is looked up (and
+        // cloned) only when there is something to hand on or ask for.
+        let idle = pushed.frames.is_empty()
+            && pushed.nacks.is_empty()
+            && !pushed.loss
+            && !r.reassembler.waiting_keyframe();
+        if idle {
+            return;
+        }
+        if let Some(id) = self.remote_by_alias.get(&header.alias).cloned() {
+            self.handle_pushed(&id, pushed, now);
+        }
     }
 
     /// Gives up gaps waited on too long and repeats NACKs.

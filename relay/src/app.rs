@@ -126,16 +126,17 @@ impl State {
     }
 
     /// Routes one datagram: rewritten once, shared by every target link.
+    /// `to` and `targets` are the caller's buffers, reused per datagram.
     fn forward(
         &self,
         from: LinkId,
         datagram: Bytes,
+        to: &mut Vec<LinkId>,
         targets: &mut Vec<(Connection, LinkCounters)>,
     ) {
-        let mut to = Vec::new();
         let (kind, rewritten) = {
             let mut shared = self.lock();
-            let (alias, kind) = match shared.router.route(from, &datagram, &mut to) {
+            let (alias, kind) = match shared.router.route(from, &datagram, to) {
                 Ok(route) => route,
                 Err(reason) => {
                     drop(shared);
@@ -237,11 +238,11 @@ async fn serve_link(state: Arc<State>, link: Link, dialed: bool) -> bool {
         .inc();
     tracing::info!(link = id, role, region = %hello.region, "link up");
     let datagrams = async {
-        let mut targets = Vec::new();
+        let (mut to, mut targets) = (Vec::new(), Vec::new());
         loop {
             let datagram = connection.read_datagram().await?;
             counters.received(datagram.len());
-            state.forward(id, datagram, &mut targets);
+            state.forward(id, datagram, &mut to, &mut targets);
         }
     };
     let control = async {

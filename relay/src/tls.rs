@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn dev_certs_are_written_and_load_and_a_second_run_keeps_the_ca() {
-        let dir = std::env::temp_dir().join(format!("cascade-certs-{}", uuid_like()));
+        let dir = std::env::temp_dir().join(format!("cascade-certs-{}", uuid::Uuid::new_v4()));
         let names = vec!["eu-relay".to_owned(), "eu-edge-1".to_owned()];
         let written = write_dev_certs(&dir, &names).unwrap();
         assert_eq!(written.len(), 6);
@@ -384,16 +384,5 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("missing.pem"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    fn uuid_like() -> String {
-        format!(
-            "{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        )
     }
 }

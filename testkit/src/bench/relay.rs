@@ -396,13 +396,33 @@ async fn relay_step(hop: &RelayHop, options: &RelayBenchOptions, rate: u64) -> R
     for r in receivers {
         r.abort();
     }
+    step(
+        "relay",
+        rate,
+        options,
+        elapsed,
+        (cpu, own, sent, got),
+        samples,
+    )
+}
+
+/// A step from a window's totals: forwarder CPU, load generator CPU
+/// (seconds), packets the forwarder sent, packets the subscribers got.
+fn step(
+    path: &'static str,
+    rate: u64,
+    options: &RelayBenchOptions,
+    elapsed: Duration,
+    (cpu, own, sent, got): (f64, f64, f64, u64),
+    samples: Vec<Duration>,
+) -> RelayStep {
     let secs = elapsed.as_secs_f64();
     RelayStep {
-        path: "relay",
+        path,
         rate,
         sent_per_sec: sent / secs,
         cpu_share: cpu / secs,
-        latency: Measurement::from_samples(&format!("relay at {rate}/s"), samples, 0, elapsed),
+        latency: Measurement::from_samples(&format!("{path} at {rate}/s"), samples, 0, elapsed),
         delivered: (got as f64 / (rate as f64 * secs * options.subscribers as f64)).min(1.0),
         loadgen_cpu_share: own / secs,
     }
@@ -448,16 +468,14 @@ async fn raw_step(options: &RelayBenchOptions, rate: u64) -> RelayStep {
     for r in receivers {
         r.abort();
     }
-    let secs = elapsed.as_secs_f64();
-    RelayStep {
-        path: "raw UDP",
+    step(
+        "raw UDP",
         rate,
-        sent_per_sec: sent / secs,
-        cpu_share: cpu / secs,
-        latency: Measurement::from_samples(&format!("raw UDP at {rate}/s"), samples, 0, elapsed),
-        delivered: (got as f64 / (rate as f64 * secs * options.subscribers as f64)).min(1.0),
-        loadgen_cpu_share: own / secs,
-    }
+        options,
+        elapsed,
+        (cpu, own, sent, got),
+        samples,
+    )
 }
 
 /// QUIC link → QUIC link, no relay: what the hop is compared with.
