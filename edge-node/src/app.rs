@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use crate::config::EdgeConfig;
 use crate::registration::ControlPlaneLink;
-use crate::sfu::SfuConfig;
 use crate::worker::{self, WorkerHandle, WorkerShared};
+use sfu::SfuConfig;
 
 /// Why the edge could not start or keep serving.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,8 @@
 //! The edge SFU node (`cascade edge`): str0m peers, one UDP socket per
 //! media worker, signaling over WebSocket, and a sans-IO forwarding core.
 //!
-//! - [`sfu`]: the forwarding core (str0m clients on a virtual clock test it).
-//! - [`worker`]: a worker thread's async shell around one core.
+//! - [`worker`]: a worker thread's async shell around one [`sfu::Sfu`],
+//!   the sans-IO forwarding core (its own crate).
 //! - [`signaling`]: the `/v1/rtc` socket; [`join_token`]: token checks.
 //! - [`registration`]: registration and heartbeats with the control plane.
 //! - [`relay_link`]: the QUIC link to the region's relay (interest,
@@ -17,9 +17,7 @@ pub mod join_token;
 pub mod metrics;
 pub mod registration;
 pub mod relay_link;
-pub mod sfu;
 pub mod signaling;
-pub mod synthetic;
 pub mod worker;
 
 pub use app::{Edge, EdgeAddrs, StartError};

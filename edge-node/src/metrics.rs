@@ -4,7 +4,7 @@
 
 use prometheus::{CounterVec, Histogram, HistogramOpts, IntCounter, IntGauge, Opts};
 
-use crate::sfu::SfuStats;
+use sfu::SfuStats;
 
 /// Counters and gauges of the media workers (summed over workers).
 #[derive(Clone)]

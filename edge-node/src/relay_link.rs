@@ -8,12 +8,13 @@
 //!   the clients doing anything. Remote tracks survive a short outage (the
 //!   relay re-announces them and they rebind) and go after
 //!   [`STALE_AFTER`].
-//! - Frames of remote tracks are reassembled here ([`Reassembler`]: lost
-//!   video packets are NACKed and waited for a bounded time; after a gap
-//!   given up, video waits for a keyframe and one is asked for) and handed
-//!   to the call's worker; frames of local tracks are packetized and sent
-//!   by the worker itself through the shared [`Uplink`], which keeps the
-//!   last video datagrams to answer the relay's NACKs.
+//! - Packets of remote tracks are put in order here, a frame at a time
+//!   ([`Reassembler`]: lost video packets are NACKed and waited for a
+//!   bounded time; after a gap given up, video waits for a keyframe and one
+//!   is asked for) and handed to the call's worker; the RTP packets of
+//!   local tracks are sent by the worker itself through the shared
+//!   [`Uplink`], which keeps the last video datagrams to answer the
+//!   relay's NACKs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,10 +23,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::IntCounter;
-use protocol::relay::{Announce, Control, Hello, Kind, MediaHeader, Role, RtpHeader};
+use protocol::relay::{
+    Announce, Control, Hello, Kind, MEDIA_HEADER_LEN, MediaHeader, RTP_HEADER_LEN, Role, RtpHeader,
+};
 use quinn::Connection;
 use relay::link::{self, Backoff, ControlReader};
-use relay::media::{Packetizer, Reassembler, RecoveryConfig, SendHistory};
+use relay::media::{Reassembler, RecoveryConfig, SendHistory};
 use relay::metrics::{LinkCounters, LinkMetrics};
 use relay::router::DropReason;
 use relay::tls::{NodeTls, TlsFiles};
@@ -34,8 +37,8 @@ use str0m::media::MediaKind;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::sfu::{RelayFrame, TrackId};
 use crate::worker::{Command, WorkerHandle};
+use sfu::{RelayPacket, RemotePacket, TrackId};
 
 /// Remote tracks not re-announced this long after the link came back (or
 /// while it is down) are removed from the sessions.
@@ -103,6 +106,15 @@ pub enum RelayEvent {
     },
     /// A remote track needs a keyframe.
     KeyframeRequest(u32),
+    /// A local track was muted or unmuted.
+    TrackMuted {
+        /// Its worker.
+        worker: usize,
+        /// Its id there.
+        track: TrackId,
+        /// Muted or not.
+        muted: bool,
+    },
 }
 
 /// What the relay task asks of a worker.
@@ -123,16 +135,19 @@ pub enum RelayCommand {
     },
     /// A remote track ended.
     RemoveRemoteTrack(u32),
-    /// A frame of a remote track.
+    /// A remote track's publisher muted or unmuted it.
+    RemoteMuted {
+        /// The track's key.
+        key: u32,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// A frame of a remote track: its RTP packets, in order.
     RemoteFrame {
         /// The track's key.
         key: u32,
-        /// RTP time.
-        rtp_time: u64,
-        /// A keyframe.
-        keyframe: bool,
-        /// The frame.
-        data: Vec<u8>,
+        /// The packets.
+        packets: Vec<RemotePacket>,
     },
     /// The relay subscribed to a local track (under this alias) or not.
     Subscribed {
@@ -160,49 +175,40 @@ impl Uplink {
         self.current.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends a local frame the relay subscribed to (dropped, and counted,
-    /// while the link is down).
-    pub fn send_frame(&self, packetizers: &mut HashMap<TrackId, Packetizer>, frame: RelayFrame) {
+    /// Sends an RTP packet of a local track the relay subscribed to
+    /// (dropped, and counted, while the link is down or when it does not
+    /// fit a datagram).
+    pub fn send_packet(&self, packet: RelayPacket) {
         let Some((connection, counters)) = self.lock().clone() else {
             self.metrics.dropped(DropReason::LinkClosed);
             return;
         };
-        let Some(max) = connection.max_datagram_size() else {
+        let datagram = encode_packet(&packet);
+        if connection
+            .max_datagram_size()
+            .is_none_or(|max| datagram.len() > max)
+        {
             self.metrics.dropped(DropReason::TooLarge);
             return;
-        };
-        let packetizer = packetizers
-            .entry(frame.track)
-            .or_insert_with(|| Packetizer::new(frame.alias, if frame.video { 96 } else { 111 }));
-        let mut datagrams = Vec::new();
-        packetizer.packetize(
-            0,
-            frame.rtp_time,
-            frame.keyframe,
-            &frame.data,
-            max,
-            &mut datagrams,
-        );
-        let kind = if frame.video {
+        }
+        let datagram = Bytes::from(datagram);
+        let kind = if packet.video {
             Kind::Video
         } else {
             Kind::Audio
         };
-        let mut history = frame
-            .video
-            .then(|| self.history.lock().unwrap_or_else(|e| e.into_inner()));
-        for datagram in datagrams {
-            let datagram = Bytes::from(datagram);
-            if let Some(h) = history.as_mut() {
-                h.entry(frame.alias)
-                    .or_insert_with(|| SendHistory::new(relay::router::HISTORY))
-                    .insert(datagram.clone());
-            }
-            let len = datagram.len();
-            match relay::app::send_media(&connection, kind, datagram) {
-                Ok(()) => counters.sent(len),
-                Err(reason) => self.metrics.dropped(reason),
-            }
+        if packet.video {
+            self.history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(packet.alias)
+                .or_insert_with(|| SendHistory::new(relay::router::HISTORY))
+                .insert(datagram.clone());
+        }
+        let len = datagram.len();
+        match relay::app::send_media(&connection, kind, datagram) {
+            Ok(()) => counters.sent(len),
+            Err(reason) => self.metrics.dropped(reason),
         }
     }
 
@@ -237,6 +243,36 @@ impl Uplink {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&alias);
     }
+}
+
+/// A local RTP packet as a relay datagram: the media header (the track's
+/// alias, frame flags), then the packet with the publisher's sequence
+/// number and timestamp, the marker on a frame's last packet.
+fn encode_packet(packet: &RelayPacket) -> Vec<u8> {
+    let mut flags = 0;
+    if packet.keyframe {
+        flags |= MediaHeader::KEYFRAME;
+    }
+    if packet.frame_start {
+        flags |= MediaHeader::FRAME_START;
+    }
+    let mut datagram = Vec::with_capacity(MEDIA_HEADER_LEN + RTP_HEADER_LEN + packet.payload.len());
+    MediaHeader {
+        alias: packet.alias,
+        layer: 0,
+        flags,
+    }
+    .encode(&mut datagram);
+    RtpHeader {
+        payload_type: if packet.video { 96 } else { 111 },
+        marker: packet.frame_end,
+        sequence: packet.seq,
+        timestamp: packet.time,
+        ssrc: packet.alias,
+    }
+    .encode(&mut datagram);
+    datagram.extend_from_slice(&packet.payload);
+    datagram
 }
 
 /// What a worker needs to take part.
@@ -412,6 +448,7 @@ impl Client {
                     origin: self.node.clone(),
                     user,
                     device,
+                    muted: false,
                 };
                 self.local_ids.insert(announce.track.clone(), alias);
                 self.send(Control::Announce(announce.clone()));
@@ -441,6 +478,22 @@ impl Client {
             RelayEvent::KeyframeRequest(key) => {
                 if let Some(id) = self.remote_by_key.get(&key).cloned() {
                     self.request_keyframe(&id, Instant::now(), true);
+                }
+            }
+            RelayEvent::TrackMuted {
+                worker,
+                track,
+                muted,
+            } => {
+                let local = self
+                    .local
+                    .values_mut()
+                    .find(|l| l.worker == worker && l.track == track);
+                if let Some(l) = local {
+                    // Kept for announcements on a redialed link.
+                    l.announce.muted = muted;
+                    let track = l.announce.track.clone();
+                    self.send(Control::TrackState { track, muted });
                 }
             }
         }
@@ -530,6 +583,13 @@ impl Client {
                     r.reassembler = reassembler(video);
                 }
                 self.remote_by_alias.insert(a.alias, a.track.clone());
+                if let Some(r) = self.remote.get(&a.track) {
+                    let command = RelayCommand::RemoteMuted {
+                        key: r.key,
+                        muted: a.muted,
+                    };
+                    self.command(r.worker, command);
+                }
                 // Every local participant receives every track of its call.
                 self.send(Control::Subscribe {
                     track: a.track.clone(),
@@ -545,6 +605,11 @@ impl Client {
                     self.command(worker, RelayCommand::RemoveRemoteTrack(key));
                 }
                 self.forget_remote(&track);
+            }
+            Control::TrackState { track, muted } => {
+                if let Some(r) = self.remote.get(&track) {
+                    self.command(r.worker, RelayCommand::RemoteMuted { key: r.key, muted });
+                }
             }
             Control::Subscribe { track, .. } => self.subscribed(&track, true),
             Control::Unsubscribe { track } => self.subscribed(&track, false),
@@ -649,12 +714,18 @@ impl Client {
             });
         }
         for frame in pushed.frames {
-            let command = RelayCommand::RemoteFrame {
-                key,
-                rtp_time: frame.rtp_time,
-                keyframe: frame.keyframe,
-                data: frame.data,
-            };
+            let time = frame.rtp_time as u32;
+            let packets = frame
+                .packets
+                .into_iter()
+                .map(|p| RemotePacket {
+                    seq: p.seq,
+                    time,
+                    marker: p.marker,
+                    payload: p.payload,
+                })
+                .collect();
+            let command = RelayCommand::RemoteFrame { key, packets };
             if self.command(worker, command) {
                 self.metrics.frames_received.inc();
             } else {

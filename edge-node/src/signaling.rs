@@ -14,8 +14,8 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::app::EdgeState;
-use crate::sfu::{PeerId, PeerInfo};
 use crate::worker::{Command, TrackChange, WorkerHandle};
+use sfu::{PeerId, PeerInfo};
 
 /// Largest signaling frame (an SDP with many m-lines fits easily).
 const MAX_FRAME: usize = 64 * 1024;

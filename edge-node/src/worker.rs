@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::signaling::ServerSignal;
+use protocol::signaling::{ServerSignal, TrackInfo};
+use str0m::media::MediaKind;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::relay_link::{RelayCommand, RelayEvent, WorkerRelay};
-use crate::sfu::{JoinError, PeerId, PeerInfo, Sfu, SfuConfig, SfuEvent, SignalError};
+use sfu::{JoinError, Output, PeerId, PeerInfo, Sfu, SfuConfig, SfuEvent, Signal, SignalError};
 
 /// What a signaling session asks of its worker.
 pub enum Command {
@@ -193,7 +194,6 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
         metrics,
         relay,
     } = worker;
-    let mut packetizers = HashMap::new();
     let socket = match UdpSocket::from_std(socket) {
         Ok(socket) => socket,
         Err(error) => {
@@ -210,7 +210,7 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
     // Whether the last pass handled an overdue timer without waiting (the
     // next one waits, so a stream of due timers cannot starve the socket).
     let mut handled_overdue = false;
-    let mut sfu = Sfu::new(config, advertised);
+    let mut sfu = Sfu::new(config, advertised, Instant::now());
     let mut counted = sfu.stats();
     // This worker's share of the node-wide gauges.
     let (mut participants, mut tracks, mut subscriptions) = (0i64, 0i64, 0i64);
@@ -219,9 +219,41 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
     let mut buf = vec![0u8; 2048];
     tokio::pin!(stop);
     loop {
-        let wake = sfu
-            .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + Duration::from_millis(100));
+        // Out with everything the core produced; it then says when to wake.
+        let wake = loop {
+            match sfu.poll_output() {
+                Output::Timeout(at) => break at,
+                Output::Transmit(t) => {
+                    if let Err(error) = socket.send_to(&t.contents, t.destination).await {
+                        tracing::debug!(%error, destination = %t.destination, "send failed");
+                    }
+                }
+                Output::Signal(peer, signal) => {
+                    if let Some(tx) = signals.get(&peer)
+                        && tx.try_send(server_signal(signal)).is_err()
+                    {
+                        tracing::warn!(peer, "signaling session not keeping up; closing it");
+                        sfu.leave(Instant::now(), peer);
+                    }
+                }
+                Output::Relay(packet) => {
+                    if let Some(r) = &relay {
+                        r.uplink.send_packet(packet);
+                    }
+                }
+                Output::Event(event) => {
+                    on_event(
+                        event,
+                        index,
+                        &relay,
+                        &shared,
+                        &gone,
+                        &mut signals,
+                        &mut sessions,
+                    );
+                }
+            }
+        };
         let now = Instant::now();
         // A timer already due runs at once: the runtime's timer would round
         // it up to its next millisecond tick.
@@ -278,78 +310,6 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                 () = &mut stop => break,
             }
         }
-        // Out with everything the core produced.
-        while let Some(t) = sfu.poll_transmit() {
-            if let Err(error) = socket.send_to(&t.contents, t.destination).await {
-                tracing::debug!(%error, destination = %t.destination, "send failed");
-            }
-        }
-        while let Some((peer, signal)) = sfu.poll_signal() {
-            if let Some(tx) = signals.get(&peer)
-                && tx.try_send(signal).is_err()
-            {
-                tracing::warn!(peer, "signaling session not keeping up; closing it");
-                sfu.leave(Instant::now(), peer);
-            }
-        }
-        while let Some(event) = sfu.poll_event() {
-            match event {
-                SfuEvent::Connected(peer) => {
-                    if let Some(session) = sessions.get(&peer) {
-                        lock(&shared.sessions).push(*session);
-                    }
-                }
-                SfuEvent::Closed { peer, info } => {
-                    signals.remove(&peer);
-                    sessions.remove(&peer);
-                    lock(&shared.sessions).retain(|s| *s != info.session);
-                    let _ = gone.send(info);
-                }
-                SfuEvent::CallActive(call) => relay_event(
-                    &relay,
-                    RelayEvent::CallActive {
-                        worker: index,
-                        call,
-                    },
-                ),
-                SfuEvent::CallIdle(call) => relay_event(&relay, RelayEvent::CallIdle(call)),
-                SfuEvent::TrackPublished {
-                    track,
-                    call,
-                    kind,
-                    user,
-                    device,
-                } => relay_event(
-                    &relay,
-                    RelayEvent::TrackPublished {
-                        worker: index,
-                        track,
-                        call,
-                        kind,
-                        user,
-                        device,
-                    },
-                ),
-                SfuEvent::TrackEnded(track) => {
-                    packetizers.remove(&track);
-                    relay_event(
-                        &relay,
-                        RelayEvent::TrackEnded {
-                            worker: index,
-                            track,
-                        },
-                    );
-                }
-                SfuEvent::RemoteKeyframeRequest { key } => {
-                    relay_event(&relay, RelayEvent::KeyframeRequest(key));
-                }
-            }
-        }
-        while let Some(frame) = sfu.poll_relay_frame() {
-            if let Some(r) = &relay {
-                r.uplink.send_frame(&mut packetizers, frame);
-            }
-        }
         let stats = sfu.stats();
         if stats != counted {
             metrics.add(&counted, &stats);
@@ -396,6 +356,100 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
     metrics.subscriptions.sub(subscriptions);
 }
 
+/// The wire form of a core signal.
+fn server_signal(signal: Signal) -> ServerSignal {
+    match signal {
+        Signal::Offer(sdp) => ServerSignal::Offer { sdp },
+        Signal::Tracks(tracks) => ServerSignal::Tracks {
+            tracks: tracks
+                .into_iter()
+                .map(|t| TrackInfo {
+                    mid: t.mid,
+                    kind: if t.kind == MediaKind::Video {
+                        "video"
+                    } else {
+                        "audio"
+                    }
+                    .to_owned(),
+                    user_id: t.user,
+                    device_id: t.device,
+                    muted: t.muted,
+                    paused: t.paused,
+                })
+                .collect(),
+        },
+    }
+}
+
+/// Acts on an event of the core: sessions for heartbeats, ended sessions
+/// for the control plane, calls and tracks for the relay.
+fn on_event(
+    event: SfuEvent,
+    index: usize,
+    relay: &Option<WorkerRelay>,
+    shared: &WorkerShared,
+    gone: &mpsc::UnboundedSender<Gone>,
+    signals: &mut HashMap<PeerId, mpsc::Sender<ServerSignal>>,
+    sessions: &mut HashMap<PeerId, Uuid>,
+) {
+    match event {
+        SfuEvent::Connected(peer) => {
+            if let Some(session) = sessions.get(&peer) {
+                lock(&shared.sessions).push(*session);
+            }
+        }
+        SfuEvent::Closed { peer, info } => {
+            signals.remove(&peer);
+            sessions.remove(&peer);
+            lock(&shared.sessions).retain(|s| *s != info.session);
+            let _ = gone.send(info);
+        }
+        SfuEvent::CallActive(call) => relay_event(
+            relay,
+            RelayEvent::CallActive {
+                worker: index,
+                call,
+            },
+        ),
+        SfuEvent::CallIdle(call) => relay_event(relay, RelayEvent::CallIdle(call)),
+        SfuEvent::TrackPublished {
+            track,
+            call,
+            kind,
+            user,
+            device,
+        } => relay_event(
+            relay,
+            RelayEvent::TrackPublished {
+                worker: index,
+                track,
+                call,
+                kind,
+                user,
+                device,
+            },
+        ),
+        SfuEvent::TrackEnded(track) => relay_event(
+            relay,
+            RelayEvent::TrackEnded {
+                worker: index,
+                track,
+            },
+        ),
+        SfuEvent::RemoteKeyframeRequest { key } => {
+            relay_event(relay, RelayEvent::KeyframeRequest(key));
+        }
+        SfuEvent::TrackMuted { track, muted } => relay_event(
+            relay,
+            RelayEvent::TrackMuted {
+                worker: index,
+                track,
+                muted,
+            },
+        ),
+    }
+}
+
 fn relay_event(relay: &Option<WorkerRelay>, event: RelayEvent) {
     if let Some(r) = relay {
         let _ = r.events.send(event);
@@ -415,14 +469,8 @@ fn relay_command(sfu: &mut Sfu, command: RelayCommand) {
             sfu.add_remote_track(now, key, call, kind, user, device);
         }
         RelayCommand::RemoveRemoteTrack(key) => sfu.remove_remote_track(now, key),
-        RelayCommand::RemoteFrame {
-            key,
-            rtp_time,
-            keyframe,
-            data,
-        } => {
-            sfu.remote_frame(now, key, rtp_time, keyframe, &data);
-        }
+        RelayCommand::RemoteMuted { key, muted } => sfu.set_remote_muted(now, key, muted),
+        RelayCommand::RemoteFrame { key, packets } => sfu.remote_packets(now, key, &packets),
         RelayCommand::Subscribed { track, alias } => sfu.set_relay_subscribed(now, track, alias),
         RelayCommand::KeyframeRequest(track) => sfu.relay_keyframe_request(now, track),
     }

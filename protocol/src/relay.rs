@@ -19,9 +19,12 @@
 use uuid::Uuid;
 
 /// The ALPN every relay link negotiates.
-pub const ALPN: &[u8] = b"cascade-relay/1";
-/// The protocol version in every control frame and datagram.
-pub const VERSION: u8 = 1;
+pub const ALPN: &[u8] = b"cascade-relay/2";
+/// The protocol version in every control frame and datagram. Version 2:
+/// datagrams carry the publisher's RTP packets (the codec's payload format,
+/// its sequence numbers) rather than frame fragments; announcements and
+/// [`Control::TrackState`] carry the mute state.
+pub const VERSION: u8 = 2;
 /// Largest control frame body accepted (a frame is small; this bounds the
 /// memory a peer can make us buffer).
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
@@ -117,6 +120,8 @@ pub struct Announce {
     pub user: Uuid,
     /// Their device.
     pub device: String,
+    /// Its publisher muted it (nothing of it flows until unmuted).
+    pub muted: bool,
 }
 
 /// A control message.
@@ -176,6 +181,14 @@ pub enum Control {
         /// Lost sequence numbers (at most [`MAX_NACK`]).
         sequences: Vec<u16>,
     },
+    /// An announced track's publisher muted or unmuted it; travels the way
+    /// its announcement did.
+    TrackState {
+        /// The track's id.
+        track: String,
+        /// Muted or not.
+        muted: bool,
+    },
 }
 
 impl Control {
@@ -192,6 +205,7 @@ impl Control {
             Control::Ping { .. } => 8,
             Control::Pong { .. } => 9,
             Control::Nack { .. } => 10,
+            Control::TrackState { .. } => 11,
         }
     }
 
@@ -226,6 +240,11 @@ impl Control {
                 put_str(out, &a.origin);
                 out.extend_from_slice(a.user.as_bytes());
                 put_str(out, &a.device);
+                out.push(u8::from(a.muted));
+            }
+            Control::TrackState { track, muted } => {
+                put_str(out, track);
+                out.push(u8::from(*muted));
             }
             Control::Unannounce { track }
             | Control::Unsubscribe { track }
@@ -305,6 +324,7 @@ impl Control {
                 origin: r.string()?,
                 user: r.uuid()?,
                 device: r.string()?,
+                muted: r.flag("muted flag")?,
             }),
             4 => Control::Unannounce { track: r.string()? },
             5 => Control::Subscribe {
@@ -327,6 +347,10 @@ impl Control {
                 }
                 Control::Nack { track, sequences }
             }
+            11 => Control::TrackState {
+                track: r.string()?,
+                muted: r.flag("muted flag")?,
+            },
             other => return Err(CodecError::Unknown("message type", other)),
         };
         if !r.0.is_empty() {
@@ -474,6 +498,15 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
+    /// A boolean byte: 0 or 1, anything else refused as `what`.
+    fn flag(&mut self, what: &'static str) -> Result<bool, CodecError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(CodecError::Unknown(what, other)),
+        }
+    }
+
     fn u16(&mut self) -> Result<u16, CodecError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
@@ -541,7 +574,7 @@ mod tests {
             Uuid::from_u64_pair(self.next(), self.next())
         }
         fn message(&mut self) -> Control {
-            match self.below(10) {
+            match self.below(11) {
                 0 => Control::Hello(Hello {
                     node: self.string(),
                     region: self.string(),
@@ -568,6 +601,7 @@ mod tests {
                     origin: self.string(),
                     user: self.uuid(),
                     device: self.string(),
+                    muted: self.below(2) == 0,
                 }),
                 3 => Control::Unannounce {
                     track: self.string(),
@@ -586,6 +620,10 @@ mod tests {
                 8 => Control::Nack {
                     track: self.string(),
                     sequences: (0..self.below(40)).map(|_| self.next() as u16).collect(),
+                },
+                9 => Control::TrackState {
+                    track: self.string(),
+                    muted: self.below(2) == 0,
                 },
                 _ => Control::Pong { nonce: self.next() },
             }
@@ -650,8 +688,12 @@ mod tests {
         let mut frame = Vec::new();
         Control::Ping { nonce: 7 }.encode(&mut frame);
         let mut bad = frame.clone();
-        bad[4] = 2;
-        assert_eq!(Control::decode(&bad), Err(CodecError::Version(2)));
+        bad[4] = 1;
+        assert_eq!(
+            Control::decode(&bad),
+            Err(CodecError::Version(1)),
+            "version 1 (frame fragments) is not spoken"
+        );
         let mut bad = frame.clone();
         bad[5] = 99;
         assert_eq!(

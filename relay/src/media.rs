@@ -1,10 +1,14 @@
-//! Frames ↔ relay datagrams, sans-IO. Edges run str0m in frame mode, so
-//! what crosses a relay link is a whole media frame cut into RTP packets
-//! (a frame-fragment payload: the frame's bytes in order, the marker bit on
-//! the last packet, the frame's RTP time in every packet) behind a
-//! [`MediaHeader`]. The receiving edge puts the frame back together and
-//! hands it to its subscribers' str0m sessions, which packetize it for the
-//! codec as they do for a local publisher.
+//! Frames ↔ relay datagrams, sans-IO. What crosses a relay link is a
+//! track's RTP packets behind a [`MediaHeader`]: edges forward at RTP
+//! level, so each datagram carries one of the publisher's packets, its
+//! payload in the codec's RTP format (for VP8, from the payload descriptor
+//! on), its sequence number and timestamp, the marker bit on the last
+//! packet of a frame (every audio packet is a frame). The receiving edge
+//! puts each frame's packets back in order ([`Reassembler`]) and forwards
+//! them to its subscribers as it does a local publisher's.
+//!
+//! [`Packetizer`] cuts opaque frames into such datagrams (a frame-fragment
+//! payload); the benchmarks and tests use it as a source.
 //!
 //! Loss: the receiver NACKs missing sequence numbers (video) and holds the
 //! frames behind a gap for a bounded time while retransmissions come from
@@ -16,15 +20,38 @@ use std::time::{Duration, Instant};
 
 use protocol::relay::{MEDIA_HEADER_LEN, MediaHeader, RTP_HEADER_LEN, RtpHeader};
 
-/// A media frame with its RTP time (extended to 64 bits).
+/// A media frame with its RTP time (extended to 64 bits): its packets, in
+/// order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaFrame {
     /// RTP time in the codec's clock.
     pub rtp_time: u64,
     /// A video keyframe.
     pub keyframe: bool,
-    /// The frame's bytes.
-    pub data: Vec<u8>,
+    /// The frame's packets, first to last.
+    pub packets: Vec<FramePacket>,
+}
+
+impl MediaFrame {
+    /// The frame's payload bytes, all packets joined (for a frame-fragment
+    /// payload, the frame itself).
+    pub fn data(&self) -> Vec<u8> {
+        self.packets
+            .iter()
+            .flat_map(|p| p.payload.iter().copied())
+            .collect()
+    }
+}
+
+/// One RTP packet of a [`MediaFrame`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FramePacket {
+    /// Its extended sequence number (the sender's, no wrap).
+    pub seq: u64,
+    /// The last packet of the frame.
+    pub marker: bool,
+    /// The RTP payload.
+    pub payload: std::sync::Arc<[u8]>,
 }
 
 /// The largest RTP payload per datagram we write, even on links that allow
@@ -198,7 +225,7 @@ struct Packet {
     flags: u8,
     marker: bool,
     timestamp: u32,
-    payload: Vec<u8>,
+    payload: std::sync::Arc<[u8]>,
 }
 
 /// Most packets held while waiting (a bound on memory for a bad link).
@@ -321,7 +348,7 @@ impl Reassembler {
                 flags: header.flags,
                 marker: rtp.marker,
                 timestamp: rtp.timestamp,
-                payload: payload.to_vec(),
+                payload: payload.into(),
             },
         );
         self.drain(now, &mut out);
@@ -395,7 +422,7 @@ impl Reassembler {
     }
 
     fn deliver(&mut self, first: u64, last: u64, out: &mut Pushed) {
-        let mut data = Vec::new();
+        let mut packets = Vec::with_capacity((last - first + 1) as usize);
         let mut keyframe = false;
         let mut timestamp = 0;
         for seq in first..=last {
@@ -404,7 +431,11 @@ impl Reassembler {
                     keyframe = p.flags & MediaHeader::KEYFRAME != 0;
                     timestamp = p.timestamp;
                 }
-                data.extend_from_slice(&p.payload);
+                packets.push(FramePacket {
+                    seq,
+                    marker: p.marker,
+                    payload: p.payload,
+                });
             }
         }
         self.next = Some(last + 1);
@@ -419,7 +450,7 @@ impl Reassembler {
         out.frames.push(MediaFrame {
             rtp_time,
             keyframe,
-            data,
+            packets,
         });
     }
 
@@ -519,13 +550,15 @@ mod tests {
             assert!(datagrams.iter().all(|d| d.len() <= 1452));
             assert_eq!(datagrams.len(), len.div_ceil(MAX_FRAGMENT).max(1));
             let pushed = feed(&mut r, now, &datagrams);
-            assert_eq!(
-                pushed.frames,
-                vec![MediaFrame {
-                    rtp_time: time,
-                    keyframe: i == 0,
-                    data
-                }]
+            assert_eq!(pushed.frames.len(), 1);
+            let got = &pushed.frames[0];
+            assert_eq!((got.rtp_time, got.keyframe), (time, i == 0));
+            assert_eq!(got.data(), data);
+            assert_eq!(got.packets.len(), datagrams.len(), "packet by packet");
+            assert!(got.packets.last().unwrap().marker);
+            assert!(
+                got.packets.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+                "in order"
             );
             assert!(pushed.nacks.is_empty() && !pushed.loss);
         }
@@ -569,7 +602,7 @@ mod tests {
         // The retransmission (from the sender's history) completes both.
         let resent = history.get(lost).unwrap();
         let got = feed(&mut r, later, &[resent.to_vec()]);
-        let frames: Vec<Vec<u8>> = got.frames.into_iter().map(|f| f.data).collect();
+        let frames: Vec<Vec<u8>> = got.frames.iter().map(MediaFrame::data).collect();
         assert_eq!(frames, vec![data2, data3]);
         assert!(!got.loss);
         assert_eq!(r.stats().recovered, 1);
@@ -608,7 +641,7 @@ mod tests {
         let (data, key) = frame(&mut p, 12000, true, 3000);
         let got = feed(&mut r, t0 + Duration::from_millis(400), &key);
         assert_eq!(
-            got.frames.into_iter().map(|f| f.data).collect::<Vec<_>>(),
+            got.frames.iter().map(MediaFrame::data).collect::<Vec<_>>(),
             vec![data]
         );
         assert_eq!(r.stats().gaps, 1);
@@ -626,7 +659,7 @@ mod tests {
         let got = feed(&mut r, t0, &frames[2].1);
         assert!(got.loss);
         assert!(got.nacks.is_empty());
-        assert_eq!(got.frames[0].data, frames[2].0);
+        assert_eq!(got.frames[0].data(), frames[2].0);
     }
 
     #[test]

@@ -315,6 +315,41 @@ impl Router {
                 Some(alias) => self.nack(now, link, alias, &sequences),
                 None => self.stats.control_refused += 1,
             },
+            Control::TrackState { track, muted } => match self.by_id.get(&track).copied() {
+                Some(alias) if self.tracks.get(&alias).is_some_and(|t| t.from == link) => {
+                    self.track_state(alias, muted);
+                }
+                _ => self.stats.control_refused += 1,
+            },
+        }
+    }
+
+    /// A track's publisher muted or unmuted it: remembered for later
+    /// announcements and told to every link it was announced to.
+    fn track_state(&mut self, alias: u32, muted: bool) {
+        let Some(track) = self.tracks.get_mut(&alias) else {
+            return;
+        };
+        if track.announce.muted == muted {
+            return;
+        }
+        track.announce.muted = muted;
+        let id = track.announce.track.clone();
+        let mut told: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.announced.contains(&alias))
+            .map(|(link, _)| *link)
+            .collect();
+        told.sort();
+        for link in told {
+            self.out.push_back((
+                link,
+                Control::TrackState {
+                    track: id.clone(),
+                    muted,
+                },
+            ));
         }
     }
 

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_node::synthetic::{DELTA_BODY, KEYFRAME_BODY, check_frame, vp8_frame_sized};
 use futures_util::{SinkExt, StreamExt};
 use protocol::signaling::{ClientSignal, ServerSignal, TrackInfo};
+use sfu::synthetic::{DELTA_BODY, KEYFRAME_BODY, check_frame, vp8_frame_sized};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};

@@ -38,6 +38,7 @@ fn announce(call: Uuid, track: &str, alias: u32, kind: Kind) -> Control {
         origin: "eu-edge-1".into(),
         user: Uuid::from_u128(7),
         device: "bot".into(),
+        muted: false,
     })
 }
 
@@ -683,4 +684,51 @@ fn tracks_learned_from_a_relay_are_forgotten_when_interest_ends() {
     // And a track announced again is learned again.
     mesh.send(EU, 1, announce(call, "eu-edge-1:2", 2, Kind::Audio));
     assert!(announced_alias(&mesh.take(US, 3), "eu-edge-1:2") > 0);
+}
+
+#[test]
+fn mute_state_travels_where_the_announcement_went_and_reaches_late_comers() {
+    let call = Uuid::from_u128(5);
+    let mut mesh = Mesh::new();
+    mesh.edge_up(EU, 1);
+    mesh.edge_up(US, 2);
+    mesh.edge_up(US, 3);
+    let interest = Control::Interest {
+        call,
+        interested: true,
+    };
+    mesh.send(EU, 1, interest.clone());
+    mesh.send(EU, 1, announce(call, "eu-edge-1:1", 11, Kind::Video));
+    mesh.send(US, 2, interest.clone());
+    mesh.take(US, 2);
+    let muted = Control::TrackState {
+        track: "eu-edge-1:1".into(),
+        muted: true,
+    };
+    mesh.send(EU, 1, muted.clone());
+    assert_eq!(mesh.take(US, 2), vec![muted], "told across the relays");
+    assert!(
+        mesh.take(US, 3).is_empty(),
+        "not to an edge without interest"
+    );
+    // An edge that becomes interested later learns it from the announcement.
+    mesh.send(US, 3, interest);
+    let late = mesh.take(US, 3);
+    assert!(
+        late.iter()
+            .any(|m| matches!(m, Control::Announce(a) if a.track == "eu-edge-1:1" && a.muted)),
+        "{late:?}"
+    );
+    // Only the track's own link may change it.
+    let before = mesh.routers[US].stats().control_refused;
+    mesh.send(
+        US,
+        2,
+        Control::TrackState {
+            track: "eu-edge-1:1".into(),
+            muted: false,
+        },
+    );
+    assert_eq!(mesh.routers[US].stats().control_refused, before + 1);
+    assert!(mesh.take(US, 3).is_empty());
 }

@@ -292,6 +292,7 @@ async fn relay_hop(certs: &CertDir, subscribers: usize) -> RelayHop {
             origin: "bench-pub".into(),
             user: Uuid::new_v4(),
             device: "bench".into(),
+            muted: false,
         }),
     )
     .await

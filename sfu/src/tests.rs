@@ -4,12 +4,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use protocol::signaling::ServerSignal;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::Receive;
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use str0m::{Candidate, Event, Input, Rtc};
 use uuid::Uuid;
 
 use super::*;
@@ -37,10 +36,13 @@ struct Client {
     corrupt: usize,
     /// Keyframe requests that reached this (publishing) client.
     keyframe_requests: usize,
+    /// NACKs this client sent for what it receives (its cumulative count
+    /// per m-line, from str0m's ingress stats).
+    nacks: std::collections::HashMap<Mid, u64>,
     /// Send a keyframe next (asked for, or the first frame).
     keyframe_due: bool,
     frames_sent: u32,
-    track_lists: Vec<Vec<protocol::signaling::TrackInfo>>,
+    track_lists: Vec<Vec<TrackState>>,
 }
 
 struct World {
@@ -51,18 +53,25 @@ struct World {
     sfu: Sfu,
     clients: Vec<Client>,
     call: Uuid,
+    /// Events the core reported, in order (tests drain what they check).
+    events: Vec<SfuEvent>,
+    /// Packets the core gave the relay.
+    relay: Vec<RelayPacket>,
 }
 
 impl World {
     fn new(config: SfuConfig) -> Self {
         str0m::crypto::from_feature_flags().install_process_default();
+        let now = Instant::now();
         World {
-            now: Instant::now(),
+            now,
             lossy: None,
             lossy_count: 0,
-            sfu: Sfu::new(config, EDGE.parse().unwrap()),
+            sfu: Sfu::new(config, EDGE.parse().unwrap(), now),
             clients: Vec::new(),
             call: Uuid::now_v7(),
+            events: Vec::new(),
+            relay: Vec::new(),
         }
     }
 
@@ -75,6 +84,8 @@ impl World {
             .clear_codecs()
             .enable_vp8(true)
             .enable_opus(true, false)
+            // NACK counts: a subscriber that sees a sequence gap NACKs it.
+            .set_stats_interval(Some(Duration::from_millis(500)))
             .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
@@ -108,6 +119,7 @@ impl World {
             received: Vec::new(),
             corrupt: 0,
             keyframe_requests: 0,
+            nacks: Default::default(),
             keyframe_due: true,
             frames_sent: 0,
             track_lists: Vec::new(),
@@ -123,44 +135,19 @@ impl World {
             for i in 0..self.clients.len() {
                 moved |= self.drain_client(i);
             }
-            while let Some(t) = self.sfu.poll_transmit() {
-                moved = true;
-                if let Some((addr, every)) = self.lossy
-                    && addr == t.destination
-                {
-                    self.lossy_count += 1;
-                    if self.lossy_count.is_multiple_of(every) {
-                        continue;
+            loop {
+                match self.sfu.poll_output() {
+                    Output::Timeout(_) => break,
+                    Output::Transmit(t) => {
+                        moved = true;
+                        self.deliver(t);
                     }
-                }
-                if let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) {
-                    let c = &mut self.clients[i];
-                    let receive = Receive::new(
-                        str0m::net::Protocol::Udp,
-                        EDGE.parse().unwrap(),
-                        c.addr,
-                        &t.contents,
-                    )
-                    .unwrap();
-                    let _ = c.rtc.handle_input(Input::Receive(self.now, receive));
-                }
-            }
-            while let Some((peer, signal)) = self.sfu.poll_signal() {
-                moved = true;
-                let Some(i) = self.clients.iter().position(|c| c.peer == peer) else {
-                    continue;
-                };
-                match signal {
-                    ServerSignal::Offer { sdp } => {
-                        let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
-                        let answer = self.clients[i].rtc.sdp_api().accept_offer(offer).unwrap();
-                        self.drain_client(i);
-                        self.sfu
-                            .handle_answer(self.now, peer, &answer.to_sdp_string())
-                            .unwrap();
+                    Output::Signal(peer, signal) => {
+                        moved = true;
+                        self.signal(peer, signal);
                     }
-                    ServerSignal::Tracks { tracks } => self.clients[i].track_lists.push(tracks),
-                    other => panic!("unexpected {other:?}"),
+                    Output::Event(event) => self.events.push(event),
+                    Output::Relay(packet) => self.relay.push(packet),
                 }
             }
             if !moved {
@@ -169,19 +156,71 @@ impl World {
         }
     }
 
+    /// A datagram from the SFU reaches its client (unless the lossy link
+    /// drops it).
+    fn deliver(&mut self, t: Transmit) {
+        if let Some((addr, every)) = self.lossy
+            && addr == t.destination
+        {
+            self.lossy_count += 1;
+            if self.lossy_count.is_multiple_of(every) {
+                return;
+            }
+        }
+        if let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) {
+            let c = &mut self.clients[i];
+            let receive = Receive::new(
+                str0m::net::Protocol::Udp,
+                EDGE.parse().unwrap(),
+                c.addr,
+                &t.contents,
+            )
+            .unwrap();
+            let _ = c.rtc.handle_input(Input::Receive(self.now, receive));
+        }
+    }
+
+    /// A signaling message reaches its client, which answers offers.
+    fn signal(&mut self, peer: PeerId, signal: Signal) {
+        let Some(i) = self.clients.iter().position(|c| c.peer == peer) else {
+            return;
+        };
+        match signal {
+            Signal::Offer(sdp) => {
+                let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
+                let answer = self.clients[i].rtc.sdp_api().accept_offer(offer).unwrap();
+                self.drain_client(i);
+                self.sfu
+                    .handle_answer(self.now, peer, &answer.to_sdp_string())
+                    .unwrap();
+            }
+            Signal::Tracks(tracks) => self.clients[i].track_lists.push(tracks),
+        }
+    }
+
+    /// Takes the events reported so far.
+    fn take_events(&mut self) -> Vec<SfuEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// NACKs a client has sent so far, over all it receives.
+    fn nacks_sent_by(&self, i: usize) -> u64 {
+        self.clients[i].nacks.values().sum()
+    }
+
     /// Sends a client's datagrams to the SFU and handles its events.
     fn drain_client(&mut self, i: usize) -> bool {
         let mut moved = false;
         loop {
             let c = &mut self.clients[i];
             match c.rtc.poll_output().unwrap() {
-                Output::Transmit(t) => {
+                str0m::Output::Transmit(t) => {
                     moved = true;
                     let (source, contents) = (t.source, t.contents.to_vec());
                     self.sfu.handle_receive(self.now, source, &contents);
                 }
-                Output::Timeout(_) => return moved,
-                Output::Event(event) => match event {
+                str0m::Output::Timeout(_) => return moved,
+                str0m::Output::Event(event) => match event {
                     Event::Connected => c.connected = true,
                     Event::MediaData(data) if data.params.spec().codec == Codec::Vp8 => {
                         match check_frame(&data.data) {
@@ -196,6 +235,9 @@ impl World {
                     Event::KeyframeRequest(_) => {
                         c.keyframe_requests += 1;
                         c.keyframe_due = true;
+                    }
+                    Event::MediaIngressStats(stats) => {
+                        c.nacks.insert(stats.mid, stats.nacks);
                     }
                     _ => {}
                 },
@@ -296,7 +338,7 @@ fn one_publisher_reaches_five_subscribers_with_every_frame_intact() {
         );
         let tracks = c.track_lists.last().unwrap();
         assert_eq!(tracks.len(), 2, "told whose video and audio it receives");
-        assert!(tracks.iter().all(|t| t.device_id == "d0"));
+        assert!(tracks.iter().all(|t| t.device == "d0"));
     }
 }
 
@@ -329,7 +371,9 @@ fn leaving_removes_the_tracks_from_the_others() {
     assert_eq!(world.sfu.subscriptions(), 4);
     world.sfu.leave(world.now, world.clients[a].peer);
     world.pump();
-    let closed = std::iter::from_fn(|| world.sfu.poll_event())
+    let closed = world
+        .take_events()
+        .into_iter()
         .any(|e| matches!(e, SfuEvent::Closed { peer, .. } if peer == world.clients[a].peer));
     assert!(closed, "the shell hears that the session ended");
     assert_eq!(world.sfu.tracks(), 2);
@@ -413,6 +457,7 @@ fn a_subscriber_on_a_lossy_link_recovers_frames_through_nack() {
         stats.nacks_received > 0,
         "the subscriber's NACKs are counted: {stats:?}"
     );
+    assert!(world.nacks_sent_by(lossy) > 0, "the client saw the gaps");
 }
 
 /// The virtual clock advances 1 ms per step; a frame the publisher writes
@@ -453,10 +498,14 @@ fn a_muted_track_reaches_nobody_until_unmuted() {
         .unwrap()
         .clone();
     assert!(
-        tracks.iter().any(|t| t.kind == "video" && t.muted),
+        tracks.iter().any(|t| t.kind == MediaKind::Video && t.muted),
         "subscribers are told: {tracks:?}"
     );
-    assert!(tracks.iter().any(|t| t.kind == "audio" && !t.muted));
+    assert!(
+        tracks
+            .iter()
+            .any(|t| t.kind == MediaKind::Audio && !t.muted)
+    );
     let before = world.clients[subscriber].received.len();
     let sent_before = world.sfu.stats().forwarded;
     world.run(Duration::from_secs(1));
@@ -476,6 +525,12 @@ fn a_muted_track_reaches_nobody_until_unmuted() {
         .collect();
     assert!(after.len() > 5, "video is back");
     assert!(after[0].keyframe, "starting on a keyframe");
+    world.run(Duration::from_secs(1));
+    assert_eq!(
+        world.nacks_sent_by(subscriber),
+        0,
+        "sequence numbers ran on across the mute: nothing looked lost"
+    );
     assert_eq!(
         world.sfu.set_muted(world.now, peer, "nope", true),
         Err(SignalError::UnknownTrack("nope".into()))
@@ -495,7 +550,7 @@ fn a_paused_track_stops_for_that_subscriber_only() {
         .last()
         .unwrap()
         .iter()
-        .find(|t| t.kind == "video")
+        .find(|t| t.kind == MediaKind::Video)
         .unwrap()
         .mid
         .clone();
@@ -530,11 +585,80 @@ fn a_paused_track_stops_for_that_subscriber_only() {
     let resumed = &world.clients[pausing].received[p_before..];
     assert!(resumed.len() > 5, "resumed");
     assert!(resumed[0].keyframe, "on a keyframe");
+    world.run(Duration::from_secs(1));
+    assert_eq!(
+        world.nacks_sent_by(pausing),
+        0,
+        "sequence numbers ran on across the pause: nothing looked lost"
+    );
     // A mid it does not receive is refused.
     assert!(matches!(
         world.sfu.set_paused(world.now, peer, "zz", true),
         Err(SignalError::UnknownTrack(_))
     ));
+}
+
+/// A synthetic VP8 frame cut into RTP payloads the way a relay carries
+/// them: a one-byte payload descriptor (S set on the first packet), then
+/// up to 1,000 bytes of the frame.
+fn vp8_packets(counter: u32, keyframe: bool, first_seq: u64) -> Vec<RemotePacket> {
+    let frame = vp8_frame(counter, keyframe);
+    let chunks: Vec<&[u8]> = frame.chunks(1000).collect();
+    let last = chunks.len() - 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut payload = vec![if i == 0 { 0x10 } else { 0x00 }];
+            payload.extend_from_slice(chunk);
+            RemotePacket {
+                seq: first_seq + i as u64,
+                time: counter * 3000,
+                marker: i == last,
+                payload: payload.into(),
+            }
+        })
+        .collect()
+}
+
+/// Puts relay packets back into frames (first to last packet, the VP8
+/// payload descriptor stripped): what a receiving edge's subscribers see.
+fn relay_frames(packets: &[RelayPacket]) -> Vec<(Vec<u8>, bool)> {
+    let mut frames = Vec::new();
+    let mut current: Option<(Vec<u8>, bool)> = None;
+    for p in packets {
+        if p.frame_start {
+            current = Some((Vec::new(), p.keyframe));
+        }
+        if let Some((data, _)) = current.as_mut() {
+            data.extend_from_slice(&p.payload[vp8_descriptor_len(&p.payload)..]);
+        }
+        if p.frame_end
+            && let Some(frame) = current.take()
+        {
+            frames.push(frame);
+        }
+    }
+    frames
+}
+
+/// Bytes of a VP8 payload descriptor (RFC 7741 §4.2).
+fn vp8_descriptor_len(payload: &[u8]) -> usize {
+    let mut len = 1;
+    if payload[0] & 0x80 != 0 {
+        let x = payload[1];
+        len += 1;
+        if x & 0x80 != 0 {
+            len += if payload[len] & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            len += 1;
+        }
+        if x & 0x30 != 0 {
+            len += 1;
+        }
+    }
+    len
 }
 
 #[test]
@@ -543,12 +667,12 @@ fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
     let a = world.join(false).unwrap();
     let b = world.join(false).unwrap();
     world.run(Duration::from_millis(300));
-    let events: Vec<SfuEvent> = std::iter::from_fn(|| world.sfu.poll_event()).collect();
-    let active = events
+    let active = world
+        .take_events()
         .iter()
         .filter(|e| matches!(e, SfuEvent::CallActive(c) if *c == world.call))
         .count();
-    assert_eq!(active, 1, "the relay hears of the call once: {events:?}");
+    assert_eq!(active, 1, "the relay hears of the call once");
     // No local participant in another call: refused.
     assert!(!world.sfu.add_remote_track(
         world.now,
@@ -569,16 +693,13 @@ fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
     ));
     world.pump();
     assert_eq!(world.sfu.subscriptions(), 2, "both were offered it");
+    let mut seq = 40_000;
     for counter in 0..40u32 {
         // The relay's first frames are deltas: gated until the keyframe.
         let keyframe = counter == 5 || counter == 30;
-        world.sfu.remote_frame(
-            world.now,
-            7,
-            u64::from(counter) * 3000,
-            keyframe,
-            &vp8_frame(counter, keyframe),
-        );
+        let packets = vp8_packets(counter, keyframe, seq);
+        seq += packets.len() as u64;
+        world.sfu.remote_packets(world.now, 7, &packets);
         world.pump();
         world.run(FRAME);
     }
@@ -593,14 +714,21 @@ fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
         );
         let tracks = client.track_lists.last().unwrap();
         assert_eq!(tracks.len(), 1);
-        assert_eq!(tracks[0].user_id, far_user);
-        assert_eq!(tracks[0].device_id, "far");
+        assert_eq!(tracks[0].user, far_user);
+        assert_eq!(tracks[0].device, "far");
+        assert_eq!(world.nacks_sent_by(c), 0, "a continuous stream");
     }
     // Waiting subscribers asked upstream for a keyframe (via the relay).
-    let asked = std::iter::from_fn(|| world.sfu.poll_event())
+    let asked = world
+        .take_events()
+        .into_iter()
         .filter(|e| matches!(e, SfuEvent::RemoteKeyframeRequest { key: 7 }))
         .count();
     assert!(asked >= 1, "a keyframe was asked of the relay");
+    // The far publisher mutes: the local track lists say so.
+    world.sfu.set_remote_muted(world.now, 7, true);
+    world.pump();
+    assert!(world.clients[a].track_lists.last().unwrap()[0].muted);
     world.sfu.remove_remote_track(world.now, 7);
     world.pump();
     assert_eq!(world.sfu.subscriptions(), 0);
@@ -608,11 +736,13 @@ fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
 }
 
 #[test]
-fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_frames() {
+fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_packets() {
     let mut world = World::new(SfuConfig::default());
     let publisher = world.join(true).unwrap();
     world.run(Duration::from_millis(300));
-    let video = std::iter::from_fn(|| world.sfu.poll_event())
+    let video = world
+        .take_events()
+        .into_iter()
         .find_map(|e| match e {
             SfuEvent::TrackPublished {
                 track,
@@ -624,10 +754,7 @@ fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_frames() {
         })
         .expect("the relay hears of the published track");
     world.run(Duration::from_secs(1));
-    assert!(
-        world.sfu.poll_relay_frame().is_none(),
-        "nothing before a subscription"
-    );
+    assert!(world.relay.is_empty(), "nothing before a subscription");
     let requests = world.clients[publisher].keyframe_requests;
     world.sfu.set_relay_subscribed(world.now, video, Some(3));
     world.run(Duration::from_secs(1));
@@ -635,20 +762,29 @@ fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_frames() {
         world.clients[publisher].keyframe_requests > requests,
         "a relay subscription starts with a keyframe"
     );
-    let frames: Vec<RelayFrame> = std::iter::from_fn(|| world.sfu.poll_relay_frame()).collect();
-    assert!(frames.len() > 25, "{} frames", frames.len());
-    assert!(frames.iter().all(|f| f.alias == 3 && f.video));
-    assert!(frames.iter().any(|f| f.keyframe));
+    let packets = std::mem::take(&mut world.relay);
+    assert!(packets.iter().all(|p| p.alias == 3 && p.video));
+    let seqs: Vec<u16> = packets.iter().map(|p| p.seq).collect();
     assert!(
-        frames.iter().all(|f| check_frame(&f.data).is_some()),
-        "whole frames, intact"
+        seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "the publisher's own, consecutive sequence numbers"
+    );
+    let frames = relay_frames(&packets);
+    assert!(frames.len() > 25, "{} frames", frames.len());
+    assert!(frames.iter().any(|(_, keyframe)| *keyframe));
+    assert!(
+        frames
+            .iter()
+            .all(|(data, keyframe)| check_frame(data).is_some_and(|(_, k)| k == *keyframe)),
+        "whole frames, intact, keyframes marked"
     );
     world.sfu.set_relay_subscribed(world.now, video, None);
     world.run(Duration::from_millis(200));
-    assert!(world.sfu.poll_relay_frame().is_none());
+    assert!(world.relay.is_empty());
     // The publisher leaves: its track ends and the call goes idle.
     world.sfu.leave(world.now, world.clients[publisher].peer);
-    let events: Vec<SfuEvent> = std::iter::from_fn(|| world.sfu.poll_event()).collect();
+    world.pump();
+    let events = world.take_events();
     assert!(events.contains(&SfuEvent::TrackEnded(video)), "{events:?}");
     assert!(
         events.contains(&SfuEvent::CallIdle(world.call)),

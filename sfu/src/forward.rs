@@ -1,0 +1,441 @@
+//! Forwarding RTP: a publisher's packet (or a relay's) goes to every
+//! subscriber of its track through that subscriber's rewriter, the payload
+//! shared, never copied. Video starts on a keyframe; keyframe requests go
+//! upstream, throttled; mute and pause stop forwarding and restart it on
+//! a keyframe.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::Input;
+use str0m::format::Codec;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
+
+use crate::peer::{OutState, Peer};
+use crate::rewrite::Position;
+use crate::{Output, PeerId, RelayPacket, SfuEvent, SignalError, TrackId, TrackSource};
+
+/// Video packets each subscriber's send stream keeps for NACKs. str0m's
+/// default (1024) is ~1 MB per subscription; 400 is ~2 s of 1.5 Mbit/s
+/// video, far beyond any retransmission that can still help.
+const SEND_BUFFER_VIDEO: usize = 400;
+/// How old a packet a NACK may still ask for.
+const SEND_BUFFER_AGE: Duration = Duration::from_secs(3);
+/// str0m's default: stop resending when retransmissions pass 15 % of the
+/// stream (a link that bad needs a keyframe, not more RTX).
+const RTX_RATIO_CAP: f32 = 0.15;
+
+/// A packet on its way to subscribers, from a local publisher or the relay.
+pub(crate) struct Forwarded {
+    pub position: Position,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+    /// When it arrived (str0m's sender reports map RTP time to it).
+    pub arrival: Instant,
+    /// The first packet of a frame.
+    pub frame_start: bool,
+    /// The first packet of a keyframe: a subscriber can start here.
+    pub keyframe: bool,
+    /// Its VP8 payload descriptor, when it has one (to patch picture ids).
+    pub vp8: Option<Vp8Descriptor>,
+    /// Header extensions that describe the media, not the hop.
+    pub exts: ExtensionValues,
+}
+
+impl Forwarded {
+    /// Reads what forwarding needs from a packet's payload.
+    pub fn new(
+        codec: Codec,
+        seq: u64,
+        time: u32,
+        marker: bool,
+        payload: Arc<[u8]>,
+        arrival: Instant,
+    ) -> Self {
+        let (vp8, frame_start, keyframe) = if codec == Codec::Vp8 {
+            let descriptor = Vp8Descriptor::parse(&payload).ok();
+            // S=1 and partition index 0: the frame's first packet.
+            let start = payload
+                .first()
+                .is_some_and(|b| b & 0x10 != 0 && b & 0x07 == 0);
+            let key = descriptor.is_some_and(|d| d.starts_keyframe(&payload));
+            (descriptor, start, key)
+        } else {
+            // Every audio packet is a frame the decoder can start with.
+            (None, true, true)
+        };
+        Forwarded {
+            position: Position {
+                seq,
+                time,
+                picture_id: vp8.and_then(|d| d.picture_id()),
+                tl0: vp8.and_then(|d| d.tl0_pic_idx()),
+            },
+            marker,
+            payload,
+            arrival,
+            frame_start,
+            keyframe,
+            vp8,
+            exts: ExtensionValues::default(),
+        }
+    }
+}
+
+impl crate::Sfu {
+    /// An RTP packet from a publisher.
+    pub(crate) fn on_rtp(&mut self, peer: PeerId, packet: RtpPacket, now: Instant) {
+        if packet.payload.is_empty() {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let ssrc = packet.header.ssrc;
+        let track = match p.ingress.get(&ssrc) {
+            Some(track) => *track,
+            None => {
+                let Some(mid) = p.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+                    return;
+                };
+                let Some(track) = p.published.get(&mid).copied() else {
+                    return;
+                };
+                p.ingress.insert(ssrc, track);
+                track
+            }
+        };
+        let Some(t) = self.tracks.get(&track) else {
+            return;
+        };
+        let mut forwarded = Forwarded::new(
+            t.codec,
+            *packet.seq_no,
+            packet.header.timestamp,
+            packet.header.marker,
+            packet.payload,
+            packet.timestamp,
+        );
+        let exts = &packet.header.ext_vals;
+        forwarded.exts = ExtensionValues {
+            audio_level: exts.audio_level,
+            voice_activity: exts.voice_activity,
+            video_orientation: exts.video_orientation,
+            ..ExtensionValues::default()
+        };
+        self.fan_out(track, Some(peer), &forwarded, now);
+    }
+
+    /// Writes a packet of `track` to each subscriber (and to the relay if
+    /// it subscribed), keyframe gating included.
+    pub(crate) fn fan_out(
+        &mut self,
+        track: TrackId,
+        publisher: Option<PeerId>,
+        packet: &Forwarded,
+        now: Instant,
+    ) {
+        let Some(t) = self.tracks.get(&track) else {
+            return;
+        };
+        if t.muted {
+            return;
+        }
+        let (call, codec) = (t.call, t.codec);
+        let video = t.kind == MediaKind::Video;
+        if let Some(alias) = t.relay_alias {
+            self.out.push_back(Output::Relay(RelayPacket {
+                track,
+                alias,
+                video,
+                seq: packet.position.seq as u16,
+                time: packet.position.time,
+                // A relay frame ends on the marker (video) or with the
+                // packet (audio, one frame each).
+                frame_end: packet.marker || !video,
+                frame_start: packet.frame_start,
+                keyframe: packet.keyframe && video,
+                payload: packet.payload.clone(),
+            }));
+        }
+        let mut waiting = false;
+        for sub in self.members(call) {
+            if Some(sub) == publisher {
+                continue;
+            }
+            let Some(s) = self.peers.get_mut(&sub) else {
+                continue;
+            };
+            match write(s, track, codec, video, packet, now) {
+                Written::Yes => {
+                    self.stats.forwarded += 1;
+                    self.drive(sub);
+                }
+                Written::WaitingKeyframe => waiting = true,
+                Written::No => {}
+            }
+        }
+        // Someone waits for a keyframe: ask again (throttled), in case the
+        // first request or its answer was lost.
+        if waiting {
+            self.request_keyframe(track, now, false);
+        }
+    }
+
+    /// Asks a track's publisher for a keyframe, unless one was asked for
+    /// within the throttle (`force`: a new subscriber always gets one).
+    pub(crate) fn request_keyframe(&mut self, track: TrackId, now: Instant, force: bool) {
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if t.kind != MediaKind::Video {
+            return;
+        }
+        let throttled = t
+            .last_keyframe_request
+            .is_some_and(|at| now.saturating_duration_since(at) < self.config.keyframe_throttle);
+        if throttled && !force {
+            return;
+        }
+        t.last_keyframe_request = Some(now);
+        let (peer, mid) = match t.source {
+            TrackSource::Local { peer, mid } => (peer, mid),
+            TrackSource::Remote { key } => {
+                self.stats.keyframe_requests += 1;
+                self.out
+                    .push_back(Output::Event(SfuEvent::RemoteKeyframeRequest { key }));
+                return;
+            }
+        };
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let mut direct = p.rtc.direct_api();
+        let Some(stream) = direct.stream_rx_by_mid(mid, None) else {
+            // Nothing received yet: the first packets bring a keyframe.
+            return;
+        };
+        stream.request_keyframe(KeyframeRequestKind::Pli);
+        self.stats.keyframe_requests += 1;
+        self.drive(peer);
+    }
+
+    /// The peer mutes or unmutes one of its published m-lines: a muted
+    /// track is forwarded to nobody, and every subscriber's track list says
+    /// so. Unmuting restarts each subscription on a keyframe, asked for now.
+    pub fn set_muted(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        mid: &str,
+        muted: bool,
+    ) -> Result<(), SignalError> {
+        self.last_now = now;
+        let p = self.peers.get(&peer).ok_or(SignalError::UnknownPeer)?;
+        let track = p
+            .published
+            .iter()
+            .find(|(m, _)| m.to_string() == mid)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| SignalError::UnknownTrack(mid.to_owned()))?;
+        self.change_muted(now, track, muted);
+        Ok(())
+    }
+
+    /// Mutes or unmutes a track (local, or remote when its publisher's edge
+    /// says so).
+    pub(crate) fn change_muted(&mut self, now: Instant, track: TrackId, muted: bool) {
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if t.muted == muted {
+            return;
+        }
+        t.muted = muted;
+        let call = t.call;
+        if matches!(t.source, TrackSource::Local { .. }) {
+            self.out
+                .push_back(Output::Event(SfuEvent::TrackMuted { track, muted }));
+        }
+        for other in self.members(call) {
+            let Some(o) = self.peers.get_mut(&other) else {
+                continue;
+            };
+            if let Some(sub) = o.subscriptions.get_mut(&track) {
+                if !muted {
+                    sub.restart();
+                }
+                self.send_track_list(other);
+            }
+        }
+        if !muted {
+            self.request_keyframe(track, now, true);
+        }
+        self.process(now);
+    }
+
+    /// The peer pauses or resumes one of the tracks it receives (its `mid`):
+    /// a paused track is not forwarded to it, so it costs no bandwidth.
+    /// Resuming restarts it on a keyframe, asked for now.
+    pub fn set_paused(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        mid: &str,
+        paused: bool,
+    ) -> Result<(), SignalError> {
+        self.last_now = now;
+        let p = self.peers.get_mut(&peer).ok_or(SignalError::UnknownPeer)?;
+        let (track, sub) = p
+            .by_mid
+            .iter()
+            .find(|(m, _)| m.to_string() == mid)
+            .and_then(|(_, t)| Some((*t, p.subscriptions.get_mut(t)?)))
+            .ok_or_else(|| SignalError::UnknownTrack(mid.to_owned()))?;
+        if sub.paused == paused {
+            return Ok(());
+        }
+        sub.paused = paused;
+        if !paused {
+            sub.restart();
+        }
+        self.send_track_list(peer);
+        if !paused {
+            self.request_keyframe(track, now, true);
+        }
+        self.process(now);
+        Ok(())
+    }
+}
+
+/// What happened to a packet at one subscriber.
+enum Written {
+    Yes,
+    /// A video subscription waits for a keyframe; this was not one.
+    WaitingKeyframe,
+    No,
+}
+
+/// Writes a packet to one subscriber's m-line, through its rewriter.
+fn write(
+    s: &mut Peer,
+    track: TrackId,
+    codec: Codec,
+    video: bool,
+    packet: &Forwarded,
+    now: Instant,
+) -> Written {
+    if !s.connected {
+        return Written::No;
+    }
+    let Some(sub) = s.subscriptions.get_mut(&track) else {
+        return Written::No;
+    };
+    if sub.paused {
+        return Written::No;
+    }
+    if sub.state == OutState::Starting {
+        if !packet.keyframe {
+            return if video {
+                Written::WaitingKeyframe
+            } else {
+                Written::No
+            };
+        }
+        sub.rewriter.begin(now, &packet.position);
+        sub.state = OutState::Live;
+    }
+    let Some(out) = sub.rewriter.rewrite(now, &packet.position) else {
+        return Written::No;
+    };
+    let mid = sub.mid;
+    let pt = match sub.pt {
+        Some(pt) => pt,
+        None => {
+            let Some(pt) = payload_type(s, mid, codec) else {
+                return Written::No;
+            };
+            // `s` was borrowed again to look it up.
+            let Some(sub) = s.subscriptions.get_mut(&track) else {
+                return Written::No;
+            };
+            sub.pt = Some(pt);
+            pt
+        }
+    };
+    let first_write = s
+        .subscriptions
+        .get_mut(&track)
+        .map(|sub| !std::mem::replace(&mut sub.stream_ready, true))
+        .unwrap_or(false);
+    let mut direct = s.rtc.direct_api();
+    let Some(stream) = direct.stream_tx_by_mid(mid, None) else {
+        return Written::No;
+    };
+    if first_write {
+        let size = if video { SEND_BUFFER_VIDEO } else { 0 };
+        stream.set_rtx_cache(size, SEND_BUFFER_AGE, Some(RTX_RATIO_CAP));
+    }
+    let mut rtp = RtpWrite::new(
+        pt,
+        out.seq.into(),
+        out.time,
+        packet.arrival,
+        packet.payload.clone(),
+    )
+    .marker(packet.marker)
+    .nackable(video)
+    .ext_vals(packet.exts.clone());
+    if let Some(patch) = packet
+        .vp8
+        .and_then(|d| vp8_patch(d, &packet.position, &out))
+    {
+        rtp = rtp.vp8_patch(patch);
+    }
+    stream.write_rtp(rtp);
+    // str0m's pacer releases queued packets on its next timeout; give it
+    // one now rather than waiting for the timer.
+    if s.rtc.handle_input(Input::Timeout(now)).is_err() {
+        s.rtc.disconnect();
+    }
+    Written::Yes
+}
+
+/// The payload type the subscriber's m-line uses for `codec`.
+fn payload_type(s: &Peer, mid: Mid, codec: Codec) -> Option<Pt> {
+    let media = s.rtc.media(mid)?;
+    let remote = media.remote_pts();
+    s.rtc
+        .codec_config()
+        .params()
+        .iter()
+        .find(|p| p.spec().codec == codec && (remote.is_empty() || remote.contains(&p.pt())))
+        .map(|p| p.pt())
+}
+
+/// The descriptor patch that gives a packet the subscriber's picture id
+/// and TL0PICIDX, if they differ from the source's.
+fn vp8_patch(
+    descriptor: Vp8Descriptor,
+    source: &Position,
+    out: &Position,
+) -> Option<str0m::rtp::Vp8Patch> {
+    if source.picture_id == out.picture_id && source.tl0 == out.tl0 {
+        return None;
+    }
+    let with = |picture_id: Option<u16>| {
+        let mut b = descriptor.patch();
+        if let Some(id) = picture_id {
+            b = b.picture_id(id);
+        }
+        if let Some(tl0) = out.tl0 {
+            b = b.tl0_pic_idx(tl0);
+        }
+        b.build()
+    };
+    // A 7-bit picture id wraps at 128: the low bits are the same rewrite.
+    with(out.picture_id)
+        .or_else(|_| with(out.picture_id.map(|id| id & 0x7f)))
+        .ok()
+}

@@ -1,0 +1,673 @@
+//! The SFU core, sans-IO: datagrams, signaling and `now` in; one
+//! [`Output`] at a time out of [`Sfu::poll_output`] (datagrams, signaling,
+//! events, relay packets, and finally when to call again). No sockets, no
+//! tokio, no clock: a worker shell feeds it, and tests drive it on a virtual
+//! clock with str0m clients. The crate's dependencies enforce it.
+//!
+//! - One str0m `Rtc` per participant (ICE-lite, DTLS-SRTP, one DTLS
+//!   certificate per core instance) in **RTP mode**: a publisher's RTP
+//!   packets are forwarded as they arrive, never depacketized, and the
+//!   payload bytes are shared by every subscriber (`Arc<[u8]>`).
+//! - Each subscriber has a [`Subscription`](peer::Subscription) per track
+//!   with its own [`rewrite::Rewriter`]: its sequence numbers, timestamps
+//!   and VP8 picture ids stay continuous across pauses, mutes and (later)
+//!   layer switches; str0m keeps a send buffer per subscriber and answers
+//!   its NACKs with RTX.
+//! - [`negotiation`]: a participant's offered send m-lines become tracks of
+//!   its call; every other participant gets a send-only m-line per track
+//!   through an edge offer (one at a time) and a track list.
+//! - [`forward`]: keyframe gating (video starts on a keyframe's first
+//!   packet), keyframe requests upstream (PLI, throttled), mute and pause.
+//! - [`relay`]: tracks of other edges' participants arrive as packets from
+//!   the relay and reach subscribers like local ones; local tracks the
+//!   relay subscribed to come out as [`RelayPacket`]s.
+//! - Demultiplexing: a datagram's source address names its peer once the
+//!   peer's ICE accepted a STUN check from it; STUN checks find their peer
+//!   by the ICE username (our ufrag), never by asking every peer. A timer
+//!   heap wakes only peers whose str0m timeout is due.
+//!
+//! Architecture invariant: nothing here performs I/O or reads the clock,
+//! and nothing here knows the wire formats of signaling or the relay (the
+//! shell translates [`Signal`] and [`RelayPacket`]).
+
+mod forward;
+mod negotiation;
+mod peer;
+mod relay;
+pub mod rewrite;
+mod stun;
+pub mod synthetic;
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::config::DtlsCert;
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Event, IceConnectionState, Input, Rtc};
+use uuid::Uuid;
+
+use crate::peer::Peer;
+
+/// A participant session in this core.
+pub type PeerId = u64;
+/// A published track.
+pub type TrackId = u64;
+
+/// How long [`Sfu::poll_output`] says to wait when no peer has a timer.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+/// Limits and timing.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Participants one call may have on this node.
+    pub max_participants_per_call: usize,
+    /// Participants this core serves.
+    pub max_participants: usize,
+    /// Least time between two keyframe requests sent upstream for a track.
+    pub keyframe_throttle: Duration,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        SfuConfig {
+            max_participants_per_call: 100,
+            max_participants: 1000,
+            keyframe_throttle: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Who a peer is (from its verified join token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The call.
+    pub call: Uuid,
+    /// The user.
+    pub user: Uuid,
+    /// Their device.
+    pub device: String,
+    /// The control plane's session id.
+    pub session: Uuid,
+}
+
+/// Why a join was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JoinError {
+    /// The call has its maximum of participants here.
+    #[error("the call is full ({0} participants)")]
+    CallFull(usize),
+    /// This node has its maximum of participants.
+    #[error("this edge is full ({0} participants)")]
+    NodeFull(usize),
+    /// The offer is not SDP str0m can answer.
+    #[error("bad SDP offer: {0}")]
+    BadSdp(String),
+}
+
+impl JoinError {
+    /// The signaling error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JoinError::CallFull(_) => "call_full",
+            JoinError::NodeFull(_) => "node_full",
+            JoinError::BadSdp(_) => "bad_sdp",
+        }
+    }
+}
+
+/// Why a signaling message from a peer was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignalError {
+    /// No such peer (it left).
+    #[error("no such session")]
+    UnknownPeer,
+    /// An answer arrived when no offer was outstanding.
+    #[error("no offer is waiting for an answer")]
+    NoPendingOffer,
+    /// The answer is not SDP str0m can accept.
+    #[error("bad SDP answer: {0}")]
+    BadSdp(String),
+    /// Mute or pause named an m-line the peer does not publish or receive.
+    #[error("no such track: {0}")]
+    UnknownTrack(String),
+}
+
+impl SignalError {
+    /// The `code` of the signaling error frame.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignalError::UnknownPeer => "gone",
+            SignalError::NoPendingOffer => "bad_message",
+            SignalError::BadSdp(_) => "bad_sdp",
+            SignalError::UnknownTrack(_) => "unknown_track",
+        }
+    }
+}
+
+/// Where a track's media comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackSource {
+    /// A participant on this node, on one of its m-lines.
+    Local {
+        /// The publisher.
+        peer: PeerId,
+        /// Its m-line.
+        mid: Mid,
+    },
+    /// A participant of another edge, through the relay.
+    Remote {
+        /// The shell's key for it.
+        key: u32,
+    },
+}
+
+/// A published track.
+#[derive(Debug, Clone)]
+pub(crate) struct Track {
+    pub source: TrackSource,
+    pub call: Uuid,
+    pub kind: MediaKind,
+    /// The call's codec for this kind (an SFU does not transcode).
+    pub codec: Codec,
+    pub user: Uuid,
+    pub device: String,
+    /// Its publisher muted it: nothing of it is forwarded.
+    pub muted: bool,
+    /// A local track the relay subscribed to, under this alias.
+    pub relay_alias: Option<u32>,
+    pub last_keyframe_request: Option<Instant>,
+}
+
+impl Track {
+    fn new(source: TrackSource, call: Uuid, kind: MediaKind, user: Uuid, device: String) -> Self {
+        Track {
+            source,
+            call,
+            kind,
+            codec: if kind == MediaKind::Video {
+                Codec::Vp8
+            } else {
+                Codec::Opus
+            },
+            user,
+            device,
+            muted: false,
+            relay_alias: None,
+            last_keyframe_request: None,
+        }
+    }
+}
+
+/// An RTP packet of a local track for the relay: the publisher's own
+/// sequence number and timestamp (the relay's NACKs use them), its payload
+/// untouched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayPacket {
+    /// The local track.
+    pub track: TrackId,
+    /// The track's alias on the relay link.
+    pub alias: u32,
+    /// Video (else audio).
+    pub video: bool,
+    /// The publisher's sequence number.
+    pub seq: u16,
+    /// The publisher's RTP timestamp.
+    pub time: u32,
+    /// The last packet of a frame (every audio packet is a frame).
+    pub frame_end: bool,
+    /// The first packet of a frame.
+    pub frame_start: bool,
+    /// The first packet of a keyframe.
+    pub keyframe: bool,
+    /// The RTP payload (for VP8, from the payload descriptor on).
+    pub payload: Arc<[u8]>,
+}
+
+/// A packet of a remote track, from the relay, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePacket {
+    /// The publisher's extended sequence number.
+    pub seq: u64,
+    /// The publisher's RTP timestamp.
+    pub time: u32,
+    /// The last packet of a frame.
+    pub marker: bool,
+    /// The RTP payload.
+    pub payload: Arc<[u8]>,
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub destination: SocketAddr,
+    /// The bytes.
+    pub contents: Vec<u8>,
+}
+
+/// A track as one subscriber receives it (for its track list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackState {
+    /// The subscriber's m-line.
+    pub mid: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The publisher.
+    pub user: Uuid,
+    /// Their device.
+    pub device: String,
+    /// Its publisher muted it.
+    pub muted: bool,
+    /// This subscriber paused it.
+    pub paused: bool,
+}
+
+/// A signaling message for a peer (the shell puts it on the wire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// An edge-initiated offer (tracks to receive changed); the peer
+    /// answers through [`Sfu::handle_answer`].
+    Offer(String),
+    /// Every track the peer receives now.
+    Tracks(Vec<TrackState>),
+}
+
+/// Something the shell must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SfuEvent {
+    /// A peer connected (ICE and DTLS up).
+    Connected(PeerId),
+    /// A peer is gone (left, failed, or its transport died); report the
+    /// session to the control plane.
+    Closed {
+        /// The peer.
+        peer: PeerId,
+        /// Who it was.
+        info: PeerInfo,
+    },
+    /// A call's first participant joined this core (the relay should hear
+    /// of our interest).
+    CallActive(Uuid),
+    /// A call's last participant left; its remote tracks are gone too.
+    CallIdle(Uuid),
+    /// A local participant published a track.
+    TrackPublished {
+        /// The track.
+        track: TrackId,
+        /// Its call.
+        call: Uuid,
+        /// Audio or video.
+        kind: MediaKind,
+        /// The publisher.
+        user: Uuid,
+        /// Their device.
+        device: String,
+    },
+    /// A local track ended.
+    TrackEnded(TrackId),
+    /// A local track's publisher muted or unmuted it (the relay tells the
+    /// other edges).
+    TrackMuted {
+        /// The track.
+        track: TrackId,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// A remote track needs a keyframe: ask upstream.
+    RemoteKeyframeRequest {
+        /// The shell's key of the track.
+        key: u32,
+    },
+}
+
+/// What the core has for the shell, one at a time from
+/// [`Sfu::poll_output`]. `Timeout` comes last: nothing more until then (or
+/// until the next input).
+#[must_use]
+#[derive(Debug)]
+pub enum Output {
+    /// Send a datagram.
+    Transmit(Transmit),
+    /// Send a signaling message to a peer.
+    Signal(PeerId, Signal),
+    /// Act on an event.
+    Event(SfuEvent),
+    /// Send a packet of a local track to the relay.
+    Relay(RelayPacket),
+    /// Call [`Sfu::handle_timeout`] at this time.
+    Timeout(Instant),
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SfuStats {
+    /// Datagrams accepted by some peer.
+    pub datagrams_in: u64,
+    /// Their bytes.
+    pub bytes_in: u64,
+    /// Datagrams queued to send.
+    pub datagrams_out: u64,
+    /// Their bytes.
+    pub bytes_out: u64,
+    /// Datagrams no peer took (garbage, unknown sources, late packets).
+    pub dropped: u64,
+    /// RTP packets forwarded (one per subscriber).
+    pub forwarded: u64,
+    /// Keyframe requests sent upstream.
+    pub keyframe_requests: u64,
+    /// Keyframe requests (PLI/FIR) subscribers sent.
+    pub keyframe_requests_received: u64,
+    /// NACKs subscribers sent (each answered by str0m with RTX from its
+    /// send buffer).
+    pub nacks_received: u64,
+    /// NACKs sent to publishers for their lost packets.
+    pub nacks_sent: u64,
+}
+
+/// The SFU core of one worker.
+pub struct Sfu {
+    config: SfuConfig,
+    local_addr: SocketAddr,
+    cert: Option<DtlsCert>,
+    peers: HashMap<PeerId, Peer>,
+    calls: HashMap<Uuid, Vec<PeerId>>,
+    tracks: HashMap<TrackId, Track>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    /// str0m events waiting to be handled ([`Sfu::process`]).
+    work: VecDeque<(PeerId, Event)>,
+    /// What [`Sfu::poll_output`] hands out, in order.
+    out: VecDeque<Output>,
+    /// Remote tracks by the shell's key.
+    remote_tracks: HashMap<u32, TrackId>,
+    next_peer: PeerId,
+    next_track: TrackId,
+    /// The latest `now` passed in (for the idle wake-up).
+    last_now: Instant,
+    stats: SfuStats,
+}
+
+impl Sfu {
+    /// A core whose UDP socket is reachable at `local_addr` (the address
+    /// advertised as the host candidate: bind exactly it).
+    pub fn new(config: SfuConfig, local_addr: SocketAddr, now: Instant) -> Self {
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate();
+        Sfu {
+            config,
+            local_addr,
+            cert,
+            peers: HashMap::new(),
+            calls: HashMap::new(),
+            tracks: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            timers: BinaryHeap::new(),
+            work: VecDeque::new(),
+            out: VecDeque::new(),
+            remote_tracks: HashMap::new(),
+            next_peer: 1,
+            next_track: 1,
+            last_now: now,
+            stats: SfuStats::default(),
+        }
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> SfuStats {
+        self.stats
+    }
+
+    /// Participants served now.
+    pub fn participants(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Tracks published now.
+    pub fn tracks(&self) -> usize {
+        self.tracks.len()
+    }
+
+    /// Subscriptions (track × subscriber) now.
+    pub fn subscriptions(&self) -> usize {
+        self.peers.values().map(|p| p.subscriptions.len()).sum()
+    }
+
+    /// The next thing for the shell. Call until it returns
+    /// [`Output::Timeout`], after every input.
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(output) = self.out.pop_front() {
+            return output;
+        }
+        // Stale heap entries (the peer moved its timeout, or left) go.
+        while let Some(Reverse((at, peer))) = self.timers.peek().copied() {
+            if self.peers.get(&peer).is_some_and(|p| p.timeout == at) {
+                return Output::Timeout(at);
+            }
+            self.timers.pop();
+        }
+        Output::Timeout(self.last_now + IDLE_WAKE)
+    }
+
+    /// A datagram arrived on the socket. Returns whether a peer took it.
+    pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> bool {
+        self.last_now = now;
+        let peer = match stun::username_ufrag(data) {
+            Some(ufrag) => self.by_ufrag.get(ufrag).copied(),
+            None => self.by_addr.get(&source).copied(),
+        };
+        let Some(peer) = peer else {
+            self.stats.dropped += 1;
+            return false;
+        };
+        let Ok(receive) = Receive::new(Protocol::Udp, source, self.local_addr, data) else {
+            self.stats.dropped += 1;
+            return false;
+        };
+        let Some(p) = self.peers.get_mut(&peer) else {
+            self.stats.dropped += 1;
+            return false;
+        };
+        let input = Input::Receive(now, receive);
+        if !p.rtc.accepts(&input) {
+            self.stats.dropped += 1;
+            return false;
+        }
+        if p.rtc.handle_input(input).is_err() {
+            self.stats.dropped += 1;
+            self.close(peer);
+            self.process(now);
+            return false;
+        }
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        // The address is now this peer's (ICE checked the STUN integrity).
+        self.by_addr.entry(source).or_insert(peer);
+        self.drive(peer);
+        self.process(now);
+        true
+    }
+
+    /// Time passed: wakes the peers whose timeout is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        while let Some(Reverse((at, peer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            // Stale heap entries (the peer moved its timeout) are skipped.
+            let due = self.peers.get(&peer).is_some_and(|p| p.timeout <= now);
+            if !due {
+                continue;
+            }
+            if let Some(p) = self.peers.get_mut(&peer)
+                && p.rtc.handle_input(Input::Timeout(now)).is_err()
+            {
+                self.close(peer);
+                continue;
+            }
+            self.drive(peer);
+        }
+        self.process(now);
+    }
+
+    /// The peer leaves (signaling said so, or its socket closed).
+    pub fn leave(&mut self, now: Instant, peer: PeerId) {
+        self.last_now = now;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.rtc.disconnect();
+        }
+        self.close(peer);
+        self.process(now);
+    }
+
+    /// Drains a peer's str0m output (its rule: after every mutation),
+    /// queueing datagrams, its next timeout, and events for
+    /// [`Sfu::process`].
+    fn drive(&mut self, peer: PeerId) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        loop {
+            match p.rtc.poll_output() {
+                Ok(str0m::Output::Transmit(t)) => {
+                    self.stats.datagrams_out += 1;
+                    self.stats.bytes_out += t.contents.len() as u64;
+                    self.out.push_back(Output::Transmit(Transmit {
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    }));
+                }
+                Ok(str0m::Output::Timeout(at)) => {
+                    p.timeout = at;
+                    self.timers.push(Reverse((at, peer)));
+                    return;
+                }
+                Ok(str0m::Output::Event(event)) => self.work.push_back((peer, event)),
+                Err(error) => {
+                    tracing::debug!(peer, %error, "peer failed");
+                    p.rtc.disconnect();
+                    self.work.push_back((
+                        peer,
+                        Event::IceConnectionStateChange(IceConnectionState::Disconnected),
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles queued str0m events until none is left (handling one may
+    /// queue more: a write drives the subscriber, which may ask for a
+    /// keyframe).
+    fn process(&mut self, now: Instant) {
+        while let Some((peer, event)) = self.work.pop_front() {
+            match event {
+                Event::Connected => self.connected(peer, now),
+                Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                    self.close(peer);
+                }
+                Event::MediaAdded(added) => {
+                    let publishes =
+                        matches!(added.direction, Direction::RecvOnly | Direction::SendRecv);
+                    if publishes {
+                        self.publish(peer, added.mid, added.kind);
+                    }
+                }
+                Event::RtpPacket(packet) => self.on_rtp(peer, packet, now),
+                Event::MediaEgressStats(stats) => {
+                    self.count_nacks(peer, stats.mid, false, stats.nacks);
+                }
+                Event::MediaIngressStats(stats) => {
+                    self.count_nacks(peer, stats.mid, true, stats.nacks);
+                }
+                Event::KeyframeRequest(request) => {
+                    self.stats.keyframe_requests_received += 1;
+                    let track = self
+                        .peers
+                        .get(&peer)
+                        .and_then(|p| p.by_mid.get(&request.mid).copied());
+                    if let Some(track) = track {
+                        self.request_keyframe(track, now, false);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A peer's transport is up: what it receives starts on a keyframe,
+    /// asked for now (media written before this was dropped).
+    fn connected(&mut self, peer: PeerId, now: Instant) {
+        let videos: Vec<TrackId> = match self.peers.get_mut(&peer) {
+            Some(p) => {
+                p.connected = true;
+                p.subscriptions.keys().copied().collect()
+            }
+            None => return,
+        };
+        self.out.push_back(Output::Event(SfuEvent::Connected(peer)));
+        for track in videos {
+            self.request_keyframe(track, now, true);
+        }
+    }
+
+    /// Adds the growth of a cumulative NACK count str0m reported.
+    fn count_nacks(&mut self, peer: PeerId, mid: Mid, ingress: bool, total: u64) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let seen = p.nacks_seen.entry((mid, ingress)).or_insert(0);
+        let new = total.saturating_sub(*seen);
+        *seen = total.max(*seen);
+        if ingress {
+            self.stats.nacks_sent += new;
+        } else {
+            self.stats.nacks_received += new;
+        }
+    }
+
+    /// The participants of a call here (a copy: callers mutate peers).
+    fn members(&self, call: Uuid) -> Vec<PeerId> {
+        self.calls.get(&call).cloned().unwrap_or_default()
+    }
+}
+
+/// A random ICE token (ufrag or password) of `len` ≤ 32 hex characters:
+/// UUIDv4 carries 122 random bits from the system source.
+fn random_token(len: usize) -> String {
+    let mut token = Uuid::new_v4().simple().to_string();
+    token.truncate(len);
+    token
+}
+
+/// Builds the `Rtc` of a participant: ICE-lite, RTP mode, the call's
+/// codecs.
+fn new_rtc(now: Instant, ufrag: &str, cert: Option<&DtlsCert>) -> Rtc {
+    let mut config = Rtc::builder()
+        .set_ice_lite(true)
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        // NACK and keyframe-request counts for the metrics.
+        .set_stats_interval(Some(Duration::from_secs(1)))
+        .set_local_ice_credentials(str0m::IceCreds {
+            ufrag: ufrag.to_owned(),
+            pass: random_token(32),
+        });
+    if let Some(cert) = cert {
+        config = config.set_dtls_cert(cert.clone());
+    }
+    config.build(now)
+}

@@ -1,0 +1,117 @@
+//! The relay's side of the core: tracks of other edges' participants
+//! ([`TrackSource::Remote`]) join a call and reach its local subscribers
+//! exactly like local tracks (same renegotiation, gating, rewriting,
+//! keyframe requests, counters); local tracks the relay subscribed to come
+//! out as [`crate::RelayPacket`]s from [`crate::Sfu::poll_output`].
+
+use std::time::Instant;
+
+use str0m::media::MediaKind;
+use uuid::Uuid;
+
+use crate::forward::Forwarded;
+use crate::{RemotePacket, Track, TrackId, TrackSource};
+
+impl crate::Sfu {
+    /// A track of another edge's participant, announced by the relay, joins
+    /// the call: every local participant is offered it. Returns false (and
+    /// adds nothing) when the call has no participant here.
+    pub fn add_remote_track(
+        &mut self,
+        now: Instant,
+        key: u32,
+        call: Uuid,
+        kind: MediaKind,
+        user: Uuid,
+        device: String,
+    ) -> bool {
+        self.last_now = now;
+        if !self.calls.contains_key(&call) {
+            return false;
+        }
+        if self.remote_tracks.contains_key(&key) {
+            return true;
+        }
+        let id = self.next_track;
+        self.next_track += 1;
+        self.tracks.insert(
+            id,
+            Track::new(TrackSource::Remote { key }, call, kind, user, device),
+        );
+        self.remote_tracks.insert(key, id);
+        tracing::debug!(track = id, key, ?kind, "remote track added");
+        for peer in self.members(call) {
+            self.renegotiate(peer);
+        }
+        self.process(now);
+        true
+    }
+
+    /// A remote track ended: it leaves every local session.
+    pub fn remove_remote_track(&mut self, now: Instant, key: u32) {
+        self.last_now = now;
+        let Some(id) = self.remote_tracks.remove(&key) else {
+            return;
+        };
+        if let Some(t) = self.tracks.remove(&id) {
+            for peer in self.members(t.call) {
+                self.renegotiate(peer);
+            }
+        }
+        self.process(now);
+    }
+
+    /// The publisher of a remote track muted or unmuted it (its edge said
+    /// so through the relay).
+    pub fn set_remote_muted(&mut self, now: Instant, key: u32, muted: bool) {
+        self.last_now = now;
+        if let Some(track) = self.remote_tracks.get(&key).copied() {
+            self.change_muted(now, track, muted);
+        }
+    }
+
+    /// Packets of a remote track arrived from the relay (a whole frame, in
+    /// order).
+    pub fn remote_packets(&mut self, now: Instant, key: u32, packets: &[RemotePacket]) {
+        self.last_now = now;
+        let Some(track) = self.remote_tracks.get(&key).copied() else {
+            return;
+        };
+        let Some(codec) = self.tracks.get(&track).map(|t| t.codec) else {
+            return;
+        };
+        for p in packets {
+            if p.payload.is_empty() {
+                continue;
+            }
+            let forwarded = Forwarded::new(codec, p.seq, p.time, p.marker, p.payload.clone(), now);
+            self.fan_out(track, None, &forwarded, now);
+        }
+        self.process(now);
+    }
+
+    /// The relay subscribed to a local track under `alias` (or ended its
+    /// subscription: `None`). A new subscription starts with a keyframe.
+    pub fn set_relay_subscribed(&mut self, now: Instant, track: TrackId, alias: Option<u32>) {
+        self.last_now = now;
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if !matches!(t.source, TrackSource::Local { .. }) {
+            return;
+        }
+        t.relay_alias = alias;
+        if alias.is_some() {
+            self.request_keyframe(track, now, true);
+        }
+        self.process(now);
+    }
+
+    /// A subscriber behind the relay asks for a keyframe of a local track.
+    pub fn relay_keyframe_request(&mut self, now: Instant, track: TrackId) {
+        self.last_now = now;
+        self.stats.keyframe_requests_received += 1;
+        self.request_keyframe(track, now, false);
+        self.process(now);
+    }
+}
