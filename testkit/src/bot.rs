@@ -148,6 +148,10 @@ impl BotReport {
 pub struct Bot {
     report: Arc<Mutex<BotReport>>,
     stop: tokio::sync::oneshot::Sender<()>,
+    /// Signaling frames to send (mute, pause, ...).
+    signals: tokio::sync::mpsc::UnboundedSender<ClientSignal>,
+    /// The m-line of its own video, when it publishes.
+    video: Option<Mid>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -328,6 +332,7 @@ async fn run(
     local: SocketAddr,
     mut ws: Option<Signaling>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
+    mut outgoing: tokio::sync::mpsc::UnboundedReceiver<ClientSignal>,
 ) {
     let socket = state.socket.clone();
     let publish = state.options.publish;
@@ -378,6 +383,11 @@ async fn run(
                 Some(Ok(_)) => {}
                 _ => break,
             },
+            Some(signal) = outgoing.recv() => {
+                if let (Some(ws), Ok(text)) = (ws.as_mut(), serde_json::to_string(&signal)) {
+                    let _ = ws.send(Message::Text(text.into())).await;
+                }
+            }
             _ = &mut stopped => {
                 if let Some(ws) = ws.as_mut() {
                     let leave = serde_json::to_string(&ClientSignal::Leave).unwrap_or_default();
@@ -506,8 +516,25 @@ impl Bot {
             options,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(run(state, local, ws, stopped));
-        Bot { report, stop, task }
+        let (signals, outgoing) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(run(state, local, ws, stopped, outgoing));
+        Bot {
+            report,
+            stop,
+            signals,
+            video,
+            task,
+        }
+    }
+
+    /// Mutes or unmutes its own video (`mute` on signaling).
+    pub fn mute_video(&self, muted: bool) {
+        if let Some(mid) = self.video {
+            let _ = self.signals.send(ClientSignal::Mute {
+                mid: mid.to_string(),
+                muted,
+            });
+        }
     }
 
     /// What it saw so far.

@@ -267,6 +267,40 @@ async fn a_publisher_in_eu_reaches_three_subscribers_in_us_crossing_once() {
         }
     }
 
+    // The publisher mutes its video: the us subscribers' track lists say
+    // so (the state crossed both relays), and nothing of it flows.
+    let video_muted = |bot: &Bot| {
+        bot.report()
+            .tracks
+            .iter()
+            .any(|t| t.kind == "video" && t.muted)
+    };
+    s.publisher.mute_video(true);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s.subscribers.iter().all(video_muted) {
+        assert!(Instant::now() < deadline, "the mute never reached us");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let frames =
+        |bots: &[Bot]| -> Vec<usize> { bots.iter().map(|b| b.report().video_frames()).collect() };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let muted_at = frames(&s.subscribers);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(frames(&s.subscribers), muted_at, "no video while muted");
+    s.publisher.mute_video(false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.subscribers.iter().any(video_muted) {
+        assert!(Instant::now() < deadline, "the unmute never reached us");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (now, before) in frames(&s.subscribers).into_iter().zip(muted_at) {
+        assert!(
+            now > before + 10,
+            "video is back after unmuting ({before} → {now})"
+        );
+    }
+
     // The publisher leaves: the remote tracks leave the us sessions.
     s.publisher.leave().await;
     let deadline = Instant::now() + Duration::from_secs(5);
