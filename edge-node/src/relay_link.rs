@@ -96,6 +96,8 @@ pub enum RelayEvent {
         user: Uuid,
         /// Their device.
         device: String,
+        /// Its simulcast layers (1: none).
+        layers: u8,
     },
     /// A local track ended.
     TrackEnded {
@@ -132,6 +134,8 @@ pub enum RelayCommand {
         user: Uuid,
         /// Their device.
         device: String,
+        /// Its simulcast layers (1: none).
+        layers: u8,
     },
     /// A remote track ended.
     RemoveRemoteTrack(u32),
@@ -305,7 +309,8 @@ struct RemoteTrack {
     worker: usize,
     call: Uuid,
     upstream_alias: Option<u32>,
-    reassembler: Reassembler,
+    /// One per simulcast layer (each numbers its packets on its own).
+    reassemblers: Vec<Reassembler>,
     last_keyframe_request: Option<Instant>,
     stale_since: Option<Instant>,
 }
@@ -435,6 +440,7 @@ impl Client {
                 kind,
                 user,
                 device,
+                layers,
             } => {
                 let alias = self.next_alias;
                 self.next_alias = self.next_alias.wrapping_add(1).max(1);
@@ -449,6 +455,7 @@ impl Client {
                     user,
                     device,
                     muted: false,
+                    layers,
                 };
                 self.local_ids.insert(announce.track.clone(), alias);
                 self.send(Control::Announce(announce.clone()));
@@ -557,6 +564,7 @@ impl Client {
                             },
                             user: a.user,
                             device: a.device.clone(),
+                            layers: a.layers,
                         },
                     );
                     if !added {
@@ -570,17 +578,17 @@ impl Client {
                             worker,
                             call: a.call,
                             upstream_alias: None,
-                            reassembler: reassembler(video),
+                            reassemblers: Vec::new(),
                             last_keyframe_request: None,
                             stale_since: None,
                         },
                     );
                 }
                 if let Some(r) = self.remote.get_mut(&a.track) {
-                    // (Re)bound: a fresh reassembler waits for a keyframe.
+                    // (Re)bound: fresh reassemblers wait for a keyframe.
                     r.upstream_alias = Some(a.alias);
                     r.stale_since = None;
-                    r.reassembler = reassembler(video);
+                    r.reassemblers = (0..a.layers).map(|_| reassembler(video)).collect();
                 }
                 self.remote_by_alias.insert(a.alias, a.track.clone());
                 if let Some(r) = self.remote.get(&a.track) {
@@ -590,10 +598,11 @@ impl Client {
                     };
                     self.command(r.worker, command);
                 }
-                // Every local participant receives every track of its call.
+                // Every local participant receives every track of its call;
+                // every layer, for the core to choose from per subscriber.
                 self.send(Control::Subscribe {
                     track: a.track.clone(),
-                    layers: 1,
+                    layers: ((1u16 << a.layers) - 1) as u8,
                 });
                 if video {
                     self.request_keyframe(&a.track, Instant::now(), true);
@@ -661,48 +670,65 @@ impl Client {
             self.metrics.link.dropped(DropReason::UnknownTrack);
             return;
         };
+        let Some(reassembler) = r.reassemblers.get_mut(usize::from(header.layer)) else {
+            self.metrics.link.dropped(DropReason::Malformed);
+            return;
+        };
         let now = Instant::now();
-        let recovered = r.reassembler.stats().recovered;
-        let pushed = r.reassembler.push(now, &header, &rtp, payload);
+        let recovered = reassembler.stats().recovered;
+        let pushed = reassembler.push(now, &header, &rtp, payload);
         self.metrics
             .recovered
-            .inc_by(r.reassembler.stats().recovered - recovered);
+            .inc_by(reassembler.stats().recovered - recovered);
         // Most packets complete nothing: the track id is looked up (and
         // cloned) only when there is something to hand on or ask for.
         let idle = pushed.frames.is_empty()
             && pushed.nacks.is_empty()
             && !pushed.loss
-            && !r.reassembler.waiting_keyframe();
+            && !reassembler.waiting_keyframe();
         if idle {
             return;
         }
         if let Some(id) = self.remote_by_alias.get(&header.alias).cloned() {
-            self.handle_pushed(&id, pushed, now);
+            self.handle_pushed(&id, header.layer, pushed, now);
         }
     }
 
     /// Gives up gaps waited on too long and repeats NACKs.
     fn poll_reassembly(&mut self, now: Instant) {
-        let stalled: Vec<String> = self
+        let stalled: Vec<(String, u8)> = self
             .remote
             .iter()
-            .filter(|(_, r)| r.reassembler.stalled())
-            .map(|(id, _)| id.clone())
+            .flat_map(|(id, r)| {
+                r.reassemblers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, re)| re.stalled())
+                    .map(move |(layer, _)| (id.clone(), layer as u8))
+            })
             .collect();
-        for id in stalled {
-            if let Some(r) = self.remote.get_mut(&id) {
-                let pushed = r.reassembler.poll(now);
-                self.handle_pushed(&id, pushed, now);
+        for (id, layer) in stalled {
+            if let Some(re) = self
+                .remote
+                .get_mut(&id)
+                .and_then(|r| r.reassemblers.get_mut(usize::from(layer)))
+            {
+                let pushed = re.poll(now);
+                self.handle_pushed(&id, layer, pushed, now);
             }
         }
     }
 
     /// Frames to the worker, NACKs and keyframe requests to the relay.
-    fn handle_pushed(&mut self, id: &str, pushed: relay::media::Pushed, now: Instant) {
+    fn handle_pushed(&mut self, id: &str, layer: u8, pushed: relay::media::Pushed, now: Instant) {
         let Some(r) = self.remote.get(id) else {
             return;
         };
-        let (worker, key, waiting) = (r.worker, r.key, r.reassembler.waiting_keyframe());
+        let waiting = r
+            .reassemblers
+            .get(usize::from(layer))
+            .is_some_and(Reassembler::waiting_keyframe);
+        let (worker, key) = (r.worker, r.key);
         if pushed.loss {
             self.metrics.frame_gaps.inc();
         }
@@ -719,6 +745,7 @@ impl Client {
                 .packets
                 .into_iter()
                 .map(|p| RemotePacket {
+                    layer,
                     seq: p.seq,
                     time,
                     marker: p.marker,

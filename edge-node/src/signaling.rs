@@ -198,6 +198,11 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
                                 break;
                             }
                         }
+                        Ok(ClientSignal::Layers { mid, max, height }) => {
+                            if !change_track(&mut socket, worker, peer, mid, TrackChange::MaxLayer { max, height }).await {
+                                break;
+                            }
+                        }
                         Ok(ClientSignal::Leave) => break,
                         Ok(ClientSignal::Offer { .. }) => {
                             send(&mut socket, &error("bad_message", "renegotiation is offered by the edge")).await;

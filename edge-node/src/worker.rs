@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::signaling::{ServerSignal, TrackInfo};
+use protocol::signaling::{LayerInfo, ServerSignal, TrackInfo};
 use str0m::media::MediaKind;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -61,12 +61,20 @@ pub enum Command {
 }
 
 /// A change to one track of a peer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum TrackChange {
     /// Its own published track: muted or not.
     Mute(bool),
     /// A track it receives: paused or not.
     Pause(bool),
+    /// A video track it receives: the highest layer wanted, by name or by
+    /// the rendered height.
+    MaxLayer {
+        /// `q`, `h` or `f`.
+        max: Option<String>,
+        /// Pixels.
+        height: Option<u32>,
+    },
 }
 
 /// Numbers a worker shares with the rest of the process (heartbeats read
@@ -295,6 +303,9 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                         let _ = reply.send(match change {
                             TrackChange::Mute(muted) => sfu.set_muted(now, peer, &mid, muted),
                             TrackChange::Pause(paused) => sfu.set_paused(now, peer, &mid, paused),
+                            TrackChange::MaxLayer { max, height } => {
+                                sfu.set_max_layer(now, peer, &mid, max.as_deref(), height)
+                            }
                         });
                     }
                     Some(Command::Leave { peer }) => sfu.leave(Instant::now(), peer),
@@ -360,6 +371,19 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
 fn server_signal(signal: Signal) -> ServerSignal {
     match signal {
         Signal::Offer(sdp) => ServerSignal::Offer { sdp },
+        Signal::Layers(layers, estimate) => ServerSignal::Layers {
+            layers: layers
+                .into_iter()
+                .map(|l| LayerInfo {
+                    mid: l.mid,
+                    layer: l.layer.map(str::to_owned),
+                    target: l.target.map(str::to_owned),
+                    available: l.available.into_iter().map(str::to_owned).collect(),
+                    max: l.max.to_owned(),
+                })
+                .collect(),
+            estimate_kbps: estimate.map(|bps| bps / 1000),
+        },
         Signal::Tracks(tracks) => ServerSignal::Tracks {
             tracks: tracks
                 .into_iter()
@@ -418,6 +442,7 @@ fn on_event(
             kind,
             user,
             device,
+            layers,
         } => relay_event(
             relay,
             RelayEvent::TrackPublished {
@@ -427,6 +452,7 @@ fn on_event(
                 kind,
                 user,
                 device,
+                layers,
             },
         ),
         SfuEvent::TrackEnded(track) => relay_event(
@@ -436,7 +462,7 @@ fn on_event(
                 track,
             },
         ),
-        SfuEvent::RemoteKeyframeRequest { key } => {
+        SfuEvent::RemoteKeyframeRequest { key, .. } => {
             relay_event(relay, RelayEvent::KeyframeRequest(key));
         }
         SfuEvent::TrackMuted { track, muted } => relay_event(
@@ -465,8 +491,9 @@ fn relay_command(sfu: &mut Sfu, command: RelayCommand) {
             kind,
             user,
             device,
+            layers,
         } => {
-            sfu.add_remote_track(now, key, call, kind, user, device);
+            sfu.add_remote_track(now, key, call, kind, user, device, layers);
         }
         RelayCommand::RemoveRemoteTrack(key) => sfu.remove_remote_track(now, key),
         RelayCommand::RemoteMuted { key, muted } => sfu.set_remote_muted(now, key, muted),

@@ -122,6 +122,9 @@ pub struct Announce {
     pub device: String,
     /// Its publisher muted it (nothing of it flows until unmuted).
     pub muted: bool,
+    /// How many simulcast layers it has (1: none); datagrams carry the
+    /// layer, and a subscription asks for layers by bit.
+    pub layers: u8,
 }
 
 /// A control message.
@@ -241,6 +244,7 @@ impl Control {
                 out.extend_from_slice(a.user.as_bytes());
                 put_str(out, &a.device);
                 out.push(u8::from(a.muted));
+                out.push(a.layers);
             }
             Control::TrackState { track, muted } => {
                 put_str(out, track);
@@ -325,6 +329,10 @@ impl Control {
                 user: r.uuid()?,
                 device: r.string()?,
                 muted: r.flag("muted flag")?,
+                layers: match r.u8()? {
+                    n @ 1..=8 => n,
+                    other => return Err(CodecError::Unknown("layer count", other)),
+                },
             }),
             4 => Control::Unannounce { track: r.string()? },
             5 => Control::Subscribe {
@@ -602,6 +610,7 @@ mod tests {
                     user: self.uuid(),
                     device: self.string(),
                     muted: self.below(2) == 0,
+                    layers: 1 + self.below(3) as u8,
                 }),
                 3 => Control::Unannounce {
                     track: self.string(),

@@ -42,6 +42,23 @@ pub enum ClientSignal {
         /// Paused or not.
         paused: bool,
     },
+    /// Which simulcast layer of a received video track the client wants at
+    /// most: `max` names a layer (`q`, `h` or `f`, low to high), or
+    /// `height` gives the height in pixels the video is shown at (the edge
+    /// picks the smallest layer at least that tall: 180 → `q`, 360 → `h`,
+    /// more → `f`). Neither: no limit. The edge may send less when the
+    /// subscriber's bandwidth or the publisher's layers say so; `layers`
+    /// tells what it sends.
+    Layers {
+        /// The m-line, in the client's session (from `tracks`).
+        mid: String,
+        /// The highest layer wanted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<String>,
+        /// The rendered height, pixels.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        height: Option<u32>,
+    },
     /// The client leaves (the socket closing says the same).
     Leave,
 }
@@ -66,6 +83,16 @@ pub enum ServerSignal {
     Tracks {
         /// The tracks.
         tracks: Vec<TrackInfo>,
+    },
+    /// Which layer of each received video track the edge sends now and
+    /// why: sent when a choice changes.
+    Layers {
+        /// One entry per received video track.
+        layers: Vec<LayerInfo>,
+        /// The edge's estimate of the bandwidth towards this client, kbit/s
+        /// (absent before there is one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        estimate_kbps: Option<u64>,
     },
     /// The request was refused or the session cannot go on.
     Error {
@@ -93,6 +120,22 @@ pub struct TrackInfo {
     /// This client paused it.
     #[serde(default)]
     pub paused: bool,
+}
+
+/// A received video track's layer, as the edge chose it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// The m-line in the client's session.
+    pub mid: String,
+    /// The layer sent now (`q`, `h`, `f`; a single-layer track says `f`),
+    /// or `null` while video is paused (bandwidth, or nothing arriving).
+    pub layer: Option<String>,
+    /// The layer the edge is switching to (on the next keyframe).
+    pub target: Option<String>,
+    /// The publisher's layers arriving now.
+    pub available: Vec<String>,
+    /// The highest layer this client asked for.
+    pub max: String,
 }
 
 #[cfg(test)]

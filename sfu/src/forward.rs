@@ -12,7 +12,7 @@ use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
 
-use crate::peer::{OutState, Peer};
+use crate::peer::Peer;
 use crate::rewrite::Position;
 use crate::{Output, PeerId, RelayPacket, SfuEvent, SignalError, TrackId, TrackSource};
 
@@ -28,6 +28,8 @@ const RTX_RATIO_CAP: f32 = 0.15;
 
 /// A packet on its way to subscribers, from a local publisher or the relay.
 pub(crate) struct Forwarded {
+    /// The simulcast layer it belongs to (0 for a single-layer track).
+    pub layer: usize,
     pub position: Position,
     pub marker: bool,
     pub payload: Arc<[u8]>,
@@ -47,6 +49,7 @@ impl Forwarded {
     /// Reads what forwarding needs from a packet's payload.
     pub fn new(
         codec: Codec,
+        layer: usize,
         seq: u64,
         time: u32,
         marker: bool,
@@ -66,6 +69,7 @@ impl Forwarded {
             (None, true, true)
         };
         Forwarded {
+            layer,
             position: Position {
                 seq,
                 time,
@@ -93,17 +97,33 @@ impl crate::Sfu {
             return;
         };
         let ssrc = packet.header.ssrc;
-        let track = match p.ingress.get(&ssrc) {
-            Some(track) => *track,
+        let (track, layer) = match p.ingress.get(&ssrc) {
+            Some(known) => *known,
             None => {
-                let Some(mid) = p.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+                let Some((mid, rid)) = p
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&ssrc)
+                    .map(|s| (s.mid(), s.rid()))
+                else {
                     return;
                 };
                 let Some(track) = p.published.get(&mid).copied() else {
                     return;
                 };
-                p.ingress.insert(ssrc, track);
-                track
+                let Some(t) = self.tracks.get(&track) else {
+                    return;
+                };
+                let layer = match rid {
+                    None => 0,
+                    Some(rid) => match t.layers.iter().position(|l| l.rid == Some(rid)) {
+                        Some(layer) => layer,
+                        // A rid the SDP did not declare.
+                        None => return,
+                    },
+                };
+                p.ingress.insert(ssrc, (track, layer));
+                (track, layer)
             }
         };
         let Some(t) = self.tracks.get(&track) else {
@@ -111,6 +131,7 @@ impl crate::Sfu {
         };
         let mut forwarded = Forwarded::new(
             t.codec,
+            layer,
             *packet.seq_no,
             packet.header.timestamp,
             packet.header.marker,
@@ -128,7 +149,7 @@ impl crate::Sfu {
     }
 
     /// Writes a packet of `track` to each subscriber (and to the relay if
-    /// it subscribed), keyframe gating included.
+    /// it subscribed), keyframe gating and layer switching included.
     pub(crate) fn fan_out(
         &mut self,
         track: TrackId,
@@ -136,9 +157,15 @@ impl crate::Sfu {
         packet: &Forwarded,
         now: Instant,
     ) {
-        let Some(t) = self.tracks.get(&track) else {
+        let Some(t) = self.tracks.get_mut(&track) else {
             return;
         };
+        let Some(source) = t.layers.get_mut(packet.layer) else {
+            return;
+        };
+        let started = !source.arriving(now);
+        source.last_packet = Some(now);
+        source.rate.add(now, packet.payload.len());
         if t.muted {
             return;
         }
@@ -149,6 +176,7 @@ impl crate::Sfu {
                 track,
                 alias,
                 video,
+                layer: packet.layer as u8,
                 seq: packet.position.seq as u16,
                 time: packet.position.time,
                 // A relay frame ends on the marker (video) or with the
@@ -159,6 +187,14 @@ impl crate::Sfu {
                 payload: packet.payload.clone(),
             }));
         }
+        if started && video {
+            // A layer began (or came back): subscribers may want it.
+            for sub in self.members(call) {
+                if Some(sub) != publisher {
+                    self.allocate(sub, now);
+                }
+            }
+        }
         let mut waiting = false;
         for sub in self.members(call) {
             if Some(sub) == publisher {
@@ -168,43 +204,69 @@ impl crate::Sfu {
                 continue;
             };
             match write(s, track, codec, video, packet, now) {
-                Written::Yes => {
+                Written::Yes { switched } => {
                     self.stats.forwarded += 1;
+                    if switched && video {
+                        self.send_layers(sub, now);
+                    }
                     self.drive(sub);
                 }
                 Written::WaitingKeyframe => waiting = true,
                 Written::No => {}
             }
         }
-        // Someone waits for a keyframe: ask again (throttled), in case the
-        // first request or its answer was lost.
+        // Someone waits for a keyframe of this layer: ask again
+        // (throttled), in case the first request or its answer was lost.
         if waiting {
-            self.request_keyframe(track, now, false);
+            self.request_keyframe(track, Some(packet.layer), now, false);
         }
     }
 
-    /// Asks a track's publisher for a keyframe, unless one was asked for
-    /// within the throttle (`force`: a new subscriber always gets one).
-    pub(crate) fn request_keyframe(&mut self, track: TrackId, now: Instant, force: bool) {
+    /// Asks a track's publisher for a keyframe of a layer (`None`: of every
+    /// layer), unless one was asked for within the throttle (`force`: a new
+    /// subscriber always gets one).
+    pub(crate) fn request_keyframe(
+        &mut self,
+        track: TrackId,
+        layer: Option<usize>,
+        now: Instant,
+        force: bool,
+    ) {
         let Some(t) = self.tracks.get_mut(&track) else {
             return;
         };
         if t.kind != MediaKind::Video {
             return;
         }
-        let throttled = t
-            .last_keyframe_request
-            .is_some_and(|at| now.saturating_duration_since(at) < self.config.keyframe_throttle);
-        if throttled && !force {
+        let throttle = self.config.keyframe_throttle;
+        let mut asked = Vec::new();
+        for (index, l) in t.layers.iter_mut().enumerate() {
+            if layer.is_some_and(|wanted| wanted != index) {
+                continue;
+            }
+            let throttled = l
+                .last_keyframe_request
+                .is_some_and(|at| now.saturating_duration_since(at) < throttle);
+            if throttled && !force {
+                continue;
+            }
+            l.last_keyframe_request = Some(now);
+            asked.push((index, l.rid));
+        }
+        if asked.is_empty() {
             return;
         }
-        t.last_keyframe_request = Some(now);
         let (peer, mid) = match t.source {
             TrackSource::Local { peer, mid } => (peer, mid),
             TrackSource::Remote { key } => {
-                self.stats.keyframe_requests += 1;
-                self.out
-                    .push_back(Output::Event(SfuEvent::RemoteKeyframeRequest { key }));
+                for (index, _) in asked {
+                    self.stats.keyframe_requests += 1;
+                    self.out
+                        .push_back(Output::Event(SfuEvent::RemoteKeyframeRequest {
+                            key,
+                            layer: index as u8,
+                        }));
+                }
                 return;
             }
         };
@@ -212,12 +274,14 @@ impl crate::Sfu {
             return;
         };
         let mut direct = p.rtc.direct_api();
-        let Some(stream) = direct.stream_rx_by_mid(mid, None) else {
-            // Nothing received yet: the first packets bring a keyframe.
-            return;
-        };
-        stream.request_keyframe(KeyframeRequestKind::Pli);
-        self.stats.keyframe_requests += 1;
+        for (_, rid) in asked {
+            // Nothing received of a layer yet: its first packets bring a
+            // keyframe.
+            if let Some(stream) = direct.stream_rx_by_mid(mid, rid) {
+                stream.request_keyframe(KeyframeRequestKind::Pli);
+                self.stats.keyframe_requests += 1;
+            }
+        }
         self.drive(peer);
     }
 
@@ -270,7 +334,7 @@ impl crate::Sfu {
             }
         }
         if !muted {
-            self.request_keyframe(track, now, true);
+            self.request_keyframe(track, None, now, true);
         }
         self.process(now);
     }
@@ -300,9 +364,10 @@ impl crate::Sfu {
         if !paused {
             sub.restart();
         }
+        let target = sub.target;
         self.send_track_list(peer);
         if !paused {
-            self.request_keyframe(track, now, true);
+            self.request_keyframe(track, target, now, true);
         }
         self.process(now);
         Ok(())
@@ -311,8 +376,12 @@ impl crate::Sfu {
 
 /// What happened to a packet at one subscriber.
 enum Written {
-    Yes,
-    /// A video subscription waits for a keyframe; this was not one.
+    /// Forwarded (`switched`: the first of a new layer).
+    Yes {
+        switched: bool,
+    },
+    /// The subscription waits for a keyframe of this packet's layer; this
+    /// was not one.
     WaitingKeyframe,
     No,
 }
@@ -335,7 +404,12 @@ fn write(
     if sub.paused {
         return Written::No;
     }
-    if sub.state == OutState::Starting {
+    let mut switched = false;
+    if sub.current != Some(packet.layer) {
+        // Not the layer being sent: the start of the target, or nothing.
+        if sub.target != Some(packet.layer) {
+            return Written::No;
+        }
         if !packet.keyframe {
             return if video {
                 Written::WaitingKeyframe
@@ -344,7 +418,8 @@ fn write(
             };
         }
         sub.rewriter.begin(now, &packet.position);
-        sub.state = OutState::Live;
+        switched = true;
+        sub.current = Some(packet.layer);
     }
     let Some(out) = sub.rewriter.rewrite(now, &packet.position) else {
         return Written::No;
@@ -376,6 +451,10 @@ fn write(
     if first_write {
         let size = if video { SEND_BUFFER_VIDEO } else { 0 };
         stream.set_rtx_cache(size, SEND_BUFFER_AGE, Some(RTX_RATIO_CAP));
+        // Forwarded as it arrives: the publisher's encoder paced it
+        // already, and str0m's pacer (on with BWE) would hold each frame
+        // back by its burst. Padding and probes stay paced.
+        stream.set_unpaced(true);
     }
     let mut rtp = RtpWrite::new(
         pt,
@@ -394,12 +473,15 @@ fn write(
         rtp = rtp.vp8_patch(patch);
     }
     stream.write_rtp(rtp);
+    if video {
+        s.video_sent.add(now, packet.payload.len());
+    }
     // str0m's pacer releases queued packets on its next timeout; give it
     // one now rather than waiting for the timer.
     if s.rtc.handle_input(Input::Timeout(now)).is_err() {
         s.rtc.disconnect();
     }
-    Written::Yes
+    Written::Yes { switched }
 }
 
 /// The payload type the subscriber's m-line uses for `codec`.

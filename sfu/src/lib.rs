@@ -30,7 +30,9 @@
 //! and nothing here knows the wire formats of signaling or the relay (the
 //! shell translates [`Signal`] and [`RelayPacket`]).
 
+mod allocation;
 mod forward;
+pub mod layers;
 mod negotiation;
 mod peer;
 mod relay;
@@ -46,9 +48,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::config::DtlsCert;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Rtc};
 use uuid::Uuid;
@@ -137,6 +140,9 @@ pub enum SignalError {
     /// Mute or pause named an m-line the peer does not publish or receive.
     #[error("no such track: {0}")]
     UnknownTrack(String),
+    /// A layer request named no layer (`q`, `h`, `f`).
+    #[error("no such layer: {0} (q, h or f)")]
+    BadLayer(String),
 }
 
 impl SignalError {
@@ -147,6 +153,7 @@ impl SignalError {
             SignalError::NoPendingOffer => "bad_message",
             SignalError::BadSdp(_) => "bad_sdp",
             SignalError::UnknownTrack(_) => "unknown_track",
+            SignalError::BadLayer(_) => "bad_message",
         }
     }
 }
@@ -182,11 +189,20 @@ pub(crate) struct Track {
     pub muted: bool,
     /// A local track the relay subscribed to, under this alias.
     pub relay_alias: Option<u32>,
-    pub last_keyframe_request: Option<Instant>,
+    /// Its layers, lowest first (one unless its publisher sends
+    /// simulcast).
+    pub layers: Vec<layers::LayerSource>,
 }
 
 impl Track {
-    fn new(source: TrackSource, call: Uuid, kind: MediaKind, user: Uuid, device: String) -> Self {
+    fn new(
+        source: TrackSource,
+        call: Uuid,
+        kind: MediaKind,
+        user: Uuid,
+        device: String,
+        layers: Vec<layers::LayerSource>,
+    ) -> Self {
         Track {
             source,
             call,
@@ -200,8 +216,23 @@ impl Track {
             device,
             muted: false,
             relay_alias: None,
-            last_keyframe_request: None,
+            layers: if layers.is_empty() {
+                vec![layers::LayerSource::new(None)]
+            } else {
+                layers
+            },
         }
+    }
+
+    /// Its layers as [`layers::choose`] sees them.
+    fn layer_views(&self, now: Instant) -> Vec<layers::LayerView> {
+        self.layers
+            .iter()
+            .map(|l| layers::LayerView {
+                arriving: l.arriving(now),
+                bps: l.rate.bps(),
+            })
+            .collect()
     }
 }
 
@@ -216,6 +247,8 @@ pub struct RelayPacket {
     pub alias: u32,
     /// Video (else audio).
     pub video: bool,
+    /// Its simulcast layer (0 for a single-layer track).
+    pub layer: u8,
     /// The publisher's sequence number.
     pub seq: u16,
     /// The publisher's RTP timestamp.
@@ -230,9 +263,11 @@ pub struct RelayPacket {
     pub payload: Arc<[u8]>,
 }
 
-/// A packet of a remote track, from the relay, in order.
+/// A packet of a remote track, from the relay, in order (per layer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemotePacket {
+    /// Its simulcast layer (0 for a single-layer track).
+    pub layer: u8,
     /// The publisher's extended sequence number.
     pub seq: u64,
     /// The publisher's RTP timestamp.
@@ -277,6 +312,24 @@ pub enum Signal {
     Offer(String),
     /// Every track the peer receives now.
     Tracks(Vec<TrackState>),
+    /// Which layer of each received video track is sent now, and the
+    /// bandwidth estimate (bits per second) towards the peer.
+    Layers(Vec<LayerState>, Option<u64>),
+}
+
+/// A received video track's layer choice (for [`Signal::Layers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerState {
+    /// The subscriber's m-line.
+    pub mid: String,
+    /// The layer sent now (`q`, `h`, `f`), or none (video paused).
+    pub layer: Option<&'static str>,
+    /// The layer being switched to.
+    pub target: Option<&'static str>,
+    /// The publisher's layers arriving now.
+    pub available: Vec<&'static str>,
+    /// The highest layer the subscriber asked for.
+    pub max: &'static str,
 }
 
 /// Something the shell must act on.
@@ -309,6 +362,8 @@ pub enum SfuEvent {
         user: Uuid,
         /// Their device.
         device: String,
+        /// How many simulcast layers it has (1: none).
+        layers: u8,
     },
     /// A local track ended.
     TrackEnded(TrackId),
@@ -324,6 +379,8 @@ pub enum SfuEvent {
     RemoteKeyframeRequest {
         /// The shell's key of the track.
         key: u32,
+        /// Of this layer.
+        layer: u8,
     },
 }
 
@@ -388,6 +445,9 @@ pub struct Sfu {
     out: VecDeque<Output>,
     /// Remote tracks by the shell's key.
     remote_tracks: HashMap<u32, TrackId>,
+    /// When layer choices are next looked at again (layers that stopped
+    /// arriving, bitrates that changed).
+    next_allocation: Instant,
     next_peer: PeerId,
     next_track: TrackId,
     /// The latest `now` passed in (for the idle wake-up).
@@ -415,6 +475,7 @@ impl Sfu {
             work: VecDeque::new(),
             out: VecDeque::new(),
             remote_tracks: HashMap::new(),
+            next_allocation: now,
             next_peer: 1,
             next_track: 1,
             last_now: now,
@@ -449,13 +510,20 @@ impl Sfu {
             return output;
         }
         // Stale heap entries (the peer moved its timeout, or left) go.
+        let mut next = None;
         while let Some(Reverse((at, peer))) = self.timers.peek().copied() {
             if self.peers.get(&peer).is_some_and(|p| p.timeout == at) {
-                return Output::Timeout(at);
+                next = Some(at);
+                break;
             }
             self.timers.pop();
         }
-        Output::Timeout(self.last_now + IDLE_WAKE)
+        let allocation = (!self.peers.is_empty()).then_some(self.next_allocation);
+        let at = match (next, allocation) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(self.last_now + IDLE_WAKE),
+        };
+        Output::Timeout(at)
     }
 
     /// A datagram arrived on the socket. Returns whether a peer took it.
@@ -500,16 +568,20 @@ impl Sfu {
     /// Time passed: wakes the peers whose timeout is due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
+        // Each due peer once: a peer whose next timeout is `now` again
+        // (str0m's pacer) waits for the next call, so this always returns.
+        let mut due = Vec::new();
         while let Some(Reverse((at, peer))) = self.timers.peek().copied() {
             if at > now {
                 break;
             }
             self.timers.pop();
             // Stale heap entries (the peer moved its timeout) are skipped.
-            let due = self.peers.get(&peer).is_some_and(|p| p.timeout <= now);
-            if !due {
-                continue;
+            if self.peers.get(&peer).is_some_and(|p| p.timeout <= now) && !due.contains(&peer) {
+                due.push(peer);
             }
+        }
+        for peer in due {
             if let Some(p) = self.peers.get_mut(&peer)
                 && p.rtc.handle_input(Input::Timeout(now)).is_err()
             {
@@ -517,6 +589,10 @@ impl Sfu {
                 continue;
             }
             self.drive(peer);
+        }
+        if now >= self.next_allocation {
+            self.next_allocation = now + allocation::INTERVAL;
+            self.allocate_all(now);
         }
         self.process(now);
     }
@@ -581,7 +657,16 @@ impl Sfu {
                     let publishes =
                         matches!(added.direction, Direction::RecvOnly | Direction::SendRecv);
                     if publishes {
-                        self.publish(peer, added.mid, added.kind);
+                        // The publisher's send layers are our receive
+                        // layers (whichever side the SDP named them on).
+                        let rids: Vec<Rid> = added
+                            .simulcast
+                            .map(|s| if s.recv.is_empty() { s.send } else { s.recv })
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|l| l.rid)
+                            .collect();
+                        self.publish(peer, added.mid, added.kind, &rids);
                     }
                 }
                 Event::RtpPacket(packet) => self.on_rtp(peer, packet, now),
@@ -593,12 +678,22 @@ impl Sfu {
                 }
                 Event::KeyframeRequest(request) => {
                     self.stats.keyframe_requests_received += 1;
-                    let track = self
-                        .peers
-                        .get(&peer)
-                        .and_then(|p| p.by_mid.get(&request.mid).copied());
-                    if let Some(track) = track {
-                        self.request_keyframe(track, now, false);
+                    let asked = self.peers.get(&peer).and_then(|p| {
+                        let track = p.by_mid.get(&request.mid)?;
+                        let sub = p.subscriptions.get(track)?;
+                        Some((*track, sub.current.or(sub.target)))
+                    });
+                    if let Some((track, Some(layer))) = asked {
+                        self.request_keyframe(track, Some(layer), now, false);
+                    }
+                }
+                Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                    let changed = self.peers.get_mut(&peer).is_some_and(|p| {
+                        let estimate = Some(estimate.as_u64());
+                        std::mem::replace(&mut p.estimate, estimate) != estimate
+                    });
+                    if changed {
+                        self.allocate(peer, now);
                     }
                 }
                 _ => {}
@@ -618,7 +713,11 @@ impl Sfu {
         };
         self.out.push_back(Output::Event(SfuEvent::Connected(peer)));
         for track in videos {
-            self.request_keyframe(track, now, true);
+            let target = self
+                .peers
+                .get(&peer)
+                .and_then(|p| p.subscriptions.get(&track)?.target);
+            self.request_keyframe(track, target, now, true);
         }
     }
 
@@ -662,6 +761,9 @@ fn new_rtc(now: Instant, ufrag: &str, cert: Option<&DtlsCert>) -> Rtc {
         .enable_vp8(true)
         // NACK and keyframe-request counts for the metrics.
         .set_stats_interval(Some(Duration::from_secs(1)))
+        // TWCC bandwidth estimation towards the peer: layer choice and
+        // video pausing follow it.
+        .enable_bwe(Some(Bitrate::kbps(allocation::INITIAL_ESTIMATE_KBPS)))
         .set_local_ice_credentials(str0m::IceCreds {
             ufrag: ufrag.to_owned(),
             pass: random_token(32),

@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use str0m::Candidate;
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid, Rid};
 
+use crate::layers;
 use crate::peer::{Peer, Pending, Subscription};
 use crate::{
     JoinError, Output, PeerId, PeerInfo, SfuEvent, Signal, SignalError, Track, TrackId,
@@ -62,6 +63,11 @@ impl crate::Sfu {
                 connected: false,
                 published: HashMap::new(),
                 ingress: HashMap::new(),
+                estimate: None,
+                bwe_targets: (0, 0),
+                video_sent: Default::default(),
+                congested_at: None,
+                last_upgrade: None,
                 subscriptions: HashMap::new(),
                 by_mid: HashMap::new(),
                 nacks_seen: HashMap::new(),
@@ -104,12 +110,15 @@ impl crate::Sfu {
         let mut fresh_video = Vec::new();
         for (track, mid) in pending.added {
             if let Some(t) = self.tracks.get(&track) {
-                p.subscriptions
-                    .insert(track, Subscription::new(mid, t.codec));
-                p.by_mid.insert(mid, track);
-                if t.kind == MediaKind::Video {
+                let target = if t.kind == MediaKind::Video {
                     fresh_video.push(track);
-                }
+                    crate::allocation::initial_layer(&t.layer_views(now))
+                } else {
+                    Some(0)
+                };
+                p.subscriptions
+                    .insert(track, Subscription::new(mid, t.codec, target));
+                p.by_mid.insert(mid, track);
             }
         }
         for track in pending.removed {
@@ -122,7 +131,11 @@ impl crate::Sfu {
         self.send_track_list(peer);
         if connected {
             for track in fresh_video {
-                self.request_keyframe(track, now, true);
+                let target = self
+                    .peers
+                    .get(&peer)
+                    .and_then(|p| p.subscriptions.get(&track)?.target);
+                self.request_keyframe(track, target, now, true);
             }
         }
         self.renegotiate(peer);
@@ -131,8 +144,8 @@ impl crate::Sfu {
     }
 
     /// A peer's offered send m-line becomes a track of its call, offered to
-    /// everyone else.
-    pub(crate) fn publish(&mut self, peer: PeerId, mid: Mid, kind: MediaKind) {
+    /// everyone else; `rids` are its simulcast layers, if it sends any.
+    pub(crate) fn publish(&mut self, peer: PeerId, mid: Mid, kind: MediaKind, rids: &[Rid]) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -152,6 +165,10 @@ impl crate::Sfu {
                 kind,
                 user,
                 device.clone(),
+                layers::order(rids)
+                    .into_iter()
+                    .map(|rid| layers::LayerSource::new(Some(rid)))
+                    .collect(),
             ),
         );
         self.out.push_back(Output::Event(SfuEvent::TrackPublished {
@@ -160,6 +177,7 @@ impl crate::Sfu {
             kind,
             user,
             device,
+            layers: rids.len().clamp(1, layers::MAX_LAYERS) as u8,
         }));
         tracing::debug!(peer, track = id, ?kind, "track published");
         for other in self.members(call) {

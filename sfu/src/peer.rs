@@ -23,9 +23,23 @@ pub(crate) struct Peer {
     pub connected: bool,
     /// The peer's own send m-lines → its tracks.
     pub published: HashMap<Mid, TrackId>,
-    /// Incoming SSRCs → the track they carry, learned from str0m's streams
-    /// on the first packet so later packets need no lookup.
-    pub ingress: HashMap<Ssrc, TrackId>,
+    /// Incoming SSRCs → the track and layer they carry, learned from
+    /// str0m's streams on the first packet so later packets need no lookup.
+    pub ingress: HashMap<Ssrc, (TrackId, usize)>,
+    /// str0m's estimate of the bandwidth towards this peer, bits per
+    /// second (TWCC), once there is one.
+    pub estimate: Option<u64>,
+    /// The (minimum, desired) rates last given str0m's estimator.
+    pub bwe_targets: (u64, u64),
+    /// The video rate actually sent to this peer.
+    pub video_sent: crate::layers::RateMeter,
+    /// When the estimate last fell below what was being sent (congestion):
+    /// for a while after, layer choices must fit the estimate.
+    pub congested_at: Option<Instant>,
+    /// When a layer was last raised for a subscription of this peer
+    /// without the estimate's say-so (upgrades outside congestion go one
+    /// layer at a time).
+    pub last_upgrade: Option<Instant>,
     /// The tracks it receives.
     pub subscriptions: HashMap<TrackId, Subscription>,
     /// The reverse: its receiving m-lines → their tracks.
@@ -50,25 +64,25 @@ pub(crate) struct Pending {
     pub removed: Vec<TrackId>,
 }
 
-/// Where a subscription is in forwarding its track.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OutState {
-    /// Nothing forwarded since the subscription began, resumed, or its
-    /// publisher unmuted: video waits for the first packet of a keyframe (a
-    /// delta frame would not decode); audio starts with its next packet.
-    /// The rewriter starts a new run there.
-    Starting,
-    /// Packets are forwarded through the current run.
-    Live,
-}
-
 /// One track as one subscriber receives it.
 pub(crate) struct Subscription {
     /// The subscriber's m-line.
     pub mid: Mid,
     /// The subscriber paused it (e.g. off screen): nothing is forwarded.
     pub paused: bool,
-    pub state: OutState,
+    /// The layer forwarded now, or `None`: nothing since the subscription
+    /// began, resumed, its publisher unmuted or its video was paused for
+    /// bandwidth. Video (re)starts on the first packet of a keyframe of the
+    /// [`Subscription::target`] (a delta frame would not decode); audio with
+    /// its next packet. The rewriter starts a new run there.
+    pub current: Option<usize>,
+    /// The layer to forward (switched to on its next keyframe), or `None`:
+    /// video paused (nothing arriving, or no bandwidth for any layer).
+    pub target: Option<usize>,
+    /// The highest layer the subscriber asked for.
+    pub max_layer: usize,
+    /// `(current, target)` as last told to the subscriber.
+    pub reported: Option<(Option<usize>, Option<usize>)>,
     /// The payload type the subscriber's m-line uses for the track's codec,
     /// found on the first write.
     pub pt: Option<Pt>,
@@ -79,7 +93,8 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
-    pub fn new(mid: Mid, codec: Codec) -> Self {
+    /// A new subscription on `mid`; `target` is the layer to start with.
+    pub fn new(mid: Mid, codec: Codec, target: Option<usize>) -> Self {
         let clock = if codec == Codec::Opus { 48_000 } else { 90_000 };
         // A random start, as RFC 3550 §5.1 asks, in the lower half so the
         // first packets are far from a wrap.
@@ -87,7 +102,10 @@ impl Subscription {
         Subscription {
             mid,
             paused: false,
-            state: OutState::Starting,
+            current: None,
+            target,
+            max_layer: crate::layers::MAX_LAYERS - 1,
+            reported: None,
             pt: None,
             stream_ready: false,
             rewriter: Rewriter::new(clock, first_seq),
@@ -97,7 +115,7 @@ impl Subscription {
     /// Forwarding starts over (resumed, unmuted): a new run on the next
     /// packet the decoder can start from.
     pub fn restart(&mut self) {
-        self.state = OutState::Starting;
+        self.current = None;
         self.rewriter.stop();
     }
 }

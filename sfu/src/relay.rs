@@ -10,12 +10,15 @@ use str0m::media::MediaKind;
 use uuid::Uuid;
 
 use crate::forward::Forwarded;
+use crate::layers::{LayerSource, MAX_LAYERS};
 use crate::{RemotePacket, Track, TrackId, TrackSource};
 
 impl crate::Sfu {
     /// A track of another edge's participant, announced by the relay, joins
-    /// the call: every local participant is offered it. Returns false (and
-    /// adds nothing) when the call has no participant here.
+    /// the call: every local participant is offered it. It has `layers`
+    /// simulcast layers (1: none). Returns false (and adds nothing) when the
+    /// call has no participant here.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_remote_track(
         &mut self,
         now: Instant,
@@ -24,6 +27,7 @@ impl crate::Sfu {
         kind: MediaKind,
         user: Uuid,
         device: String,
+        layers: u8,
     ) -> bool {
         self.last_now = now;
         if !self.calls.contains_key(&call) {
@@ -36,7 +40,16 @@ impl crate::Sfu {
         self.next_track += 1;
         self.tracks.insert(
             id,
-            Track::new(TrackSource::Remote { key }, call, kind, user, device),
+            Track::new(
+                TrackSource::Remote { key },
+                call,
+                kind,
+                user,
+                device,
+                (0..layers.clamp(1, MAX_LAYERS as u8))
+                    .map(|_| LayerSource::new(None))
+                    .collect(),
+            ),
         );
         self.remote_tracks.insert(key, id);
         tracing::debug!(track = id, key, ?kind, "remote track added");
@@ -70,8 +83,8 @@ impl crate::Sfu {
         }
     }
 
-    /// Packets of a remote track arrived from the relay (a whole frame, in
-    /// order).
+    /// Packets of a remote track arrived from the relay (a whole frame of
+    /// one layer, in order).
     pub fn remote_packets(&mut self, now: Instant, key: u32, packets: &[RemotePacket]) {
         self.last_now = now;
         let Some(track) = self.remote_tracks.get(&key).copied() else {
@@ -84,7 +97,15 @@ impl crate::Sfu {
             if p.payload.is_empty() {
                 continue;
             }
-            let forwarded = Forwarded::new(codec, p.seq, p.time, p.marker, p.payload.clone(), now);
+            let forwarded = Forwarded::new(
+                codec,
+                usize::from(p.layer),
+                p.seq,
+                p.time,
+                p.marker,
+                p.payload.clone(),
+                now,
+            );
             self.fan_out(track, None, &forwarded, now);
         }
         self.process(now);
@@ -102,7 +123,7 @@ impl crate::Sfu {
         }
         t.relay_alias = alias;
         if alias.is_some() {
-            self.request_keyframe(track, now, true);
+            self.request_keyframe(track, None, now, true);
         }
         self.process(now);
     }
@@ -111,7 +132,7 @@ impl crate::Sfu {
     pub fn relay_keyframe_request(&mut self, now: Instant, track: TrackId) {
         self.last_now = now;
         self.stats.keyframe_requests_received += 1;
-        self.request_keyframe(track, now, false);
+        self.request_keyframe(track, None, now, false);
         self.process(now);
     }
 }

@@ -43,6 +43,8 @@ struct Client {
     keyframe_due: bool,
     frames_sent: u32,
     track_lists: Vec<Vec<TrackState>>,
+    /// The layer reports it got.
+    layers: Vec<(Vec<LayerState>, Option<u64>)>,
 }
 
 struct World {
@@ -123,6 +125,7 @@ impl World {
             keyframe_due: true,
             frames_sent: 0,
             track_lists: Vec::new(),
+            layers: Vec::new(),
         });
         self.pump();
         Ok(index)
@@ -195,6 +198,7 @@ impl World {
                     .unwrap();
             }
             Signal::Tracks(tracks) => self.clients[i].track_lists.push(tracks),
+            Signal::Layers(layers, estimate) => self.clients[i].layers.push((layers, estimate)),
         }
     }
 
@@ -612,6 +616,7 @@ fn vp8_packets(counter: u32, keyframe: bool, first_seq: u64) -> Vec<RemotePacket
             let mut payload = vec![if i == 0 { 0x10 } else { 0x00 }];
             payload.extend_from_slice(chunk);
             RemotePacket {
+                layer: 0,
                 seq: first_seq + i as u64,
                 time: counter * 3000,
                 marker: i == last,
@@ -680,7 +685,8 @@ fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
         Uuid::now_v7(),
         MediaKind::Video,
         Uuid::now_v7(),
-        "x".into()
+        "x".into(),
+        1
     ));
     let far_user = Uuid::now_v7();
     assert!(world.sfu.add_remote_track(
@@ -689,7 +695,8 @@ fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
         world.call,
         MediaKind::Video,
         far_user,
-        "far".into()
+        "far".into(),
+        1
     ));
     world.pump();
     assert_eq!(world.sfu.subscriptions(), 2, "both were offered it");
@@ -722,7 +729,7 @@ fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
     let asked = world
         .take_events()
         .into_iter()
-        .filter(|e| matches!(e, SfuEvent::RemoteKeyframeRequest { key: 7 }))
+        .filter(|e| matches!(e, SfuEvent::RemoteKeyframeRequest { key: 7, .. }))
         .count();
     assert!(asked >= 1, "a keyframe was asked of the relay");
     // The far publisher mutes: the local track lists say so.

@@ -39,6 +39,7 @@ fn announce(call: Uuid, track: &str, alias: u32, kind: Kind) -> Control {
         user: Uuid::from_u128(7),
         device: "bot".into(),
         muted: false,
+        layers: 1,
     })
 }
 

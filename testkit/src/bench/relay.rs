@@ -293,6 +293,7 @@ async fn relay_hop(certs: &CertDir, subscribers: usize) -> RelayHop {
             user: Uuid::new_v4(),
             device: "bench".into(),
             muted: false,
+            layers: 1,
         }),
     )
     .await

@@ -1,0 +1,219 @@
+//! Per subscriber: which layer of each received video track it gets, from
+//! what it asked for, what arrives, and its share of str0m's bandwidth
+//! estimate (TWCC); and the rates str0m's estimator should sustain and
+//! probe for, so a subscriber whose estimate recovers climbs back.
+//!
+//! Audio is never part of the choice: its share is set aside first, and a
+//! subscriber whose estimate fits no video layer keeps its audio.
+
+use std::time::{Duration, Instant};
+
+use str0m::bwe::Bitrate;
+use str0m::media::MediaKind;
+
+use crate::layers::{self, LayerView};
+use crate::{LayerState, Output, PeerId, Signal, TrackId};
+
+/// How often layer choices are looked at again (layers that stopped
+/// arriving, bitrates that moved).
+pub(crate) const INTERVAL: Duration = Duration::from_millis(250);
+/// The estimate a session starts with: high enough that a good link starts
+/// at full quality (the estimate falls fast on a congested one).
+pub(crate) const INITIAL_ESTIMATE_KBPS: u64 = 2500;
+/// Set aside per received audio track before video is allocated.
+const AUDIO_BPS: u64 = 64_000;
+/// The least the estimator is asked to sustain (padding fills the rest),
+/// so an estimate that fell can be rediscovered.
+const MIN_PROBE_BPS: u64 = 300_000;
+/// Congestion: the estimate is below this share of the video sent.
+const CONGESTED_BELOW: f64 = 0.9;
+/// How long after congestion layer choices must fit the estimate (while
+/// probing looks for the capacity to climb back).
+const CONGESTION_HOLD: Duration = Duration::from_secs(5);
+/// Outside congestion, a subscription climbs one layer per this.
+const UPGRADE_STEP: Duration = Duration::from_secs(1);
+
+impl crate::Sfu {
+    /// Looks at every subscriber's layer choices again.
+    pub(crate) fn allocate_all(&mut self, now: Instant) {
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.allocate(peer, now);
+        }
+    }
+
+    /// Chooses the layer of each video track `peer` receives; switches
+    /// start on the target's next keyframe, asked for now.
+    pub(crate) fn allocate(&mut self, peer: PeerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let mut videos: Vec<TrackId> = Vec::new();
+        let mut audio = 0u64;
+        for (track, sub) in &p.subscriptions {
+            let Some(t) = self.tracks.get(track) else {
+                continue;
+            };
+            if sub.paused || t.muted {
+                continue;
+            }
+            match t.kind {
+                MediaKind::Video => videos.push(*track),
+                MediaKind::Audio => audio += 1,
+            }
+        }
+        videos.sort_unstable();
+        // Congestion: the estimate fell below the video actually sent. For
+        // a while after, choices must fit the estimate. Otherwise the
+        // estimate says little (it sinks towards what is sent while little
+        // is: a mute, a pause) and choices follow requests and arrivals,
+        // climbing one layer per step.
+        let sent = p.video_sent.bps();
+        if p.estimate
+            .is_some_and(|e| sent > 0 && (e as f64) < sent as f64 * CONGESTED_BELOW)
+        {
+            p.congested_at = Some(now);
+        }
+        let constrained = p
+            .congested_at
+            .is_some_and(|at| now.saturating_duration_since(at) < CONGESTION_HOLD);
+        let share = p.estimate.filter(|_| constrained).map(|estimate| {
+            estimate.saturating_sub(audio * AUDIO_BPS) / videos.len().max(1) as u64
+        });
+        let may_step_up = p
+            .last_upgrade
+            .is_none_or(|at| now.saturating_duration_since(at) >= UPGRADE_STEP);
+        let mut stepped_up = false;
+        let mut keyframes = Vec::new();
+        let (mut sending, mut desired) = (audio * AUDIO_BPS, audio * AUDIO_BPS);
+        let mut changed = false;
+        for track in &videos {
+            let (Some(t), Some(sub)) = (self.tracks.get(track), p.subscriptions.get_mut(track))
+            else {
+                continue;
+            };
+            let views = t.layer_views(now);
+            let mut target = layers::choose(sub.max_layer, &views, share, sub.current);
+            if !constrained
+                && let (Some(want), Some(now_at)) = (target, sub.current)
+                && want > now_at
+            {
+                // Unproven capacity: one layer up, then wait a step.
+                target = Some(if may_step_up { now_at + 1 } else { now_at });
+                stepped_up |= may_step_up;
+            }
+            let best = layers::choose(sub.max_layer, &views, None, None);
+            sending += target.map_or(0, |l| views[l].bps);
+            desired += best.map_or(0, |l| views[l].bps);
+            if target != sub.target {
+                tracing::debug!(peer, track, ?target, from = ?sub.target, ?share, "layer choice");
+                sub.target = target;
+                if target.is_none() {
+                    // Nothing fits (or arrives): stop now, not at a keyframe.
+                    sub.restart();
+                }
+            }
+            if let Some(target) = target
+                && sub.current != Some(target)
+            {
+                keyframes.push((*track, target));
+            }
+            changed |= sub.reported != Some((sub.current, sub.target));
+        }
+        if stepped_up {
+            p.last_upgrade = Some(now);
+        }
+        if p.estimate.is_some() {
+            // Sustain what is sent (or enough to rediscover a lost layer)
+            // and probe towards what would be sent with no limit.
+            let minimum = sending.max(MIN_PROBE_BPS.min(desired));
+            let targets = (minimum, desired.max(minimum));
+            if std::mem::replace(&mut p.bwe_targets, targets) != targets {
+                p.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::bps(targets.0), Bitrate::bps(targets.1));
+            }
+        }
+        if changed {
+            self.send_layers(peer, now);
+        }
+        for (track, layer) in keyframes {
+            self.request_keyframe(track, Some(layer), now, false);
+        }
+        self.drive(peer);
+    }
+
+    /// Tells a peer which layer of each received video track it gets.
+    pub(crate) fn send_layers(&mut self, peer: PeerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let mut list = Vec::new();
+        for (track, sub) in &mut p.subscriptions {
+            let Some(t) = self.tracks.get(track) else {
+                continue;
+            };
+            if t.kind != MediaKind::Video {
+                continue;
+            }
+            sub.reported = Some((sub.current, sub.target));
+            let count = t.layers.len();
+            list.push(LayerState {
+                mid: sub.mid.to_string(),
+                layer: sub.current.map(|l| layers::name(l, count)),
+                target: sub.target.map(|l| layers::name(l, count)),
+                available: (0..count)
+                    .filter(|l| t.layers[*l].arriving(now))
+                    .map(|l| layers::name(l, count))
+                    .collect(),
+                max: layers::name(sub.max_layer.min(count - 1), count),
+            });
+        }
+        list.sort_by(|a, b| a.mid.cmp(&b.mid));
+        self.out
+            .push_back(Output::Signal(peer, Signal::Layers(list, p.estimate)));
+    }
+
+    /// The peer asks for at most a layer of a received video track (by
+    /// name or by the height it shows the video at).
+    pub fn set_max_layer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        mid: &str,
+        max: Option<&str>,
+        height: Option<u32>,
+    ) -> Result<(), crate::SignalError> {
+        self.last_now = now;
+        let max_layer = match (max, height) {
+            (Some(name), _) => {
+                layers::parse(name).ok_or_else(|| crate::SignalError::BadLayer(name.to_owned()))?
+            }
+            (None, Some(height)) => layers::for_height(height),
+            (None, None) => layers::MAX_LAYERS - 1,
+        };
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(crate::SignalError::UnknownPeer)?;
+        let sub = p
+            .by_mid
+            .iter()
+            .find(|(m, _)| m.to_string() == mid)
+            .and_then(|(_, t)| p.subscriptions.get_mut(t))
+            .ok_or_else(|| crate::SignalError::UnknownTrack(mid.to_owned()))?;
+        if sub.max_layer != max_layer {
+            sub.max_layer = max_layer;
+            self.allocate(peer, now);
+            self.process(now);
+        }
+        Ok(())
+    }
+}
+
+/// The layer a new video subscription starts with: the best arriving now
+/// (the next allocation weighs the estimate). None while nothing arrives:
+/// the first packet of a layer sets it.
+pub(crate) fn initial_layer(views: &[LayerView]) -> Option<usize> {
+    layers::choose(layers::MAX_LAYERS - 1, views, None, None)
+}
