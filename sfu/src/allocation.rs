@@ -27,6 +27,11 @@ const AUDIO_BPS: u64 = 64_000;
 const MIN_PROBE_BPS: u64 = 300_000;
 /// Congestion: the estimate is below this share of the video sent.
 const CONGESTED_BELOW: f64 = 0.9;
+/// Congestion shows as this fraction of packets lost (where GoogCC's
+/// loss controller starts cutting; less is a lossy link NACKs repair)...
+const LOSS_CONGESTED: f32 = 0.1;
+/// ...or as a round trip this much above the least seen (a queue).
+const QUEUE_DELAY: Duration = Duration::from_millis(40);
 /// How long after congestion layer choices must fit the estimate (while
 /// probing looks for the capacity to climb back).
 const CONGESTION_HOLD: Duration = Duration::from_secs(5);
@@ -63,15 +68,19 @@ impl crate::Sfu {
             }
         }
         videos.sort_unstable();
-        // Congestion: the estimate fell below the video actually sent. For
-        // a while after, choices must fit the estimate. Otherwise the
-        // estimate says little (it sinks towards what is sent while little
-        // is: a mute, a pause) and choices follow requests and arrivals,
-        // climbing one layer per step.
+        // Congestion: the estimate is below the video actually sent, and
+        // the path shows it (packets lost, or queues: the round trip well
+        // above its least). For a while after, choices must fit the
+        // estimate. Otherwise the estimate says little (it sinks towards
+        // what is sent while little is: a mute, a lower layer) and choices
+        // follow requests and arrivals, climbing one layer per step.
         let sent = p.video_sent.bps();
-        if p.estimate
-            .is_some_and(|e| sent > 0 && (e as f64) < sent as f64 * CONGESTED_BELOW)
-        {
+        let over = p
+            .estimate
+            .is_some_and(|e| sent > 0 && (e as f64) < sent as f64 * CONGESTED_BELOW);
+        let queued =
+            matches!((p.rtt, p.min_rtt), (Some(rtt), Some(min)) if rtt > min + QUEUE_DELAY);
+        if over && (p.egress_loss > LOSS_CONGESTED || queued) {
             p.congested_at = Some(now);
         }
         let constrained = p
@@ -103,8 +112,20 @@ impl crate::Sfu {
                 stepped_up |= may_step_up;
             }
             let best = layers::choose(sub.max_layer, &views, None, None);
+            // Probe for what would be sent with no limit; under congestion
+            // only for the next layer up, so probes stay small next to
+            // the audio they share the link with.
+            let probe_for = if constrained {
+                match (target, best) {
+                    (Some(t), Some(b)) => Some((t + 1).min(b)),
+                    (None, b) => b.map(|_| 0),
+                    (t, None) => t,
+                }
+            } else {
+                best
+            };
             sending += target.map_or(0, |l| views[l].bps);
-            desired += best.map_or(0, |l| views[l].bps);
+            desired += probe_for.map_or(0, |l| views[l].bps);
             if target != sub.target {
                 tracing::debug!(peer, track, ?target, from = ?sub.target, ?share, "layer choice");
                 sub.target = target;
@@ -126,7 +147,14 @@ impl crate::Sfu {
         if p.estimate.is_some() {
             // Sustain what is sent (or enough to rediscover a lost layer)
             // and probe towards what would be sent with no limit.
-            let minimum = sending.max(MIN_PROBE_BPS.min(desired));
+            // Padding beyond what is sent only outside congestion: on a
+            // congested link it would crowd out audio.
+            let floor = if constrained {
+                0
+            } else {
+                MIN_PROBE_BPS.min(desired)
+            };
+            let minimum = sending.max(floor);
             let targets = (minimum, desired.max(minimum));
             if std::mem::replace(&mut p.bwe_targets, targets) != targets {
                 p.rtc

@@ -22,9 +22,6 @@ use crate::{Output, PeerId, RelayPacket, SfuEvent, SignalError, TrackId, TrackSo
 const SEND_BUFFER_VIDEO: usize = 400;
 /// How old a packet a NACK may still ask for.
 const SEND_BUFFER_AGE: Duration = Duration::from_secs(3);
-/// str0m's default: stop resending when retransmissions pass 15 % of the
-/// stream (a link that bad needs a keyframe, not more RTX).
-const RTX_RATIO_CAP: f32 = 0.15;
 
 /// A packet on its way to subscribers, from a local publisher or the relay.
 pub(crate) struct Forwarded {
@@ -450,7 +447,10 @@ fn write(
     };
     if first_write {
         let size = if video { SEND_BUFFER_VIDEO } else { 0 };
-        stream.set_rtx_cache(size, SEND_BUFFER_AGE, Some(RTX_RATIO_CAP));
+        // Every NACK answered (no cap on the share of retransmissions):
+        // the buffer's size and age bound them, and a subscriber on a lossy
+        // link needs them all to lose no frame.
+        stream.set_rtx_cache(size, SEND_BUFFER_AGE, None);
         // Forwarded as it arrives: the publisher's encoder paced it
         // already, and str0m's pacer (on with BWE) would hold each frame
         // back by its burst. Padding and probes stay paced.

@@ -687,6 +687,15 @@ impl Sfu {
                         self.request_keyframe(track, Some(layer), now, false);
                     }
                 }
+                Event::PeerStats(stats) => {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.egress_loss = stats.egress_loss_fraction.unwrap_or(0.0);
+                        p.rtt = stats.rtt;
+                        if let Some(rtt) = stats.rtt {
+                            p.min_rtt = Some(p.min_rtt.map_or(rtt, |m| m.min(rtt)));
+                        }
+                    }
+                }
                 Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                     let changed = self.peers.get_mut(&peer).is_some_and(|p| {
                         let estimate = Some(estimate.as_u64());

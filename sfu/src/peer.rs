@@ -33,6 +33,11 @@ pub(crate) struct Peer {
     pub bwe_targets: (u64, u64),
     /// The video rate actually sent to this peer.
     pub video_sent: crate::layers::RateMeter,
+    /// What str0m's last peer stats said: the fraction of packets to the
+    /// peer lost, the round-trip time, the least round-trip time seen.
+    pub egress_loss: f32,
+    pub rtt: Option<std::time::Duration>,
+    pub min_rtt: Option<std::time::Duration>,
     /// When the estimate last fell below what was being sent (congestion):
     /// for a while after, layer choices must fit the estimate.
     pub congested_at: Option<Instant>,

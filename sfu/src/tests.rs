@@ -12,7 +12,7 @@ use str0m::{Candidate, Event, Input, Rtc};
 use uuid::Uuid;
 
 use super::*;
-use crate::synthetic::{check_frame, vp8_frame};
+use crate::synthetic::{check_frame, vp8_frame, vp8_frame_sized};
 
 const EDGE: &str = "10.0.0.1:5000";
 const FRAME: Duration = Duration::from_millis(33);
@@ -23,7 +23,24 @@ struct Frame {
     mid: Mid,
     counter: u32,
     keyframe: bool,
+    /// Its size: tells a simulcast layer from another.
+    len: usize,
 }
+
+/// Simulcast layers a publisher may send, and their frame bodies: about
+/// 80, 300 and 1,500 kbit/s at 30 frames a second.
+const LAYERS: [(&str, usize); 3] = [("q", 300), ("h", 1_200), ("f", 6_000)];
+
+/// A one-way bottleneck towards a client: a queue drained at `rate_bps`,
+/// dropping what would wait more than [`MAX_QUEUE`].
+struct Bottleneck {
+    rate_bps: u64,
+    /// When the queue is empty again.
+    free_at: Instant,
+}
+
+/// The longest a datagram waits in a bottleneck before it is dropped.
+const MAX_QUEUE: Duration = Duration::from_millis(100);
 
 struct Client {
     rtc: Rtc,
@@ -43,6 +60,10 @@ struct Client {
     keyframe_due: bool,
     frames_sent: u32,
     track_lists: Vec<Vec<TrackState>>,
+    /// Publishes video as three simulcast layers.
+    simulcast: bool,
+    /// Audio packets received.
+    audio_received: usize,
     /// The layer reports it got.
     layers: Vec<(Vec<LayerState>, Option<u64>)>,
 }
@@ -59,6 +80,10 @@ struct World {
     events: Vec<SfuEvent>,
     /// Packets the core gave the relay.
     relay: Vec<RelayPacket>,
+    /// Bottlenecks towards clients, by their address.
+    bottlenecks: std::collections::HashMap<SocketAddr, Bottleneck>,
+    /// Datagrams in flight through a bottleneck: when they arrive.
+    in_flight: Vec<(Instant, Transmit)>,
 }
 
 impl World {
@@ -74,12 +99,19 @@ impl World {
             call: Uuid::now_v7(),
             events: Vec::new(),
             relay: Vec::new(),
+            bottlenecks: Default::default(),
+            in_flight: Vec::new(),
         }
     }
 
     /// A client joins, publishing video and audio if `publish`, else
     /// offering a data channel only (a pure subscriber).
     fn join(&mut self, publish: bool) -> Result<usize, JoinError> {
+        self.join_with(publish, false)
+    }
+
+    /// A client joins; a publisher sends `simulcast` video (rids q, h, f).
+    fn join_with(&mut self, publish: bool, simulcast: bool) -> Result<usize, JoinError> {
         let index = self.clients.len();
         let addr: SocketAddr = format!("10.0.1.{}:4000", index + 1).parse().unwrap();
         let mut rtc = Rtc::builder()
@@ -91,9 +123,16 @@ impl World {
             .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
+        let layers = simulcast.then(|| {
+            let mut s = str0m::media::Simulcast::new();
+            for (rid, _) in LAYERS {
+                s.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+            }
+            s
+        });
         let (video, audio) = if publish {
             (
-                Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None)),
+                Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, layers)),
                 Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None)),
             )
         } else {
@@ -125,6 +164,8 @@ impl World {
             keyframe_due: true,
             frames_sent: 0,
             track_lists: Vec::new(),
+            simulcast,
+            audio_received: 0,
             layers: Vec::new(),
         });
         self.pump();
@@ -160,8 +201,35 @@ impl World {
     }
 
     /// A datagram from the SFU reaches its client (unless the lossy link
-    /// drops it).
+    /// drops it), at once or through its bottleneck.
     fn deliver(&mut self, t: Transmit) {
+        if let Some(b) = self.bottlenecks.get_mut(&t.destination) {
+            let start = b.free_at.max(self.now);
+            if start.saturating_duration_since(self.now) > MAX_QUEUE {
+                return;
+            }
+            let bits = (t.contents.len() as u64 + 28) * 8;
+            b.free_at = start + Duration::from_micros(bits * 1_000_000 / b.rate_bps.max(1));
+            self.in_flight.push((b.free_at, t));
+            return;
+        }
+        self.arrive(t);
+    }
+
+    /// Datagrams whose bottleneck has let them through.
+    fn release_due(&mut self) {
+        let now = self.now;
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.in_flight = waiting;
+        for (_, t) in due {
+            self.arrive(t);
+        }
+    }
+
+    /// A datagram reaches its client now.
+    fn arrive(&mut self, t: Transmit) {
         if let Some((addr, every)) = self.lossy
             && addr == t.destination
         {
@@ -232,10 +300,12 @@ impl World {
                                 mid: data.mid,
                                 counter,
                                 keyframe,
+                                len: data.data.len(),
                             }),
                             None => c.corrupt += 1,
                         }
                     }
+                    Event::MediaData(_) => c.audio_received += 1,
                     Event::KeyframeRequest(_) => {
                         c.keyframe_requests += 1;
                         c.keyframe_due = true;
@@ -265,6 +335,7 @@ impl World {
                 let _ = c.rtc.handle_input(Input::Timeout(self.now));
             }
             self.sfu.handle_timeout(self.now);
+            self.release_due();
             self.pump();
             self.now += Duration::from_millis(1);
         }
@@ -282,19 +353,26 @@ impl World {
         let keyframe = std::mem::take(&mut c.keyframe_due);
         let counter = c.frames_sent;
         c.frames_sent += 1;
-        let w = c.rtc.writer(video).unwrap();
-        let pt = w
+        let pt = c
+            .rtc
+            .writer(video)
+            .unwrap()
             .payload_params()
             .find(|p| p.spec().codec == Codec::Vp8)
             .unwrap()
             .pt();
-        w.write(
-            pt,
-            now,
-            MediaTime::from_90khz(u64::from(counter) * 3000),
-            vp8_frame(counter, keyframe),
-        )
-        .unwrap();
+        let time = MediaTime::from_90khz(u64::from(counter) * 3000);
+        if c.simulcast {
+            for (rid, body) in LAYERS {
+                let w = c.rtc.writer(video).unwrap().rid(rid.into());
+                w.write(pt, now, time, vp8_frame_sized(counter, keyframe, body))
+                    .unwrap();
+            }
+        } else {
+            let w = c.rtc.writer(video).unwrap();
+            w.write(pt, now, time, vp8_frame(counter, keyframe))
+                .unwrap();
+        }
         self.drain_client(i);
         let c = &mut self.clients[i];
         let w = c.rtc.writer(audio).unwrap();
@@ -797,4 +875,167 @@ fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_packets() {
         events.contains(&SfuEvent::CallIdle(world.call)),
         "{events:?}"
     );
+}
+
+/// The mid a subscriber receives a publisher's video on.
+fn video_mid(world: &World, subscriber: usize) -> String {
+    world.clients[subscriber]
+        .track_lists
+        .last()
+        .unwrap()
+        .iter()
+        .find(|t| t.kind == MediaKind::Video)
+        .unwrap()
+        .mid
+        .clone()
+}
+
+/// The layer a received frame came from, by its size.
+fn layer_of(frame: &Frame) -> &'static str {
+    let (rid, _) = LAYERS
+        .iter()
+        .min_by_key(|(_, body)| frame.len.abs_diff(*body))
+        .unwrap();
+    rid
+}
+
+/// The layer the edge last said it sends a subscriber.
+fn reported_layer(world: &World, subscriber: usize) -> Option<&'static str> {
+    world.clients[subscriber]
+        .layers
+        .last()
+        .and_then(|(layers, _)| layers.first())
+        .and_then(|l| l.layer)
+}
+
+#[test]
+fn simulcast_subscribers_get_the_layer_they_ask_for_and_switch_on_a_keyframe() {
+    let mut world = World::new(SfuConfig::default());
+    world.join_with(true, true).unwrap();
+    let small = world.join(false).unwrap();
+    let large = world.join(false).unwrap();
+    world.run(Duration::from_millis(300));
+    let mid = video_mid(&world, small);
+    let peer = world.clients[small].peer;
+    world
+        .sfu
+        .set_max_layer(world.now, peer, &mid, None, Some(180))
+        .unwrap();
+    world.run(Duration::from_secs(3));
+    let recent = |world: &World, c: usize| -> Vec<&'static str> {
+        let r = &world.clients[c].received;
+        r[r.len() - 20..].iter().map(layer_of).collect()
+    };
+    assert!(
+        recent(&world, small).iter().all(|l| *l == "q"),
+        "a 180 px tile gets q: {:?}",
+        recent(&world, small)
+    );
+    assert!(
+        recent(&world, large).iter().all(|l| *l == "f"),
+        "no limit: f"
+    );
+    assert_eq!(reported_layer(&world, small), Some("q"));
+    assert_eq!(reported_layer(&world, large), Some("f"));
+    // The tile grows: the switch to f happens on a keyframe, and the
+    // stream stays one stream (no gap to NACK, counters in order).
+    let before = world.clients[small].received.len();
+    world
+        .sfu
+        .set_max_layer(world.now, peer, &mid, Some("f"), None)
+        .unwrap();
+    world.run(Duration::from_secs(4));
+    let after = &world.clients[small].received[before..];
+    let first_f = after
+        .iter()
+        .position(|f| layer_of(f) == "f")
+        .expect("switched up");
+    assert!(after[first_f].keyframe, "the switch starts on a keyframe");
+    assert!(
+        after[first_f..].iter().all(|f| layer_of(f) == "f"),
+        "and stays"
+    );
+    let counters: Vec<u32> = world.clients[small]
+        .received
+        .iter()
+        .map(|f| f.counter)
+        .collect();
+    // In order; the switch may show one frame twice (the q and then the f
+    // picture of it), under a new timestamp.
+    assert!(counters.windows(2).all(|w| w[1] >= w[0]), "in order");
+    assert_eq!(world.clients[small].corrupt, 0);
+    assert_eq!(
+        world.nacks_sent_by(small),
+        0,
+        "continuous across the switch"
+    );
+    assert_eq!(reported_layer(&world, small), Some("f"));
+    assert!(matches!(
+        world
+            .sfu
+            .set_max_layer(world.now, peer, &mid, Some("x"), None),
+        Err(SignalError::BadLayer(_))
+    ));
+}
+
+#[test]
+fn a_congested_subscriber_steps_down_then_keeps_only_audio_then_climbs_back() {
+    let mut world = World::new(SfuConfig::default());
+    world.join_with(true, true).unwrap();
+    let sub = world.join(false).unwrap();
+    let free = world.join(false).unwrap();
+    world.run(Duration::from_secs(3));
+    let layer_now = |world: &World, c: usize| world.clients[c].received.last().map(layer_of);
+    assert_eq!(layer_now(&world, sub), Some("f"));
+    // A 300 kbit/s link: video steps down to the layer that fits.
+    let addr = world.clients[sub].addr;
+    world.bottlenecks.insert(
+        addr,
+        Bottleneck {
+            rate_bps: 300_000,
+            free_at: world.now,
+        },
+    );
+    world.run(Duration::from_secs(8));
+    assert_eq!(
+        layer_now(&world, sub),
+        Some("q"),
+        "{:?}",
+        world.clients[sub].layers.last()
+    );
+    assert_eq!(
+        layer_now(&world, free),
+        Some("f"),
+        "the others are not affected"
+    );
+    let estimate = world.clients[sub].layers.last().and_then(|(_, e)| *e);
+    assert!(
+        estimate.is_some_and(|e| e < 500_000),
+        "estimate {estimate:?}"
+    );
+    // 80 kbit/s: no video layer fits beside audio; audio carries on.
+    world.bottlenecks.get_mut(&addr).unwrap().rate_bps = 80_000;
+    world.run(Duration::from_secs(6));
+    let (frames, audio) = (
+        world.clients[sub].received.len(),
+        world.clients[sub].audio_received,
+    );
+    world.run(Duration::from_secs(2));
+    assert_eq!(world.clients[sub].received.len(), frames, "video paused");
+    assert_eq!(reported_layer(&world, sub), None);
+    assert!(
+        world.clients[sub].audio_received > audio + 50,
+        "audio still arrives ({audio} → {})",
+        world.clients[sub].audio_received
+    );
+    // The limit goes: probing finds the room and video climbs back to f.
+    world.bottlenecks.remove(&addr);
+    world.run(Duration::from_secs(15));
+    assert_eq!(
+        layer_now(&world, sub),
+        Some("f"),
+        "{:?}",
+        world.clients[sub].layers.last()
+    );
+    assert_eq!(world.clients[sub].corrupt, 0);
 }
