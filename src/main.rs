@@ -127,6 +127,11 @@ struct SfuBenchArgs {
     /// The publisher's video bitrate, kbit/s.
     #[arg(long, default_value_t = 1500)]
     video_kbps: u32,
+    /// The publisher sends three simulcast layers (the top one at
+    /// `--video-kbps`, then a third and a tenth of it) and subscribers ask
+    /// for q, h and f in turn.
+    #[arg(long)]
+    simulcast: bool,
 }
 
 #[derive(Debug, Args)]
@@ -552,14 +557,20 @@ fn bench_sfu(args: &SfuBenchArgs) -> anyhow::Result<()> {
         subscribers: args.subscribers.clone(),
         step: std::time::Duration::from_secs(args.step_secs.max(1)),
         video_kbps: args.video_kbps.clamp(50, 20_000),
+        simulcast: args.simulcast,
     };
     let runtime = runtime()?;
     let report = runtime.block_on(testkit::bench::sfu::run(&options));
     let cpu = cpu_model();
     println!(
-        "cascade bench sfu: VP8 {} kbit/s ({} B frames at 30/s) + Opus, {} s per step, {} cores ({cpu})\n",
+        "cascade bench sfu: VP8 {} kbit/s ({} B frames at 30/s){} + Opus, {} s per step, {} cores ({cpu})\n",
         options.video_kbps,
         report.delta_body + 11,
+        if options.simulcast {
+            ", simulcast q/h/f (a tenth, a third, all of it), subscribers asking q, h, f in turn"
+        } else {
+            ""
+        },
         options.step.as_secs(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );

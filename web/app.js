@@ -298,6 +298,7 @@ async function joinCall(call) {
   state.call = { id: call.id, kind: call.kind, session, tiles: new Map(), quality: '' };
   session.onTrack = () => renderCall();
   session.onTracks = () => renderCall();
+  session.onLayers = () => renderCall();
   session.onState = () => renderCall();
   session.onError = (e) => showError(e);
   state.call.timer = setInterval(updateQuality, 2000);
@@ -350,6 +351,13 @@ async function updateQuality() {
   const rtt = s.rtt === null ? null : Math.round(s.rtt * 1000);
   const label = rtt === null ? 'connecting' : rtt < 150 ? 'good' : rtt < 400 ? 'fair' : 'poor';
   state.call.quality = rtt === null ? label : `${label} (${rtt} ms)`;
+  // What the edge sends this device: each received video's layer.
+  const layers = state.call.session.layers;
+  if (layers && layers.layers.length) {
+    const shown = layers.layers.map((l) => l.layer || 'paused').join(', ');
+    const kbps = layers.estimate_kbps ? `, ${layers.estimate_kbps} kbit/s` : '';
+    state.call.quality += ` · video ${shown}${kbps}`;
+  }
   const el = document.querySelector('.call .quality');
   if (el) el.textContent = `Connection: ${state.call.quality}`;
 }
@@ -426,6 +434,27 @@ function renderCall() {
   }
   for (const fig of grid.querySelectorAll('figure')) {
     if (!wanted.has(fig.dataset.key)) fig.remove();
+  }
+  reportTileSizes(session, grid);
+}
+
+// Each remote tile's height goes to the edge, which sends the simulcast
+// layer that fits it; a resize (or the grid reflowing) sends it again.
+const tileObserver = new ResizeObserver(() => {
+  if (state.call) reportTileSizes(state.call.session, document.querySelector('.call .grid'));
+});
+
+function reportTileSizes(session, grid) {
+  if (!grid) return;
+  for (const video of grid.querySelectorAll('figure:not([data-key="local"]) video')) {
+    if (!video.dataset.observed) {
+      tileObserver.observe(video);
+      video.dataset.observed = '1';
+    }
+    const shown = video.srcObject ? video.srcObject.getVideoTracks() : [];
+    for (const [mid, track] of session.remote) {
+      if (shown.includes(track)) session.setViewHeight(mid, video.clientHeight * (window.devicePixelRatio || 1));
+    }
   }
 }
 

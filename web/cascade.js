@@ -233,6 +233,9 @@ export class CallSession {
     this.muted = { audio: false, video: false };
     this.onTrack = () => {};
     this.onTracks = () => {};
+    this.onLayers = () => {};
+    this.layers = null;
+    this.viewHeights = new Map();
     this.onState = () => {};
     this.onError = () => {};
     this.left = false;
@@ -253,9 +256,10 @@ export class CallSession {
       audio,
       video,
     });
+    // 960×540: enough for three simulcast layers (240, 480 and 960 wide).
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio,
-      video: video ? { width: 640, height: 360 } : false,
+      video: video ? { width: 960, height: 540 } : false,
     });
     await this.connect(join);
   }
@@ -277,7 +281,24 @@ export class CallSession {
       this.onTrack(e.track, this.tracks.find((t) => t.mid === mid) || { mid, kind: e.track.kind });
     };
     pc.onconnectionstatechange = () => this.onState(pc.connectionState);
-    for (const track of this.stream.getTracks()) pc.addTrack(track, this.stream);
+    this.viewHeights.clear();
+    for (const track of this.stream.getTracks()) {
+      if (track.kind === 'video') {
+        // Simulcast: the edge sends each viewer the layer that fits its
+        // tile and its bandwidth (docs/signaling.md).
+        pc.addTransceiver(track, {
+          direction: 'sendonly',
+          streams: [this.stream],
+          sendEncodings: [
+            { rid: 'q', scaleResolutionDownBy: 4 },
+            { rid: 'h', scaleResolutionDownBy: 2 },
+            { rid: 'f' },
+          ],
+        });
+      } else {
+        pc.addTransceiver(track, { direction: 'sendonly', streams: [this.stream] });
+      }
+    }
     const url = `${join.edge.signaling_url}?token=${encodeURIComponent(join.token)}`;
     const ws = new WebSocket(url);
     this.ws = ws;
@@ -311,6 +332,9 @@ export class CallSession {
     } else if (msg.type === 'tracks') {
       this.tracks = msg.tracks;
       this.onTracks(msg.tracks);
+    } else if (msg.type === 'layers') {
+      this.layers = msg;
+      this.onLayers(msg);
     } else if (msg.type === 'error') {
       this.onError(new Error(`${msg.code}: ${msg.message}`));
     }
@@ -333,6 +357,16 @@ export class CallSession {
     this.sendMute(kind);
     const media = { device_id: this.client.deviceId, audio: !this.muted.audio, video: !this.muted.video, screen: false };
     this.client.api('POST', `/v1/calls/${this.callId}/media`, media).catch(() => {});
+  }
+
+  /** Tells the edge how tall the video received on `mid` is shown, so it
+   * sends the simulcast layer that fits (sent again only when it changes). */
+  setViewHeight(mid, height) {
+    const px = Math.round(height);
+    if (!mid || px <= 0 || this.viewHeights.get(mid) === px) return;
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+    this.viewHeights.set(mid, px);
+    this.ws.send(JSON.stringify({ type: 'layers', mid, height: px }));
   }
 
   sendMute(kind) {

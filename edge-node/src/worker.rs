@@ -18,6 +18,9 @@ use uuid::Uuid;
 use crate::relay_link::{RelayCommand, RelayEvent, WorkerRelay};
 use sfu::{JoinError, Output, PeerId, PeerInfo, Sfu, SfuConfig, SfuEvent, Signal, SignalError};
 
+/// Most datagrams read from the socket before the core's output is sent.
+const RECEIVE_BURST: usize = 32;
+
 /// What a signaling session asks of its worker.
 pub enum Command {
     /// A participant joins with its offer.
@@ -276,7 +279,17 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
             tokio::select! {
                 received = socket.recv_from(&mut buf) => {
                     if let Ok((n, source)) = received {
-                        sfu.handle_receive(Instant::now(), source, &buf[..n]);
+                        let now = Instant::now();
+                        sfu.handle_receive(now, source, &buf[..n]);
+                        // The rest of the burst (a video frame is several
+                        // packets) before the core is polled: it sends what
+                        // the burst wrote to each subscriber in one go.
+                        for _ in 1..RECEIVE_BURST {
+                            match socket.try_recv_from(&mut buf) {
+                                Ok((n, source)) => sfu.handle_receive(now, source, &buf[..n]),
+                                Err(_) => break,
+                            };
+                        }
                     }
                 }
                 () = tokio::time::sleep_until(wake.into()) => {

@@ -22,9 +22,6 @@ pub(crate) const INTERVAL: Duration = Duration::from_millis(250);
 pub(crate) const INITIAL_ESTIMATE_KBPS: u64 = 2500;
 /// Set aside per received audio track before video is allocated.
 const AUDIO_BPS: u64 = 64_000;
-/// The least the estimator is asked to sustain (padding fills the rest),
-/// so an estimate that fell can be rediscovered.
-const MIN_PROBE_BPS: u64 = 300_000;
 /// Congestion: the estimate is below this share of the video sent.
 const CONGESTED_BELOW: f64 = 0.9;
 /// Congestion shows as this fraction of packets lost (where GoogCC's
@@ -94,7 +91,8 @@ impl crate::Sfu {
             .is_none_or(|at| now.saturating_duration_since(at) >= UPGRADE_STEP);
         let mut stepped_up = false;
         let mut keyframes = Vec::new();
-        let (mut sending, mut desired) = (audio * AUDIO_BPS, audio * AUDIO_BPS);
+        // Video only: audio needs no padding to be discovered.
+        let (mut sending, mut desired) = (0u64, 0u64);
         let mut changed = false;
         for track in &videos {
             let (Some(t), Some(sub)) = (self.tracks.get(track), p.subscriptions.get_mut(track))
@@ -145,17 +143,11 @@ impl crate::Sfu {
             p.last_upgrade = Some(now);
         }
         if p.estimate.is_some() {
-            // Sustain what is sent (or enough to rediscover a lost layer)
-            // and probe towards what would be sent with no limit.
-            // Padding beyond what is sent only outside congestion: on a
-            // congested link it would crowd out audio.
-            let floor = if constrained {
-                0
-            } else {
-                MIN_PROBE_BPS.min(desired)
-            };
-            let minimum = sending.max(floor);
-            let targets = (minimum, desired.max(minimum));
+            // Sustain what is sent and probe towards `desired`. No padding
+            // floor beyond what is sent: on a thin link it would crowd out
+            // the audio (outside congestion the estimate does not steer
+            // choices, so it need not be kept up).
+            let targets = (sending, desired.max(sending));
             if std::mem::replace(&mut p.bwe_targets, targets) != targets {
                 p.rtc
                     .bwe()

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::Input;
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
@@ -203,10 +202,15 @@ impl crate::Sfu {
             match write(s, track, codec, video, packet, now) {
                 Written::Yes { switched } => {
                     self.stats.forwarded += 1;
+                    // Sent when the shell next polls (one timeout per
+                    // subscriber for a burst of packets, not one each).
+                    if !s.written {
+                        s.written = true;
+                        self.written.push(sub);
+                    }
                     if switched && video {
                         self.send_layers(sub, now);
                     }
-                    self.drive(sub);
                 }
                 Written::WaitingKeyframe => waiting = true,
                 Written::No => {}
@@ -475,11 +479,6 @@ fn write(
     stream.write_rtp(rtp);
     if video {
         s.video_sent.add(now, packet.payload.len());
-    }
-    // str0m's pacer releases queued packets on its next timeout; give it
-    // one now rather than waiting for the timer.
-    if s.rtc.handle_input(Input::Timeout(now)).is_err() {
-        s.rtc.disconnect();
     }
     Written::Yes { switched }
 }

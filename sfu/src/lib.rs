@@ -443,6 +443,8 @@ pub struct Sfu {
     work: VecDeque<(PeerId, Event)>,
     /// What [`Sfu::poll_output`] hands out, in order.
     out: VecDeque<Output>,
+    /// Peers media was written to since the last flush.
+    written: Vec<PeerId>,
     /// Remote tracks by the shell's key.
     remote_tracks: HashMap<u32, TrackId>,
     /// When layer choices are next looked at again (layers that stopped
@@ -474,6 +476,7 @@ impl Sfu {
             timers: BinaryHeap::new(),
             work: VecDeque::new(),
             out: VecDeque::new(),
+            written: Vec::new(),
             remote_tracks: HashMap::new(),
             next_allocation: now,
             next_peer: 1,
@@ -506,6 +509,9 @@ impl Sfu {
     /// The next thing for the shell. Call until it returns
     /// [`Output::Timeout`], after every input.
     pub fn poll_output(&mut self) -> Output {
+        if !self.written.is_empty() {
+            self.flush_written();
+        }
         if let Some(output) = self.out.pop_front() {
             return output;
         }
@@ -604,6 +610,25 @@ impl Sfu {
             p.rtc.disconnect();
         }
         self.close(peer);
+        self.process(now);
+    }
+
+    /// Sends what was written to subscribers: str0m releases queued RTP on
+    /// its next timeout, so each gets one now, once however many packets a
+    /// burst of input wrote to it, rather than waiting for its timer. The
+    /// shell feeds a burst of datagrams, then polls.
+    fn flush_written(&mut self) {
+        let now = self.last_now;
+        for peer in std::mem::take(&mut self.written) {
+            let Some(p) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            p.written = false;
+            if p.rtc.handle_input(Input::Timeout(now)).is_err() {
+                p.rtc.disconnect();
+            }
+            self.drive(peer);
+        }
         self.process(now);
     }
 

@@ -77,6 +77,7 @@ impl crate::Sfu {
                 pending: None,
                 answered: false,
                 ufrag,
+                written: false,
                 timeout: now,
             },
         );

@@ -1013,8 +1013,10 @@ fn a_congested_subscriber_steps_down_then_keeps_only_audio_then_climbs_back() {
         estimate.is_some_and(|e| e < 500_000),
         "estimate {estimate:?}"
     );
-    // 80 kbit/s: no video layer fits beside audio; audio carries on.
-    world.bottlenecks.get_mut(&addr).unwrap().rate_bps = 80_000;
+    // 100 kbit/s: no video layer fits beside audio; audio carries on.
+    // (Below ~90 kbit/s str0m's fixed 50 kbit/s padding floor starts to
+    // crowd audio out: a known limit.)
+    world.bottlenecks.get_mut(&addr).unwrap().rate_bps = 100_000;
     world.run(Duration::from_secs(6));
     let (frames, audio) = (
         world.clients[sub].received.len(),

@@ -37,6 +37,9 @@ pub struct BotOptions {
     pub keyframe_body: usize,
     /// Where send and receive times of video frames go.
     pub probe: Option<Arc<LatencyProbe>>,
+    /// Publish video as three simulcast layers (rids `q`, `h`, `f`): `f`
+    /// with the bodies above, `h` a third of them, `q` a tenth.
+    pub simulcast: bool,
 }
 
 impl BotOptions {
@@ -47,6 +50,7 @@ impl BotOptions {
             delta_body: DELTA_BODY,
             keyframe_body: KEYFRAME_BODY,
             probe: None,
+            simulcast: false,
         }
     }
 }
@@ -235,20 +239,25 @@ impl State {
         } else {
             self.options.delta_body
         };
-        let frame = vp8_frame_sized(counter, keyframe, body);
         if let Some(probe) = &self.options.probe {
             probe.sent(counter, now);
         }
-        if let (Some(pt), Some(w)) = (vp8, self.rtc.writer(video)) {
-            let _ = w.write(
-                pt,
-                now,
-                MediaTime::from_90khz(u64::from(counter) * 3000),
-                frame,
-            );
-            // str0m packetizes on its next timeout: now, not at the timer.
-            let _ = self.rtc.handle_input(Input::Timeout(now));
+        let time = MediaTime::from_90khz(u64::from(counter) * 3000);
+        let Some(pt) = vp8 else {
+            return;
+        };
+        if self.options.simulcast {
+            for (rid, share) in SIMULCAST_LAYERS {
+                if let Some(w) = self.rtc.writer(video) {
+                    let frame = vp8_frame_sized(counter, keyframe, (body / share).max(100));
+                    let _ = w.rid(rid.into()).write(pt, now, time, frame);
+                }
+            }
+        } else if let Some(w) = self.rtc.writer(video) {
+            let _ = w.write(pt, now, time, vp8_frame_sized(counter, keyframe, body));
         }
+        // str0m packetizes on its next timeout: now, not at the timer.
+        let _ = self.rtc.handle_input(Input::Timeout(now));
     }
 
     /// Writes one Opus packet.
@@ -296,16 +305,27 @@ async fn bind_local() -> Result<(UdpSocket, SocketAddr), BotError> {
     Ok((socket, local))
 }
 
-/// Adds send-only video and audio if publishing, else a data channel (an
-/// offer needs something in it).
+/// A simulcast publisher's layers: rid and the divisor of its frame body.
+const SIMULCAST_LAYERS: [(&str, usize); 3] = [("q", 10), ("h", 3), ("f", 1)];
+
+/// Adds send-only video (simulcast if asked) and audio if publishing, else
+/// a data channel (an offer needs something in it).
 fn add_media(
     rtc: &mut Rtc,
     publish: bool,
+    simulcast: bool,
 ) -> (Option<Mid>, Option<Mid>, SdpOffer, SdpPendingOffer) {
     let mut api = rtc.sdp_api();
+    let layers = simulcast.then(|| {
+        let mut s = str0m::media::Simulcast::new();
+        for (rid, _) in SIMULCAST_LAYERS {
+            s.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+        }
+        s
+    });
     let (video, audio) = if publish {
         (
-            Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None)),
+            Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, layers)),
             Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None)),
         )
     } else {
@@ -418,7 +438,8 @@ impl Bot {
             .ok_or_else(|| BotError("no token".into()))?;
         let (socket, local) = bind_local().await?;
         let mut rtc = client_rtc(local)?;
-        let (video, audio, offer, pending) = add_media(&mut rtc, options.publish);
+        let (video, audio, offer, pending) =
+            add_media(&mut rtc, options.publish, options.simulcast);
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}"))
             .await
             .map_err(|e| BotError(format!("signaling: {e}")))?;
@@ -471,7 +492,7 @@ impl Bot {
         let (sub_socket, sub_local) = bind_local().await?;
         let mut pub_rtc = client_rtc(pub_local)?;
         let mut sub_rtc = client_rtc(sub_local)?;
-        let (video, audio, offer, pending) = add_media(&mut pub_rtc, true);
+        let (video, audio, offer, pending) = add_media(&mut pub_rtc, true, publisher.simulcast);
         let answer = sub_rtc
             .sdp_api()
             .accept_offer(offer)
@@ -525,6 +546,22 @@ impl Bot {
             video,
             task,
         }
+    }
+
+    /// Asks for at most layer `max` (`q`, `h`, `f`) of the first video it
+    /// receives (`layers` on signaling); false while it receives none yet.
+    pub fn request_layer(&self, max: &str) -> bool {
+        let report = self.report();
+        let Some(video) = report.tracks.iter().find(|t| t.kind == "video") else {
+            return false;
+        };
+        self.signals
+            .send(ClientSignal::Layers {
+                mid: video.mid.clone(),
+                max: Some(max.to_owned()),
+                height: None,
+            })
+            .is_ok()
     }
 
     /// Mutes or unmutes its own video (`mute` on signaling).

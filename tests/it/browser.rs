@@ -128,3 +128,170 @@ async fn two_chromium_pages_see_and_hear_each_other_through_the_edge() {
         assert!(now["framesDecoded"].as_u64().unwrap_or(0) > before, "{now}");
     }
 }
+
+/// The publishing page of the simulcast test: a 1280×720 fake camera sent
+/// as three VP8 encodings (rids q, h, f at ¼, ½ and full size).
+const SIMULCAST_PUBLISHER: &str = r#"<!doctype html>
+<html><body><script>
+window.result = { error: null, sent: {} };
+let chain = Promise.resolve();
+async function run() {
+  const p = new URLSearchParams(location.hash.slice(1));
+  const ws = new WebSocket(p.get('url') + '?token=' + encodeURIComponent(p.get('token')));
+  const pc = new RTCPeerConnection();
+  window.pc = pc;
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 1280, height: 720 } });
+  pc.addTransceiver(stream.getVideoTracks()[0], { direction: 'sendonly', streams: [stream], sendEncodings: [
+    { rid: 'q', scaleResolutionDownBy: 4 }, { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f' } ] });
+  pc.addTransceiver(stream.getAudioTracks()[0], { direction: 'sendonly', streams: [stream] });
+  async function handle(msg) {
+    if (msg.type === 'answer') {
+      await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+    } else if (msg.type === 'offer') {
+      await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+      const answer = await pc.createAnswer();
+      await pc.setLocalDescription(answer);
+      ws.send(JSON.stringify({ type: 'answer', sdp: answer.sdp }));
+    } else if (msg.type === 'error') {
+      window.result.error = msg.code + ': ' + msg.message;
+    }
+  }
+  ws.onmessage = (m) => { chain = chain.then(() => handle(JSON.parse(m.data))).catch(e => { window.result.error = String(e); }); };
+  await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('signaling socket failed')); });
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  ws.send(JSON.stringify({ type: 'offer', sdp: offer.sdp }));
+}
+async function stats() {
+  const sent = {};
+  if (window.pc) (await window.pc.getStats()).forEach(r => {
+    if (r.type === 'outbound-rtp' && r.kind === 'video') sent[r.rid] = r.frameHeight || 0;
+  });
+  return { ...window.result, sent };
+}
+run().catch(e => { window.result.error = String(e); });
+</script></body></html>
+"#;
+
+/// A receiving page: offers only a data channel, and once it knows the
+/// `mid` of the video it receives, asks for the layer that suits a tile
+/// `height` pixels tall.
+const SIMULCAST_VIEWER: &str = r#"<!doctype html>
+<html><body><script>
+window.result = { error: null, layers: null };
+let chain = Promise.resolve();
+async function run() {
+  const p = new URLSearchParams(location.hash.slice(1));
+  const height = Number(p.get('height'));
+  const ws = new WebSocket(p.get('url') + '?token=' + encodeURIComponent(p.get('token')));
+  const pc = new RTCPeerConnection();
+  window.pc = pc;
+  pc.createDataChannel('cascade');
+  let asked = null;
+  async function handle(msg) {
+    if (msg.type === 'answer') {
+      await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+    } else if (msg.type === 'offer') {
+      await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+      const answer = await pc.createAnswer();
+      await pc.setLocalDescription(answer);
+      ws.send(JSON.stringify({ type: 'answer', sdp: answer.sdp }));
+    } else if (msg.type === 'tracks') {
+      const video = msg.tracks.find(t => t.kind === 'video');
+      if (video && asked !== video.mid) {
+        asked = video.mid;
+        ws.send(JSON.stringify({ type: 'layers', mid: video.mid, height }));
+      }
+    } else if (msg.type === 'layers') {
+      window.result.layers = msg;
+    } else if (msg.type === 'error') {
+      window.result.error = msg.code + ': ' + msg.message;
+    }
+  }
+  ws.onmessage = (m) => { chain = chain.then(() => handle(JSON.parse(m.data))).catch(e => { window.result.error = String(e); }); };
+  await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('signaling socket failed')); });
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  ws.send(JSON.stringify({ type: 'offer', sdp: offer.sdp }));
+}
+async function stats() {
+  let frameHeight = 0, framesDecoded = 0;
+  if (window.pc) (await window.pc.getStats()).forEach(r => {
+    if (r.type === 'inbound-rtp' && r.kind === 'video') { frameHeight = r.frameHeight || 0; framesDecoded = r.framesDecoded || 0; }
+  });
+  return { ...window.result, frameHeight, framesDecoded };
+}
+run().catch(e => { window.result.error = String(e); });
+</script></body></html>
+"#;
+
+#[tokio::test]
+async fn a_small_tile_gets_180p_and_a_large_one_720p_of_a_simulcast_publisher() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let _edge = crate::edge::start_edge(&app, "edge-simulcast").await;
+    let users = [
+        app.register("presenter").await,
+        app.register("small").await,
+        app.register("large").await,
+    ];
+    let refs: Vec<&testkit::client::TestUser> = users[1..].iter().collect();
+    let group = app.group(&users[0], "simulcast", &refs).await;
+    let call = start_call(&app, &users[0], &group, "video").await;
+    let publisher_url = serve_page(SIMULCAST_PUBLISHER).await;
+    let viewer_url = serve_page(SIMULCAST_VIEWER).await;
+    let mut pages = Vec::new();
+    for (user, page, height) in [
+        (&users[0], &publisher_url, 0),
+        (&users[1], &viewer_url, 180),
+        (&users[2], &viewer_url, 720),
+    ] {
+        let joined = app
+            .post(
+                &format!("/v1/calls/{call}/join"),
+                user,
+                json!({"device_id": "chromium"}),
+            )
+            .await
+            .expect(200)
+            .body;
+        let url = format!(
+            "{page}#url={}&token={}&height={height}",
+            joined["edge"]["signaling_url"].as_str().unwrap(),
+            joined["token"].as_str().unwrap()
+        );
+        pages.push(browser.open(&url).await);
+    }
+    // Chromium's own bandwidth estimate starts low and turns on its higher
+    // encodings as it grows: allow it time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    loop {
+        let mut seen = Vec::new();
+        for page in &pages {
+            let stats = browser.eval(page, "stats()").await;
+            assert!(stats["error"].is_null(), "page error: {stats}");
+            seen.push(stats);
+        }
+        let (small, large) = (&seen[1], &seen[2]);
+        if small["frameHeight"] == 180
+            && large["frameHeight"] == 720
+            && small["framesDecoded"].as_u64().unwrap_or(0) > 30
+        {
+            assert_eq!(small["layers"]["layers"][0]["layer"], "q", "{small}");
+            assert_eq!(small["layers"]["layers"][0]["max"], "q", "{small}");
+            assert_eq!(large["layers"]["layers"][0]["layer"], "f", "{large}");
+            eprintln!(
+                "publisher sends {}; layers: {small} / {large}",
+                seen[0]["sent"]
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "180p / 720p never seen: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -38,6 +38,9 @@ pub struct SfuBenchOptions {
     pub step: Duration,
     /// The publisher's video bitrate, kbit/s (30 frames per second).
     pub video_kbps: u32,
+    /// The publisher sends simulcast (its top layer at `video_kbps`) and
+    /// the subscribers ask for the layers q, h, f in turn.
+    pub simulcast: bool,
 }
 
 /// One step of the ramp through one forwarder.
@@ -146,6 +149,7 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         delta_body,
         keyframe_body: delta_body * 3,
         probe: Some(probe.clone()),
+        simulcast: false,
     };
 
     // Baseline: the same bots, directly connected.
@@ -265,7 +269,11 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
     };
 
     let probe = LatencyProbe::new();
-    let publisher = Bot::join_with(&join(users[0].clone()).await, bot_options(&probe, true))
+    let publisher_options = BotOptions {
+        simulcast: options.simulcast,
+        ..bot_options(&probe, true)
+    };
+    let publisher = Bot::join_with(&join(users[0].clone()).await, publisher_options)
         .await
         .expect("the publisher joins");
     let mut subscribers: Vec<Bot> = Vec::new();
@@ -282,6 +290,13 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         }
         let active: Vec<&Bot> = subscribers.iter().take(n).collect();
         wait_for_frames(&active, Duration::from_secs(20)).await;
+        if options.simulcast {
+            for (i, bot) in active.iter().enumerate() {
+                bot.request_layer(["q", "h", "f"][i % 3]);
+            }
+            // Switches wait for keyframes.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         // Let the keyframes the joins asked for pass.
         tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -303,7 +318,11 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         let datagrams = datagrams_after - datagrams_before;
         let secs = elapsed.as_secs_f64();
         edge_steps.push(SfuStep {
-            path: "edge",
+            path: if options.simulcast {
+                "edge, simulcast"
+            } else {
+                "edge"
+            },
             subscribers: n,
             sent_per_sec: datagrams / secs,
             mean_datagram_bytes: (bytes_after - bytes_before) / datagrams.max(1.0),
@@ -585,7 +604,7 @@ pub fn markdown(report: &SfuBenchReport) -> String {
     );
     for (edge, raw) in report.edge.iter().zip(&report.raw) {
         for (step, base) in [(edge, &report.direct_webrtc), (raw, &report.direct_udp)] {
-            let ratio = if step.path == "edge" && raw.per_core() > 0.0 {
+            let ratio = if step.path.starts_with("edge") && raw.per_core() > 0.0 {
                 format!("{:.3}", edge.per_core() / raw.per_core())
             } else {
                 String::new()
