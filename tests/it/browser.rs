@@ -40,7 +40,9 @@ async function run() {
   }
   ws.onmessage = (m) => { chain = chain.then(() => handle(JSON.parse(m.data))).catch(e => { window.result.error = String(e); }); };
   if (ws.readyState !== WebSocket.OPEN) {
+    if (ws.readyState !== WebSocket.OPEN) {
     await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('signaling socket failed')); });
+  }
   }
   window.result.state = 'open';
   const offer = await pc.createOffer();
@@ -157,7 +159,9 @@ async function run() {
     }
   }
   ws.onmessage = (m) => { chain = chain.then(() => handle(JSON.parse(m.data))).catch(e => { window.result.error = String(e); }); };
-  await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('signaling socket failed')); });
+  if (ws.readyState !== WebSocket.OPEN) {
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('signaling socket failed')); });
+  }
   const offer = await pc.createOffer();
   await pc.setLocalDescription(offer);
   ws.send(JSON.stringify({ type: 'offer', sdp: offer.sdp }));
@@ -209,7 +213,9 @@ async function run() {
     }
   }
   ws.onmessage = (m) => { chain = chain.then(() => handle(JSON.parse(m.data))).catch(e => { window.result.error = String(e); }); };
-  await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('signaling socket failed')); });
+  if (ws.readyState !== WebSocket.OPEN) {
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('signaling socket failed')); });
+  }
   const offer = await pc.createOffer();
   await pc.setLocalDescription(offer);
   ws.send(JSON.stringify({ type: 'offer', sdp: offer.sdp }));
