@@ -204,10 +204,10 @@ impl crate::Sfu {
                     self.stats.forwarded += 1;
                     // Sent when the shell next polls (one timeout per
                     // subscriber for a burst of packets, not one each).
-                    if !s.written {
-                        s.written = true;
+                    if s.written == 0 {
                         self.written.push(sub);
                     }
+                    s.written += 1;
                     if switched && video {
                         self.send_layers(sub, now);
                     }

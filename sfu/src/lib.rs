@@ -63,6 +63,11 @@ pub type PeerId = u64;
 /// A published track.
 pub type TrackId = u64;
 
+/// Most timeouts a subscriber is given in one flush of written media.
+const FLUSH_ROUNDS: u32 = 64;
+/// How far ahead of `now` a flush follows str0m's next timeout (it asks
+/// for the next packet a microsecond after the last).
+const FLUSH_SLACK: Duration = Duration::from_micros(500);
 /// How long [`Sfu::poll_output`] says to wait when no peer has a timer.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 
@@ -623,11 +628,32 @@ impl Sfu {
             let Some(p) = self.peers.get_mut(&peer) else {
                 continue;
             };
-            p.written = false;
-            if p.rtc.handle_input(Input::Timeout(now)).is_err() {
-                p.rtc.disconnect();
+            // One round per packet written: what str0m sends beyond them
+            // (padding, probes) keeps its own pace.
+            let rounds = std::mem::take(&mut p.written).min(FLUSH_ROUNDS);
+            // str0m releases one queued packet per timeout and wants the
+            // next a microsecond later: keep going while it asks for a time
+            // within the slack and sends something (bounded: its pacer can
+            // ask again and again).
+            let mut at = now;
+            for _ in 0..rounds {
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    break;
+                };
+                if p.rtc.handle_input(Input::Timeout(at)).is_err() {
+                    p.rtc.disconnect();
+                }
+                let sent = self.stats.datagrams_out;
+                self.drive(peer);
+                match self.peers.get(&peer) {
+                    Some(p)
+                        if p.timeout <= now + FLUSH_SLACK && self.stats.datagrams_out > sent =>
+                    {
+                        at = at.max(p.timeout);
+                    }
+                    _ => break,
+                }
             }
-            self.drive(peer);
         }
         self.process(now);
     }

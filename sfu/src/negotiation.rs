@@ -77,7 +77,7 @@ impl crate::Sfu {
                 pending: None,
                 answered: false,
                 ufrag,
-                written: false,
+                written: 0,
                 timeout: now,
             },
         );

@@ -57,9 +57,9 @@ pub(crate) struct Peer {
     /// Whether the peer has received its answer (offers wait for that).
     pub answered: bool,
     pub ufrag: String,
-    /// Media was written since the last flush ([`crate::Sfu::poll_output`]
-    /// gives str0m the timeout that sends it).
-    pub written: bool,
+    /// Packets written since the last flush ([`crate::Sfu::poll_output`]
+    /// gives str0m the timeouts that send them).
+    pub written: u32,
     /// When str0m next wants a timeout (the timer heap may hold older
     /// entries for this peer; only this one is live).
     pub timeout: Instant,

@@ -553,7 +553,9 @@ fn a_frame_is_forwarded_without_waiting_for_a_timer() {
     world.run(Duration::from_secs(1));
     let before = world.clients[subscriber].received.len();
     assert!(before > 10);
-    // One frame, then only datagrams move: no timer of the SFU fires.
+    // One frame (a keyframe: several packets), then only datagrams move:
+    // no timer of the SFU fires.
+    world.clients[publisher].keyframe_due = true;
     world.send_frame(publisher);
     // The client packetizes on its own timeout (str0m's rule for writes).
     let now = world.now;
