@@ -247,7 +247,8 @@ impl Drop for Browser {
 /// Serves one HTML page at `/` on a free loopback port (a secure origin for
 /// `getUserMedia`); returns its URL. The server lives as long as the
 /// runtime.
-pub async fn serve_page(html: &'static str) -> String {
+pub async fn serve_page(html: impl Into<String>) -> String {
+    let html: std::sync::Arc<str> = html.into().into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the page server");
@@ -255,6 +256,7 @@ pub async fn serve_page(html: &'static str) -> String {
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         while let Ok((mut stream, _)) = listener.accept().await {
+            let html = html.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = stream.read(&mut buf).await;

@@ -10,22 +10,16 @@ use testkit::browser::{Browser, serve_page};
 
 use crate::edge::start_call;
 
-/// The page: joins with the signaling URL and token from its `#fragment`,
-/// publishes camera + microphone, answers the edge's offers in order, and
-/// exposes `stats()` (from `getStats`).
-const PAGE: &str = r#"<!doctype html>
-<html><body><script>
-window.result = { state: 'starting', error: null, tracks: 0 };
+/// What every test page shares: the signaling socket (opened with the
+/// URL and token from the page's `#fragment`), answers to the edge's
+/// offers in order, errors into `window.result.error`, other messages to
+/// `onOther`; then the page's own offer once the socket is open.
+const SIGNALING_JS: &str = r#"
+window.result = { error: null };
 let chain = Promise.resolve();
-async function run() {
-  const p = new URLSearchParams(location.hash.slice(1));
-  const ws = new WebSocket(p.get('url') + '?token=' + encodeURIComponent(p.get('token')));
-  const pc = new RTCPeerConnection();
-  window.pc = pc;
-  pc.ontrack = () => { window.result.tracks += 1; };
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
-  stream.getTracks().forEach(t => pc.addTrack(t, stream));
-  window.result.state = 'media';
+const params = new URLSearchParams(location.hash.slice(1));
+function signaling(pc, onOther) {
+  const ws = new WebSocket(params.get('url') + '?token=' + encodeURIComponent(params.get('token')));
   async function handle(msg) {
     if (msg.type === 'answer') {
       await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
@@ -36,19 +30,40 @@ async function run() {
       ws.send(JSON.stringify({ type: 'answer', sdp: answer.sdp }));
     } else if (msg.type === 'error') {
       window.result.error = msg.code + ': ' + msg.message;
+    } else if (onOther) {
+      onOther(msg, ws);
     }
   }
   ws.onmessage = (m) => { chain = chain.then(() => handle(JSON.parse(m.data))).catch(e => { window.result.error = String(e); }); };
+  return ws;
+}
+async function offer(ws, pc) {
   if (ws.readyState !== WebSocket.OPEN) {
-    if (ws.readyState !== WebSocket.OPEN) {
     await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('signaling socket failed')); });
   }
-  }
-  window.result.state = 'open';
-  const offer = await pc.createOffer();
-  await pc.setLocalDescription(offer);
-  ws.send(JSON.stringify({ type: 'offer', sdp: offer.sdp }));
-  window.result.state = 'offered';
+  const sdp = await pc.createOffer();
+  await pc.setLocalDescription(sdp);
+  ws.send(JSON.stringify({ type: 'offer', sdp: sdp.sdp }));
+}
+"#;
+
+/// A page: the shared signaling script, then `script`.
+fn page(script: &str) -> String {
+    format!("<!doctype html>\n<html><body><script>{SIGNALING_JS}{script}</script></body></html>\n")
+}
+
+/// The page: joins with the signaling URL and token from its `#fragment`,
+/// publishes camera + microphone, answers the edge's offers in order, and
+/// exposes `stats()` (from `getStats`).
+const PAGE: &str = r#"
+window.result.tracks = 0;
+async function run() {
+  const pc = new RTCPeerConnection();
+  window.pc = pc;
+  pc.ontrack = () => { window.result.tracks += 1; };
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
+  stream.getTracks().forEach(t => pc.addTrack(t, stream));
+  await offer(signaling(pc), pc);
 }
 async function stats() {
   if (!window.pc) return { ...window.result, framesDecoded: 0, audioBytes: 0 };
@@ -61,7 +76,6 @@ async function stats() {
   return { ...window.result, framesDecoded, audioBytes, connection: window.pc.connectionState };
 }
 run().catch(e => { window.result.error = String(e); });
-</script></body></html>
 "#;
 
 #[tokio::test]
@@ -77,7 +91,7 @@ async fn two_chromium_pages_see_and_hear_each_other_through_the_edge() {
     app.post(&format!("/v1/calls/{call}/accept"), &bob, json!({}))
         .await
         .expect(200);
-    let page_url = serve_page(PAGE).await;
+    let page_url = serve_page(page(PAGE)).await;
     let mut pages = Vec::new();
     for user in [&alice, &bob] {
         let joined = app
@@ -133,38 +147,15 @@ async fn two_chromium_pages_see_and_hear_each_other_through_the_edge() {
 
 /// The publishing page of the simulcast test: a 1280×720 fake camera sent
 /// as three VP8 encodings (rids q, h, f at ¼, ½ and full size).
-const SIMULCAST_PUBLISHER: &str = r#"<!doctype html>
-<html><body><script>
-window.result = { error: null, sent: {} };
-let chain = Promise.resolve();
+const SIMULCAST_PUBLISHER: &str = r#"
 async function run() {
-  const p = new URLSearchParams(location.hash.slice(1));
-  const ws = new WebSocket(p.get('url') + '?token=' + encodeURIComponent(p.get('token')));
   const pc = new RTCPeerConnection();
   window.pc = pc;
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 1280, height: 720 } });
   pc.addTransceiver(stream.getVideoTracks()[0], { direction: 'sendonly', streams: [stream], sendEncodings: [
     { rid: 'q', scaleResolutionDownBy: 4 }, { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f' } ] });
   pc.addTransceiver(stream.getAudioTracks()[0], { direction: 'sendonly', streams: [stream] });
-  async function handle(msg) {
-    if (msg.type === 'answer') {
-      await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
-    } else if (msg.type === 'offer') {
-      await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
-      const answer = await pc.createAnswer();
-      await pc.setLocalDescription(answer);
-      ws.send(JSON.stringify({ type: 'answer', sdp: answer.sdp }));
-    } else if (msg.type === 'error') {
-      window.result.error = msg.code + ': ' + msg.message;
-    }
-  }
-  ws.onmessage = (m) => { chain = chain.then(() => handle(JSON.parse(m.data))).catch(e => { window.result.error = String(e); }); };
-  if (ws.readyState !== WebSocket.OPEN) {
-    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('signaling socket failed')); });
-  }
-  const offer = await pc.createOffer();
-  await pc.setLocalDescription(offer);
-  ws.send(JSON.stringify({ type: 'offer', sdp: offer.sdp }));
+  await offer(signaling(pc), pc);
 }
 async function stats() {
   const sent = {};
@@ -174,33 +165,21 @@ async function stats() {
   return { ...window.result, sent };
 }
 run().catch(e => { window.result.error = String(e); });
-</script></body></html>
 "#;
 
 /// A receiving page: offers only a data channel, and once it knows the
 /// `mid` of the video it receives, asks for the layer that suits a tile
 /// `height` pixels tall.
-const SIMULCAST_VIEWER: &str = r#"<!doctype html>
-<html><body><script>
-window.result = { error: null, layers: null };
-let chain = Promise.resolve();
+const SIMULCAST_VIEWER: &str = r#"
+window.result.layers = null;
 async function run() {
-  const p = new URLSearchParams(location.hash.slice(1));
-  const height = Number(p.get('height'));
-  const ws = new WebSocket(p.get('url') + '?token=' + encodeURIComponent(p.get('token')));
+  const height = Number(params.get('height'));
   const pc = new RTCPeerConnection();
   window.pc = pc;
   pc.createDataChannel('cascade');
   let asked = null;
-  async function handle(msg) {
-    if (msg.type === 'answer') {
-      await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
-    } else if (msg.type === 'offer') {
-      await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
-      const answer = await pc.createAnswer();
-      await pc.setLocalDescription(answer);
-      ws.send(JSON.stringify({ type: 'answer', sdp: answer.sdp }));
-    } else if (msg.type === 'tracks') {
+  const ws = signaling(pc, (msg, ws) => {
+    if (msg.type === 'tracks') {
       const video = msg.tracks.find(t => t.kind === 'video');
       if (video && asked !== video.mid) {
         asked = video.mid;
@@ -208,17 +187,9 @@ async function run() {
       }
     } else if (msg.type === 'layers') {
       window.result.layers = msg;
-    } else if (msg.type === 'error') {
-      window.result.error = msg.code + ': ' + msg.message;
     }
-  }
-  ws.onmessage = (m) => { chain = chain.then(() => handle(JSON.parse(m.data))).catch(e => { window.result.error = String(e); }); };
-  if (ws.readyState !== WebSocket.OPEN) {
-    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('signaling socket failed')); });
-  }
-  const offer = await pc.createOffer();
-  await pc.setLocalDescription(offer);
-  ws.send(JSON.stringify({ type: 'offer', sdp: offer.sdp }));
+  });
+  await offer(ws, pc);
 }
 async function stats() {
   let frameHeight = 0, framesDecoded = 0;
@@ -228,7 +199,6 @@ async function stats() {
   return { ...window.result, frameHeight, framesDecoded };
 }
 run().catch(e => { window.result.error = String(e); });
-</script></body></html>
 "#;
 
 #[tokio::test]
@@ -246,8 +216,8 @@ async fn a_small_tile_gets_180p_and_a_large_one_720p_of_a_simulcast_publisher() 
     let refs: Vec<&testkit::client::TestUser> = users[1..].iter().collect();
     let group = app.group(&users[0], "simulcast", &refs).await;
     let call = start_call(&app, &users[0], &group, "video").await;
-    let publisher_url = serve_page(SIMULCAST_PUBLISHER).await;
-    let viewer_url = serve_page(SIMULCAST_VIEWER).await;
+    let publisher_url = serve_page(page(SIMULCAST_PUBLISHER)).await;
+    let viewer_url = serve_page(page(SIMULCAST_VIEWER)).await;
     let mut pages = Vec::new();
     for (user, page, height) in [
         (&users[0], &publisher_url, 0),
