@@ -2,9 +2,9 @@
 //! difference between consecutive [`SfuStats`] snapshots, so the core
 //! keeps plain counters and knows nothing of Prometheus.
 
-use prometheus::{CounterVec, Histogram, HistogramOpts, IntCounter, IntGauge, Opts};
+use prometheus::{CounterVec, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts};
 
-use sfu::SfuStats;
+use sfu::{MediaSummary, SfuStats};
 
 /// Counters and gauges of the media workers (summed over workers).
 #[derive(Clone)]
@@ -25,6 +25,11 @@ pub struct EdgeMetrics {
     keyframe_requests_received: IntCounter,
     nacks_received: IntCounter,
     nacks_sent: IntCounter,
+    layer_switches: IntCounter,
+    /// Video subscriptions by the layer sent now (`q`, `h`, `f`, `none`).
+    pub video_subscriptions: IntGaugeVec,
+    /// Subscribers' bandwidth estimates, sampled each second per session.
+    pub estimates: Histogram,
     /// CPU time of each media worker's thread, seconds.
     pub worker_cpu: CounterVec,
     /// How late a worker's timer fired, seconds.
@@ -56,6 +61,27 @@ impl EdgeMetrics {
         )
         .expect("metric definition is static and valid");
         metrics.register(Box::new(worker_cpu.clone()));
+        let video_subscriptions = IntGaugeVec::new(
+            Opts::new(
+                "cascade_edge_video_subscriptions",
+                "Video subscriptions by the simulcast layer sent now (f also for single-layer tracks; none: paused, muted or waiting for a keyframe).",
+            ),
+            &["layer"],
+        )
+        .expect("metric definition is static and valid");
+        metrics.register(Box::new(video_subscriptions.clone()));
+        let estimates = Histogram::with_opts(
+            HistogramOpts::new(
+                "cascade_edge_subscriber_estimate_bytes_per_second",
+                "Bandwidth estimates towards subscribers (TWCC), sampled once a second per connected session.",
+            )
+            .buckets(vec![
+                12_500.0, 25_000.0, 62_500.0, 125_000.0, 250_000.0, 500_000.0, 1_250_000.0,
+                2_500_000.0,
+            ]),
+        )
+        .expect("metric definition is static and valid");
+        metrics.register(Box::new(estimates.clone()));
         EdgeMetrics {
             participants: gauge(
                 "cascade_edge_participants",
@@ -85,7 +111,7 @@ impl EdgeMetrics {
             ),
             forwarded: counter(
                 "cascade_edge_forwarded_media_total",
-                "Media frames and audio packets written to subscribers.",
+                "RTP packets written to subscribers.",
             ),
             keyframe_requests: counter(
                 "cascade_edge_keyframe_requests_total",
@@ -103,6 +129,12 @@ impl EdgeMetrics {
                 "cascade_edge_nacks_sent_total",
                 "NACKs sent to publishers for lost packets.",
             ),
+            layer_switches: counter(
+                "cascade_edge_layer_switches_total",
+                "Video subscriptions switched from one simulcast layer to another.",
+            ),
+            video_subscriptions,
+            estimates,
             worker_cpu,
             loop_lag,
         }
@@ -136,5 +168,27 @@ impl EdgeMetrics {
             .inc_by(after.nacks_received.saturating_sub(before.nacks_received));
         self.nacks_sent
             .inc_by(after.nacks_sent.saturating_sub(before.nacks_sent));
+        self.layer_switches
+            .inc_by(after.layer_switches.saturating_sub(before.layer_switches));
+    }
+
+    /// Moves this worker's share of the layer gauges from `mine` to
+    /// `summary` and samples its sessions' estimates.
+    pub fn media(&self, summary: &MediaSummary, mine: &mut [i64; 4]) {
+        let now = [
+            summary.video_by_layer[0] as i64,
+            summary.video_by_layer[1] as i64,
+            summary.video_by_layer[2] as i64,
+            summary.video_idle as i64,
+        ];
+        for (i, layer) in ["q", "h", "f", "none"].into_iter().enumerate() {
+            self.video_subscriptions
+                .with_label_values(&[layer])
+                .add(now[i] - mine[i]);
+        }
+        *mine = now;
+        for estimate in &summary.estimates {
+            self.estimates.observe(*estimate as f64 / 8.0);
+        }
     }
 }

@@ -225,6 +225,8 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
     let mut counted = sfu.stats();
     // This worker's share of the node-wide gauges.
     let (mut participants, mut tracks, mut subscriptions) = (0i64, 0i64, 0i64);
+    // Its share of the video-layer gauges (q, h, f, none).
+    let mut layers = [0i64; 4];
     let mut signals: HashMap<PeerId, mpsc::Sender<ServerSignal>> = HashMap::new();
     let mut sessions: HashMap<PeerId, Uuid> = HashMap::new();
     let mut buf = vec![0u8; 2048];
@@ -330,6 +332,7 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                         cpu_counter.inc_by((cpu - cpu_seen).max(0.0));
                         cpu_seen = cpu;
                     }
+                    metrics.media(&sfu.media_summary(), &mut layers);
                 }
                 () = &mut stop => break,
             }
@@ -375,6 +378,7 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
         }
     }
     // Leave the node-wide gauges as if this worker had never been.
+    metrics.media(&sfu::MediaSummary::default(), &mut layers);
     metrics.participants.sub(participants);
     metrics.tracks.sub(tracks);
     metrics.subscriptions.sub(subscriptions);

@@ -200,7 +200,10 @@ impl crate::Sfu {
                 continue;
             };
             match write(s, track, codec, video, packet, now) {
-                Written::Yes { switched } => {
+                Written::Yes { started, switched } => {
+                    if switched {
+                        self.stats.layer_switches += 1;
+                    }
                     self.stats.forwarded += 1;
                     // Sent when the shell next polls (one timeout per
                     // subscriber for a burst of packets, not one each).
@@ -208,7 +211,7 @@ impl crate::Sfu {
                         self.written.push(sub);
                     }
                     s.written += 1;
-                    if switched && video {
+                    if started && video {
                         self.send_layers(sub, now);
                     }
                 }
@@ -377,8 +380,10 @@ impl crate::Sfu {
 
 /// What happened to a packet at one subscriber.
 enum Written {
-    /// Forwarded (`switched`: the first of a new layer).
+    /// Forwarded (`started`: the first of a new run; `switched`: of
+    /// another layer than the last run).
     Yes {
+        started: bool,
         switched: bool,
     },
     /// The subscription waits for a keyframe of this packet's layer; this
@@ -405,7 +410,7 @@ fn write(
     if sub.paused {
         return Written::No;
     }
-    let mut switched = false;
+    let (mut started, mut switched) = (false, false);
     if sub.current != Some(packet.layer) {
         // Not the layer being sent: the start of the target, or nothing.
         if sub.target != Some(packet.layer) {
@@ -419,7 +424,8 @@ fn write(
             };
         }
         sub.rewriter.begin(now, &packet.position);
-        switched = true;
+        started = true;
+        switched = sub.current.is_some();
         sub.current = Some(packet.layer);
     }
     let Some(out) = sub.rewriter.rewrite(now, &packet.position) else {
@@ -480,7 +486,7 @@ fn write(
     if video {
         s.video_sent.add(now, packet.payload.len());
     }
-    Written::Yes { switched }
+    Written::Yes { started, switched }
 }
 
 /// The payload type the subscriber's m-line uses for `codec`.

@@ -431,6 +431,21 @@ pub struct SfuStats {
     pub nacks_received: u64,
     /// NACKs sent to publishers for their lost packets.
     pub nacks_sent: u64,
+    /// Video subscriptions switched from one simulcast layer to another.
+    pub layer_switches: u64,
+}
+
+/// What a core's subscribers receive now (the shell's gauges).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MediaSummary {
+    /// Video subscriptions by the layer being sent: q, h, f (a
+    /// single-layer track counts as f).
+    pub video_by_layer: [u64; 3],
+    /// Video subscriptions sending nothing now: paused for bandwidth or by
+    /// the subscriber, muted, or waiting for a keyframe.
+    pub video_idle: u64,
+    /// Each connected peer's bandwidth estimate, bits per second.
+    pub estimates: Vec<u64>,
 }
 
 /// The SFU core of one worker.
@@ -509,6 +524,37 @@ impl Sfu {
     /// Subscriptions (track × subscriber) now.
     pub fn subscriptions(&self) -> usize {
         self.peers.values().map(|p| p.subscriptions.len()).sum()
+    }
+
+    /// Which layers video subscribers get, and their estimates (walks every
+    /// subscription: call it for gauges, not per packet).
+    pub fn media_summary(&self) -> MediaSummary {
+        let mut summary = MediaSummary::default();
+        for p in self.peers.values() {
+            if p.connected
+                && let Some(estimate) = p.estimate
+            {
+                summary.estimates.push(estimate);
+            }
+            for (track, sub) in &p.subscriptions {
+                let Some(t) = self.tracks.get(track) else {
+                    continue;
+                };
+                if t.kind != MediaKind::Video {
+                    continue;
+                }
+                match sub.current {
+                    Some(_) if sub.paused || t.muted => summary.video_idle += 1,
+                    Some(layer) => {
+                        // Layer 0 of a single-layer track is its only one: f.
+                        let index = if t.layers.len() <= 1 { 2 } else { layer.min(2) };
+                        summary.video_by_layer[index] += 1;
+                    }
+                    None => summary.video_idle += 1,
+                }
+            }
+        }
+        summary
     }
 
     /// The next thing for the shell. Call until it returns
