@@ -36,6 +36,7 @@ impl crate::Sfu {
         if in_call >= self.config.max_participants_per_call {
             return Err(JoinError::CallFull(self.config.max_participants_per_call));
         }
+        let offer_sdp = offer;
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadSdp(e.to_string()))?;
         let ufrag = random_token(8);
@@ -47,6 +48,11 @@ impl crate::Sfu {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| JoinError::BadSdp(e.to_string()))?;
+        // An m-line str0m had to reject shares no codec with the call: say
+        // which, rather than answer with media that will never flow.
+        if let Some(problem) = rejected_media(offer_sdp, &answer.to_sdp_string()) {
+            return Err(JoinError::BadSdp(problem));
+        }
         let id = self.next_peer;
         self.next_peer += 1;
         self.by_ufrag.insert(ufrag.clone(), id);
@@ -321,4 +327,53 @@ impl crate::Sfu {
             self.renegotiate(other);
         }
     }
+}
+
+/// The codecs this core forwards, as SDP names them.
+const CALL_CODECS: &str = "VP8 video, Opus audio";
+
+/// Why the answer rejected one of the offer's audio or video m-lines (port
+/// 0 in the answer where the offer had a port): the codecs it offered, and
+/// the call's. `None` when every offered m-line was accepted.
+fn rejected_media(offer: &str, answer: &str) -> Option<String> {
+    let sections = |sdp: &str| -> Vec<Vec<String>> {
+        let mut out: Vec<Vec<String>> = Vec::new();
+        for line in sdp.lines() {
+            let line = line.trim_end();
+            if line.starts_with("m=") {
+                out.push(Vec::new());
+            }
+            if let Some(section) = out.last_mut() {
+                section.push(line.to_owned());
+            }
+        }
+        out
+    };
+    let port_zero = |m: &str| m.split_whitespace().nth(1) == Some("0");
+    let (offered, answered) = (sections(offer), sections(answer));
+    for (o, a) in offered.iter().zip(&answered) {
+        let (Some(om), Some(am)) = (o.first(), a.first()) else {
+            continue;
+        };
+        let kind = om.trim_start_matches("m=").split_whitespace().next()?;
+        if !matches!(kind, "audio" | "video") || port_zero(om) || !port_zero(am) {
+            continue;
+        }
+        let mut codecs: Vec<&str> = o
+            .iter()
+            .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.split('/').next())
+            .filter(|c| !matches!(*c, "rtx" | "red" | "ulpfec" | "flexfec-03"))
+            .collect();
+        codecs.dedup();
+        let offered = if codecs.is_empty() {
+            "none".to_owned()
+        } else {
+            codecs.join(", ")
+        };
+        return Some(format!(
+            "no {kind} codec in common: the offer has {offered}; this call uses {CALL_CODECS}"
+        ));
+    }
+    None
 }

@@ -1043,3 +1043,44 @@ fn a_congested_subscriber_steps_down_then_keeps_only_audio_then_climbs_back() {
     );
     assert_eq!(world.clients[sub].corrupt, 0);
 }
+
+#[test]
+fn an_offer_without_the_calls_codecs_is_refused_by_name_and_harms_no_one() {
+    let mut world = World::new(SfuConfig::default());
+    world.join(true).unwrap();
+    let sub = world.join(false).unwrap();
+    world.run(Duration::from_secs(1));
+    // A client that can only send H.264.
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .build(world.now);
+    rtc.add_local_candidate(Candidate::host("10.0.2.1:4000".parse().unwrap(), "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, _) = api.apply().unwrap();
+    let info = PeerInfo {
+        call: world.call,
+        user: Uuid::now_v7(),
+        device: "h264".into(),
+        session: Uuid::now_v7(),
+    };
+    let refused = world.sfu.join(world.now, info, &offer.to_sdp_string());
+    match refused {
+        Err(JoinError::BadSdp(message)) => {
+            assert!(
+                message.contains("H264") && message.contains("VP8"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(world.sfu.participants(), 2, "nothing was added");
+    let before = world.clients[sub].received.len();
+    world.run(Duration::from_secs(1));
+    assert!(
+        world.clients[sub].received.len() > before + 20,
+        "the call goes on"
+    );
+}

@@ -165,7 +165,10 @@ async fn a_publisher_reaches_five_subscribers_through_a_real_edge() {
     assert!(value("cascade_edge_worker_cpu_seconds_total{worker=\"0\"}") > 0.0);
     // Five subscribers receive the one (single-layer) video: shown as f.
     assert_eq!(value("cascade_edge_video_subscriptions{layer=\"f\"}"), 5.0);
-    assert_eq!(value("cascade_edge_video_subscriptions{layer=\"none\"}"), 0.0);
+    assert_eq!(
+        value("cascade_edge_video_subscriptions{layer=\"none\"}"),
+        0.0
+    );
     assert!(
         value("cascade_edge_subscriber_estimate_bytes_per_second_count") >= 6.0,
         "every session's estimate is sampled"
