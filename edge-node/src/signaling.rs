@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -102,6 +102,37 @@ async fn change_track(
     true
 }
 
+/// Ends a session the edge refuses: the error frame, then a close frame
+/// whose code and reason say why (never a dropped connection).
+async fn refuse(mut socket: WebSocket, code: &str, message: impl Into<String>) {
+    send(&mut socket, &error(code, message)).await;
+    close(socket, close_code(code), code).await;
+}
+
+/// Sends a close frame (and waits briefly for the client's).
+async fn close(mut socket: WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), socket.recv()).await;
+    }
+}
+
+/// The WebSocket close code for a refusal (4000–4999 are the
+/// application's: 4000 + the HTTP status it is most like).
+fn close_code(code: &str) -> u16 {
+    match code {
+        "bad_message" | "bad_sdp" | "unknown_track" => 4400,
+        "timeout" => 4408,
+        "call_full" | "node_full" => 4409,
+        "rate_limited" => 4429,
+        "unavailable" => 4503,
+        _ => 4000,
+    }
+}
+
 fn error(code: &str, message: impl Into<String>) -> ServerSignal {
     ServerSignal::Error {
         code: code.into(),
@@ -117,14 +148,15 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
         Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<ClientSignal>(&text) {
             Ok(ClientSignal::Offer { sdp }) => sdp,
             _ => {
-                send(
-                    &mut socket,
-                    &error("bad_message", "the first frame must be an offer"),
-                )
-                .await;
+                refuse(socket, "bad_message", "the first frame must be an offer").await;
                 return;
             }
         },
+        Err(_) => {
+            let message = format!("no offer within {} s", OFFER_TIMEOUT.as_secs());
+            refuse(socket, "timeout", message).await;
+            return;
+        }
         _ => return,
     };
     let (signals_tx, mut signals) = mpsc::channel(64);
@@ -136,11 +168,7 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
         reply: reply_tx,
     };
     if worker.commands.send(join).await.is_err() {
-        send(
-            &mut socket,
-            &error("unavailable", "this edge is shutting down"),
-        )
-        .await;
+        refuse(socket, "unavailable", "this edge is shutting down").await;
         return;
     }
     let peer = match reply.await {
@@ -152,7 +180,7 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
             peer
         }
         Ok(Err(refused)) => {
-            send(&mut socket, &error(refused.code(), refused.to_string())).await;
+            refuse(socket, refused.code(), refused.to_string()).await;
             return;
         }
         Err(_) => return,
@@ -160,11 +188,18 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
     tracing::info!(peer, call = %info.call, user = %info.user, device = %info.device, "participant joined");
     let mut window = tokio::time::Instant::now();
     let mut frames = 0u32;
+    // How the session ends, for the close frame: a normal close unless
+    // something below says otherwise.
+    let mut ending: (u16, &str) = (1000, "left");
     loop {
         tokio::select! {
             signal = signals.recv() => match signal {
                 Some(signal) => if !send(&mut socket, &signal).await { break },
-                None => break, // the worker closed this peer
+                None => {
+                    // The worker closed this peer (its transport failed).
+                    ending = (4410, "gone");
+                    break;
+                }
             },
             message = socket.recv() => {
                 let Some(Ok(message)) = message else { break };
@@ -175,6 +210,7 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
                 frames += 1;
                 if frames > MAX_FRAMES_PER_SEC {
                     send(&mut socket, &error("rate_limited", "too many signaling frames")).await;
+                    ending = (close_code("rate_limited"), "rate_limited");
                     break;
                 }
                 match message {
@@ -218,5 +254,6 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
         }
     }
     let _ = worker.commands.send(Command::Leave { peer }).await;
+    close(socket, ending.0, ending.1).await;
     tracing::info!(peer, call = %info.call, "participant left");
 }

@@ -356,6 +356,11 @@ async fn a_signaling_flood_is_cut_off_without_harming_others() {
         first.to_text().unwrap().contains("bad_message"),
         "{first:?}"
     );
+    assert_eq!(
+        close_of(&mut ws).await,
+        Some((4400, "bad_message".into())),
+        "then a close frame that says why"
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(format!(
         "ws://{}/v1/rtc?token={}",
         edge.addrs.http,
@@ -373,6 +378,7 @@ async fn a_signaling_flood_is_cut_off_without_harming_others() {
         refused.to_text().unwrap().contains("bad_sdp"),
         "{refused:?}"
     );
+    assert_eq!(close_of(&mut ws).await, Some((4400, "bad_sdp".into())));
 
     // A real session that then floods: cut off with `rate_limited`.
     let mut rtc = str0m::Rtc::builder().build(std::time::Instant::now());
@@ -403,12 +409,17 @@ async fn a_signaling_flood_is_cut_off_without_harming_others() {
         }
     }
     let mut cut_off = false;
+    let mut closed = None;
     while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
         if frame.to_text().is_ok_and(|t| t.contains("rate_limited")) {
             cut_off = true;
         }
+        if let Message::Close(Some(c)) = frame {
+            closed = Some((u16::from(c.code), c.reason.to_string()));
+        }
     }
     assert!(cut_off, "the flooder was told why it was cut off");
+    assert_eq!(closed, Some((4429, "rate_limited".into())));
 
     let before = listener.report().video_frames();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -419,4 +430,25 @@ async fn a_signaling_flood_is_cut_off_without_harming_others() {
     );
     assert_eq!(listener.report().corrupt, 0);
     let _ = (publisher.leave().await, listener.leave().await);
+}
+
+/// The code and reason of the next close frame on `ws` (frames before it
+/// skipped), or `None` when the connection ends without one.
+async fn close_of<S>(ws: &mut S) -> Option<(u16, String)>
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+        if let Message::Close(close) = frame {
+            return close.map(|c| (u16::from(c.code), c.reason.to_string()));
+        }
+    }
+    None
 }
