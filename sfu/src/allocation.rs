@@ -32,6 +32,10 @@ const QUEUE_DELAY: Duration = Duration::from_millis(40);
 /// How long after congestion layer choices must fit the estimate (while
 /// probing looks for the capacity to climb back).
 const CONGESTION_HOLD: Duration = Duration::from_secs(5);
+/// For this long after congestion a paused video starts again only on a
+/// layer that fits the estimate (else pausing and resuming would repeat
+/// the congestion).
+const CONGESTION_MEMORY: Duration = Duration::from_secs(30);
 /// Outside congestion, a subscription climbs one layer per this.
 const UPGRADE_STEP: Duration = Duration::from_secs(1);
 
@@ -68,9 +72,9 @@ impl crate::Sfu {
         // Congestion: the estimate is below the video actually sent, and
         // the path shows it (packets lost, or queues: the round trip well
         // above its least). For a while after, choices must fit the
-        // estimate. Otherwise the estimate says little (it sinks towards
-        // what is sent while little is: a mute, a lower layer) and choices
-        // follow requests and arrivals, climbing one layer per step.
+        // estimate, down to pausing video. Otherwise the estimate only
+        // limits climbing (it sinks towards what is sent while little is: a
+        // mute, a lower layer, so it takes nothing away).
         let sent = p.video_sent.bps();
         let over = p
             .estimate
@@ -83,7 +87,7 @@ impl crate::Sfu {
         let constrained = p
             .congested_at
             .is_some_and(|at| now.saturating_duration_since(at) < CONGESTION_HOLD);
-        let share = p.estimate.filter(|_| constrained).map(|estimate| {
+        let share = p.estimate.map(|estimate| {
             estimate.saturating_sub(audio * AUDIO_BPS) / videos.len().max(1) as u64
         });
         let may_step_up = p
@@ -100,12 +104,34 @@ impl crate::Sfu {
                 continue;
             };
             let views = t.layer_views(now);
-            let mut target = layers::choose(sub.max_layer, &views, share, sub.current);
-            if !constrained
-                && let (Some(want), Some(now_at)) = (target, sub.current)
+            // What fits the estimate; what requests and arrivals allow.
+            let fitting = layers::choose(sub.max_layer, &views, share, sub.current);
+            let allowed = layers::choose(sub.max_layer, &views, None, sub.current);
+            let mut target = if constrained {
+                fitting
+            } else {
+                // Outside congestion the estimate lags what is sent (it
+                // grows with it, and with what probes find): it takes no
+                // layer away, but a layer up must fit it. A start with
+                // nothing fitting takes the lowest layer arriving, unless
+                // the link was congested lately.
+                let keep = match (sub.current, allowed) {
+                    (Some(c), Some(a)) => Some(c.min(a)),
+                    _ => None,
+                };
+                let start_anyway = !p
+                    .congested_at
+                    .is_some_and(|at| now.saturating_duration_since(at) < CONGESTION_MEMORY);
+                fitting.max(keep).or_else(|| {
+                    start_anyway
+                        .then(|| layers::choose(0, &views, None, None))
+                        .flatten()
+                })
+            };
+            if let (Some(want), Some(now_at)) = (target, sub.current)
                 && want > now_at
             {
-                // Unproven capacity: one layer up, then wait a step.
+                // One layer up, then wait a step.
                 target = Some(if may_step_up { now_at + 1 } else { now_at });
                 stepped_up |= may_step_up;
             }

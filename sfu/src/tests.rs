@@ -946,7 +946,8 @@ fn simulcast_subscribers_get_the_layer_they_ask_for_and_switch_on_a_keyframe() {
         .sfu
         .set_max_layer(world.now, peer, &mid, Some("f"), None)
         .unwrap();
-    world.run(Duration::from_secs(4));
+    // Climbing waits for the estimate (probes) to make room for h, then f.
+    world.run(Duration::from_secs(10));
     let after = &world.clients[small].received[before..];
     let first_f = after
         .iter()
@@ -1027,8 +1028,11 @@ fn a_congested_subscriber_steps_down_then_keeps_only_audio_then_climbs_back() {
     world.run(Duration::from_secs(2));
     assert_eq!(world.clients[sub].received.len(), frames, "video paused");
     assert_eq!(reported_layer(&world, sub), None);
+    // 2 s is 60 audio packets. At 100 kbit/s str0m's padding floor and
+    // the probes for q share the link with audio, so a few are lost (the
+    // real-UDP test at 300 kbit/s loses none).
     assert!(
-        world.clients[sub].audio_received > audio + 50,
+        world.clients[sub].audio_received >= audio + 42,
         "audio still arrives ({audio} → {})",
         world.clients[sub].audio_received
     );

@@ -40,6 +40,9 @@ pub struct BotOptions {
     /// Publish video as three simulcast layers (rids `q`, `h`, `f`): `f`
     /// with the bodies above, `h` a third of them, `q` a tenth.
     pub simulcast: bool,
+    /// Send every datagram to this address (a [`crate::udp_proxy`] in front
+    /// of the edge) and take what comes back from it as the edge's.
+    pub via: Option<SocketAddr>,
 }
 
 impl BotOptions {
@@ -51,6 +54,7 @@ impl BotOptions {
             keyframe_body: KEYFRAME_BODY,
             probe: None,
             simulcast: false,
+            via: None,
         }
     }
 }
@@ -137,6 +141,13 @@ pub struct BotReport {
     pub tracks: Vec<TrackInfo>,
     /// Signaling errors from the edge.
     pub errors: Vec<String>,
+    /// Size of the last video frame received (tells simulcast layers
+    /// apart).
+    pub last_frame_bytes: usize,
+    /// The edge's last `layers` report: what it sends of each video.
+    pub layers: Vec<protocol::signaling::LayerInfo>,
+    /// Its last bandwidth estimate towards this bot, kbit/s.
+    pub estimate_kbps: Option<u64>,
     /// Audio packets received.
     pub audio_packets: u32,
 }
@@ -177,6 +188,9 @@ struct State {
     keyframe_due: bool,
     report: Arc<Mutex<BotReport>>,
     options: BotOptions,
+    /// Where str0m last sent (the edge): what comes back through
+    /// [`BotOptions::via`] is taken as from there.
+    peer_addr: Option<SocketAddr>,
 }
 
 impl State {
@@ -185,7 +199,9 @@ impl State {
         loop {
             match self.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
-                    let _ = self.socket.send_to(&t.contents, t.destination).await;
+                    self.peer_addr = Some(t.destination);
+                    let to = self.options.via.unwrap_or(t.destination);
+                    let _ = self.socket.send_to(&t.contents, to).await;
                 }
                 Ok(Output::Timeout(at)) => return at,
                 Ok(Output::Event(event)) => self.event(event),
@@ -211,6 +227,7 @@ impl State {
                                 .entry(mid.clone())
                                 .or_insert(keyframe);
                             report.received.entry(mid).or_default().push(counter);
+                            report.last_frame_bytes = data.data.len();
                         }
                         None => report.corrupt += 1,
                     }
@@ -364,6 +381,10 @@ async fn run(
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, source)) = received else { continue };
+                let source = match (state.options.via, state.peer_addr) {
+                    (Some(via), Some(peer)) if via == source => peer,
+                    _ => source,
+                };
                 if let Ok(r) = Receive::new(Protocol::Udp, source, local, &buf[..n]) {
                     let _ = state.rtc.handle_input(Input::Receive(Instant::now(), r));
                 }
@@ -397,6 +418,12 @@ async fn run(
                     }
                     Ok(ServerSignal::Error { code, message }) => {
                         if let Ok(mut r) = state.report.lock() { r.errors.push(format!("{code}: {message}")); }
+                    }
+                    Ok(ServerSignal::Layers { layers, estimate_kbps }) => {
+                        if let Ok(mut r) = state.report.lock() {
+                            r.layers = layers;
+                            r.estimate_kbps = estimate_kbps;
+                        }
                     }
                     _ => {}
                 },
@@ -535,6 +562,7 @@ impl Bot {
             keyframe_due: true,
             report: report.clone(),
             options,
+            peer_addr: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let (signals, outgoing) = tokio::sync::mpsc::unbounded_channel();

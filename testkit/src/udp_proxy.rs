@@ -1,6 +1,8 @@
 //! A userspace UDP proxy that makes a loopback path look like a WAN link:
-//! fixed one-way delay and random loss, both directions. (This kernel has
-//! no netem delay, so the harness does it.)
+//! fixed one-way delay and random loss, both directions, and optionally a
+//! bottleneck on the way back to the client ([`Downlink`]: a queue drained
+//! at a rate, tail-dropping what would wait too long). (This kernel has no
+//! netem delay, so the harness does it.)
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +20,52 @@ pub struct ProxyStats {
     pub forwarded: AtomicU64,
     /// Datagrams dropped on purpose.
     pub dropped: AtomicU64,
+}
+
+/// A bottleneck towards the client, changeable while the proxy runs.
+#[derive(Debug)]
+pub struct Downlink {
+    /// Bits per second; 0: no limit.
+    pub rate_bps: AtomicU64,
+    /// When the queue is empty again.
+    free_at: std::sync::Mutex<tokio::time::Instant>,
+}
+
+/// The longest a datagram waits in a [`Downlink`]'s queue before it is
+/// dropped instead.
+const MAX_QUEUE: Duration = Duration::from_millis(100);
+
+impl Downlink {
+    /// A downlink of `rate_bps` (0: unlimited).
+    pub fn new(rate_bps: u64) -> Arc<Self> {
+        Arc::new(Downlink {
+            rate_bps: AtomicU64::new(rate_bps),
+            free_at: std::sync::Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    /// Changes the rate (0: lifts the limit).
+    pub fn set_rate(&self, rate_bps: u64) {
+        self.rate_bps.store(rate_bps, Ordering::Relaxed);
+    }
+
+    /// When a datagram of `len` bytes leaves the queue, or `None`: dropped.
+    fn admit(&self, len: usize) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let rate = self.rate_bps.load(Ordering::Relaxed);
+        if rate == 0 {
+            return Some(now);
+        }
+        let mut free_at = self.free_at.lock().unwrap_or_else(|e| e.into_inner());
+        let start = (*free_at).max(now);
+        if start - now > MAX_QUEUE {
+            return None;
+        }
+        // IP and UDP headers count too.
+        let bits = (len as u64 + 28) * 8;
+        *free_at = start + Duration::from_micros(bits * 1_000_000 / rate);
+        Some(*free_at)
+    }
 }
 
 /// A running proxy; dropping it stops it.
@@ -53,6 +101,16 @@ impl UdpProxy {
     /// Proxies datagrams to `target` with `delay` each way and `loss`
     /// (0.0–1.0) each way.
     pub async fn start(target: SocketAddr, delay: Duration, loss: f64) -> std::io::Result<Self> {
+        Self::start_shaped(target, delay, loss, None).await
+    }
+
+    /// [`UdpProxy::start`] with a bottleneck on the way back to the client.
+    pub async fn start_shaped(
+        target: SocketAddr,
+        delay: Duration,
+        loss: f64,
+        downlink: Option<Arc<Downlink>>,
+    ) -> std::io::Result<Self> {
         let listen = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = listen.local_addr()?;
         let stats = Arc::new(ProxyStats::default());
@@ -84,12 +142,27 @@ impl UdpProxy {
                             let u = Arc::new(u);
                             map.insert(client, u.clone());
                             // Replies: target → client.
-                            let (u2, listen2, stats2, loss2) =
-                                (u.clone(), listen.clone(), stats.clone(), loss.clone());
+                            let (u2, listen2, stats2, loss2, down2) = (
+                                u.clone(),
+                                listen.clone(),
+                                stats.clone(),
+                                loss.clone(),
+                                downlink.clone(),
+                            );
                             tasks.push(tokio::spawn(async move {
                                 let mut buf = vec![0u8; 65_536];
                                 while let Ok(n) = u2.recv(&mut buf).await {
-                                    pass(&loss2, &stats2, delay, buf[..n].to_vec(), {
+                                    let leaves = match &down2 {
+                                        Some(d) => match d.admit(n) {
+                                            Some(at) => at,
+                                            None => {
+                                                stats2.dropped.fetch_add(1, Ordering::Relaxed);
+                                                continue;
+                                            }
+                                        },
+                                        None => tokio::time::Instant::now(),
+                                    };
+                                    pass(&loss2, &stats2, leaves + delay, buf[..n].to_vec(), {
                                         let listen = listen2.clone();
                                         move |data| async move {
                                             let _ = listen.send_to(&data, client).await;
@@ -103,7 +176,7 @@ impl UdpProxy {
                     pass(
                         &loss,
                         &stats,
-                        delay,
+                        tokio::time::Instant::now() + delay,
                         buf[..n].to_vec(),
                         move |data| async move {
                             let _ = upstream.send(&data).await;
@@ -119,9 +192,14 @@ impl UdpProxy {
     }
 }
 
-/// Drops or delays one datagram.
-fn pass<F, Fut>(loss: &Loss, stats: &ProxyStats, delay: Duration, data: Vec<u8>, send: F)
-where
+/// Drops one datagram, or sends it at `deadline`.
+fn pass<F, Fut>(
+    loss: &Loss,
+    stats: &ProxyStats,
+    deadline: tokio::time::Instant,
+    data: Vec<u8>,
+    send: F,
+) where
     F: FnOnce(Vec<u8>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
@@ -130,7 +208,6 @@ where
         return;
     }
     stats.forwarded.fetch_add(1, Ordering::Relaxed);
-    let deadline = tokio::time::Instant::now() + delay;
     tokio::spawn(async move {
         tokio::time::sleep_until(deadline).await;
         send(data).await;

@@ -452,3 +452,134 @@ where
     }
     None
 }
+
+/// Simulcast through a real edge over real UDP (str0m bots): a subscriber
+/// behind a 300 kbit/s bottleneck (`testkit::udp_proxy`) gets the `q`
+/// layer with its audio while an unlimited one gets `f`; when the limit
+/// goes, it climbs back to `f`.
+#[tokio::test]
+async fn a_subscriber_behind_a_thin_link_gets_q_and_climbs_back_to_f_when_it_widens() {
+    use testkit::bot::BotOptions;
+    use testkit::udp_proxy::{Downlink, UdpProxy};
+
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let edge = start_edge(&app, "edge-thin").await;
+    let owner = app.register("presenter").await;
+    let (free_user, thin_user) = (app.register("wide").await, app.register("thin").await);
+    let group = app.group(&owner, "layers", &[&free_user, &thin_user]).await;
+    let call = start_call(&app, &owner, &group, "video").await;
+    let join = async |user: &TestUser| {
+        app.post(
+            &format!("/v1/calls/{call}/join"),
+            user,
+            json!({"device_id": "bot"}),
+        )
+        .await
+        .expect(200)
+        .body
+    };
+    // Layers of 6,000 / 2,000 / 600 bytes a frame: ~1.4 Mbit/s, ~480 and
+    // ~150 kbit/s.
+    let publisher = Bot::join_with(
+        &join(&owner).await,
+        BotOptions {
+            simulcast: true,
+            delta_body: 6_000,
+            keyframe_body: 12_000,
+            ..BotOptions::new(true)
+        },
+    )
+    .await
+    .expect("publisher");
+    let free = Bot::join(&join(&free_user).await, false)
+        .await
+        .expect("wide");
+    let downlink = Downlink::new(300_000);
+    let proxy = UdpProxy::start_shaped(
+        edge.addrs.media[0],
+        Duration::ZERO,
+        0.0,
+        Some(downlink.clone()),
+    )
+    .await
+    .unwrap();
+    let thin = Bot::join_with(
+        &join(&thin_user).await,
+        BotOptions {
+            via: Some(proxy.addr),
+            ..BotOptions::new(false)
+        },
+    )
+    .await
+    .expect("thin");
+    let layer = |bot: &Bot| {
+        let r = bot.report();
+        (
+            r.layers.first().and_then(|l| l.layer.clone()),
+            r.last_frame_bytes,
+        )
+    };
+    let wait = async |what: &str, limit: Duration, done: &dyn Fn() -> bool| {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: thin {:?} (estimate {:?} kbit/s), wide {:?}",
+                layer(&thin),
+                thin.report().estimate_kbps,
+                layer(&free)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Let the estimate find the bottleneck (the thin link starts wherever
+    // the first layer to arrive puts it and climbs until it congests).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let started = tokio::time::Instant::now();
+    wait(
+        "the thin link never settled on q",
+        Duration::from_secs(30),
+        &|| {
+            let (t, bytes) = layer(&thin);
+            t.as_deref() == Some("q") && bytes < 1_500
+        },
+    )
+    .await;
+    eprintln!(
+        "thin link on q after {:?} (estimate {:?} kbit/s)",
+        started.elapsed(),
+        thin.report().estimate_kbps
+    );
+    let (wide, wide_bytes) = layer(&free);
+    assert_eq!(wide.as_deref(), Some("f"), "the wide link keeps f");
+    assert!(wide_bytes > 5_000, "{wide_bytes} bytes a frame");
+    // On q, the thin link carries video and audio: 3 s is 90 audio packets.
+    let (frames, audio) = (thin.report().video_frames(), thin.report().audio_packets);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = thin.report();
+    eprintln!(
+        "in 3 s on q: {} video frames, {} audio packets, layer {:?}",
+        report.video_frames() - frames,
+        report.audio_packets - audio,
+        layer(&thin)
+    );
+    assert!(report.video_frames() > frames + 45, "q flows");
+    assert!(
+        report.audio_packets >= audio + 81,
+        "audio (≥ 90 %) carries on"
+    );
+    assert_eq!(layer(&thin).0.as_deref(), Some("q"), "and stays on q");
+    assert_eq!(report.corrupt, 0);
+    // The limit goes: probing finds room, and it climbs back to f.
+    downlink.set_rate(0);
+    let lifted = tokio::time::Instant::now();
+    wait("never climbed back to f", Duration::from_secs(40), &|| {
+        let (t, bytes) = layer(&thin);
+        t.as_deref() == Some("f") && bytes > 5_000
+    })
+    .await;
+    eprintln!("back on f {:?} after the limit went", lifted.elapsed());
+    publisher.leave().await;
+    free.leave().await;
+    thin.leave().await;
+}

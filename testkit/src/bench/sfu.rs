@@ -150,6 +150,7 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         keyframe_body: delta_body * 3,
         probe: Some(probe.clone()),
         simulcast: false,
+        via: None,
     };
 
     // Baseline: the same bots, directly connected.
