@@ -119,9 +119,9 @@ impl crate::Sfu {
                     (Some(c), Some(a)) => Some(c.min(a)),
                     _ => None,
                 };
-                let start_anyway = !p
+                let start_anyway = p
                     .congested_at
-                    .is_some_and(|at| now.saturating_duration_since(at) < CONGESTION_MEMORY);
+                    .is_none_or(|at| now.saturating_duration_since(at) >= CONGESTION_MEMORY);
                 fitting.max(keep).or_else(|| {
                     start_anyway
                         .then(|| layers::choose(0, &views, None, None))
