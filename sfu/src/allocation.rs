@@ -171,8 +171,7 @@ impl crate::Sfu {
         if p.estimate.is_some() {
             // Sustain what is sent and probe towards `desired`. No padding
             // floor beyond what is sent: on a thin link it would crowd out
-            // the audio (outside congestion the estimate does not steer
-            // choices, so it need not be kept up).
+            // the audio, and the probes are what let a layer up fit.
             let targets = (sending, desired.max(sending));
             if std::mem::replace(&mut p.bwe_targets, targets) != targets {
                 p.rtc
@@ -242,11 +241,8 @@ impl crate::Sfu {
             .peers
             .get_mut(&peer)
             .ok_or(crate::SignalError::UnknownPeer)?;
-        let sub = p
-            .by_mid
-            .iter()
-            .find(|(m, _)| m.to_string() == mid)
-            .and_then(|(_, t)| p.subscriptions.get_mut(t))
+        let (_, sub) = p
+            .received_mut(mid)
             .ok_or_else(|| crate::SignalError::UnknownTrack(mid.to_owned()))?;
         if sub.max_layer != max_layer {
             sub.max_layer = max_layer;

@@ -302,10 +302,7 @@ impl crate::Sfu {
         self.last_now = now;
         let p = self.peers.get(&peer).ok_or(SignalError::UnknownPeer)?;
         let track = p
-            .published
-            .iter()
-            .find(|(m, _)| m.to_string() == mid)
-            .map(|(_, t)| *t)
+            .published_on(mid)
             .ok_or_else(|| SignalError::UnknownTrack(mid.to_owned()))?;
         self.change_muted(now, track, muted);
         Ok(())
@@ -356,10 +353,7 @@ impl crate::Sfu {
         self.last_now = now;
         let p = self.peers.get_mut(&peer).ok_or(SignalError::UnknownPeer)?;
         let (track, sub) = p
-            .by_mid
-            .iter()
-            .find(|(m, _)| m.to_string() == mid)
-            .and_then(|(_, t)| Some((*t, p.subscriptions.get_mut(t)?)))
+            .received_mut(mid)
             .ok_or_else(|| SignalError::UnknownTrack(mid.to_owned()))?;
         if sub.paused == paused {
             return Ok(());
@@ -401,15 +395,28 @@ fn write(
     packet: &Forwarded,
     now: Instant,
 ) -> Written {
-    if !s.connected {
+    let Peer {
+        rtc,
+        subscriptions,
+        connected,
+        video_sent,
+        ..
+    } = s;
+    if !*connected {
         return Written::No;
     }
-    let Some(sub) = s.subscriptions.get_mut(&track) else {
+    let Some(sub) = subscriptions.get_mut(&track) else {
         return Written::No;
     };
     if sub.paused {
         return Written::No;
     }
+    // Known before anything moves the rewriter, so a packet that cannot be
+    // written leaves no gap behind.
+    let Some(pt) = sub.pt.or_else(|| payload_type(rtc, sub.mid, codec)) else {
+        return Written::No;
+    };
+    sub.pt = Some(pt);
     let (mut started, mut switched) = (false, false);
     if sub.current != Some(packet.layer) {
         // Not the layer being sent: the start of the target, or nothing.
@@ -431,28 +438,9 @@ fn write(
     let Some(out) = sub.rewriter.rewrite(now, &packet.position) else {
         return Written::No;
     };
-    let mid = sub.mid;
-    let pt = match sub.pt {
-        Some(pt) => pt,
-        None => {
-            let Some(pt) = payload_type(s, mid, codec) else {
-                return Written::No;
-            };
-            // `s` was borrowed again to look it up.
-            let Some(sub) = s.subscriptions.get_mut(&track) else {
-                return Written::No;
-            };
-            sub.pt = Some(pt);
-            pt
-        }
-    };
-    let first_write = s
-        .subscriptions
-        .get_mut(&track)
-        .map(|sub| !std::mem::replace(&mut sub.stream_ready, true))
-        .unwrap_or(false);
-    let mut direct = s.rtc.direct_api();
-    let Some(stream) = direct.stream_tx_by_mid(mid, None) else {
+    let first_write = !std::mem::replace(&mut sub.stream_ready, true);
+    let mut direct = rtc.direct_api();
+    let Some(stream) = direct.stream_tx_by_mid(sub.mid, None) else {
         return Written::No;
     };
     if first_write {
@@ -484,17 +472,16 @@ fn write(
     }
     stream.write_rtp(rtp);
     if video {
-        s.video_sent.add(now, packet.payload.len());
+        video_sent.add(now, packet.payload.len());
     }
     Written::Yes { started, switched }
 }
 
 /// The payload type the subscriber's m-line uses for `codec`.
-fn payload_type(s: &Peer, mid: Mid, codec: Codec) -> Option<Pt> {
-    let media = s.rtc.media(mid)?;
+fn payload_type(rtc: &str0m::Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
+    let media = rtc.media(mid)?;
     let remote = media.remote_pts();
-    s.rtc
-        .codec_config()
+    rtc.codec_config()
         .params()
         .iter()
         .find(|p| p.spec().codec == codec && (remote.is_empty() || remote.contains(&p.pt())))

@@ -65,6 +65,24 @@ pub(crate) struct Peer {
     pub timeout: Instant,
 }
 
+impl Peer {
+    /// The track this peer receives on the m-line named `mid` (as the
+    /// client wrote it; compared exactly, never parsed into a `Mid`, which
+    /// would map and truncate what the network sent).
+    pub fn received_mut(&mut self, mid: &str) -> Option<(TrackId, &mut Subscription)> {
+        let track = *self.by_mid.iter().find(|(m, _)| &***m == mid)?.1;
+        Some((track, self.subscriptions.get_mut(&track)?))
+    }
+
+    /// The track this peer publishes on the m-line named `mid`.
+    pub fn published_on(&self, mid: &str) -> Option<TrackId> {
+        self.published
+            .iter()
+            .find(|(m, _)| &***m == mid)
+            .map(|(_, t)| *t)
+    }
+}
+
 /// An edge offer waiting for its answer.
 pub(crate) struct Pending {
     pub offer: SdpPendingOffer,

@@ -44,6 +44,15 @@ pub fn check_frame(data: &[u8]) -> Option<(u32, bool)> {
     .then_some((counter, keyframe))
 }
 
+/// The simulcast a synthetic publisher declares: send layers `rids`.
+pub fn simulcast_send(rids: &[&str]) -> str0m::media::Simulcast {
+    let mut simulcast = str0m::media::Simulcast::new();
+    for rid in rids {
+        simulcast.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+    }
+    simulcast
+}
+
 fn pattern(counter: u32, len: usize) -> impl Iterator<Item = u8> {
     (0..len).map(move |i| (i as u32).wrapping_mul(31).wrapping_add(counter) as u8)
 }

@@ -12,7 +12,7 @@ use str0m::{Candidate, Event, Input, Rtc};
 use uuid::Uuid;
 
 use super::*;
-use crate::synthetic::{check_frame, vp8_frame, vp8_frame_sized};
+use crate::synthetic::{check_frame, simulcast_send, vp8_frame, vp8_frame_sized};
 
 const EDGE: &str = "10.0.0.1:5000";
 const FRAME: Duration = Duration::from_millis(33);
@@ -123,13 +123,7 @@ impl World {
             .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
-        let layers = simulcast.then(|| {
-            let mut s = str0m::media::Simulcast::new();
-            for (rid, _) in LAYERS {
-                s.add_send_layer(str0m::media::SimulcastLayer::new(rid));
-            }
-            s
-        });
+        let layers = simulcast.then(|| simulcast_send(&LAYERS.map(|(rid, _)| rid)));
         let (video, audio) = if publish {
             (
                 Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, layers)),

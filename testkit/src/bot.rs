@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::signaling::{ClientSignal, ServerSignal, TrackInfo};
-use sfu::synthetic::{DELTA_BODY, KEYFRAME_BODY, check_frame, vp8_frame_sized};
+use sfu::synthetic::{DELTA_BODY, KEYFRAME_BODY, check_frame, simulcast_send, vp8_frame_sized};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
@@ -333,13 +333,7 @@ fn add_media(
     simulcast: bool,
 ) -> (Option<Mid>, Option<Mid>, SdpOffer, SdpPendingOffer) {
     let mut api = rtc.sdp_api();
-    let layers = simulcast.then(|| {
-        let mut s = str0m::media::Simulcast::new();
-        for (rid, _) in SIMULCAST_LAYERS {
-            s.add_send_layer(str0m::media::SimulcastLayer::new(rid));
-        }
-        s
-    });
+    let layers = simulcast.then(|| simulcast_send(&SIMULCAST_LAYERS.map(|(rid, _)| rid)));
     let (video, audio) = if publish {
         (
             Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, layers)),
