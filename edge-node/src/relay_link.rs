@@ -152,6 +152,8 @@ pub enum RelayCommand {
         key: u32,
         /// The packets.
         packets: Vec<RemotePacket>,
+        /// A gap was given up before it.
+        after_gap: bool,
     },
     /// The relay subscribed to a local track (under this alias) or not.
     Subscribed {
@@ -752,7 +754,11 @@ impl Client {
                     payload: p.payload,
                 })
                 .collect();
-            let command = RelayCommand::RemoteFrame { key, packets };
+            let command = RelayCommand::RemoteFrame {
+                key,
+                packets,
+                after_gap: frame.after_gap,
+            };
             if self.command(worker, command) {
                 self.metrics.frames_received.inc();
             } else {

@@ -514,7 +514,11 @@ fn relay_command(sfu: &mut Sfu, command: RelayCommand) {
         }
         RelayCommand::RemoveRemoteTrack(key) => sfu.remove_remote_track(now, key),
         RelayCommand::RemoteMuted { key, muted } => sfu.set_remote_muted(now, key, muted),
-        RelayCommand::RemoteFrame { key, packets } => sfu.remote_packets(now, key, &packets),
+        RelayCommand::RemoteFrame {
+            key,
+            packets,
+            after_gap,
+        } => sfu.remote_packets(now, key, &packets, after_gap),
         RelayCommand::Subscribed { track, alias } => sfu.set_relay_subscribed(now, track, alias),
         RelayCommand::KeyframeRequest(track) => sfu.relay_keyframe_request(now, track),
     }

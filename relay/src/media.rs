@@ -28,6 +28,9 @@ pub struct MediaFrame {
     pub rtp_time: u64,
     /// A video keyframe.
     pub keyframe: bool,
+    /// The first frame after a gap that was given up: the sequence numbers
+    /// jump before it (a forwarder starts its numbering afresh here).
+    pub after_gap: bool,
     /// The frame's packets, first to last.
     pub packets: Vec<FramePacket>,
 }
@@ -181,10 +184,12 @@ pub struct RecoveryConfig {
 
 impl RecoveryConfig {
     /// Video: wait up to 350 ms (a retransmission across two 80 ms hops
-    /// and back), NACK again after 150 ms.
+    /// and back), NACK again after 120 ms: a lost retransmission asked for
+    /// again then still arrives inside the wait on such a link (120 + 160
+    /// ms), and past the relays' 100 ms NACK dedupe.
     pub const VIDEO: RecoveryConfig = RecoveryConfig {
         max_wait: Duration::from_millis(350),
-        renack_after: Duration::from_millis(150),
+        renack_after: Duration::from_millis(120),
     };
     /// Audio: no waiting, no NACKs.
     pub const AUDIO: RecoveryConfig = RecoveryConfig {
@@ -246,6 +251,9 @@ pub struct Reassembler {
     stalled_since: Option<Instant>,
     waiting_keyframe: bool,
     last_time: Option<u64>,
+    /// A gap was given up since the last frame delivered: the next one is
+    /// marked [`MediaFrame::after_gap`].
+    gap_since_last: bool,
     stats: ReassemblyStats,
 }
 
@@ -262,6 +270,7 @@ impl Reassembler {
             stalled_since: None,
             waiting_keyframe: video,
             last_time: None,
+            gap_since_last: false,
             stats: ReassemblyStats::default(),
         }
     }
@@ -450,6 +459,7 @@ impl Reassembler {
         out.frames.push(MediaFrame {
             rtp_time,
             keyframe,
+            after_gap: std::mem::take(&mut self.gap_since_last),
             packets,
         });
     }
@@ -472,6 +482,7 @@ impl Reassembler {
         self.next = Some(start);
         self.stalled_since = None;
         self.stats.gaps += 1;
+        self.gap_since_last = true;
         out.loss = true;
         if self.video {
             self.waiting_keyframe = true;
@@ -485,6 +496,7 @@ impl Reassembler {
         self.next = None;
         self.stalled_since = None;
         self.stats.gaps += 1;
+        self.gap_since_last = true;
         out.loss = true;
         if self.video {
             self.waiting_keyframe = true;
@@ -554,6 +566,7 @@ mod tests {
             let got = &pushed.frames[0];
             assert_eq!((got.rtp_time, got.keyframe), (time, i == 0));
             assert_eq!(got.data(), data);
+            assert!(!got.after_gap);
             assert_eq!(got.packets.len(), datagrams.len(), "packet by packet");
             assert!(got.packets.last().unwrap().marker);
             assert!(
@@ -660,6 +673,7 @@ mod tests {
         assert!(got.loss);
         assert!(got.nacks.is_empty());
         assert_eq!(got.frames[0].data(), frames[2].0);
+        assert!(got.frames[0].after_gap, "marked: the numbering jumps");
     }
 
     #[test]

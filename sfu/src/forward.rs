@@ -244,6 +244,7 @@ impl crate::Sfu {
         }
         let throttle = self.config.keyframe_throttle;
         let mut asked = Vec::new();
+        let mut deferred = false;
         for (index, l) in t.layers.iter_mut().enumerate() {
             if layer.is_some_and(|wanted| wanted != index) {
                 continue;
@@ -252,10 +253,18 @@ impl crate::Sfu {
                 .last_keyframe_request
                 .is_some_and(|at| now.saturating_duration_since(at) < throttle);
             if throttled && !force {
+                // Asked again once the throttle allows, not dropped: the
+                // asker may not ask again for a while.
+                l.keyframe_deferred = true;
+                deferred = true;
                 continue;
             }
             l.last_keyframe_request = Some(now);
+            l.keyframe_deferred = false;
             asked.push((index, l.rid));
+        }
+        if deferred && !self.deferred_keyframes.contains(&track) {
+            self.deferred_keyframes.push(track);
         }
         if asked.is_empty() {
             return;
@@ -287,6 +296,34 @@ impl crate::Sfu {
             }
         }
         self.drive(peer);
+    }
+
+    /// Sends the keyframe requests the throttle held back, once it allows.
+    pub(crate) fn send_deferred_keyframes(&mut self, now: Instant) {
+        let throttle = self.config.keyframe_throttle;
+        for track in std::mem::take(&mut self.deferred_keyframes) {
+            let Some(t) = self.tracks.get(&track) else {
+                continue;
+            };
+            let due: Vec<usize> = (0..t.layers.len())
+                .filter(|i| {
+                    let l = &t.layers[*i];
+                    l.keyframe_deferred
+                        && l.last_keyframe_request
+                            .is_none_or(|at| now.saturating_duration_since(at) >= throttle)
+                })
+                .collect();
+            for layer in due {
+                self.request_keyframe(track, Some(layer), now, false);
+            }
+            let still = self
+                .tracks
+                .get(&track)
+                .is_some_and(|t| t.layers.iter().any(|l| l.keyframe_deferred));
+            if still && !self.deferred_keyframes.contains(&track) {
+                self.deferred_keyframes.push(track);
+            }
+        }
     }
 
     /// The peer mutes or unmutes one of its published m-lines: a muted

@@ -117,6 +117,9 @@ pub struct LayerSource {
     pub rate: RateMeter,
     /// When a keyframe was last asked of it.
     pub last_keyframe_request: Option<Instant>,
+    /// A request came within the throttle: it is sent when the throttle
+    /// ends.
+    pub keyframe_deferred: bool,
 }
 
 impl LayerSource {
@@ -127,6 +130,7 @@ impl LayerSource {
             last_packet: None,
             rate: RateMeter::default(),
             last_keyframe_request: None,
+            keyframe_deferred: false,
         }
     }
 

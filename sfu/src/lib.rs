@@ -467,6 +467,8 @@ pub struct Sfu {
     written: Vec<PeerId>,
     /// Remote tracks by the shell's key.
     remote_tracks: HashMap<u32, TrackId>,
+    /// Tracks with a keyframe request held back by the throttle.
+    deferred_keyframes: Vec<TrackId>,
     /// When layer choices are next looked at again (layers that stopped
     /// arriving, bitrates that changed).
     next_allocation: Instant,
@@ -498,6 +500,7 @@ impl Sfu {
             out: VecDeque::new(),
             written: Vec::new(),
             remote_tracks: HashMap::new(),
+            deferred_keyframes: Vec::new(),
             next_allocation: now,
             next_peer: 1,
             next_track: 1,
@@ -576,6 +579,20 @@ impl Sfu {
             self.timers.pop();
         }
         let allocation = (!self.peers.is_empty()).then_some(self.next_allocation);
+        // A deferred keyframe request is due when its throttle ends.
+        let deferred = self
+            .deferred_keyframes
+            .iter()
+            .filter_map(|t| self.tracks.get(t))
+            .flat_map(|t| t.layers.iter())
+            .filter(|l| l.keyframe_deferred)
+            .filter_map(|l| l.last_keyframe_request)
+            .min()
+            .map(|at| at + self.config.keyframe_throttle);
+        let allocation = match (allocation, deferred) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, d) => a.or(d),
+        };
         let at = match (next, allocation) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b).unwrap_or(self.last_now + IDLE_WAKE),
@@ -650,6 +667,9 @@ impl Sfu {
         if now >= self.next_allocation {
             self.next_allocation = now + allocation::INTERVAL;
             self.allocate_all(now);
+        }
+        if !self.deferred_keyframes.is_empty() {
+            self.send_deferred_keyframes(now);
         }
         self.process(now);
     }

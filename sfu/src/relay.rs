@@ -84,12 +84,34 @@ impl crate::Sfu {
     }
 
     /// Packets of a remote track arrived from the relay (a whole frame of
-    /// one layer, in order).
-    pub fn remote_packets(&mut self, now: Instant, key: u32, packets: &[RemotePacket]) {
+    /// one layer, in order). `after_gap`: the relay link gave up packets
+    /// before them, so the sequence numbers jump; subscriptions on that
+    /// layer start a new run here (video: this is the keyframe the link
+    /// waited for), and their subscribers see no hole to wait for.
+    pub fn remote_packets(
+        &mut self,
+        now: Instant,
+        key: u32,
+        packets: &[RemotePacket],
+        after_gap: bool,
+    ) {
         self.last_now = now;
         let Some(track) = self.remote_tracks.get(&key).copied() else {
             return;
         };
+        if after_gap && let (Some(first), Some(t)) = (packets.first(), self.tracks.get(&track)) {
+            let layer = Some(usize::from(first.layer));
+            for peer in self.members(t.call) {
+                if let Some(sub) = self
+                    .peers
+                    .get_mut(&peer)
+                    .and_then(|p| p.subscriptions.get_mut(&track))
+                    && sub.current == layer
+                {
+                    sub.restart();
+                }
+            }
+        }
         let Some(codec) = self.tracks.get(&track).map(|t| t.codec) else {
             return;
         };

@@ -780,7 +780,7 @@ fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
         let keyframe = counter == 5 || counter == 30;
         let packets = vp8_packets(counter, keyframe, seq);
         seq += packets.len() as u64;
-        world.sfu.remote_packets(world.now, 7, &packets);
+        world.sfu.remote_packets(world.now, 7, &packets, false);
         world.pump();
         world.run(FRAME);
     }
@@ -798,6 +798,24 @@ fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
         assert_eq!(tracks[0].user, far_user);
         assert_eq!(tracks[0].device, "far");
         assert_eq!(world.nacks_sent_by(c), 0, "a continuous stream");
+    }
+    // The relay link gives up a gap (frames 40–44 never come) and resumes
+    // on a keyframe: the subscribers' numbering runs on, nothing to NACK.
+    seq += 100;
+    for counter in 45..60u32 {
+        let keyframe = counter == 45;
+        let packets = vp8_packets(counter, keyframe, seq);
+        seq += packets.len() as u64;
+        world.sfu.remote_packets(world.now, 7, &packets, keyframe);
+        world.pump();
+        world.run(FRAME);
+    }
+    world.run(Duration::from_secs(1));
+    for &c in &[a, b] {
+        let client = &world.clients[c];
+        let counters: Vec<u32> = client.received.iter().map(|f| f.counter).collect();
+        assert_eq!(counters[35..], (45..60).collect::<Vec<u32>>()[..]);
+        assert_eq!(world.nacks_sent_by(c), 0, "no hole after the gap");
     }
     // Waiting subscribers asked upstream for a keyframe (via the relay).
     let asked = world
