@@ -25,6 +25,7 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 use protocol::relay::{
     Announce, Control, Hello, Kind, MEDIA_HEADER_LEN, MediaHeader, RTP_HEADER_LEN, Role, RtpHeader,
+    Source,
 };
 use quinn::Connection;
 use relay::link::{self, Backoff, ControlReader};
@@ -92,6 +93,8 @@ pub enum RelayEvent {
         call: Uuid,
         /// Audio or video.
         kind: MediaKind,
+        /// What it carries.
+        source: sfu::Source,
         /// The publisher.
         user: Uuid,
         /// Their device.
@@ -130,6 +133,8 @@ pub enum RelayCommand {
         call: Uuid,
         /// Audio or video.
         kind: MediaKind,
+        /// What it carries.
+        source: sfu::Source,
         /// The publisher.
         user: Uuid,
         /// Their device.
@@ -254,6 +259,26 @@ impl Uplink {
 /// A local RTP packet as a relay datagram: the media header (the track's
 /// alias, frame flags), then the packet with the publisher's sequence
 /// number and timestamp, the marker on a frame's last packet.
+/// A track's source on the relay's wire.
+fn wire_source(source: sfu::Source) -> Source {
+    match source {
+        sfu::Source::Camera => Source::Camera,
+        sfu::Source::Microphone => Source::Microphone,
+        sfu::Source::Screen => Source::Screen,
+        sfu::Source::ScreenAudio => Source::ScreenAudio,
+    }
+}
+
+/// A relayed track's source for the core.
+fn core_source(source: Source) -> sfu::Source {
+    match source {
+        Source::Camera => sfu::Source::Camera,
+        Source::Microphone => sfu::Source::Microphone,
+        Source::Screen => sfu::Source::Screen,
+        Source::ScreenAudio => sfu::Source::ScreenAudio,
+    }
+}
+
 fn encode_packet(packet: &RelayPacket) -> Vec<u8> {
     let mut flags = 0;
     if packet.keyframe {
@@ -440,6 +465,7 @@ impl Client {
                 track,
                 call,
                 kind,
+                source,
                 user,
                 device,
                 layers,
@@ -458,6 +484,7 @@ impl Client {
                     device,
                     muted: false,
                     layers,
+                    source: wire_source(source),
                 };
                 self.local_ids.insert(announce.track.clone(), alias);
                 self.send(Control::Announce(announce.clone()));
@@ -564,6 +591,7 @@ impl Client {
                             } else {
                                 MediaKind::Audio
                             },
+                            source: core_source(a.source),
                             user: a.user,
                             device: a.device.clone(),
                             layers: a.layers,

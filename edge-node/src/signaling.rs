@@ -133,6 +133,21 @@ fn close_code(code: &str) -> u16 {
     }
 }
 
+/// An offer's declared sources, or why not.
+fn parse_sources(
+    sources: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, sfu::Source)>, String> {
+    sources
+        .iter()
+        .map(|(mid, name)| match sfu::Source::parse(name) {
+            Some(source) => Ok((mid.clone(), source)),
+            None => Err(format!(
+                "unknown source {name:?} for mid {mid:?} (camera, microphone, screen, screen_audio)"
+            )),
+        })
+        .collect()
+}
+
 fn error(code: &str, message: impl Into<String>) -> ServerSignal {
     ServerSignal::Error {
         code: code.into(),
@@ -144,9 +159,15 @@ fn error(code: &str, message: impl Into<String>) -> ServerSignal {
 async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
     let worker = state.worker_for(info.call);
     // The offer comes first.
-    let offer = match tokio::time::timeout(OFFER_TIMEOUT, socket.recv()).await {
+    let (offer, sources) = match tokio::time::timeout(OFFER_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<ClientSignal>(&text) {
-            Ok(ClientSignal::Offer { sdp }) => sdp,
+            Ok(ClientSignal::Offer { sdp, sources }) => match parse_sources(&sources) {
+                Ok(sources) => (sdp, sources),
+                Err(message) => {
+                    refuse(socket, "bad_message", message).await;
+                    return;
+                }
+            },
             _ => {
                 refuse(socket, "bad_message", "the first frame must be an offer").await;
                 return;
@@ -164,6 +185,7 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
     let join = Command::Join {
         info: info.clone(),
         offer,
+        sources,
         signals: signals_tx,
         reply: reply_tx,
     };
@@ -240,8 +262,29 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
                             }
                         }
                         Ok(ClientSignal::Leave) => break,
-                        Ok(ClientSignal::Offer { .. }) => {
-                            send(&mut socket, &error("bad_message", "renegotiation is offered by the edge")).await;
+                        Ok(ClientSignal::Offer { sdp, sources }) => {
+                            let sources = match parse_sources(&sources) {
+                                Ok(sources) => sources,
+                                Err(message) => {
+                                    send(&mut socket, &error("bad_message", message)).await;
+                                    continue;
+                                }
+                            };
+                            let (tx, rx) = oneshot::channel();
+                            if worker.commands.send(Command::Offer { peer, sdp, sources, reply: tx }).await.is_err() {
+                                break;
+                            }
+                            match rx.await {
+                                Ok(Ok(answer)) => {
+                                    if !send(&mut socket, &ServerSignal::Answer { sdp: answer }).await {
+                                        break;
+                                    }
+                                }
+                                Ok(Err(refused)) => {
+                                    send(&mut socket, &error(refused.code(), refused.to_string())).await;
+                                }
+                                Err(_) => break,
+                            }
                         }
                         Err(e) => {
                             send(&mut socket, &error("bad_message", e.to_string())).await;

@@ -29,10 +29,23 @@ pub enum Command {
         info: PeerInfo,
         /// The SDP offer.
         offer: String,
+        /// What its send m-lines carry, where it said.
+        sources: Vec<(String, sfu::Source)>,
         /// Where the worker sends this peer's signaling.
         signals: mpsc::Sender<ServerSignal>,
         /// The answer, or why not.
         reply: oneshot::Sender<Result<(PeerId, String), JoinError>>,
+    },
+    /// A later offer of the peer (a track added or stopped).
+    Offer {
+        /// The peer.
+        peer: PeerId,
+        /// SDP.
+        sdp: String,
+        /// What its send m-lines carry, where it said.
+        sources: Vec<(String, sfu::Source)>,
+        /// The answer, or why not.
+        reply: oneshot::Sender<Result<String, SignalError>>,
     },
     /// The answer to an edge offer.
     Answer {
@@ -301,14 +314,17 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                 }
                 command = commands.recv() => match command {
                     None => break,
-                    Some(Command::Join { info, offer, signals: tx, reply }) => {
+                    Some(Command::Join { info, offer, sources, signals: tx, reply }) => {
                         let session = info.session;
-                        let result = sfu.join(Instant::now(), info, &offer);
+                        let result = sfu.join(Instant::now(), info, &offer, &sources);
                         if let Ok((peer, _)) = &result {
                             signals.insert(*peer, tx);
                             sessions.insert(*peer, session);
                         }
                         let _ = reply.send(result);
+                    }
+                    Some(Command::Offer { peer, sdp, sources, reply }) => {
+                        let _ = reply.send(sfu.handle_offer(Instant::now(), peer, &sdp, &sources));
                     }
                     Some(Command::Answer { peer, sdp, reply }) => {
                         let _ = reply.send(sfu.handle_answer(Instant::now(), peer, &sdp));
@@ -388,6 +404,10 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
 fn server_signal(signal: Signal) -> ServerSignal {
     match signal {
         Signal::Offer(sdp) => ServerSignal::Offer { sdp },
+        Signal::Refused { code, message } => ServerSignal::Error {
+            code: code.to_owned(),
+            message,
+        },
         Signal::Layers(layers, estimate) => ServerSignal::Layers {
             layers: layers
                 .into_iter()
@@ -414,6 +434,7 @@ fn server_signal(signal: Signal) -> ServerSignal {
                     .to_owned(),
                     user_id: t.user,
                     device_id: t.device,
+                    source: t.source.name().to_owned(),
                     muted: t.muted,
                     paused: t.paused,
                 })
@@ -457,6 +478,7 @@ fn on_event(
             track,
             call,
             kind,
+            source,
             user,
             device,
             layers,
@@ -467,6 +489,7 @@ fn on_event(
                 track,
                 call,
                 kind,
+                source,
                 user,
                 device,
                 layers,
@@ -506,11 +529,12 @@ fn relay_command(sfu: &mut Sfu, command: RelayCommand) {
             key,
             call,
             kind,
+            source,
             user,
             device,
             layers,
         } => {
-            sfu.add_remote_track(now, key, call, kind, user, device, layers);
+            sfu.add_remote_track(now, key, call, kind, source, user, device, layers);
         }
         RelayCommand::RemoveRemoteTrack(key) => sfu.remove_remote_track(now, key),
         RelayCommand::RemoteMuted { key, muted } => sfu.set_remote_muted(now, key, muted),

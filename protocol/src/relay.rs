@@ -1,4 +1,4 @@
-//! The relay protocol (version 1): how edges and relays exchange tracks over
+//! The relay protocol (version 3): how edges and relays exchange tracks over
 //! QUIC. Pure codec, no I/O.
 //!
 //! - **Control** travels on one reliable bidirectional stream, opened by the
@@ -19,12 +19,14 @@
 use uuid::Uuid;
 
 /// The ALPN every relay link negotiates.
-pub const ALPN: &[u8] = b"cascade-relay/2";
+pub const ALPN: &[u8] = b"cascade-relay/3";
 /// The protocol version in every control frame and datagram. Version 2:
 /// datagrams carry the publisher's RTP packets (the codec's payload format,
 /// its sequence numbers) rather than frame fragments; announcements and
-/// [`Control::TrackState`] carry the mute state.
-pub const VERSION: u8 = 2;
+/// [`Control::TrackState`] carry the mute state. Version 3: announcements
+/// carry the track's source (a screen), call data messages travel as
+/// [`Control::Data`], and audio datagrams carry the audio level.
+pub const VERSION: u8 = 3;
 /// Largest control frame body accepted (a frame is small; this bounds the
 /// memory a peer can make us buffer).
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
@@ -101,6 +103,40 @@ pub struct Hello {
     pub role: Role,
 }
 
+/// What a track carries, as its publisher declared it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A camera.
+    Camera,
+    /// A microphone.
+    Microphone,
+    /// A shared screen.
+    Screen,
+    /// A shared screen's sound.
+    ScreenAudio,
+}
+
+impl Source {
+    fn byte(self) -> u8 {
+        match self {
+            Source::Camera => 1,
+            Source::Microphone => 2,
+            Source::Screen => 3,
+            Source::ScreenAudio => 4,
+        }
+    }
+
+    fn from_byte(b: u8) -> Result<Source, CodecError> {
+        Ok(match b {
+            1 => Source::Camera,
+            2 => Source::Microphone,
+            3 => Source::Screen,
+            4 => Source::ScreenAudio,
+            other => return Err(CodecError::Unknown("track source", other)),
+        })
+    }
+}
+
 /// A track offered on a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announce {
@@ -125,6 +161,8 @@ pub struct Announce {
     /// How many simulcast layers it has (1: none); datagrams carry the
     /// layer, and a subscription asks for layers by bit.
     pub layers: u8,
+    /// What it carries.
+    pub source: Source,
 }
 
 /// A control message.
@@ -245,6 +283,7 @@ impl Control {
                 put_str(out, &a.device);
                 out.push(u8::from(a.muted));
                 out.push(a.layers);
+                out.push(a.source.byte());
             }
             Control::TrackState { track, muted } => {
                 put_str(out, track);
@@ -333,6 +372,7 @@ impl Control {
                     n @ 1..=8 => n,
                     other => return Err(CodecError::Unknown("layer count", other)),
                 },
+                source: Source::from_byte(r.u8()?)?,
             }),
             4 => Control::Unannounce { track: r.string()? },
             5 => Control::Subscribe {
@@ -611,6 +651,7 @@ mod tests {
                     device: self.string(),
                     muted: self.below(2) == 0,
                     layers: 1 + self.below(3) as u8,
+                    source: [Source::Camera, Source::Microphone, Source::Screen][self.below(3) as usize],
                 }),
                 3 => Control::Unannounce {
                     track: self.string(),

@@ -6,6 +6,8 @@
 //! direction at a time; the edge waits for the answer to its offer before it
 //! sends the next.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -13,10 +15,17 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientSignal {
-    /// The client's SDP offer (its own tracks; the first message).
+    /// The client's SDP offer: the first message (its own tracks), and
+    /// again whenever it adds or stops a track (a screen share). When it
+    /// crosses an edge offer, the client ignores the edge's (the edge drops
+    /// it and offers again after answering).
     Offer {
         /// SDP.
         sdp: String,
+        /// What its send m-lines carry, by mid: `camera`, `microphone`,
+        /// `screen` or `screen_audio` (undeclared: camera or microphone).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        sources: BTreeMap<String, String>,
     },
     /// The answer to the edge's last offer.
     Answer {
@@ -114,12 +123,19 @@ pub struct TrackInfo {
     pub user_id: Uuid,
     /// Their device.
     pub device_id: String,
+    /// What it carries: `camera`, `microphone`, `screen`, `screen_audio`.
+    #[serde(default = "camera")]
+    pub source: String,
     /// Its publisher muted it.
     #[serde(default)]
     pub muted: bool,
     /// This client paused it.
     #[serde(default)]
     pub paused: bool,
+}
+
+fn camera() -> String {
+    "camera".into()
 }
 
 /// A received video track's layer, as the edge chose it.
@@ -145,7 +161,17 @@ mod tests {
     #[test]
     fn frames_are_tagged_and_strict() {
         let offer: ClientSignal = serde_json::from_str(r#"{"type":"offer","sdp":"v=0"}"#).unwrap();
-        assert_eq!(offer, ClientSignal::Offer { sdp: "v=0".into() });
+        assert_eq!(
+            offer,
+            ClientSignal::Offer {
+                sdp: "v=0".into(),
+                sources: BTreeMap::new()
+            }
+        );
+        let offer: ClientSignal =
+            serde_json::from_str(r#"{"type":"offer","sdp":"v=0","sources":{"2":"screen"}}"#)
+                .unwrap();
+        assert!(matches!(offer, ClientSignal::Offer { sources, .. } if sources["2"] == "screen"));
         assert!(serde_json::from_str::<ClientSignal>(r#"{"type":"offer"}"#).is_err());
         assert!(serde_json::from_str::<ClientSignal>(r#"{"type":"nope"}"#).is_err());
         let text = serde_json::to_string(&ServerSignal::Error {

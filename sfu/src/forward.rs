@@ -13,7 +13,7 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
 
 use crate::peer::Peer;
 use crate::rewrite::Position;
-use crate::{Output, PeerId, RelayPacket, SfuEvent, SignalError, TrackId, TrackSource};
+use crate::{Output, PeerId, RelayPacket, SfuEvent, SignalError, TrackId, TrackOrigin};
 
 /// Video packets each subscriber's send stream keeps for NACKs. str0m's
 /// default (1024) is ~1 MB per subscription; 400 is ~2 s of 1.5 Mbit/s
@@ -269,9 +269,9 @@ impl crate::Sfu {
         if asked.is_empty() {
             return;
         }
-        let (peer, mid) = match t.source {
-            TrackSource::Local { peer, mid } => (peer, mid),
-            TrackSource::Remote { key } => {
+        let (peer, mid) = match t.origin {
+            TrackOrigin::Local { peer, mid } => (peer, mid),
+            TrackOrigin::Remote { key } => {
                 for (index, _) in asked {
                     self.stats.keyframe_requests += 1;
                     self.out
@@ -356,7 +356,7 @@ impl crate::Sfu {
         }
         t.muted = muted;
         let call = t.call;
-        if matches!(t.source, TrackSource::Local { .. }) {
+        if matches!(t.origin, TrackOrigin::Local { .. }) {
             self.out
                 .push_back(Output::Event(SfuEvent::TrackMuted { track, muted }));
         }

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::config::DtlsCert;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Rid};
+use str0m::media::{MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Rtc};
 use uuid::Uuid;
@@ -165,7 +165,7 @@ impl SignalError {
 
 /// Where a track's media comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TrackSource {
+pub enum TrackOrigin {
     /// A participant on this node, on one of its m-lines.
     Local {
         /// The publisher.
@@ -180,10 +180,64 @@ pub enum TrackSource {
     },
 }
 
+/// What a published track carries, as its publisher declared it (the
+/// default: camera for video, microphone for audio).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A camera.
+    Camera,
+    /// A microphone.
+    Microphone,
+    /// A shared screen or window.
+    Screen,
+    /// The sound of a shared screen or tab.
+    ScreenAudio,
+}
+
+impl Source {
+    /// Its name in signaling and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Camera => "camera",
+            Source::Microphone => "microphone",
+            Source::Screen => "screen",
+            Source::ScreenAudio => "screen_audio",
+        }
+    }
+
+    /// The source a name stands for.
+    pub fn parse(name: &str) -> Option<Source> {
+        [
+            Source::Camera,
+            Source::Microphone,
+            Source::Screen,
+            Source::ScreenAudio,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+
+    /// What an undeclared track of `kind` is.
+    pub fn default_for(kind: MediaKind) -> Source {
+        if kind == MediaKind::Video {
+            Source::Camera
+        } else {
+            Source::Microphone
+        }
+    }
+
+    /// Whether it is a kind of video.
+    pub fn is_video(self) -> bool {
+        matches!(self, Source::Camera | Source::Screen)
+    }
+}
+
 /// A published track.
 #[derive(Debug, Clone)]
 pub(crate) struct Track {
-    pub source: TrackSource,
+    pub origin: TrackOrigin,
+    /// What it carries (a screen gets its own layer policy).
+    pub source: Source,
     pub call: Uuid,
     pub kind: MediaKind,
     /// The call's codec for this kind (an SFU does not transcode).
@@ -201,7 +255,7 @@ pub(crate) struct Track {
 
 impl Track {
     fn new(
-        source: TrackSource,
+        origin: TrackOrigin,
         call: Uuid,
         kind: MediaKind,
         user: Uuid,
@@ -209,14 +263,11 @@ impl Track {
         layers: Vec<layers::LayerSource>,
     ) -> Self {
         Track {
-            source,
+            origin,
+            source: Source::default_for(kind),
             call,
             kind,
-            codec: if kind == MediaKind::Video {
-                Codec::Vp8
-            } else {
-                Codec::Opus
-            },
+            codec: codec_for(kind),
             user,
             device,
             muted: false,
@@ -303,6 +354,8 @@ pub struct TrackState {
     pub user: Uuid,
     /// Their device.
     pub device: String,
+    /// What it carries.
+    pub source: Source,
     /// Its publisher muted it.
     pub muted: bool,
     /// This subscriber paused it.
@@ -320,6 +373,13 @@ pub enum Signal {
     /// Which layer of each received video track is sent now, and the
     /// bandwidth estimate (bits per second) towards the peer.
     Layers(Vec<LayerState>, Option<u64>),
+    /// Something the peer sent was refused; the session goes on.
+    Refused {
+        /// The signaling error code (`bad_sdp`, `data_too_large`, ...).
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
 }
 
 /// A received video track's layer choice (for [`Signal::Layers`]).
@@ -363,6 +423,8 @@ pub enum SfuEvent {
         call: Uuid,
         /// Audio or video.
         kind: MediaKind,
+        /// What it carries.
+        source: Source,
         /// The publisher.
         user: Uuid,
         /// Their device.
@@ -771,20 +833,31 @@ impl Sfu {
                     self.close(peer);
                 }
                 Event::MediaAdded(added) => {
-                    let publishes =
-                        matches!(added.direction, Direction::RecvOnly | Direction::SendRecv);
-                    if publishes {
-                        // The publisher's send layers are our receive
-                        // layers (whichever side the SDP named them on).
-                        let rids: Vec<Rid> = added
-                            .simulcast
-                            .map(|s| if s.recv.is_empty() { s.send } else { s.recv })
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|l| l.rid)
-                            .collect();
-                        self.publish(peer, added.mid, added.kind, &rids);
+                    // Lines the edge added carry subscriptions; the peer's
+                    // own are kept, to publish when they send.
+                    let ours = self
+                        .peers
+                        .get(&peer)
+                        .is_none_or(|p| p.by_mid.contains_key(&added.mid));
+                    if ours {
+                        continue;
                     }
+                    // The publisher's send layers are our receive layers
+                    // (whichever side the SDP named them on).
+                    let rids: Vec<Rid> = added
+                        .simulcast
+                        .map(|s| if s.recv.is_empty() { s.send } else { s.recv })
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|l| l.rid)
+                        .collect();
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.offered.insert(added.mid, (added.kind, rids));
+                    }
+                    self.media_changed(peer, added.mid, added.direction);
+                }
+                Event::MediaChanged(changed) => {
+                    self.media_changed(peer, changed.mid, changed.direction);
                 }
                 Event::RtpPacket(packet) => self.on_rtp(peer, packet, now),
                 Event::MediaEgressStats(stats) => {
@@ -865,6 +938,15 @@ impl Sfu {
     /// The participants of a call here (a copy: callers mutate peers).
     fn members(&self, call: Uuid) -> Vec<PeerId> {
         self.calls.get(&call).cloned().unwrap_or_default()
+    }
+}
+
+/// The call's codec for a kind of media (an SFU does not transcode).
+pub(crate) fn codec_for(kind: MediaKind) -> Codec {
+    if kind == MediaKind::Video {
+        Codec::Vp8
+    } else {
+        Codec::Opus
     }
 }
 

@@ -2,7 +2,16 @@
 //!
 //! The client offers first (its own tracks). After that the edge offers
 //! whenever the tracks a peer should receive change, one offer at a time:
-//! the next waits for the answer to the last.
+//! the next waits for the answer to the last. The client may offer again
+//! at any time (a screen share starts or stops). When both offers cross
+//! (glare), the edge gives way, like the polite peer of WebRTC's "perfect
+//! negotiation": it drops its own offer, answers the client's, and offers
+//! again afterwards; the client ignores an edge offer that reaches it while
+//! its own is outstanding.
+//!
+//! Receiving m-lines are recycled: a line whose track ended is made
+//! inactive and carries the next track of its kind, so a long session
+//! does not grow by two m-lines per participant who came and went.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -12,21 +21,23 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind, Mid, Rid};
 
 use crate::layers;
-use crate::peer::{Peer, Pending, Subscription};
+use crate::peer::{IdleLine, Peer, Pending, Subscription};
 use crate::{
-    JoinError, Output, PeerId, PeerInfo, SfuEvent, Signal, SignalError, Track, TrackId,
-    TrackSource, TrackState, new_rtc, random_token,
+    JoinError, Output, PeerId, PeerInfo, SfuEvent, Signal, SignalError, Source, Track, TrackId,
+    TrackOrigin, TrackState, new_rtc, random_token,
 };
 
 impl crate::Sfu {
-    /// A participant joins with its SDP offer; returns its id and the SDP
-    /// answer. Offers for the other participants' tracks follow as
+    /// A participant joins with its SDP offer (and what its send m-lines
+    /// carry, by mid, where it said); returns its id and the SDP answer.
+    /// Offers for the other participants' tracks follow as
     /// [`Output::Signal`]s.
     pub fn join(
         &mut self,
         now: Instant,
         info: PeerInfo,
         offer: &str,
+        sources: &[(String, Source)],
     ) -> Result<(PeerId, String), JoinError> {
         self.last_now = now;
         if self.peers.len() >= self.config.max_participants {
@@ -68,6 +79,9 @@ impl crate::Sfu {
                 info,
                 connected: false,
                 published: HashMap::new(),
+                offered: HashMap::new(),
+                sources: sources.iter().cloned().collect(),
+                idle: Vec::new(),
                 ingress: HashMap::new(),
                 estimate: None,
                 bwe_targets: (0, 0),
@@ -118,23 +132,24 @@ impl crate::Sfu {
             return Err(SignalError::BadSdp(e.to_string()));
         }
         let mut fresh_video = Vec::new();
-        for (track, mid) in pending.added {
-            if let Some(t) = self.tracks.get(&track) {
-                let target = if t.kind == MediaKind::Video {
+        for (track, mid, kind, reused) in pending.added {
+            // A track that ended meanwhile still gets its subscription:
+            // the next offer makes its line idle.
+            let (codec, target) = match self.tracks.get(&track) {
+                Some(t) if t.kind == MediaKind::Video => {
                     fresh_video.push(track);
-                    crate::allocation::initial_layer(&t.layer_views(now))
-                } else {
-                    Some(0)
-                };
-                p.subscriptions
-                    .insert(track, Subscription::new(mid, t.codec, target));
-                p.by_mid.insert(mid, track);
-            }
+                    let target = crate::allocation::initial_layer(&t.layer_views(now));
+                    (t.codec, target)
+                }
+                Some(t) => (t.codec, Some(0)),
+                None => (crate::codec_for(kind), None),
+            };
+            p.subscriptions
+                .insert(track, Subscription::new(mid, kind, codec, target, reused));
+            p.by_mid.insert(mid, track);
         }
         for track in pending.removed {
-            if let Some(sub) = p.subscriptions.remove(&track) {
-                p.by_mid.remove(&sub.mid);
-            }
+            retire(p, track);
         }
         let connected = p.connected;
         self.drive(peer);
@@ -167,34 +182,153 @@ impl crate::Sfu {
         p.published.insert(mid, id);
         let call = p.info.call;
         let (user, device) = (p.info.user, p.info.device.clone());
-        self.tracks.insert(
-            id,
-            Track::new(
-                TrackSource::Local { peer, mid },
-                call,
-                kind,
-                user,
-                device.clone(),
-                layers::order(rids)
-                    .into_iter()
-                    .map(|rid| layers::LayerSource::new(Some(rid)))
-                    .collect(),
-            ),
+        // A declared source of the other kind is ignored.
+        let source = p
+            .sources
+            .get(&*mid)
+            .copied()
+            .filter(|s| s.is_video() == (kind == MediaKind::Video))
+            .unwrap_or(Source::default_for(kind));
+        let mut track = Track::new(
+            TrackOrigin::Local { peer, mid },
+            call,
+            kind,
+            user,
+            device.clone(),
+            layers::order(rids)
+                .into_iter()
+                .map(|rid| layers::LayerSource::new(Some(rid)))
+                .collect(),
         );
+        track.source = source;
+        self.tracks.insert(id, track);
         self.out.push_back(Output::Event(SfuEvent::TrackPublished {
             track: id,
             call,
             kind,
+            source,
             user,
             device,
             layers: rids.len().clamp(1, layers::MAX_LAYERS) as u8,
         }));
-        tracing::debug!(peer, track = id, ?kind, "track published");
+        tracing::debug!(peer, track = id, ?kind, source = source.name(), "track published");
         for other in self.members(call) {
             if other != peer {
                 self.renegotiate(other);
             }
         }
+    }
+
+    /// A peer stopped sending on one of its m-lines (a later offer made it
+    /// inactive, receive-only, or rejected it): its track ends for
+    /// everyone.
+    pub(crate) fn unpublish(&mut self, peer: PeerId, mid: Mid) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(track) = p.published.remove(&mid) else {
+            return;
+        };
+        p.ingress.retain(|_, (t, _)| *t != track);
+        let call = p.info.call;
+        self.tracks.remove(&track);
+        self.deferred_keyframes.retain(|t| *t != track);
+        self.out.push_back(Output::Event(SfuEvent::TrackEnded(track)));
+        tracing::debug!(peer, track, "track unpublished");
+        for other in self.members(call) {
+            if other != peer {
+                self.renegotiate(other);
+            }
+        }
+    }
+
+    /// An m-line of the peer's changed direction (its own offer, or its
+    /// answer to ours): a send line it stopped ends its track, one it
+    /// starts again is published anew.
+    pub(crate) fn media_changed(&mut self, peer: PeerId, mid: Mid, direction: Direction) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let Some((kind, rids)) = p.offered.get(&mid).cloned() else {
+            return;
+        };
+        let sending = matches!(direction, Direction::RecvOnly | Direction::SendRecv);
+        match (p.published.contains_key(&mid), sending) {
+            (true, false) => self.unpublish(peer, mid),
+            (false, true) => self.publish(peer, mid, kind, &rids),
+            _ => {}
+        }
+    }
+
+    /// The peer offers again (to add or remove its own tracks, or to answer
+    /// nothing in particular: any offer is accepted). An edge offer still
+    /// waiting for its answer is dropped (the client ignores it, as the
+    /// impolite side of a glare) and made again after this answer.
+    pub fn handle_offer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        sdp: &str,
+        sources: &[(String, Source)],
+    ) -> Result<String, SignalError> {
+        self.last_now = now;
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| SignalError::BadSdp(e.to_string()))?;
+        let p = self.peers.get_mut(&peer).ok_or(SignalError::UnknownPeer)?;
+        p.sources.extend(sources.iter().cloned());
+        let rolled_back = match p.pending.take() {
+            Some(pending) => {
+                // Lines this offer would have reused go back to idle (str0m
+                // applied their direction already; the client never saw
+                // it), and lines it would have retired are retired: the
+                // session has them inactive, and the client's offer cannot
+                // activate a line the edge created.
+                let mut api = p.rtc.sdp_api();
+                let mut back = Vec::new();
+                for (_, mid, _, reused) in pending.added {
+                    if let Some(line) = reused {
+                        api.set_direction(mid, Direction::Inactive);
+                        back.push(line);
+                    }
+                }
+                drop(api);
+                p.idle.extend(back);
+                for track in pending.removed {
+                    retire(p, track);
+                }
+                true
+            }
+            None => false,
+        };
+        let answer = match p.rtc.sdp_api().accept_offer(offer) {
+            Ok(answer) => answer.to_sdp_string(),
+            Err(e) => {
+                // The session cannot continue in a known state.
+                self.drive(peer);
+                self.close(peer);
+                self.process(now);
+                return Err(SignalError::BadSdp(e.to_string()));
+            }
+        };
+        if let Some(problem) = rejected_media(sdp, &answer) {
+            // Answered all the same (the line rejected, port 0): the
+            // session goes on without it.
+            self.out.push_back(Output::Signal(
+                peer,
+                Signal::Refused {
+                    code: "bad_sdp",
+                    message: problem,
+                },
+            ));
+        }
+        self.drive(peer);
+        self.process(now);
+        if rolled_back {
+            self.send_track_list(peer);
+        }
+        self.renegotiate(peer);
+        self.process(now);
+        Ok(answer)
     }
 
     /// Offers a peer the tracks it should receive and does not (and drops
@@ -212,7 +346,7 @@ impl crate::Sfu {
             .iter()
             .filter(|(id, t)| {
                 t.call == call
-                    && !matches!(t.source, TrackSource::Local { peer: src, .. } if src == peer)
+                    && !matches!(t.origin, TrackOrigin::Local { peer: src, .. } if src == peer)
                     && !p.subscriptions.contains_key(id)
             })
             .map(|(id, t)| (*id, t.kind))
@@ -230,9 +364,17 @@ impl crate::Sfu {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        let mut api = p.rtc.sdp_api();
+        let Peer { rtc, idle, .. } = p;
+        let mut api = rtc.sdp_api();
         let mut added = Vec::new();
         for (track, kind) in &add {
+            // An idle line of the kind first; a new one only without.
+            if let Some(at) = idle.iter().position(|l| l.kind == *kind) {
+                let line = idle.swap_remove(at);
+                api.set_direction(line.mid, Direction::SendOnly);
+                added.push((*track, line.mid, *kind, Some(line)));
+                continue;
+            }
             let mid = api.add_media(
                 *kind,
                 Direction::SendOnly,
@@ -240,10 +382,10 @@ impl crate::Sfu {
                 Some(format!("t{track}")),
                 None,
             );
-            added.push((*track, mid));
+            added.push((*track, mid, *kind, None));
         }
         for (_, mid) in &remove {
-            api.stop_media(*mid);
+            api.set_direction(*mid, Direction::Inactive);
         }
         match api.apply() {
             Some((offer, pending)) => {
@@ -258,9 +400,7 @@ impl crate::Sfu {
             None => {
                 // Applied without negotiation (nothing the remote must see).
                 for (track, _) in &remove {
-                    if let Some(sub) = p.subscriptions.remove(track) {
-                        p.by_mid.remove(&sub.mid);
-                    }
+                    retire(p, *track);
                 }
             }
         }
@@ -282,6 +422,7 @@ impl crate::Sfu {
                     kind: t.kind,
                     user: t.user,
                     device: t.device.clone(),
+                    source: t.source,
                     muted: t.muted,
                     paused: sub.paused,
                 })
@@ -326,6 +467,20 @@ impl crate::Sfu {
         for other in self.members(call) {
             self.renegotiate(other);
         }
+    }
+}
+
+/// Ends a subscription whose line the edge made inactive: the line waits
+/// for the next track of its kind.
+fn retire(p: &mut Peer, track: TrackId) {
+    if let Some(mut sub) = p.subscriptions.remove(&track) {
+        p.by_mid.remove(&sub.mid);
+        sub.rewriter.stop();
+        p.idle.push(IdleLine {
+            mid: sub.mid,
+            kind: sub.kind,
+            rewriter: sub.rewriter,
+        });
     }
 }
 

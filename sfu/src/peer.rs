@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use str0m::change::SdpPendingOffer;
-use str0m::media::{Mid, Pt};
+use str0m::media::{MediaKind, Mid, Pt, Rid};
 use str0m::rtp::Ssrc;
 use str0m::{Rtc, format::Codec};
 
 use crate::rewrite::Rewriter;
-use crate::{PeerInfo, TrackId};
+use crate::{PeerInfo, Source, TrackId};
 
 /// One participant's session in this core.
 pub(crate) struct Peer {
@@ -23,6 +23,19 @@ pub(crate) struct Peer {
     pub connected: bool,
     /// The peer's own send m-lines → its tracks.
     pub published: HashMap<Mid, TrackId>,
+    /// Every m-line the peer offered to send on, with its kind and
+    /// simulcast rids (a line it stops and starts again is published
+    /// again from this).
+    pub offered: HashMap<Mid, (MediaKind, Vec<Rid>)>,
+    /// What its offers declared its m-lines carry, by mid as the client
+    /// wrote it (undeclared: camera or microphone).
+    pub sources: HashMap<String, Source>,
+    /// Receiving m-lines whose track ended, made inactive and kept for the
+    /// next track of their kind (RFC 8829 recycles only stopped lines, and
+    /// a stopped line is never reused: a session would grow by two m-lines
+    /// per participant who came and went). Each keeps its rewriter, so
+    /// the SSRC's sequence numbers stay continuous.
+    pub idle: Vec<IdleLine>,
     /// Incoming SSRCs → the track and layer they carry, learned from
     /// str0m's streams on the first packet so later packets need no lookup.
     pub ingress: HashMap<Ssrc, (TrackId, usize)>,
@@ -86,14 +99,26 @@ impl Peer {
 /// An edge offer waiting for its answer.
 pub(crate) struct Pending {
     pub offer: SdpPendingOffer,
-    pub added: Vec<(TrackId, Mid)>,
+    /// Tracks it adds: on a new m-line, or on an idle one (with that
+    /// line's rewriter).
+    pub added: Vec<(TrackId, Mid, MediaKind, Option<IdleLine>)>,
+    /// Tracks it removes (their lines become idle once answered).
     pub removed: Vec<TrackId>,
+}
+
+/// An inactive receiving m-line waiting for a track of its kind.
+pub(crate) struct IdleLine {
+    pub mid: Mid,
+    pub kind: MediaKind,
+    pub rewriter: Rewriter,
 }
 
 /// One track as one subscriber receives it.
 pub(crate) struct Subscription {
     /// The subscriber's m-line.
     pub mid: Mid,
+    /// Audio or video.
+    pub kind: MediaKind,
     /// The subscriber paused it (e.g. off screen): nothing is forwarded.
     pub paused: bool,
     /// The layer forwarded now, or `None`: nothing since the subscription
@@ -119,14 +144,28 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
-    /// A new subscription on `mid`; `target` is the layer to start with.
-    pub fn new(mid: Mid, codec: Codec, target: Option<usize>) -> Self {
-        let clock = if codec == Codec::Opus { 48_000 } else { 90_000 };
-        // A random start, as RFC 3550 §5.1 asks, in the lower half so the
-        // first packets are far from a wrap.
-        let first_seq = (uuid::Uuid::new_v4().as_u128() as u16) & 0x7fff;
+    /// A new subscription on `mid` (on an idle line: `reused`, whose
+    /// rewriter goes on); `target` is the layer to start with.
+    pub fn new(
+        mid: Mid,
+        kind: MediaKind,
+        codec: Codec,
+        target: Option<usize>,
+        reused: Option<IdleLine>,
+    ) -> Self {
+        let rewriter = match reused {
+            Some(line) => line.rewriter,
+            None => {
+                let clock = if codec == Codec::Opus { 48_000 } else { 90_000 };
+                // A random start, as RFC 3550 §5.1 asks, in the lower half
+                // so the first packets are far from a wrap.
+                let first_seq = (uuid::Uuid::new_v4().as_u128() as u16) & 0x7fff;
+                Rewriter::new(clock, first_seq)
+            }
+        };
         Subscription {
             mid,
+            kind,
             paused: false,
             current: None,
             target,
@@ -134,7 +173,7 @@ impl Subscription {
             reported: None,
             pt: None,
             stream_ready: false,
-            rewriter: Rewriter::new(clock, first_seq),
+            rewriter,
         }
     }
 

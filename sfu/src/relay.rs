@@ -1,5 +1,5 @@
 //! The relay's side of the core: tracks of other edges' participants
-//! ([`TrackSource::Remote`]) join a call and reach its local subscribers
+//! ([`TrackOrigin::Remote`]) join a call and reach its local subscribers
 //! exactly like local tracks (same renegotiation, gating, rewriting,
 //! keyframe requests, counters); local tracks the relay subscribed to come
 //! out as [`crate::RelayPacket`]s from [`crate::Sfu::poll_output`].
@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::forward::Forwarded;
 use crate::layers::{LayerSource, MAX_LAYERS};
-use crate::{RemotePacket, Track, TrackId, TrackSource};
+use crate::{RemotePacket, Source, Track, TrackId, TrackOrigin};
 
 impl crate::Sfu {
     /// A track of another edge's participant, announced by the relay, joins
@@ -25,6 +25,7 @@ impl crate::Sfu {
         key: u32,
         call: Uuid,
         kind: MediaKind,
+        source: Source,
         user: Uuid,
         device: String,
         layers: u8,
@@ -38,19 +39,20 @@ impl crate::Sfu {
         }
         let id = self.next_track;
         self.next_track += 1;
-        self.tracks.insert(
-            id,
-            Track::new(
-                TrackSource::Remote { key },
-                call,
-                kind,
-                user,
-                device,
-                (0..layers.clamp(1, MAX_LAYERS as u8))
-                    .map(|_| LayerSource::new(None))
-                    .collect(),
-            ),
+        let mut track = Track::new(
+            TrackOrigin::Remote { key },
+            call,
+            kind,
+            user,
+            device,
+            (0..layers.clamp(1, MAX_LAYERS as u8))
+                .map(|_| LayerSource::new(None))
+                .collect(),
         );
+        if source.is_video() == (kind == MediaKind::Video) {
+            track.source = source;
+        }
+        self.tracks.insert(id, track);
         self.remote_tracks.insert(key, id);
         tracing::debug!(track = id, key, ?kind, "remote track added");
         for peer in self.members(call) {
@@ -140,7 +142,7 @@ impl crate::Sfu {
         let Some(t) = self.tracks.get_mut(&track) else {
             return;
         };
-        if !matches!(t.source, TrackSource::Local { .. }) {
+        if !matches!(t.origin, TrackOrigin::Local { .. }) {
             return;
         }
         t.relay_alias = alias;

@@ -66,6 +66,13 @@ struct Client {
     audio_received: usize,
     /// The layer reports it got.
     layers: Vec<(Vec<LayerState>, Option<u64>)>,
+    /// A screen track it publishes (sent like its camera).
+    screen: Option<Mid>,
+    /// Edge offers are kept here unanswered (to make a glare).
+    hold_offers: bool,
+    held: Vec<String>,
+    /// Refusals the edge sent.
+    refused: Vec<(&'static str, String)>,
 }
 
 struct World {
@@ -140,7 +147,7 @@ impl World {
             device: format!("d{index}"),
             session: Uuid::now_v7(),
         };
-        let (peer, answer) = self.sfu.join(self.now, info, &offer.to_sdp_string())?;
+        let (peer, answer) = self.sfu.join(self.now, info, &offer.to_sdp_string(), &[])?;
         rtc.sdp_api()
             .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
             .unwrap();
@@ -161,6 +168,10 @@ impl World {
             simulcast,
             audio_received: 0,
             layers: Vec::new(),
+            screen: None,
+            hold_offers: false,
+            held: Vec::new(),
+            refused: Vec::new(),
         });
         self.pump();
         Ok(index)
@@ -251,6 +262,7 @@ impl World {
             return;
         };
         match signal {
+            Signal::Offer(sdp) if self.clients[i].hold_offers => self.clients[i].held.push(sdp),
             Signal::Offer(sdp) => {
                 let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
                 let answer = self.clients[i].rtc.sdp_api().accept_offer(offer).unwrap();
@@ -261,6 +273,7 @@ impl World {
             }
             Signal::Tracks(tracks) => self.clients[i].track_lists.push(tracks),
             Signal::Layers(layers, estimate) => self.clients[i].layers.push((layers, estimate)),
+            Signal::Refused { code, message } => self.clients[i].refused.push((code, message)),
         }
     }
 
@@ -366,6 +379,12 @@ impl World {
             let w = c.rtc.writer(video).unwrap();
             w.write(pt, now, time, vp8_frame(counter, keyframe))
                 .unwrap();
+        }
+        if let Some(screen) = c.screen
+            && let Some(w) = c.rtc.writer(screen)
+        {
+            // The same frames: a receiver tells them apart by mid.
+            let _ = w.write(pt, now, time, vp8_frame(counter, keyframe));
         }
         self.drain_client(i);
         let c = &mut self.clients[i];
@@ -477,7 +496,7 @@ fn limits_and_bad_input_are_refused_without_harm() {
         session: Uuid::now_v7(),
     };
     assert!(matches!(
-        world.sfu.join(world.now, info, "v=0 nonsense"),
+        world.sfu.join(world.now, info, "v=0 nonsense", &[]),
         Err(JoinError::BadSdp(_))
     ));
     // Garbage datagrams from anywhere: dropped, nobody hurt.
@@ -758,6 +777,7 @@ fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
         1,
         Uuid::now_v7(),
         MediaKind::Video,
+        Source::Camera,
         Uuid::now_v7(),
         "x".into(),
         1
@@ -768,6 +788,7 @@ fn a_remote_track_reaches_local_subscribers_like_a_local_one() {
         7,
         world.call,
         MediaKind::Video,
+        Source::Camera,
         far_user,
         "far".into(),
         1
@@ -1082,7 +1103,7 @@ fn an_offer_without_the_calls_codecs_is_refused_by_name_and_harms_no_one() {
         device: "h264".into(),
         session: Uuid::now_v7(),
     };
-    let refused = world.sfu.join(world.now, info, &offer.to_sdp_string());
+    let refused = world.sfu.join(world.now, info, &offer.to_sdp_string(), &[]);
     match refused {
         Err(JoinError::BadSdp(message)) => {
             assert!(
@@ -1099,4 +1120,188 @@ fn an_offer_without_the_calls_codecs_is_refused_by_name_and_harms_no_one() {
         world.clients[sub].received.len() > before + 20,
         "the call goes on"
     );
+}
+
+impl World {
+    /// Client `i` offers again with `change` applied to its session (a
+    /// track added or stopped), declaring `sources`; the edge's answer is
+    /// applied. Returns the mids `change` added.
+    fn reoffer(
+        &mut self,
+        i: usize,
+        sources: impl Fn(&[Mid]) -> Vec<(String, Source)>,
+        change: impl FnOnce(&mut str0m::change::SdpApi<'_>) -> Vec<Mid>,
+    ) -> Vec<Mid> {
+        let peer = self.clients[i].peer;
+        let mut api = self.clients[i].rtc.sdp_api();
+        let mids = change(&mut api);
+        let (offer, pending) = api.apply().expect("the change needs an offer");
+        let answer = self
+            .sfu
+            .handle_offer(self.now, peer, &offer.to_sdp_string(), &sources(&mids))
+            .unwrap();
+        self.clients[i]
+            .rtc
+            .sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+            .unwrap();
+        self.pump();
+        mids
+    }
+
+    /// The m-lines of client `i`'s session (from its own next offer).
+    fn mlines(&mut self, i: usize) -> usize {
+        let mut api = self.clients[i].rtc.sdp_api();
+        // A throwaway change to see the whole session as an offer.
+        api.ice_restart(true);
+        let (offer, _) = api.apply().unwrap();
+        offer.to_sdp_string().matches("\nm=").count()
+    }
+
+    /// The latest track list client `i` received.
+    fn tracks_of(&self, i: usize) -> Vec<TrackState> {
+        self.clients[i].track_lists.last().cloned().unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_screen_track_offered_mid_call_reaches_the_others_as_screen_and_ends_when_stopped() {
+    let mut world = World::new(SfuConfig::default());
+    let publisher = world.join(true).unwrap();
+    let viewer = world.join(false).unwrap();
+    world.run(Duration::from_millis(500));
+    assert_eq!(world.tracks_of(viewer).len(), 2, "camera and microphone");
+    world.take_events();
+    // The publisher shares its screen: a new send m-line, declared.
+    let added = world.reoffer(
+        publisher,
+        |mids| vec![(mids[0].to_string(), Source::Screen)],
+        |api| vec![api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None)],
+    );
+    world.clients[publisher].screen = Some(added[0]);
+    world.run(Duration::from_secs(1));
+    let published: Vec<Source> = world
+        .take_events()
+        .iter()
+        .filter_map(|e| match e {
+            SfuEvent::TrackPublished { source, .. } => Some(*source),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published, vec![Source::Screen]);
+    let tracks = world.tracks_of(viewer);
+    let screen = tracks
+        .iter()
+        .find(|t| t.source == Source::Screen)
+        .expect("the viewer's track list shows the screen");
+    assert_eq!(screen.kind, MediaKind::Video);
+    let camera = tracks.iter().find(|t| t.source == Source::Camera).unwrap();
+    let frames_on = |world: &World, mid: &str| {
+        world.clients[viewer]
+            .received
+            .iter()
+            .filter(|f| &*f.mid == mid)
+            .count()
+    };
+    assert!(
+        frames_on(&world, &screen.mid) >= 20,
+        "screen frames arrive: {}",
+        frames_on(&world, &screen.mid)
+    );
+    assert_eq!(world.clients[viewer].corrupt, 0);
+    // It stops sharing: the line goes inactive in a new offer.
+    world.reoffer(publisher, |_| vec![], |api| {
+        api.set_direction(added[0], Direction::Inactive);
+        vec![]
+    });
+    world.clients[publisher].screen = None;
+    world.run(Duration::from_millis(300));
+    assert!(
+        world
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, SfuEvent::TrackEnded(_))),
+        "the screen track ended"
+    );
+    let tracks = world.tracks_of(viewer);
+    assert_eq!(tracks.len(), 2, "{tracks:?}");
+    assert!(tracks.iter().all(|t| t.source != Source::Screen));
+    // The camera never stopped.
+    let before = frames_on(&world, &camera.mid);
+    world.run(Duration::from_millis(500));
+    assert!(frames_on(&world, &camera.mid) > before + 10);
+}
+
+#[test]
+fn receiving_mlines_are_recycled_as_participants_come_and_go() {
+    let mut world = World::new(SfuConfig::default());
+    let stayer = world.join(false).unwrap();
+    world.run(Duration::from_millis(300));
+    let first = world.mlines(stayer);
+    let mut counts = Vec::new();
+    let mut last_mids = Vec::new();
+    for _ in 0..6 {
+        let visitor = world.join(true).unwrap();
+        world.run(Duration::from_millis(600));
+        let tracks = world.tracks_of(stayer);
+        assert_eq!(tracks.len(), 2, "the visitor's two tracks: {tracks:?}");
+        // Its video arrives on whichever line was reused.
+        let video = tracks.iter().find(|t| t.kind == MediaKind::Video).unwrap();
+        let frames = world.clients[stayer]
+            .received
+            .iter()
+            .filter(|f| &*f.mid == video.mid)
+            .count();
+        assert!(frames >= 5, "video on a recycled line arrives ({frames})");
+        last_mids = tracks.iter().map(|t| t.mid.clone()).collect();
+        let peer = world.clients[visitor].peer;
+        world.sfu.leave(world.now, peer);
+        world.run(Duration::from_millis(300));
+        assert!(world.tracks_of(stayer).is_empty());
+        counts.push(world.mlines(stayer));
+    }
+    // A data channel, then one audio and one video line, reused each time.
+    assert_eq!(first, 1);
+    assert!(counts.iter().all(|n| *n == 3), "m-lines per round: {counts:?}");
+    assert_eq!(last_mids.len(), 2);
+    assert_eq!(world.clients[stayer].corrupt, 0);
+}
+
+#[test]
+fn crossed_offers_resolve_with_the_edge_giving_way() {
+    let mut world = World::new(SfuConfig::default());
+    let viewer = world.join(false).unwrap();
+    world.run(Duration::from_millis(300));
+    // The edge's offer of a newcomer's tracks reaches the viewer while the
+    // viewer is making an offer of its own: it ignores the edge's.
+    world.clients[viewer].hold_offers = true;
+    let publisher = world.join(true).unwrap();
+    world.run(Duration::from_millis(200));
+    assert_eq!(world.clients[viewer].held.len(), 1, "the edge offered");
+    world.clients[viewer].hold_offers = false;
+    world.clients[viewer].held.clear();
+    world.reoffer(
+        viewer,
+        |mids| vec![(mids[0].to_string(), Source::Microphone)],
+        |api| vec![api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None)],
+    );
+    world.run(Duration::from_secs(1));
+    // The edge offered again after its answer: the viewer has the tracks.
+    let tracks = world.tracks_of(viewer);
+    assert_eq!(tracks.len(), 2, "{tracks:?}");
+    let video = tracks.iter().find(|t| t.kind == MediaKind::Video).unwrap();
+    let frames = world.clients[viewer]
+        .received
+        .iter()
+        .filter(|f| &*f.mid == video.mid)
+        .count();
+    assert!(frames >= 20, "video after the glare ({frames})");
+    // And the viewer's new microphone is a track the publisher receives.
+    assert!(
+        world
+            .tracks_of(publisher)
+            .iter()
+            .any(|t| t.kind == MediaKind::Audio && t.source == Source::Microphone)
+    );
+    assert!(world.clients[viewer].refused.is_empty());
 }

@@ -466,6 +466,7 @@ impl Bot {
             .map_err(|e| BotError(format!("signaling: {e}")))?;
         let offer = serde_json::to_string(&ClientSignal::Offer {
             sdp: offer.to_sdp_string(),
+            sources: Default::default(),
         })
         .map_err(|e| BotError(e.to_string()))?;
         ws.send(Message::Text(offer.into()))

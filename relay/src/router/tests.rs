@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use protocol::relay::Source;
 
 use super::*;
 
@@ -40,6 +41,11 @@ fn announce(call: Uuid, track: &str, alias: u32, kind: Kind) -> Control {
         device: "bot".into(),
         muted: false,
         layers: 1,
+        source: if kind == Kind::Audio {
+            Source::Microphone
+        } else {
+            Source::Camera
+        },
     })
 }
 

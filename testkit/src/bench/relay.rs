@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::relay::{Announce, Control, Hello, Kind, MediaHeader, Role, RtpHeader};
+use protocol::relay::{Announce, Control, Hello, Kind, MediaHeader, Role, RtpHeader, Source};
 use relay::link::{self, Link};
 use relay::tls::{NodeTls, TlsFiles};
 use uuid::Uuid;
@@ -294,6 +294,7 @@ async fn relay_hop(certs: &CertDir, subscribers: usize) -> RelayHop {
             device: "bench".into(),
             muted: false,
             layers: 1,
+            source: Source::Camera,
         }),
     )
     .await
