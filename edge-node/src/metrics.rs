@@ -26,6 +26,10 @@ pub struct EdgeMetrics {
     nacks_received: IntCounter,
     nacks_sent: IntCounter,
     layer_switches: IntCounter,
+    data_in: IntCounter,
+    data_out: IntCounter,
+    data_refused: IntCounter,
+    data_dropped: IntCounter,
     /// Video subscriptions by the layer sent now (`q`, `h`, `f`, `none`).
     pub video_subscriptions: IntGaugeVec,
     /// Subscribers' bandwidth estimates, sampled each second per session.
@@ -133,6 +137,22 @@ impl EdgeMetrics {
                 "cascade_edge_layer_switches_total",
                 "Video subscriptions switched from one simulcast layer to another.",
             ),
+            data_in: counter(
+                "cascade_edge_data_messages_received_total",
+                "Data channel messages participants sent, accepted.",
+            ),
+            data_out: counter(
+                "cascade_edge_data_messages_delivered_total",
+                "Data channel messages written to receivers (one per receiver).",
+            ),
+            data_refused: counter(
+                "cascade_edge_data_messages_refused_total",
+                "Data channel messages refused (too large, over the rate limit).",
+            ),
+            data_dropped: counter(
+                "cascade_edge_data_messages_dropped_total",
+                "Data channel messages a receiver missed (its channel's buffer was full).",
+            ),
             video_subscriptions,
             estimates,
             worker_cpu,
@@ -170,6 +190,14 @@ impl EdgeMetrics {
             .inc_by(after.nacks_sent.saturating_sub(before.nacks_sent));
         self.layer_switches
             .inc_by(after.layer_switches.saturating_sub(before.layer_switches));
+        self.data_in
+            .inc_by(after.data_in.saturating_sub(before.data_in));
+        self.data_out
+            .inc_by(after.data_out.saturating_sub(before.data_out));
+        self.data_refused
+            .inc_by(after.data_refused.saturating_sub(before.data_refused));
+        self.data_dropped
+            .inc_by(after.data_dropped.saturating_sub(before.data_dropped));
     }
 
     /// Moves this worker's share of the layer gauges from `mine` to

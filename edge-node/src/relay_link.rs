@@ -120,6 +120,19 @@ pub enum RelayEvent {
         /// Muted or not.
         muted: bool,
     },
+    /// A local participant's data channel message, for the other edges.
+    Data {
+        /// The call.
+        call: Uuid,
+        /// The sender.
+        user: Uuid,
+        /// Their device.
+        device: String,
+        /// Binary (else text).
+        binary: bool,
+        /// What they sent.
+        payload: Vec<u8>,
+    },
 }
 
 /// What the relay task asks of a worker.
@@ -169,6 +182,19 @@ pub enum RelayCommand {
     },
     /// A keyframe request for a local track from behind the relay.
     KeyframeRequest(TrackId),
+    /// A data channel message of a participant on another edge.
+    Data {
+        /// The call.
+        call: Uuid,
+        /// The sender.
+        user: Uuid,
+        /// Their device.
+        device: String,
+        /// Binary (else text).
+        binary: bool,
+        /// What they sent.
+        payload: Vec<u8>,
+    },
 }
 
 /// The sending half workers share: the current connection (none while the
@@ -532,6 +558,24 @@ impl Client {
                     self.send(Control::TrackState { track, muted });
                 }
             }
+            RelayEvent::Data {
+                call,
+                user,
+                device,
+                binary,
+                payload,
+            } => {
+                // Only calls the relay knows we are in (it refuses others).
+                if self.calls.contains_key(&call) {
+                    self.send(Control::Data {
+                        call,
+                        user,
+                        device,
+                        binary,
+                        payload,
+                    });
+                }
+            }
         }
     }
 
@@ -660,6 +704,26 @@ impl Client {
             Control::Nack { track, sequences } => {
                 if let Some(&alias) = self.local_ids.get(&track) {
                     self.uplink.resend(alias, &sequences);
+                }
+            }
+            Control::Data {
+                call,
+                user,
+                device,
+                binary,
+                payload,
+            } => {
+                if let Some(&worker) = self.calls.get(&call) {
+                    self.command(
+                        worker,
+                        RelayCommand::Data {
+                            call,
+                            user,
+                            device,
+                            binary,
+                            payload,
+                        },
+                    );
                 }
             }
             Control::Ping { nonce } => self.send(Control::Pong { nonce }),

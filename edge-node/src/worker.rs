@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::signaling::{LayerInfo, ServerSignal, TrackInfo};
+use protocol::signaling::{DataEnvelope, LayerInfo, ServerSignal, TrackInfo};
 use str0m::media::MediaKind;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -267,6 +267,31 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                         r.uplink.send_packet(packet);
                     }
                 }
+                Output::Data(message) => {
+                    let envelope = data_envelope(
+                        message.user,
+                        &message.device,
+                        message.binary,
+                        &message.payload,
+                    );
+                    sfu.deliver_data(
+                        Instant::now(),
+                        message.call,
+                        Some(message.from),
+                        false,
+                        envelope.as_bytes(),
+                    );
+                    relay_event(
+                        &relay,
+                        RelayEvent::Data {
+                            call: message.call,
+                            user: message.user,
+                            device: message.device,
+                            binary: message.binary,
+                            payload: message.payload.to_vec(),
+                        },
+                    );
+                }
                 Output::Event(event) => {
                     on_event(
                         event,
@@ -398,6 +423,26 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
     metrics.participants.sub(participants);
     metrics.tracks.sub(tracks);
     metrics.subscriptions.sub(subscriptions);
+}
+
+/// What receivers get on their data channel for a data message (the
+/// signaling contract's envelope, one JSON text message).
+fn data_envelope(user: Uuid, device: &str, binary: bool, payload: &[u8]) -> String {
+    use base64::Engine;
+    // Text that is not UTF-8 (a client's bug) goes as bytes.
+    let text = (!binary)
+        .then(|| std::str::from_utf8(payload).ok())
+        .flatten();
+    let envelope = DataEnvelope {
+        kind: "data".into(),
+        user_id: user,
+        device_id: device.to_owned(),
+        text: text.map(str::to_owned),
+        base64: text
+            .is_none()
+            .then(|| base64::engine::general_purpose::STANDARD.encode(payload)),
+    };
+    serde_json::to_string(&envelope).unwrap_or_default()
 }
 
 /// The wire form of a core signal.
@@ -545,6 +590,18 @@ fn relay_command(sfu: &mut Sfu, command: RelayCommand) {
         } => sfu.remote_packets(now, key, &packets, after_gap),
         RelayCommand::Subscribed { track, alias } => sfu.set_relay_subscribed(now, track, alias),
         RelayCommand::KeyframeRequest(track) => sfu.relay_keyframe_request(now, track),
+        RelayCommand::Data {
+            call,
+            user,
+            device,
+            binary,
+            payload,
+        } => {
+            if payload.len() <= sfu::MAX_DATA_MESSAGE {
+                let envelope = data_envelope(user, &device, binary, &payload);
+                sfu.deliver_data(now, call, None, false, envelope.as_bytes());
+            }
+        }
     }
 }
 

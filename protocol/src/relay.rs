@@ -29,7 +29,10 @@ pub const ALPN: &[u8] = b"cascade-relay/3";
 pub const VERSION: u8 = 3;
 /// Largest control frame body accepted (a frame is small; this bounds the
 /// memory a peer can make us buffer).
-pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
+pub const MAX_CONTROL_FRAME: usize = 20 * 1024;
+/// Largest payload of a [`Control::Data`] (the edges' limit on a data
+/// channel message).
+pub const MAX_DATA: usize = 16 * 1024;
 /// Longest string field.
 pub const MAX_STRING: usize = 1024;
 /// Bytes of [`MediaHeader`] on the wire.
@@ -230,6 +233,21 @@ pub enum Control {
         /// Muted or not.
         muted: bool,
     },
+    /// A participant's data channel message, for every other participant
+    /// of the call: an edge sends it to its relay, which sends it to every
+    /// other link interested in the call (a relay's to its edges only).
+    Data {
+        /// The call.
+        call: Uuid,
+        /// The sending user.
+        user: Uuid,
+        /// Their device.
+        device: String,
+        /// Binary (else UTF-8 text).
+        binary: bool,
+        /// At most [`MAX_DATA`] bytes.
+        payload: Vec<u8>,
+    },
 }
 
 impl Control {
@@ -247,6 +265,7 @@ impl Control {
             Control::Pong { .. } => 9,
             Control::Nack { .. } => 10,
             Control::TrackState { .. } => 11,
+            Control::Data { .. } => 12,
         }
     }
 
@@ -288,6 +307,22 @@ impl Control {
             Control::TrackState { track, muted } => {
                 put_str(out, track);
                 out.push(u8::from(*muted));
+            }
+            Control::Data {
+                call,
+                user,
+                device,
+                binary,
+                payload,
+            } => {
+                out.extend_from_slice(call.as_bytes());
+                out.extend_from_slice(user.as_bytes());
+                put_str(out, device);
+                out.push(u8::from(*binary));
+                // Encoders are ours: a longer payload is cut, never corrupt.
+                let n = payload.len().min(MAX_DATA);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+                out.extend_from_slice(&payload[..n]);
             }
             Control::Unannounce { track }
             | Control::Unsubscribe { track }
@@ -399,6 +434,23 @@ impl Control {
                 track: r.string()?,
                 muted: r.flag("muted flag")?,
             },
+            12 => {
+                let call = r.uuid()?;
+                let user = r.uuid()?;
+                let device = r.string()?;
+                let binary = r.flag("binary flag")?;
+                let n = usize::from(r.u16()?);
+                if n > MAX_DATA {
+                    return Err(CodecError::TooLong("data payload", n));
+                }
+                Control::Data {
+                    call,
+                    user,
+                    device,
+                    binary,
+                    payload: r.take(n)?.to_vec(),
+                }
+            }
             other => return Err(CodecError::Unknown("message type", other)),
         };
         if !r.0.is_empty() {
@@ -622,7 +674,7 @@ mod tests {
             Uuid::from_u64_pair(self.next(), self.next())
         }
         fn message(&mut self) -> Control {
-            match self.below(11) {
+            match self.below(12) {
                 0 => Control::Hello(Hello {
                     node: self.string(),
                     region: self.string(),
@@ -651,7 +703,8 @@ mod tests {
                     device: self.string(),
                     muted: self.below(2) == 0,
                     layers: 1 + self.below(3) as u8,
-                    source: [Source::Camera, Source::Microphone, Source::Screen][self.below(3) as usize],
+                    source: [Source::Camera, Source::Microphone, Source::Screen]
+                        [self.below(3) as usize],
                 }),
                 3 => Control::Unannounce {
                     track: self.string(),
@@ -674,6 +727,13 @@ mod tests {
                 9 => Control::TrackState {
                     track: self.string(),
                     muted: self.below(2) == 0,
+                },
+                10 => Control::Data {
+                    call: self.uuid(),
+                    user: self.uuid(),
+                    device: self.string(),
+                    binary: self.below(2) == 0,
+                    payload: (0..self.below(3000)).map(|_| self.next() as u8).collect(),
                 },
                 _ => Control::Pong { nonce: self.next() },
             }

@@ -134,6 +134,27 @@ pub struct TrackInfo {
     pub paused: bool,
 }
 
+/// What a participant receives on its data channel for each message
+/// another participant sent on theirs: one JSON text message. A text
+/// message arrives as `text`, a binary one as `base64`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataEnvelope {
+    /// Always `data`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The sender.
+    pub user_id: Uuid,
+    /// Their device.
+    pub device_id: String,
+    /// A text message, as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// A binary message, base64 (standard alphabet, padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
 fn camera() -> String {
     "camera".into()
 }

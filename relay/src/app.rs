@@ -444,6 +444,7 @@ impl Service for Relay {
                         (&m.control_refused, stats.control_refused),
                         (&m.retransmissions, stats.retransmissions),
                         (&m.nacks_forwarded, stats.nacks_forwarded),
+                        (&m.data_messages_forwarded, stats.data_forwarded),
                     ] {
                         counter.inc_by(total.saturating_sub(counter.get()));
                     }

@@ -155,6 +155,8 @@ pub struct RelayMetrics {
     pub retransmissions: IntCounter,
     /// Sequence numbers NACKed upstream.
     pub nacks_forwarded: IntCounter,
+    /// Call data messages sent on.
+    pub data_messages_forwarded: IntCounter,
 }
 
 impl RelayMetrics {
@@ -190,6 +192,10 @@ impl RelayMetrics {
             nacks_forwarded: metrics.counter(
                 "cascade_relay_nacks_forwarded_total",
                 "Lost sequence numbers the relay could not resend and asked upstream for.",
+            ),
+            data_messages_forwarded: metrics.counter(
+                "cascade_relay_data_messages_forwarded_total",
+                "Participants' data channel messages sent on to links (one per link).",
             ),
         }
     }

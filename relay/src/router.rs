@@ -107,6 +107,8 @@ pub struct RouterStats {
     pub retransmissions: u64,
     /// Sequence numbers NACKed upstream (not in the history).
     pub nacks_forwarded: u64,
+    /// Data messages sent on (one per link).
+    pub data_forwarded: u64,
 }
 
 /// Whether a datagram of `kind` may join a link's send queue that has
@@ -321,6 +323,51 @@ impl Router {
                 }
                 _ => self.stats.control_refused += 1,
             },
+            Control::Data {
+                call,
+                user,
+                device,
+                binary,
+                payload,
+            } => {
+                let message = Control::Data {
+                    call,
+                    user,
+                    device,
+                    binary,
+                    payload,
+                };
+                self.data(link, call, message);
+            }
+        }
+    }
+
+    /// A call's data message: to every other link interested in the call,
+    /// a relay's to edges only (split horizon, as for tracks). A link that
+    /// has not declared interest in the call may not send into it.
+    fn data(&mut self, link: LinkId, call: Uuid, message: Control) {
+        let Some(from) = self.links.get(&link) else {
+            return;
+        };
+        if !from.interests.contains(&call) {
+            self.stats.control_refused += 1;
+            return;
+        }
+        let from_relay = from.hello.role == Role::Relay;
+        let mut to: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(id, l)| {
+                **id != link
+                    && l.interests.contains(&call)
+                    && !(from_relay && l.hello.role == Role::Relay)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        to.sort();
+        self.stats.data_forwarded += to.len() as u64;
+        for id in to {
+            self.out.push_back((id, message.clone()));
         }
     }
 

@@ -31,6 +31,7 @@
 //! shell translates [`Signal`] and [`RelayPacket`]).
 
 mod allocation;
+mod data;
 mod forward;
 pub mod layers;
 mod negotiation;
@@ -57,6 +58,7 @@ use str0m::{Event, IceConnectionState, Input, Rtc};
 use uuid::Uuid;
 
 use crate::peer::Peer;
+pub use crate::data::{DataMessage, MAX_DATA_MESSAGE};
 
 /// A participant session in this core.
 pub type PeerId = u64;
@@ -465,6 +467,10 @@ pub enum Output {
     Event(SfuEvent),
     /// Send a packet of a local track to the relay.
     Relay(RelayPacket),
+    /// A participant sent a data message: wrap it, give it back to
+    /// [`Sfu::deliver_data`] for the others here, and send it to the relay
+    /// for the other edges.
+    Data(DataMessage),
     /// Call [`Sfu::handle_timeout`] at this time.
     Timeout(Instant),
 }
@@ -495,6 +501,14 @@ pub struct SfuStats {
     pub nacks_sent: u64,
     /// Video subscriptions switched from one simulcast layer to another.
     pub layer_switches: u64,
+    /// Data messages participants sent, accepted.
+    pub data_in: u64,
+    /// Data messages written to receivers' channels.
+    pub data_out: u64,
+    /// Data messages refused (too large, too many).
+    pub data_refused: u64,
+    /// Data messages a receiver missed (its channel's buffer was full).
+    pub data_dropped: u64,
 }
 
 /// What a core's subscribers receive now (the shell's gauges).
@@ -860,6 +874,9 @@ impl Sfu {
                     self.media_changed(peer, changed.mid, changed.direction);
                 }
                 Event::RtpPacket(packet) => self.on_rtp(peer, packet, now),
+                Event::ChannelOpen(id, _) => self.channel_open(peer, id),
+                Event::ChannelData(data) => self.on_data(peer, data, now),
+                Event::ChannelClose(id) => self.channel_closed(peer, id),
                 Event::MediaEgressStats(stats) => {
                     self.count_nacks(peer, stats.mid, false, stats.nacks);
                 }

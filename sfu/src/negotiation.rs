@@ -91,6 +91,8 @@ impl crate::Sfu {
                 min_rtt: None,
                 congested_at: None,
                 last_upgrade: None,
+                channel: None,
+                data_limiter: Default::default(),
                 subscriptions: HashMap::new(),
                 by_mid: HashMap::new(),
                 nacks_seen: HashMap::new(),

@@ -58,6 +58,10 @@ pub(crate) struct Peer {
     /// without the estimate's say-so (upgrades outside congestion go one
     /// layer at a time).
     pub last_upgrade: Option<Instant>,
+    /// The data channel it receives data messages on (its first).
+    pub channel: Option<str0m::channel::ChannelId>,
+    /// How many data messages it may still send.
+    pub data_limiter: crate::data::DataLimiter,
     /// The tracks it receives.
     pub subscriptions: HashMap<TrackId, Subscription>,
     /// The reverse: its receiving m-lines → their tracks.

@@ -73,6 +73,9 @@ struct Client {
     held: Vec<String>,
     /// Refusals the edge sent.
     refused: Vec<(&'static str, String)>,
+    /// Its data channel, once open, and the messages received on it.
+    channel: Option<str0m::channel::ChannelId>,
+    data: Vec<Vec<u8>>,
 }
 
 struct World {
@@ -91,6 +94,8 @@ struct World {
     bottlenecks: std::collections::HashMap<SocketAddr, Bottleneck>,
     /// Datagrams in flight through a bottleneck: when they arrive.
     in_flight: Vec<(Instant, Transmit)>,
+    /// Data messages the core handed out.
+    data: Vec<DataMessage>,
 }
 
 impl World {
@@ -108,6 +113,7 @@ impl World {
             relay: Vec::new(),
             bottlenecks: Default::default(),
             in_flight: Vec::new(),
+            data: Vec::new(),
         }
     }
 
@@ -172,6 +178,8 @@ impl World {
             hold_offers: false,
             held: Vec::new(),
             refused: Vec::new(),
+            channel: None,
+            data: Vec::new(),
         });
         self.pump();
         Ok(index)
@@ -197,6 +205,20 @@ impl World {
                     }
                     Output::Event(event) => self.events.push(event),
                     Output::Relay(packet) => self.relay.push(packet),
+                    Output::Data(message) => {
+                        // The shell's part: an envelope naming the sender.
+                        moved = true;
+                        let mut envelope = format!("{}|", message.device).into_bytes();
+                        envelope.extend_from_slice(&message.payload);
+                        self.sfu.deliver_data(
+                            self.now,
+                            message.call,
+                            Some(message.from),
+                            message.binary,
+                            &envelope,
+                        );
+                        self.data.push(message);
+                    }
                 }
             }
             if !moved {
@@ -301,6 +323,8 @@ impl World {
                 str0m::Output::Timeout(_) => return moved,
                 str0m::Output::Event(event) => match event {
                     Event::Connected => c.connected = true,
+                    Event::ChannelOpen(id, _) => c.channel = Some(id),
+                    Event::ChannelData(data) => c.data.push(data.data),
                     Event::MediaData(data) if data.params.spec().codec == Codec::Vp8 => {
                         match check_frame(&data.data) {
                             Some((counter, keyframe)) => c.received.push(Frame {
@@ -1304,4 +1328,90 @@ fn crossed_offers_resolve_with_the_edge_giving_way() {
             .any(|t| t.kind == MediaKind::Audio && t.source == Source::Microphone)
     );
     assert!(world.clients[viewer].refused.is_empty());
+}
+
+impl World {
+    /// Client `i` sends `bytes` as text on its data channel.
+    fn send_data(&mut self, i: usize, bytes: &[u8]) -> bool {
+        let c = &mut self.clients[i];
+        let id = c.channel.expect("the data channel is open");
+        let sent = c.rtc.channel(id).unwrap().write(false, bytes).unwrap();
+        self.drain_client(i);
+        sent
+    }
+}
+
+#[test]
+fn data_messages_reach_every_other_participant_within_limits() {
+    let mut world = World::new(SfuConfig::default());
+    let clients: Vec<usize> = (0..3).map(|_| world.join(false).unwrap()).collect();
+    world.run(Duration::from_millis(500));
+    assert!(world.clients.iter().all(|c| c.channel.is_some()));
+    assert!(world.send_data(clients[0], b"hand up"));
+    world.run(Duration::from_millis(100));
+    for &other in &clients[1..] {
+        assert_eq!(world.clients[other].data, vec![b"d0|hand up".to_vec()]);
+    }
+    assert!(world.clients[clients[0]].data.is_empty(), "not echoed");
+    assert_eq!(world.data.len(), 1);
+    assert_eq!(world.data[0].device, "d0");
+    assert_eq!(world.data[0].user, {
+        let p = world.clients[clients[0]].peer;
+        world.sfu.peers[&p].info.user
+    });
+    // Too large: refused with a clear error, delivered to nobody.
+    assert!(world.send_data(clients[1], &vec![b'x'; MAX_DATA_MESSAGE + 1]));
+    world.run(Duration::from_millis(200));
+    assert_eq!(
+        world.clients[clients[1]].refused.first().map(|r| r.0),
+        Some("data_too_large")
+    );
+    assert_eq!(world.clients[clients[0]].data.len(), 0);
+    assert_eq!(world.clients[clients[2]].data.len(), 1);
+    // A flood: the burst goes through, the rest is refused, and the
+    // sender is told once, not per message.
+    for n in 0..200 {
+        world.send_data(clients[2], format!("spam {n}").as_bytes());
+    }
+    // SCTP takes a few round trips (and a retransmission timer) to
+    // deliver a burst.
+    world.run(Duration::from_millis(3000));
+    let got = world.clients[clients[0]].data.len();
+    assert!(
+        (50..=60).contains(&got),
+        "the burst of 50 (+ refill): {got}, {:?}",
+        world.sfu.stats()
+    );
+    let told: Vec<_> = world.clients[clients[2]].refused.iter().map(|r| r.0).collect();
+    assert_eq!(told, vec!["data_rate_limited"]);
+    assert!(world.sfu.stats().data_refused >= 140);
+    // In order, as sent.
+    let texts: Vec<String> = world.clients[clients[0]]
+        .data
+        .iter()
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .collect();
+    for (n, text) in texts.iter().enumerate() {
+        assert_eq!(text, &format!("d2|spam {n}"));
+    }
+    // Later the sender may speak again.
+    world.run(Duration::from_millis(500));
+    world.send_data(clients[2], b"again");
+    world.run(Duration::from_millis(100));
+    assert_eq!(
+        world.clients[clients[0]].data.last().map(Vec::as_slice),
+        Some(&b"d2|again"[..])
+    );
+    // A message from another edge reaches everyone here.
+    let call = world.call;
+    world
+        .sfu
+        .deliver_data(world.now, call, None, false, b"far|hello");
+    world.run(Duration::from_millis(100));
+    for &c in &clients {
+        assert_eq!(
+            world.clients[c].data.last().map(Vec::as_slice),
+            Some(&b"far|hello"[..])
+        );
+    }
 }

@@ -739,3 +739,50 @@ fn mute_state_travels_where_the_announcement_went_and_reaches_late_comers() {
     assert_eq!(mesh.routers[US].stats().control_refused, before + 1);
     assert!(mesh.take(US, 3).is_empty());
 }
+
+#[test]
+fn data_messages_reach_every_other_interested_edge_once_and_never_loop() {
+    let mut mesh = Mesh::new();
+    let call = Uuid::from_u128(99);
+    let other_call = Uuid::from_u128(100);
+    // Two edges in the EU, one in the US, in the call; one EU edge not.
+    for (region, link) in [(EU, 1), (EU, 2), (US, 3), (EU, 4)] {
+        mesh.edge_up(region, link);
+    }
+    for (region, link) in [(EU, 1), (EU, 2), (US, 3)] {
+        mesh.send(region, link, Control::Interest { call, interested: true });
+    }
+    mesh.send(EU, 4, Control::Interest { call: other_call, interested: true });
+    for link in [1, 2, 3, 4] {
+        mesh.take(if link == 3 { US } else { EU }, link);
+    }
+    let message = Control::Data {
+        call,
+        user: Uuid::from_u128(7),
+        device: "laptop".into(),
+        binary: false,
+        payload: b"raise hand".to_vec(),
+    };
+    mesh.send(EU, 1, message.clone());
+    assert!(mesh.take(EU, 1).is_empty(), "not echoed to the sender");
+    assert_eq!(mesh.take(EU, 2), vec![message.clone()]);
+    assert_eq!(mesh.take(US, 3), vec![message.clone()], "once, across the WAN");
+    assert!(mesh.take(EU, 4).is_empty(), "not to an edge outside the call");
+    assert_eq!(mesh.routers[EU].stats().data_forwarded, 2, "edge 2 and the US relay");
+    assert_eq!(mesh.routers[US].stats().data_forwarded, 1, "edge 3 only");
+    // An edge may not send into a call it did not declare.
+    let refused = mesh.routers[EU].stats().control_refused;
+    mesh.send(
+        EU,
+        4,
+        Control::Data {
+            call,
+            user: Uuid::from_u128(8),
+            device: "x".into(),
+            binary: true,
+            payload: vec![1, 2, 3],
+        },
+    );
+    assert!(mesh.take(EU, 1).is_empty() && mesh.take(US, 3).is_empty());
+    assert_eq!(mesh.routers[EU].stats().control_refused, refused + 1);
+}
