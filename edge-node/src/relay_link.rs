@@ -316,7 +316,7 @@ fn encode_packet(packet: &RelayPacket) -> Vec<u8> {
     let mut datagram = Vec::with_capacity(MEDIA_HEADER_LEN + RTP_HEADER_LEN + packet.payload.len());
     MediaHeader {
         alias: packet.alias,
-        layer: 0,
+        layer: packet.layer,
         flags,
     }
     .encode(&mut datagram);
@@ -326,6 +326,8 @@ fn encode_packet(packet: &RelayPacket) -> Vec<u8> {
         sequence: packet.seq,
         timestamp: packet.time,
         ssrc: packet.alias,
+        // RFC 6464's level is -dBov: str0m reads it as a negative number.
+        audio_level: packet.audio_level.map(|l| l.unsigned_abs().min(127)),
     }
     .encode(&mut datagram);
     datagram.extend_from_slice(&packet.payload);
@@ -843,6 +845,7 @@ impl Client {
                     seq: p.seq,
                     time,
                     marker: p.marker,
+                    audio_level: p.audio_level.map(|l| -(l.min(127) as i8)),
                     payload: p.payload,
                 })
                 .collect();

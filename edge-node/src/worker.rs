@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::signaling::{DataEnvelope, LayerInfo, ServerSignal, TrackInfo};
+use protocol::signaling::{DataEnvelope, LayerInfo, ServerSignal, SpeakerInfo, TrackInfo};
 use str0m::media::MediaKind;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -449,6 +449,17 @@ fn data_envelope(user: Uuid, device: &str, binary: bool, payload: &[u8]) -> Stri
 fn server_signal(signal: Signal) -> ServerSignal {
     match signal {
         Signal::Offer(sdp) => ServerSignal::Offer { sdp },
+        Signal::Speakers { dominant, active } => {
+            let info = |s: sfu::Speaker| SpeakerInfo {
+                user_id: s.user,
+                device_id: s.device,
+                level: s.level,
+            };
+            ServerSignal::Speakers {
+                dominant: dominant.map(info),
+                active: active.into_iter().map(info).collect(),
+            }
+        }
         Signal::Refused { code, message } => ServerSignal::Error {
             code: code.to_owned(),
             message,

@@ -525,16 +525,33 @@ pub struct RtpHeader {
     pub timestamp: u32,
     /// Synchronization source.
     pub ssrc: u32,
+    /// The publisher's audio level (RFC 6464: 0 is the loudest, 127
+    /// silence, in -dBov), for active-speaker detection behind the relay;
+    /// sent as a one-byte header extension (RFC 8285, id 1).
+    pub audio_level: Option<u8>,
 }
 
+/// The RFC 8285 one-byte header extension profile.
+const ONE_BYTE_EXTENSIONS: [u8; 2] = [0xbe, 0xde];
+/// The extension id the relay gives the audio level.
+const AUDIO_LEVEL_ID: u8 = 1;
+
 impl RtpHeader {
-    /// Writes a 12-byte header (no CSRCs, no extension).
+    /// Writes the 12-byte fixed header (no CSRCs), and the audio level
+    /// extension (8 bytes more) when there is one.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(0x80);
+        let extension = self.audio_level.is_some();
+        out.push(0x80 | (u8::from(extension) << 4));
         out.push((u8::from(self.marker) << 7) | (self.payload_type & 0x7f));
         out.extend_from_slice(&self.sequence.to_be_bytes());
         out.extend_from_slice(&self.timestamp.to_be_bytes());
         out.extend_from_slice(&self.ssrc.to_be_bytes());
+        if let Some(level) = self.audio_level {
+            out.extend_from_slice(&ONE_BYTE_EXTENSIONS);
+            // One 32-bit word: id and length-1 (0), the level, padding.
+            out.extend_from_slice(&1u16.to_be_bytes());
+            out.extend_from_slice(&[AUDIO_LEVEL_ID << 4, level & 0x7f, 0, 0]);
+        }
     }
 
     /// Parses an RTP packet into its header and payload (skipping CSRCs,
@@ -548,11 +565,21 @@ impl RtpHeader {
         }
         let csrcs = usize::from(fixed[0] & 0x0f);
         let mut start = RTP_HEADER_LEN + 4 * csrcs;
+        let mut audio_level = None;
         if fixed[0] & 0x10 != 0 {
             let Some(ext) = packet.get(start..start + 4) else {
                 return Err(CodecError::Truncated);
             };
-            start += 4 + 4 * usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+            let words = usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+            let body = packet
+                .get(start + 4..start + 4 + 4 * words)
+                .ok_or(CodecError::Truncated)?;
+            if ext[..2] == ONE_BYTE_EXTENSIONS {
+                audio_level = one_byte_extension(body, AUDIO_LEVEL_ID)
+                    .and_then(|v| v.first())
+                    .map(|b| b & 0x7f);
+            }
+            start += 4 + 4 * words;
         }
         let mut end = packet.len();
         if fixed[0] & 0x20 != 0 {
@@ -566,9 +593,33 @@ impl RtpHeader {
             sequence: u16::from_be_bytes([fixed[2], fixed[3]]),
             timestamp: u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]),
             ssrc: u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]),
+            audio_level,
         };
         Ok((header, payload))
     }
+}
+
+/// The value of extension `id` in an RFC 8285 one-byte extension block.
+fn one_byte_extension(mut body: &[u8], id: u8) -> Option<&[u8]> {
+    while let Some((&first, rest)) = body.split_first() {
+        let element = first >> 4;
+        if first == 0 {
+            // Padding.
+            body = rest;
+            continue;
+        }
+        if element == 15 {
+            // Reserved: stop reading.
+            return None;
+        }
+        let len = usize::from(first & 0x0f) + 1;
+        let value = rest.get(..len)?;
+        if element == id {
+            return Some(value);
+        }
+        body = &rest[len..];
+    }
+    None
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -860,6 +911,7 @@ mod tests {
             sequence: 65_535,
             timestamp: 90_000,
             ssrc: 42,
+            audio_level: None,
         };
         let mut datagram = Vec::new();
         header.encode(&mut datagram);
@@ -889,6 +941,21 @@ mod tests {
         let (h, payload) = RtpHeader::decode(&packet).unwrap();
         assert_eq!((h.payload_type, h.sequence, h.timestamp), (111, 1, 9));
         assert_eq!(payload, b"opus");
+        assert_eq!(h.audio_level, None);
         assert_eq!(RtpHeader::decode(&[0x40; 12]), Err(CodecError::NotRtp));
+        // The audio level travels as a one-byte extension.
+        let loud = RtpHeader {
+            audio_level: Some(17),
+            ..rtp
+        };
+        let mut packet = Vec::new();
+        loud.encode(&mut packet);
+        assert_eq!(packet.len(), RTP_HEADER_LEN + 8);
+        packet.extend_from_slice(b"opus");
+        assert_eq!(RtpHeader::decode(&packet).unwrap(), (loud, &b"opus"[..]));
+        // An extension block that claims more than there is.
+        let mut short = packet[..RTP_HEADER_LEN].to_vec();
+        short.extend_from_slice(&[0xbe, 0xde, 0, 9, 0x10, 5]);
+        assert_eq!(RtpHeader::decode(&short), Err(CodecError::Truncated));
     }
 }

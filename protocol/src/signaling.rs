@@ -103,6 +103,16 @@ pub enum ServerSignal {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         estimate_kbps: Option<u64>,
     },
+    /// Who speaks in the call (from the audio levels of the participants'
+    /// microphones, here and in other regions): the dominant speaker, and
+    /// everyone heard in the last half second, loudest first. Sent when
+    /// either changes.
+    Speakers {
+        /// The dominant speaker (`null` before anyone spoke).
+        dominant: Option<SpeakerInfo>,
+        /// Everyone speaking now.
+        active: Vec<SpeakerInfo>,
+    },
     /// The request was refused or the session cannot go on.
     Error {
         /// `snake_case` reason (`call_full`, `node_full`, `bad_sdp`, ...).
@@ -157,6 +167,17 @@ pub struct DataEnvelope {
 
 fn camera() -> String {
     "camera".into()
+}
+
+/// A participant who speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpeakerInfo {
+    /// The user.
+    pub user_id: Uuid,
+    /// Their device.
+    pub device_id: String,
+    /// How loud over the last half second, 0–100.
+    pub level: u8,
 }
 
 /// A received video track's layer, as the edge chose it.

@@ -53,6 +53,8 @@ pub struct FramePacket {
     pub seq: u64,
     /// The last packet of the frame.
     pub marker: bool,
+    /// The publisher's audio level (RFC 6464, 0–127 -dBov), if it came.
+    pub audio_level: Option<u8>,
     /// The RTP payload.
     pub payload: std::sync::Arc<[u8]>,
 }
@@ -122,6 +124,7 @@ impl Packetizer {
                 sequence: self.sequence,
                 timestamp: rtp_time as u32,
                 ssrc: self.alias,
+                audio_level: None,
             }
             .encode(&mut datagram);
             datagram.extend_from_slice(chunk);
@@ -230,6 +233,7 @@ struct Packet {
     flags: u8,
     marker: bool,
     timestamp: u32,
+    audio_level: Option<u8>,
     payload: std::sync::Arc<[u8]>,
 }
 
@@ -357,6 +361,7 @@ impl Reassembler {
                 flags: header.flags,
                 marker: rtp.marker,
                 timestamp: rtp.timestamp,
+                audio_level: rtp.audio_level,
                 payload: payload.into(),
             },
         );
@@ -443,6 +448,7 @@ impl Reassembler {
                 packets.push(FramePacket {
                     seq,
                     marker: p.marker,
+                    audio_level: p.audio_level,
                     payload: p.payload,
                 });
             }

@@ -165,6 +165,9 @@ impl crate::Sfu {
         if t.muted {
             return;
         }
+        if let (Some(speech), Some(level)) = (&mut t.speech, packet.exts.audio_level) {
+            speech.add(level);
+        }
         let (call, codec) = (t.call, t.codec);
         let video = t.kind == MediaKind::Video;
         if let Some(alias) = t.relay_alias {
@@ -180,6 +183,7 @@ impl crate::Sfu {
                 frame_end: packet.marker || !video,
                 frame_start: packet.frame_start,
                 keyframe: packet.keyframe && video,
+                audio_level: packet.exts.audio_level,
                 payload: packet.payload.clone(),
             }));
         }
@@ -355,6 +359,9 @@ impl crate::Sfu {
             return;
         }
         t.muted = muted;
+        if let Some(speech) = &mut t.speech {
+            speech.clear();
+        }
         let call = t.call;
         if matches!(t.origin, TrackOrigin::Local { .. }) {
             self.out

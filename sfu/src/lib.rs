@@ -38,6 +38,7 @@ mod negotiation;
 mod peer;
 mod relay;
 pub mod rewrite;
+mod speakers;
 mod stun;
 pub mod synthetic;
 #[cfg(test)]
@@ -59,6 +60,7 @@ use uuid::Uuid;
 
 use crate::peer::Peer;
 pub use crate::data::{DataMessage, MAX_DATA_MESSAGE};
+pub use crate::speakers::Speaker;
 
 /// A participant session in this core.
 pub type PeerId = u64;
@@ -253,6 +255,8 @@ pub(crate) struct Track {
     /// Its layers, lowest first (one unless its publisher sends
     /// simulcast).
     pub layers: Vec<layers::LayerSource>,
+    /// A microphone's loudness history, for speaker detection.
+    pub speech: Option<speakers::Activity>,
 }
 
 impl Track {
@@ -279,7 +283,15 @@ impl Track {
             } else {
                 layers
             },
+            speech: speakers::detects(kind, Source::default_for(kind))
+                .then(speakers::Activity::default),
         }
+    }
+
+    /// Says what it carries (only a microphone's levels pick speakers).
+    fn set_source(&mut self, source: Source) {
+        self.source = source;
+        self.speech = speakers::detects(self.kind, source).then(speakers::Activity::default);
     }
 
     /// Its layers as [`layers::choose`] sees them.
@@ -317,6 +329,9 @@ pub struct RelayPacket {
     pub frame_start: bool,
     /// The first packet of a keyframe.
     pub keyframe: bool,
+    /// The publisher's audio level (RFC 6464, as str0m reads it: 0 the
+    /// loudest, -127 silence, in dBov), if its packet had one.
+    pub audio_level: Option<i8>,
     /// The RTP payload (for VP8, from the payload descriptor on).
     pub payload: Arc<[u8]>,
 }
@@ -332,6 +347,8 @@ pub struct RemotePacket {
     pub time: u32,
     /// The last packet of a frame.
     pub marker: bool,
+    /// The publisher's audio level (dBov, 0 to -127), if it came.
+    pub audio_level: Option<i8>,
     /// The RTP payload.
     pub payload: Arc<[u8]>,
 }
@@ -375,6 +392,14 @@ pub enum Signal {
     /// Which layer of each received video track is sent now, and the
     /// bandwidth estimate (bits per second) towards the peer.
     Layers(Vec<LayerState>, Option<u64>),
+    /// Who speaks in the call: the dominant speaker, and everyone heard
+    /// in the last half second, loudest first. Sent when either changes.
+    Speakers {
+        /// The dominant speaker (none before anyone spoke).
+        dominant: Option<Speaker>,
+        /// Everyone speaking now.
+        active: Vec<Speaker>,
+    },
     /// Something the peer sent was refused; the session goes on.
     Refused {
         /// The signaling error code (`bad_sdp`, `data_too_large`, ...).
@@ -545,6 +570,10 @@ pub struct Sfu {
     remote_tracks: HashMap<u32, TrackId>,
     /// Tracks with a keyframe request held back by the throttle.
     deferred_keyframes: Vec<TrackId>,
+    /// Each call's speakers.
+    speakers: HashMap<Uuid, speakers::CallSpeakers>,
+    /// When speakers are next looked at.
+    next_speakers: Instant,
     /// When layer choices are next looked at again (layers that stopped
     /// arriving, bitrates that changed).
     next_allocation: Instant,
@@ -577,6 +606,8 @@ impl Sfu {
             written: Vec::new(),
             remote_tracks: HashMap::new(),
             deferred_keyframes: Vec::new(),
+            speakers: HashMap::new(),
+            next_speakers: now,
             next_allocation: now,
             next_peer: 1,
             next_track: 1,
@@ -654,7 +685,8 @@ impl Sfu {
             }
             self.timers.pop();
         }
-        let allocation = (!self.peers.is_empty()).then_some(self.next_allocation);
+        let allocation = (!self.peers.is_empty())
+            .then_some(self.next_allocation.min(self.next_speakers));
         // A deferred keyframe request is due when its throttle ends.
         let deferred = self
             .deferred_keyframes
@@ -746,6 +778,10 @@ impl Sfu {
         }
         if !self.deferred_keyframes.is_empty() {
             self.send_deferred_keyframes(now);
+        }
+        if now >= self.next_speakers {
+            self.next_speakers = now + speakers::TICK;
+            self.detect_speakers(now);
         }
         self.process(now);
     }

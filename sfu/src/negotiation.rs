@@ -108,8 +108,10 @@ impl crate::Sfu {
         if let Some(peer) = self.peers.get_mut(&id) {
             peer.answered = true;
         }
-        // Everything already published in the call, offered after the answer.
+        // Everything already published in the call, offered after the
+        // answer, and who speaks.
         self.renegotiate(id);
+        self.send_speakers(id);
         self.process(now);
         Ok((id, answer.to_sdp_string()))
     }
@@ -202,7 +204,7 @@ impl crate::Sfu {
                 .map(|rid| layers::LayerSource::new(Some(rid)))
                 .collect(),
         );
-        track.source = source;
+        track.set_source(source);
         self.tracks.insert(id, track);
         self.out.push_back(Output::Event(SfuEvent::TrackPublished {
             track: id,

@@ -50,7 +50,7 @@ impl crate::Sfu {
                 .collect(),
         );
         if source.is_video() == (kind == MediaKind::Video) {
-            track.source = source;
+            track.set_source(source);
         }
         self.tracks.insert(id, track);
         self.remote_tracks.insert(key, id);
@@ -121,7 +121,7 @@ impl crate::Sfu {
             if p.payload.is_empty() {
                 continue;
             }
-            let forwarded = Forwarded::new(
+            let mut forwarded = Forwarded::new(
                 codec,
                 usize::from(p.layer),
                 p.seq,
@@ -130,6 +130,9 @@ impl crate::Sfu {
                 p.payload.clone(),
                 now,
             );
+            // Subscribers here get the level too (their clients may show
+            // it), and the speaker detector hears remote speakers.
+            forwarded.exts.audio_level = p.audio_level;
             self.fan_out(track, None, &forwarded, now);
         }
         self.process(now);

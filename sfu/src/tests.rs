@@ -76,6 +76,10 @@ struct Client {
     /// Its data channel, once open, and the messages received on it.
     channel: Option<str0m::channel::ChannelId>,
     data: Vec<Vec<u8>>,
+    /// When it was told of a dominant speaker (by device), in order.
+    speakers: Vec<(Instant, Option<String>)>,
+    /// The audio level its microphone sends (dBov, 0 to -127).
+    level: i8,
 }
 
 struct World {
@@ -180,6 +184,8 @@ impl World {
             refused: Vec::new(),
             channel: None,
             data: Vec::new(),
+            speakers: Vec::new(),
+            level: -127,
         });
         self.pump();
         Ok(index)
@@ -296,6 +302,9 @@ impl World {
             Signal::Tracks(tracks) => self.clients[i].track_lists.push(tracks),
             Signal::Layers(layers, estimate) => self.clients[i].layers.push((layers, estimate)),
             Signal::Refused { code, message } => self.clients[i].refused.push((code, message)),
+            Signal::Speakers { dominant, .. } => self.clients[i]
+                .speakers
+                .push((self.now, dominant.map(|s| s.device))),
         }
     }
 
@@ -412,13 +421,14 @@ impl World {
         }
         self.drain_client(i);
         let c = &mut self.clients[i];
+        let level = c.level;
         let w = c.rtc.writer(audio).unwrap();
         let pt = w
             .payload_params()
             .find(|p| p.spec().codec == Codec::Opus)
             .unwrap()
             .pt();
-        w.write(
+        w.audio_level(level, level > -50).write(
             pt,
             now,
             MediaTime::new(u64::from(counter) * 1600, Frequency::FORTY_EIGHT_KHZ),
@@ -737,6 +747,7 @@ fn vp8_packets(counter: u32, keyframe: bool, first_seq: u64) -> Vec<RemotePacket
                 seq: first_seq + i as u64,
                 time: counter * 3000,
                 marker: i == last,
+                audio_level: None,
                 payload: payload.into(),
             }
         })
@@ -1414,4 +1425,77 @@ fn data_messages_reach_every_other_participant_within_limits() {
             Some(&b"far|hello"[..])
         );
     }
+}
+
+impl World {
+    /// The dominant speaker client `i` was last told of, by device.
+    fn dominant_for(&self, i: usize) -> Option<String> {
+        self.clients[i].speakers.last().and_then(|(_, d)| d.clone())
+    }
+
+    /// When client `i` was first told `device` dominates, after `since`.
+    fn told_dominant_at(&self, i: usize, device: &str, since: Instant) -> Option<Instant> {
+        self.clients[i]
+            .speakers
+            .iter()
+            .find(|(at, d)| *at >= since && d.as_deref() == Some(device))
+            .map(|(at, _)| *at)
+    }
+}
+
+#[test]
+fn the_dominant_speaker_changes_after_the_hold_and_not_on_a_cough() {
+    let mut world = World::new(SfuConfig::default());
+    let alice = world.join(true).unwrap(); // device d0
+    let bob = world.join(true).unwrap(); // d1
+    let viewer = world.join(false).unwrap();
+    world.run(Duration::from_millis(500));
+    assert_eq!(world.dominant_for(viewer), None, "nobody spoke yet");
+    // Alice speaks; background noise (-70 dBov) from Bob is not speech.
+    world.clients[alice].level = -25;
+    world.clients[bob].level = -70;
+    world.run(Duration::from_secs(3));
+    for c in [alice, bob, viewer] {
+        assert_eq!(world.dominant_for(c).as_deref(), Some("d0"), "client {c}");
+    }
+    // Bob coughs (loud, 300 ms) while Alice goes on: no change.
+    let told = world.clients[viewer].speakers.len();
+    world.clients[bob].level = -10;
+    world.run(Duration::from_millis(300));
+    world.clients[bob].level = -70;
+    world.run(Duration::from_secs(2));
+    assert_eq!(world.dominant_for(viewer).as_deref(), Some("d0"));
+    assert!(
+        world.clients[viewer].speakers.len() > told,
+        "the cough made Bob an active speaker for a moment"
+    );
+    assert!(
+        world.clients[viewer].speakers[told..]
+            .iter()
+            .all(|(_, d)| d.as_deref() == Some("d0")),
+        "the cough never took the role: {:?}",
+        &world.clients[viewer].speakers[told..]
+    );
+    // Alice stops and Bob speaks: Bob takes over, not at once.
+    let start = world.now;
+    world.clients[alice].level = -127;
+    world.clients[bob].level = -30;
+    world.run(Duration::from_secs(3));
+    let at = world
+        .told_dominant_at(viewer, "d1", start)
+        .expect("Bob became the dominant speaker");
+    let after = at.duration_since(start);
+    assert!(
+        after >= Duration::from_millis(250) && after <= Duration::from_millis(2500),
+        "switched after {after:?}"
+    );
+    // A muted microphone is no speaker: Bob mutes while talking, Alice
+    // speaks softly, and she becomes the speaker again.
+    let mid = world.clients[bob].audio.unwrap().to_string();
+    let peer = world.clients[bob].peer;
+    world.sfu.set_muted(world.now, peer, &mid, true).unwrap();
+    world.clients[alice].level = -45;
+    let start = world.now;
+    world.run(Duration::from_secs(3));
+    assert!(world.told_dominant_at(viewer, "d0", start).is_some());
 }

@@ -167,6 +167,7 @@ fn media_datagram(alias: u32, seq: u64, sent_ns: u64, payload: usize) -> Vec<u8>
         sequence: seq as u16,
         timestamp: (seq * 3000) as u32,
         ssrc: alias,
+        audio_level: None,
     }
     .encode(&mut d);
     d.extend_from_slice(&seq.to_be_bytes());
