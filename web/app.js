@@ -295,14 +295,40 @@ async function joinCall(call) {
     video: call.kind === 'video',
     probes: state.region ? [] : await regionProbes(),
   });
-  state.call = { id: call.id, kind: call.kind, session, tiles: new Map(), quality: '' };
+  state.call = { id: call.id, kind: call.kind, session, tiles: new Map(), quality: '', hands: new Set(), handUp: false };
   session.onTrack = () => renderCall();
+  session.onSpeakers = () => renderCall();
+  session.onData = (message) => onCallData(message);
   session.onTracks = () => renderCall();
   session.onLayers = () => renderCall();
   session.onState = () => renderCall();
   session.onError = (e) => showError(e);
   state.call.timer = setInterval(updateQuality, 2000);
   render();
+}
+
+// Call data messages (docs/signaling.md, data channels): raised hands and
+// reactions from the others, each with its sender.
+function onCallData(message) {
+  if (!state.call || !message.text) return;
+  let value;
+  try { value = JSON.parse(message.text); } catch (_) { return; }
+  const key = `${message.user_id}/${message.device_id}`;
+  if (value.kind === 'hand') {
+    if (value.raised) state.call.hands.add(key);
+    else state.call.hands.delete(key);
+    renderCall();
+  } else if (value.kind === 'reaction' && typeof value.emoji === 'string') {
+    showReaction(key, value.emoji.slice(0, 8));
+  }
+}
+
+function showReaction(key, emoji) {
+  const fig = document.querySelector(`.call figure[data-key="${CSS.escape(key)}"]`);
+  if (!fig) return;
+  const badge = h('span', { class: 'reaction-burst', role: 'img', 'aria-label': `reaction ${emoji}` }, emoji);
+  fig.append(badge);
+  setTimeout(() => badge.remove(), 3000);
 }
 
 async function startCall(kind) {
@@ -383,6 +409,21 @@ function renderCall() {
           session.setMuted('video', !session.muted.video);
           renderCall();
         } }, 'Camera off'),
+        h('button', { class: 'share', 'aria-label': 'Share screen', onclick: async () => {
+          try {
+            if (session.screen) await session.stopScreen();
+            else await session.shareScreen();
+          } catch (e) { showError(e); }
+          renderCall();
+        } }, 'Share screen'),
+        h('button', { class: 'hand', 'aria-label': 'Raise hand', onclick: () => {
+          state.call.handUp = !state.call.handUp;
+          session.sendData({ kind: 'hand', raised: state.call.handUp });
+          renderCall();
+        } }, 'Raise hand'),
+        h('button', { class: 'react', 'aria-label': 'Send a thumbs up', onclick: () => {
+          if (session.sendData({ kind: 'reaction', emoji: '👍' })) showReaction('local', '👍');
+        } }, '👍'),
         h('button', { class: 'danger hangup', 'aria-label': 'Hang up', onclick: () => {
           const id = state.call.id;
           endCallView();
@@ -401,16 +442,35 @@ function renderCall() {
   cam.setAttribute('aria-label', session.muted.video ? 'Turn camera on' : 'Turn camera off');
   cam.setAttribute('aria-pressed', String(session.muted.video));
   cam.hidden = state.call.kind !== 'video';
+  const share = view.querySelector('.share');
+  share.textContent = session.screen ? 'Stop sharing' : 'Share screen';
+  share.setAttribute('aria-label', session.screen ? 'Stop sharing the screen' : 'Share screen');
+  share.setAttribute('aria-pressed', String(!!session.screen));
+  share.hidden = !navigator.mediaDevices || !navigator.mediaDevices.getDisplayMedia;
+  const hand = view.querySelector('.hand');
+  hand.textContent = state.call.handUp ? 'Lower hand' : 'Raise hand';
+  hand.setAttribute('aria-label', state.call.handUp ? 'Lower hand' : 'Raise hand');
+  hand.setAttribute('aria-pressed', String(state.call.handUp));
   const grid = view.querySelector('.grid');
-  // Local preview first, then one tile per remote participant device.
+  const dominant = session.speakers && session.speakers.dominant;
+  const me = `${client.me.id}/${client.deviceId}`;
+  const speaking = dominant ? `${dominant.user_id}/${dominant.device_id}` : null;
+  // Local preview first, then one tile per remote participant device (and
+  // one more, shown large, for each shared screen).
   const wanted = new Map();
-  wanted.set('local', { label: 'You', stream: session.stream, muted: true });
+  wanted.set('local', { label: state.call.handUp ? '✋ You' : 'You', stream: session.stream, muted: true, speaking: speaking === me });
   for (const [mid, track] of session.remote) {
     // Only what the edge named in `tracks` is someone's media.
     const info = session.tracks.find((t) => t.mid === mid);
     if (!info) continue;
-    const key = `${info.user_id}/${info.device_id}`;
-    if (!wanted.has(key)) wanted.set(key, { label: userName(info.user_id), stream: new MediaStream(), muted: false });
+    const person = `${info.user_id}/${info.device_id}`;
+    const screen = info.source === 'screen';
+    const key = screen ? `${person}/screen` : person;
+    if (!wanted.has(key)) {
+      const name = userName(info.user_id);
+      const label = screen ? `${name}'s screen` : `${state.call.hands.has(person) ? '✋ ' : ''}${name}`;
+      wanted.set(key, { label, stream: new MediaStream(), muted: false, screen, speaking: !screen && person === speaking });
+    }
     const tile = wanted.get(key);
     tile.tracks = tile.tracks || [];
     tile.tracks.push(track);
@@ -421,8 +481,10 @@ function renderCall() {
     if (!fig) {
       const video = h('video', { autoplay: true, playsinline: true, 'aria-label': `Video of ${tile.label}` });
       video.muted = tile.muted;
-      fig = h('figure', { 'data-key': key }, video, h('figcaption', {}, tile.label));
-      grid.append(fig);
+      fig = h('figure', { 'data-key': key, class: tile.screen ? 'screen' : '' }, video, h('figcaption', {}, tile.label));
+      // A shared screen comes first, large.
+      if (tile.screen) grid.prepend(fig);
+      else grid.append(fig);
       video.srcObject = key === 'local' ? tile.stream : new MediaStream(tile.tracks);
     } else if (key !== 'local') {
       const video = fig.querySelector('video');
@@ -431,6 +493,7 @@ function renderCall() {
       if (have !== want) video.srcObject = new MediaStream(tile.tracks);
     }
     fig.querySelector('figcaption').textContent = tile.label;
+    fig.classList.toggle('speaking', !!tile.speaking);
   }
   for (const fig of grid.querySelectorAll('figure')) {
     if (!wanted.has(fig.dataset.key)) fig.remove();

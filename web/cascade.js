@@ -216,8 +216,10 @@ export class Cascade {
 /**
  * One device in one call: the edge's signaling socket and an
  * RTCPeerConnection. Callbacks: `onTrack(track, info)` for each remote track
- * (`info`: `{mid, kind, user_id, device_id, muted}` once the edge names it),
- * `onTracks(list)`, `onState(state)`, `onError(error)`.
+ * (`info`: `{mid, kind, source, user_id, device_id, muted}` once the edge
+ * names it), `onTracks(list)`, `onSpeakers(msg)`, `onData(envelope)` (a
+ * data message another participant sent: `{user_id, device_id, text}`),
+ * `onState(state)`, `onError(error)`.
  */
 export class CallSession {
   constructor(client, callId, options) {
@@ -235,6 +237,13 @@ export class CallSession {
     this.onTracks = () => {};
     this.onLayers = () => {};
     this.layers = null;
+    this.onSpeakers = () => {};
+    this.speakers = null;
+    this.onData = () => {};
+    this.channel = null;
+    // The screen being shared, and its transceiver in this connection.
+    this.screen = null;
+    this.screenTransceiver = null;
     this.viewHeights = new Map();
     this.onState = () => {};
     this.onError = () => {};
@@ -281,6 +290,13 @@ export class CallSession {
       this.onTrack(e.track, this.tracks.find((t) => t.mid === mid) || { mid, kind: e.track.kind });
     };
     pc.onconnectionstatechange = () => this.onState(pc.connectionState);
+    // Call data messages (raised hands, reactions) travel on one channel,
+    // through the edge to everyone else in the call.
+    const channel = pc.createDataChannel('cascade');
+    this.channel = channel;
+    channel.onmessage = (m) => {
+      try { this.onData(JSON.parse(m.data)); } catch (_) { /* not an envelope */ }
+    };
     this.viewHeights.clear();
     for (const track of this.stream.getTracks()) {
       if (track.kind === 'video') {
@@ -299,12 +315,17 @@ export class CallSession {
         pc.addTransceiver(track, { direction: 'sendonly', streams: [this.stream] });
       }
     }
+    // A screen shared before a migration is shared again.
+    this.screenTransceiver = this.screen
+      ? pc.addTransceiver(this.screen, { direction: 'sendonly', sendEncodings: [{ maxFramerate: 15 }] })
+      : null;
     const url = `${join.edge.signaling_url}?token=${encodeURIComponent(join.token)}`;
     const ws = new WebSocket(url);
     this.ws = ws;
     ws.onmessage = (m) => {
+      // Only the current connection's messages, each after the last.
       this.chain = this.chain
-        .then(() => this.handle(JSON.parse(m.data)))
+        .then(() => (this.ws === ws ? this.handle(JSON.parse(m.data)) : null))
         .catch((e) => this.onError(e));
     };
     ws.onclose = () => {
@@ -314,9 +335,57 @@ export class CallSession {
       ws.onopen = resolve;
       ws.onerror = () => reject(new Error('cannot reach the edge'));
     });
-    const offer = await pc.createOffer();
-    await pc.setLocalDescription(offer);
-    ws.send(JSON.stringify({ type: 'offer', sdp: offer.sdp }));
+    await this.offer();
+  }
+
+  /** Offers this device's tracks (first, and again when they change), in
+   * the signaling chain so it never overlaps answering an edge offer. */
+  offer() {
+    const turn = this.chain.then(async () => {
+      const { pc, ws } = this;
+      if (!pc || !ws) return;
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      const sources = {};
+      if (this.screenTransceiver && this.screenTransceiver.mid) sources[this.screenTransceiver.mid] = 'screen';
+      ws.send(JSON.stringify({ type: 'offer', sdp: offer.sdp, sources }));
+    });
+    this.chain = turn.catch((e) => this.onError(e));
+    return turn;
+  }
+
+  /** Shares a screen or window (`getDisplayMedia`) as a track of its own;
+   * ending it in the browser's own bar stops sharing too. */
+  async shareScreen() {
+    if (this.screen) return;
+    const display = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: 15 }, audio: false });
+    const [track] = display.getVideoTracks();
+    track.onended = () => this.stopScreen();
+    this.screen = track;
+    // A screen wants detail more than motion: one encoding, 15 frames/s.
+    track.contentHint = 'detail';
+    this.screenTransceiver = this.pc.addTransceiver(track, { direction: 'sendonly', sendEncodings: [{ maxFramerate: 15 }] });
+    await this.offer();
+  }
+
+  /** Stops sharing: the m-line stops, and the edge ends the track. */
+  async stopScreen() {
+    if (!this.screen) return;
+    const track = this.screen;
+    this.screen = null;
+    track.onended = null;
+    track.stop();
+    if (this.screenTransceiver) this.screenTransceiver.stop();
+    this.screenTransceiver = null;
+    if (this.pc) await this.offer();
+  }
+
+  /** Sends a call data message (any JSON value) to everyone else in the
+   * call; false if the channel is not open. */
+  sendData(value) {
+    if (!this.channel || this.channel.readyState !== 'open') return false;
+    this.channel.send(JSON.stringify(value));
+    return true;
   }
 
   async handle(msg) {
@@ -325,6 +394,9 @@ export class CallSession {
       // Mutes set before the session existed.
       for (const kind of ['audio', 'video']) if (this.muted[kind]) this.sendMute(kind);
     } else if (msg.type === 'offer') {
+      // Crossed offers: ours stands; the edge drops its own and offers
+      // again after answering ours (docs/signaling.md).
+      if (this.pc.signalingState === 'have-local-offer') return;
       await this.pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
       const answer = await this.pc.createAnswer();
       await this.pc.setLocalDescription(answer);
@@ -335,6 +407,9 @@ export class CallSession {
     } else if (msg.type === 'layers') {
       this.layers = msg;
       this.onLayers(msg);
+    } else if (msg.type === 'speakers') {
+      this.speakers = msg;
+      this.onSpeakers(msg);
     } else if (msg.type === 'error') {
       this.onError(new Error(`${msg.code}: ${msg.message}`));
     }
@@ -400,6 +475,9 @@ export class CallSession {
     }
     if (this.pc) this.pc.close();
     this.pc = null;
+    // A step pending on the closed connection may never settle: the next
+    // connection's signaling must not wait behind it.
+    this.chain = Promise.resolve();
   }
 
   /** Leaves the call (the server ends a direct call when one side leaves). */
@@ -407,6 +485,8 @@ export class CallSession {
     this.left = true;
     this.closeTransport();
     if (this.stream) for (const t of this.stream.getTracks()) t.stop();
+    if (this.screen) this.screen.stop();
+    this.screen = null;
     const list = this.client.handlers.get('call.migrate') || [];
     const i = list.indexOf(this.migrateHandler);
     if (i >= 0) list.splice(i, 1);

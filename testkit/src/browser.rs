@@ -226,11 +226,21 @@ impl Browser {
     /// Evaluates `expression` in `page`, awaiting a promise, and returns
     /// its value (JSON).
     pub async fn eval(&mut self, page: &Page, expression: &str) -> Value {
+        self.evaluate(page, expression, false).await
+    }
+
+    /// Like [`Browser::eval`], as if the user had just clicked (what
+    /// `getDisplayMedia` and other gated APIs require).
+    pub async fn eval_as_user(&mut self, page: &Page, expression: &str) -> Value {
+        self.evaluate(page, expression, true).await
+    }
+
+    async fn evaluate(&mut self, page: &Page, expression: &str, gesture: bool) -> Value {
         let result = self
             .command(
                 Some(&page.session),
                 "Runtime.evaluate",
-                json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
+                json!({"expression": expression, "awaitPromise": true, "returnByValue": true, "userGesture": gesture}),
             )
             .await;
         result["result"]["value"].clone()

@@ -24,6 +24,8 @@ function signaling(pc, onOther) {
     if (msg.type === 'answer') {
       await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
     } else if (msg.type === 'offer') {
+      // Crossed offers: ours stands, the edge gives way and offers again.
+      if (pc.signalingState === 'have-local-offer') return;
       await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
       const answer = await pc.createAnswer();
       await pc.setLocalDescription(answer);
@@ -37,13 +39,18 @@ function signaling(pc, onOther) {
   ws.onmessage = (m) => { chain = chain.then(() => handle(JSON.parse(m.data))).catch(e => { window.result.error = String(e); }); };
   return ws;
 }
-async function offer(ws, pc) {
+async function offer(ws, pc, sources) {
   if (ws.readyState !== WebSocket.OPEN) {
     await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('signaling socket failed')); });
   }
-  const sdp = await pc.createOffer();
-  await pc.setLocalDescription(sdp);
-  ws.send(JSON.stringify({ type: 'offer', sdp: sdp.sdp }));
+  // In the chain: never while an edge offer is being answered.
+  const turn = chain.then(async () => {
+    const sdp = await pc.createOffer();
+    await pc.setLocalDescription(sdp);
+    ws.send(JSON.stringify({ type: 'offer', sdp: sdp.sdp, sources: sources || {} }));
+  });
+  chain = turn.catch(() => {});
+  await turn;
 }
 "#;
 
@@ -270,4 +277,160 @@ async fn a_small_tile_gets_180p_and_a_large_one_720p_of_a_simulcast_publisher() 
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The presenter: camera and microphone (fake: a beep twice a second), a
+/// data channel that says hello, and once connected a screen share (a
+/// canvas's stream) offered mid-call and declared as `screen`.
+const PRESENTER: &str = r#"
+window.result.received = [];
+window.result.shared = false;
+async function run() {
+  const pc = new RTCPeerConnection();
+  window.pc = pc;
+  const channel = pc.createDataChannel('cascade');
+  channel.onopen = () => channel.send('hello from the presenter');
+  channel.onmessage = (m) => window.result.received.push(JSON.parse(m.data));
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
+  stream.getTracks().forEach(t => pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] }));
+  const ws = signaling(pc);
+  await offer(ws, pc);
+  await new Promise(resolve => { const t = setInterval(() => { if (pc.connectionState === 'connected') { clearInterval(t); resolve(); } }, 100); });
+  // The "screen": a canvas that changes every frame.
+  const canvas = document.createElement('canvas');
+  canvas.width = 640; canvas.height = 360;
+  const g = canvas.getContext('2d');
+  let n = 0;
+  setInterval(() => { g.fillStyle = `hsl(${(n++ * 7) % 360} 80% 50%)`; g.fillRect(0, 0, 640, 360); g.fillStyle = '#000'; g.fillText(String(n), 20, 40); }, 50);
+  const screen = canvas.captureStream(15).getVideoTracks()[0];
+  const transceiver = pc.addTransceiver(screen, { direction: 'sendonly' });
+  // The mid exists once the offer is set locally: declare it then.
+  const sdp = await chain.then(async () => {
+    const o = await pc.createOffer();
+    await pc.setLocalDescription(o);
+    return o.sdp;
+  });
+  ws.send(JSON.stringify({ type: 'offer', sdp, sources: { [transceiver.mid]: 'screen' } }));
+  window.result.shared = transceiver.mid;
+}
+async function stats() { return { ...window.result, connection: window.pc ? window.pc.connectionState : null }; }
+run().catch(e => { window.result.error = String(e); });
+"#;
+
+/// A viewer: a data channel (it publishes nothing), the track lists, the
+/// speakers, and what it decodes on each m-line.
+const VIEWER: &str = r#"
+window.result.received = [];
+window.result.tracks = [];
+window.result.speakers = null;
+async function run() {
+  const pc = new RTCPeerConnection();
+  window.pc = pc;
+  const channel = pc.createDataChannel('cascade');
+  // Messages are not kept for those not there yet: answer the
+  // presenter's hello, which says its channel is open.
+  channel.onmessage = (m) => {
+    window.result.received.push(JSON.parse(m.data));
+    channel.send(JSON.stringify({ reaction: '👍' }));
+  };
+  const ws = signaling(pc, (msg) => {
+    if (msg.type === 'tracks') window.result.tracks = msg.tracks;
+    if (msg.type === 'speakers') window.result.speakers = msg;
+  });
+  await offer(ws, pc);
+}
+async function stats() {
+  const decoded = {};
+  if (window.pc) (await window.pc.getStats()).forEach(r => {
+    if (r.type === 'inbound-rtp' && r.kind === 'video') decoded[r.mid] = r.framesDecoded || 0;
+  });
+  return { ...window.result, decoded };
+}
+run().catch(e => { window.result.error = String(e); });
+"#;
+
+#[tokio::test]
+async fn a_screen_share_the_active_speaker_and_data_messages_reach_chromium() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let _edge = crate::edge::start_edge(&app, "edge-share").await;
+    let presenter = app.register("presenter").await;
+    let viewer = app.register("viewer").await;
+    let chat = app.direct(&presenter, &viewer).await;
+    let call = start_call(&app, &presenter, &chat, "video").await;
+    app.post(&format!("/v1/calls/{call}/accept"), &viewer, json!({}))
+        .await
+        .expect(200);
+    let mut pages = Vec::new();
+    for (user, script) in [(&presenter, PRESENTER), (&viewer, VIEWER)] {
+        let joined = app
+            .post(
+                &format!("/v1/calls/{call}/join"),
+                user,
+                json!({"device_id": "chromium"}),
+            )
+            .await
+            .expect(200)
+            .body;
+        let url = format!(
+            "{}#url={}&token={}",
+            serve_page(page(script)).await,
+            joined["edge"]["signaling_url"].as_str().unwrap(),
+            joined["token"].as_str().unwrap()
+        );
+        pages.push(browser.open(&url).await);
+    }
+    let presenter_id = presenter.id.clone();
+    let viewer_id = viewer.id.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let (shown, seen) = loop {
+        let shown = browser.eval(&pages[0], "stats()").await;
+        let seen = browser.eval(&pages[1], "stats()").await;
+        assert!(shown["error"].is_null(), "presenter: {shown}");
+        assert!(seen["error"].is_null(), "viewer: {seen}");
+        let screen_mid = seen["tracks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["source"] == "screen"))
+            .and_then(|t| t["mid"].as_str())
+            .map(str::to_owned);
+        let screen_frames = screen_mid
+            .as_deref()
+            .and_then(|mid| seen["decoded"][mid].as_u64())
+            .unwrap_or(0);
+        let speaker = seen["speakers"]["dominant"]["user_id"].as_str() == Some(&presenter_id);
+        let hello = seen["received"].as_array().is_some_and(|r| {
+            r.iter().any(|m| {
+                m["text"] == "hello from the presenter" && m["user_id"] == presenter_id.as_str()
+            })
+        });
+        let reaction = shown["received"].as_array().is_some_and(|r| {
+            r.iter().any(|m| {
+                m["user_id"] == viewer_id.as_str()
+                    && m["device_id"] == "chromium"
+                    && m["text"].as_str() == Some(r#"{"reaction":"👍"}"#)
+            })
+        });
+        if screen_frames >= 20 && speaker && hello && reaction {
+            break (shown, seen);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "screen {screen_mid:?} ({screen_frames} frames), speaker {speaker}, data {hello}/{reaction}: {shown} / {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // The screen is a track of its own beside the camera and microphone.
+    let sources: Vec<&str> = seen["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["source"].as_str())
+        .collect();
+    assert_eq!(sources.len(), 3, "{seen}");
+    for source in ["camera", "microphone", "screen"] {
+        assert!(sources.contains(&source), "{sources:?}");
+    }
+    assert!(shown["shared"].is_string(), "{shown}");
 }

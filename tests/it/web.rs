@@ -370,6 +370,90 @@ async fn two_people_sign_up_chat_and_call_across_regions_in_a_browser() {
         .screenshot(&alice, &artifacts().join("call.png"))
         .await;
 
+    // Bob mutes his microphone; Alice's (a fake one: it beeps) makes her
+    // the speaker, on her edge and, through the relays' audio levels, on
+    // Bob's in the other region.
+    browser
+        .eval(&bob, &click("button[aria-label=\"Mute microphone\"]"))
+        .await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "!!document.querySelector('.call figure.speaking:not([data-key=\"local\"])')",
+        Duration::from_secs(15),
+    )
+    .await;
+    wait_for(
+        &mut browser,
+        &alice,
+        "!!document.querySelector('.call figure.speaking[data-key=\"local\"]')",
+        Duration::from_secs(15),
+    )
+    .await;
+    let speaker = browser
+        .eval(
+            &bob,
+            "window.cascadeState.call.session.speakers.dominant.user_id === \
+             window.cascadeState.call.session.tracks[0].user_id",
+        )
+        .await;
+    assert_eq!(speaker, true, "Bob sees Alice as the speaker");
+
+    // Alice shares her screen (the headless browser's fake one): Bob gets a
+    // large screen tile beside her camera, decoding.
+    browser
+        .eval_as_user(&alice, &click("button[aria-label=\"Share screen\"]"))
+        .await;
+    let screen = wait_for(
+        &mut browser,
+        &bob,
+        "(() => { const v = document.querySelector('.call figure.screen video'); \
+         const t = window.cascadeState.call.session.tracks.find(t => t.source === 'screen'); \
+         return !!(v && t && v.videoWidth > 0) && { width: v.videoWidth, mid: t.mid }; })()",
+        Duration::from_secs(20),
+    )
+    .await;
+    eprintln!("bob sees alice's screen: {screen}");
+    browser
+        .screenshot(&bob, &artifacts().join("call-screen-share.png"))
+        .await;
+
+    // Bob raises his hand and reacts; Alice sees both, across regions.
+    browser
+        .eval(&bob, &click("button[aria-label=\"Raise hand\"]"))
+        .await;
+    wait_for(
+        &mut browser,
+        &alice,
+        "[...document.querySelectorAll('.call figcaption')].some(c => c.textContent.startsWith('✋'))",
+        Duration::from_secs(10),
+    )
+    .await;
+    browser
+        .eval(&bob, &click("button[aria-label=\"Send a thumbs up\"]"))
+        .await;
+    wait_for(
+        &mut browser,
+        &alice,
+        "!!document.querySelector('.call figure:not([data-key=\"local\"]) .reaction-burst')",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // Alice stops sharing: the screen tile goes, the camera stays.
+    browser
+        .eval(&alice, &click("button[aria-label=\"Stop sharing the screen\"]"))
+        .await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "!document.querySelector('.call figure.screen') && \
+         !window.cascadeState.call.session.tracks.some(t => t.source === 'screen') && \
+         document.querySelectorAll('.call figure').length === 2",
+        Duration::from_secs(10),
+    )
+    .await;
+
     // The relays carried it across regions.
     let relay_metrics = dev.ready["relay_metrics"]
         .as_str()
