@@ -58,8 +58,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Rtc};
 use uuid::Uuid;
 
-use crate::peer::Peer;
 pub use crate::data::{DataMessage, MAX_DATA_MESSAGE};
+use crate::peer::Peer;
 pub use crate::speakers::Speaker;
 
 /// A participant session in this core.
@@ -685,8 +685,8 @@ impl Sfu {
             }
             self.timers.pop();
         }
-        let allocation = (!self.peers.is_empty())
-            .then_some(self.next_allocation.min(self.next_speakers));
+        let allocation =
+            (!self.peers.is_empty()).then_some(self.next_allocation.min(self.next_speakers));
         // A deferred keyframe request is due when its throttle ends.
         let deferred = self
             .deferred_keyframes

@@ -215,7 +215,13 @@ impl crate::Sfu {
             device,
             layers: rids.len().clamp(1, layers::MAX_LAYERS) as u8,
         }));
-        tracing::debug!(peer, track = id, ?kind, source = source.name(), "track published");
+        tracing::debug!(
+            peer,
+            track = id,
+            ?kind,
+            source = source.name(),
+            "track published"
+        );
         for other in self.members(call) {
             if other != peer {
                 self.renegotiate(other);
@@ -237,7 +243,8 @@ impl crate::Sfu {
         let call = p.info.call;
         self.tracks.remove(&track);
         self.deferred_keyframes.retain(|t| *t != track);
-        self.out.push_back(Output::Event(SfuEvent::TrackEnded(track)));
+        self.out
+            .push_back(Output::Event(SfuEvent::TrackEnded(track)));
         tracing::debug!(peer, track, "track unpublished");
         for other in self.members(call) {
             if other != peer {

@@ -123,7 +123,8 @@ impl Sfu {
         for call in calls {
             self.call_speakers(call, now);
         }
-        self.speakers.retain(|call, _| self.calls.contains_key(call));
+        self.speakers
+            .retain(|call, _| self.calls.contains_key(call));
     }
 
     fn call_speakers(&mut self, call: Uuid, now: Instant) {
@@ -184,7 +185,10 @@ impl Sfu {
             }
         };
         let dominant = dominant.map(|track| {
-            let loudness = active.iter().find(|(t, _)| *t == track).map_or(0.0, |a| a.1);
+            let loudness = active
+                .iter()
+                .find(|(t, _)| *t == track)
+                .map_or(0.0, |a| a.1);
             speaker(track, loudness)
         });
         let active: Vec<Speaker> = active.iter().map(|(t, l)| speaker(*t, *l)).collect();

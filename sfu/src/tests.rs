@@ -428,13 +428,14 @@ impl World {
             .find(|p| p.spec().codec == Codec::Opus)
             .unwrap()
             .pt();
-        w.audio_level(level, level > -50).write(
-            pt,
-            now,
-            MediaTime::new(u64::from(counter) * 1600, Frequency::FORTY_EIGHT_KHZ),
-            vec![0xf8, 0xff, 0xfe],
-        )
-        .unwrap();
+        w.audio_level(level, level > -50)
+            .write(
+                pt,
+                now,
+                MediaTime::new(u64::from(counter) * 1600, Frequency::FORTY_EIGHT_KHZ),
+                vec![0xf8, 0xff, 0xfe],
+            )
+            .unwrap();
         self.drain_client(i);
     }
 }
@@ -1195,7 +1196,11 @@ impl World {
 
     /// The latest track list client `i` received.
     fn tracks_of(&self, i: usize) -> Vec<TrackState> {
-        self.clients[i].track_lists.last().cloned().unwrap_or_default()
+        self.clients[i]
+            .track_lists
+            .last()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -1245,10 +1250,14 @@ fn a_screen_track_offered_mid_call_reaches_the_others_as_screen_and_ends_when_st
     );
     assert_eq!(world.clients[viewer].corrupt, 0);
     // It stops sharing: the line goes inactive in a new offer.
-    world.reoffer(publisher, |_| vec![], |api| {
-        api.set_direction(added[0], Direction::Inactive);
-        vec![]
-    });
+    world.reoffer(
+        publisher,
+        |_| vec![],
+        |api| {
+            api.set_direction(added[0], Direction::Inactive);
+            vec![]
+        },
+    );
     world.clients[publisher].screen = None;
     world.run(Duration::from_millis(300));
     assert!(
@@ -1285,7 +1294,7 @@ fn receiving_mlines_are_recycled_as_participants_come_and_go() {
         let frames = world.clients[stayer]
             .received
             .iter()
-            .filter(|f| &*f.mid == video.mid)
+            .filter(|f| *f.mid == video.mid)
             .count();
         assert!(frames >= 5, "video on a recycled line arrives ({frames})");
         last_mids = tracks.iter().map(|t| t.mid.clone()).collect();
@@ -1297,7 +1306,10 @@ fn receiving_mlines_are_recycled_as_participants_come_and_go() {
     }
     // A data channel, then one audio and one video line, reused each time.
     assert_eq!(first, 1);
-    assert!(counts.iter().all(|n| *n == 3), "m-lines per round: {counts:?}");
+    assert!(
+        counts.iter().all(|n| *n == 3),
+        "m-lines per round: {counts:?}"
+    );
     assert_eq!(last_mids.len(), 2);
     assert_eq!(world.clients[stayer].corrupt, 0);
 }
@@ -1328,7 +1340,7 @@ fn crossed_offers_resolve_with_the_edge_giving_way() {
     let frames = world.clients[viewer]
         .received
         .iter()
-        .filter(|f| &*f.mid == video.mid)
+        .filter(|f| *f.mid == video.mid)
         .count();
     assert!(frames >= 20, "video after the glare ({frames})");
     // And the viewer's new microphone is a track the publisher receives.
@@ -1393,7 +1405,11 @@ fn data_messages_reach_every_other_participant_within_limits() {
         "the burst of 50 (+ refill): {got}, {:?}",
         world.sfu.stats()
     );
-    let told: Vec<_> = world.clients[clients[2]].refused.iter().map(|r| r.0).collect();
+    let told: Vec<_> = world.clients[clients[2]]
+        .refused
+        .iter()
+        .map(|r| r.0)
+        .collect();
     assert_eq!(told, vec!["data_rate_limited"]);
     assert!(world.sfu.stats().data_refused >= 140);
     // In order, as sent.

@@ -43,6 +43,9 @@ pub struct BotOptions {
     /// Send every datagram to this address (a [`crate::udp_proxy`] in front
     /// of the edge) and take what comes back from it as the edge's.
     pub via: Option<SocketAddr>,
+    /// The audio level its microphone packets carry (dBov, 0 to -127;
+    /// none: no level extension), for speaker detection.
+    pub audio_level: Option<i8>,
 }
 
 impl BotOptions {
@@ -55,6 +58,7 @@ impl BotOptions {
             probe: None,
             simulcast: false,
             via: None,
+            audio_level: None,
         }
     }
 }
@@ -150,6 +154,12 @@ pub struct BotReport {
     pub estimate_kbps: Option<u64>,
     /// Audio packets received.
     pub audio_packets: u32,
+    /// The dominant speaker the edge last named.
+    pub dominant: Option<protocol::signaling::SpeakerInfo>,
+    /// Data messages received on its data channel.
+    pub data: Vec<protocol::signaling::DataEnvelope>,
+    /// Its data channel is open.
+    pub channel_open: bool,
 }
 
 impl BotReport {
@@ -165,6 +175,8 @@ pub struct Bot {
     stop: tokio::sync::oneshot::Sender<()>,
     /// Signaling frames to send (mute, pause, ...).
     signals: tokio::sync::mpsc::UnboundedSender<ClientSignal>,
+    /// Text to send on its data channel.
+    data: tokio::sync::mpsc::UnboundedSender<String>,
     /// The m-line of its own video, when it publishes.
     video: Option<Mid>,
     task: tokio::task::JoinHandle<()>,
@@ -191,6 +203,8 @@ struct State {
     /// Where str0m last sent (the edge): what comes back through
     /// [`BotOptions::via`] is taken as from there.
     peer_addr: Option<SocketAddr>,
+    /// Its data channel, once open.
+    channel: Option<str0m::channel::ChannelId>,
 }
 
 impl State {
@@ -214,6 +228,15 @@ impl State {
         let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
         match event {
             Event::Connected => report.connected = true,
+            Event::ChannelOpen(id, _) => {
+                self.channel = Some(id);
+                report.channel_open = true;
+            }
+            Event::ChannelData(data) => {
+                if let Ok(envelope) = serde_json::from_slice(&data.data) {
+                    report.data.push(envelope);
+                }
+            }
             Event::MediaData(data) => {
                 if data.params.spec().codec == Codec::Vp8 {
                     match check_frame(&data.data) {
@@ -283,7 +306,11 @@ impl State {
             return;
         };
         let opus = self.pt(audio, Codec::Opus);
-        if let (Some(pt), Some(w)) = (opus, self.rtc.writer(audio)) {
+        let level = self.options.audio_level;
+        if let (Some(pt), Some(mut w)) = (opus, self.rtc.writer(audio)) {
+            if let Some(level) = level {
+                w = w.audio_level(level, level > -50);
+            }
             let _ = w.write(
                 pt,
                 now,
@@ -325,8 +352,8 @@ async fn bind_local() -> Result<(UdpSocket, SocketAddr), BotError> {
 /// A simulcast publisher's layers: rid and the divisor of its frame body.
 const SIMULCAST_LAYERS: [(&str, usize); 3] = [("q", 10), ("h", 3), ("f", 1)];
 
-/// Adds send-only video (simulcast if asked) and audio if publishing, else
-/// a data channel (an offer needs something in it).
+/// Adds send-only video (simulcast if asked) and audio if publishing, and
+/// a data channel (a subscriber's offer needs something in it).
 fn add_media(
     rtc: &mut Rtc,
     publish: bool,
@@ -340,9 +367,9 @@ fn add_media(
             Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None)),
         )
     } else {
-        api.add_channel("cascade".into());
         (None, None)
     };
+    api.add_channel("cascade".into());
     let (offer, pending) = api.apply().expect("an offer with media or a channel");
     (video, audio, offer, pending)
 }
@@ -364,6 +391,7 @@ async fn run(
     mut ws: Option<Signaling>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
     mut outgoing: tokio::sync::mpsc::UnboundedReceiver<ClientSignal>,
+    mut data: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
     let socket = state.socket.clone();
     let publish = state.options.publish;
@@ -413,6 +441,9 @@ async fn run(
                     Ok(ServerSignal::Error { code, message }) => {
                         if let Ok(mut r) = state.report.lock() { r.errors.push(format!("{code}: {message}")); }
                     }
+                    Ok(ServerSignal::Speakers { dominant, .. }) => {
+                        if let Ok(mut r) = state.report.lock() { r.dominant = dominant; }
+                    }
                     Ok(ServerSignal::Layers { layers, estimate_kbps }) => {
                         if let Ok(mut r) = state.report.lock() {
                             r.layers = layers;
@@ -424,6 +455,11 @@ async fn run(
                 Some(Ok(_)) => {}
                 _ => break,
             },
+            Some(text) = data.recv() => {
+                if let Some(mut channel) = state.channel.and_then(|id| state.rtc.channel(id)) {
+                    let _ = channel.write(false, text.as_bytes());
+                }
+            }
             Some(signal) = outgoing.recv() => {
                 if let (Some(ws), Ok(text)) = (ws.as_mut(), serde_json::to_string(&signal)) {
                     let _ = ws.send(Message::Text(text.into())).await;
@@ -558,17 +594,26 @@ impl Bot {
             report: report.clone(),
             options,
             peer_addr: None,
+            channel: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let (signals, outgoing) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(run(state, local, ws, stopped, outgoing));
+        let (data, data_out) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(run(state, local, ws, stopped, outgoing, data_out));
         Bot {
             report,
             stop,
             signals,
+            data,
             video,
             task,
         }
+    }
+
+    /// Sends `text` on its data channel (dropped if it is not open yet:
+    /// see [`BotReport::channel_open`]).
+    pub fn send_data(&self, text: &str) {
+        let _ = self.data.send(text.to_owned());
     }
 
     /// Asks for at most layer `max` (`q`, `h`, `f`) of the first video it

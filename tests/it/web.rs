@@ -442,7 +442,10 @@ async fn two_people_sign_up_chat_and_call_across_regions_in_a_browser() {
 
     // Alice stops sharing: the screen tile goes, the camera stays.
     browser
-        .eval(&alice, &click("button[aria-label=\"Stop sharing the screen\"]"))
+        .eval(
+            &alice,
+            &click("button[aria-label=\"Stop sharing the screen\"]"),
+        )
         .await;
     wait_for(
         &mut browser,

@@ -750,9 +750,23 @@ fn data_messages_reach_every_other_interested_edge_once_and_never_loop() {
         mesh.edge_up(region, link);
     }
     for (region, link) in [(EU, 1), (EU, 2), (US, 3)] {
-        mesh.send(region, link, Control::Interest { call, interested: true });
+        mesh.send(
+            region,
+            link,
+            Control::Interest {
+                call,
+                interested: true,
+            },
+        );
     }
-    mesh.send(EU, 4, Control::Interest { call: other_call, interested: true });
+    mesh.send(
+        EU,
+        4,
+        Control::Interest {
+            call: other_call,
+            interested: true,
+        },
+    );
     for link in [1, 2, 3, 4] {
         mesh.take(if link == 3 { US } else { EU }, link);
     }
@@ -766,9 +780,20 @@ fn data_messages_reach_every_other_interested_edge_once_and_never_loop() {
     mesh.send(EU, 1, message.clone());
     assert!(mesh.take(EU, 1).is_empty(), "not echoed to the sender");
     assert_eq!(mesh.take(EU, 2), vec![message.clone()]);
-    assert_eq!(mesh.take(US, 3), vec![message.clone()], "once, across the WAN");
-    assert!(mesh.take(EU, 4).is_empty(), "not to an edge outside the call");
-    assert_eq!(mesh.routers[EU].stats().data_forwarded, 2, "edge 2 and the US relay");
+    assert_eq!(
+        mesh.take(US, 3),
+        vec![message.clone()],
+        "once, across the WAN"
+    );
+    assert!(
+        mesh.take(EU, 4).is_empty(),
+        "not to an edge outside the call"
+    );
+    assert_eq!(
+        mesh.routers[EU].stats().data_forwarded,
+        2,
+        "edge 2 and the US relay"
+    );
     assert_eq!(mesh.routers[US].stats().data_forwarded, 1, "edge 3 only");
     // An edge may not send into a call it did not declare.
     let refused = mesh.routers[EU].stats().control_refused;

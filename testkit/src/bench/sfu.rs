@@ -151,6 +151,7 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         probe: Some(probe.clone()),
         simulcast: false,
         via: None,
+        audio_level: None,
     };
 
     // Baseline: the same bots, directly connected.
