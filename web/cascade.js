@@ -366,6 +366,7 @@ export class CallSession {
     track.contentHint = 'detail';
     this.screenTransceiver = this.pc.addTransceiver(track, { direction: 'sendonly', sendEncodings: [{ maxFramerate: 15 }] });
     await this.offer();
+    this.announceMedia();
   }
 
   /** Stops sharing: the m-line stops, and the edge ends the track. */
@@ -378,6 +379,7 @@ export class CallSession {
     if (this.screenTransceiver) this.screenTransceiver.stop();
     this.screenTransceiver = null;
     if (this.pc) await this.offer();
+    this.announceMedia();
   }
 
   /** Sends a call data message (any JSON value) to everyone else in the
@@ -430,7 +432,12 @@ export class CallSession {
     this.muted[kind] = muted;
     for (const t of this.stream.getTracks()) if (t.kind === kind) t.enabled = !muted;
     this.sendMute(kind);
-    const media = { device_id: this.client.deviceId, audio: !this.muted.audio, video: !this.muted.video, screen: false };
+    this.announceMedia();
+  }
+
+  /** Tells the call (`call.media_state`) what this device sends. */
+  announceMedia() {
+    const media = { device_id: this.client.deviceId, audio: !this.muted.audio, video: !this.muted.video, screen: !!this.screen };
     this.client.api('POST', `/v1/calls/${this.callId}/media`, media).catch(() => {});
   }
 
