@@ -409,6 +409,16 @@ export class CallSession {
     } else if (msg.type === 'layers') {
       this.layers = msg;
       this.onLayers(msg);
+    } else if (msg.type === 'encodings') {
+      // Dynacast: nobody needs the other layers now; stop encoding them.
+      const tr = this.pc.getTransceivers().find((t) => t.mid === msg.mid);
+      if (tr && tr.sender) {
+        const params = tr.sender.getParameters();
+        if (params.encodings && params.encodings.length > 1) {
+          for (const e of params.encodings) e.active = !e.rid || msg.active.includes(e.rid);
+          await tr.sender.setParameters(params);
+        }
+      }
     } else if (msg.type === 'speakers') {
       this.speakers = msg;
       this.onSpeakers(msg);

@@ -120,6 +120,13 @@ pub enum RelayEvent {
         /// Muted or not.
         muted: bool,
     },
+    /// The layers of a remote track the worker's sessions need changed.
+    RemoteLayers {
+        /// The track's key.
+        key: u32,
+        /// Bit per layer.
+        layers: u8,
+    },
     /// A local participant's data channel message, for the other edges.
     Data {
         /// The call.
@@ -179,6 +186,8 @@ pub enum RelayCommand {
         track: TrackId,
         /// Its alias, or `None`: unsubscribed.
         alias: Option<u32>,
+        /// The layers wanted (bit per layer).
+        layers: u8,
     },
     /// A keyframe request for a local track from behind the relay.
     KeyframeRequest(TrackId),
@@ -368,6 +377,9 @@ struct RemoteTrack {
     reassemblers: Vec<Reassembler>,
     last_keyframe_request: Option<Instant>,
     stale_since: Option<Instant>,
+    /// The layers this edge's sessions need (bit per layer; all until the
+    /// core says).
+    layers: u8,
 }
 
 /// Edge relay counters beyond the link's.
@@ -560,6 +572,18 @@ impl Client {
                     self.send(Control::TrackState { track, muted });
                 }
             }
+            RelayEvent::RemoteLayers { key, layers } => {
+                let id = self.remote_by_key.get(&key).cloned();
+                if let Some(r) = id.as_ref().and_then(|id| self.remote.get_mut(id))
+                    && r.layers != layers
+                {
+                    r.layers = layers;
+                    if r.upstream_alias.is_some() {
+                        let track = id.unwrap_or_default();
+                        self.send(Control::Subscribe { track, layers });
+                    }
+                }
+            }
             RelayEvent::Data {
                 call,
                 user,
@@ -657,6 +681,7 @@ impl Client {
                             reassemblers: Vec::new(),
                             last_keyframe_request: None,
                             stale_since: None,
+                            layers: ((1u16 << a.layers) - 1) as u8,
                         },
                     );
                 }
@@ -675,10 +700,14 @@ impl Client {
                     self.command(r.worker, command);
                 }
                 // Every local participant receives every track of its call;
-                // every layer, for the core to choose from per subscriber.
+                // the layers the core needs (every layer until it says).
+                let layers = self
+                    .remote
+                    .get(&a.track)
+                    .map_or(((1u16 << a.layers) - 1) as u8, |r| r.layers);
                 self.send(Control::Subscribe {
                     track: a.track.clone(),
-                    layers: ((1u16 << a.layers) - 1) as u8,
+                    layers,
                 });
                 if video {
                     self.request_keyframe(&a.track, Instant::now(), true);
@@ -696,8 +725,8 @@ impl Client {
                     self.command(r.worker, RelayCommand::RemoteMuted { key: r.key, muted });
                 }
             }
-            Control::Subscribe { track, .. } => self.subscribed(&track, true),
-            Control::Unsubscribe { track } => self.subscribed(&track, false),
+            Control::Subscribe { track, layers } => self.subscribed(&track, true, layers),
+            Control::Unsubscribe { track } => self.subscribed(&track, false, 0),
             Control::KeyframeRequest { track } => {
                 if let Some(l) = self.local_ids.get(&track).and_then(|a| self.local.get(a)) {
                     self.command(l.worker, RelayCommand::KeyframeRequest(l.track));
@@ -733,7 +762,7 @@ impl Client {
         }
     }
 
-    fn subscribed(&mut self, track: &str, on: bool) {
+    fn subscribed(&mut self, track: &str, on: bool, layers: u8) {
         if let Some((&alias, l)) = self
             .local_ids
             .get(track)
@@ -744,6 +773,7 @@ impl Client {
                 RelayCommand::Subscribed {
                     track: l.track,
                     alias: on.then_some(alias),
+                    layers,
                 },
             );
         }
@@ -890,7 +920,14 @@ impl Client {
         }
         // The relay subscribes afresh; until then nothing is sent.
         for (worker, track) in resubscribe {
-            self.command(worker, RelayCommand::Subscribed { track, alias: None });
+            self.command(
+                worker,
+                RelayCommand::Subscribed {
+                    track,
+                    alias: None,
+                    layers: 0,
+                },
+            );
         }
         self.mark_stale();
     }

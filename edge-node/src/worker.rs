@@ -460,6 +460,7 @@ fn server_signal(signal: Signal) -> ServerSignal {
                 active: active.into_iter().map(info).collect(),
             }
         }
+        Signal::Encodings { mid, active } => ServerSignal::Encodings { mid, active },
         Signal::Refused { code, message } => ServerSignal::Error {
             code: code.to_owned(),
             message,
@@ -558,6 +559,9 @@ fn on_event(
                 track,
             },
         ),
+        SfuEvent::RemoteLayers { key, layers } => {
+            relay_event(relay, RelayEvent::RemoteLayers { key, layers });
+        }
         SfuEvent::RemoteKeyframeRequest { key, .. } => {
             relay_event(relay, RelayEvent::KeyframeRequest(key));
         }
@@ -599,7 +603,11 @@ fn relay_command(sfu: &mut Sfu, command: RelayCommand) {
             packets,
             after_gap,
         } => sfu.remote_packets(now, key, &packets, after_gap),
-        RelayCommand::Subscribed { track, alias } => sfu.set_relay_subscribed(now, track, alias),
+        RelayCommand::Subscribed {
+            track,
+            alias,
+            layers,
+        } => sfu.set_relay_subscribed(now, track, alias, layers),
         RelayCommand::KeyframeRequest(track) => sfu.relay_keyframe_request(now, track),
         RelayCommand::Data {
             call,

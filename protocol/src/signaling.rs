@@ -113,6 +113,16 @@ pub enum ServerSignal {
         /// Everyone speaking now.
         active: Vec<SpeakerInfo>,
     },
+    /// Dynacast: send only these simulcast encodings (by rid) of the
+    /// track on `mid`; nobody needs the others now (a browser sets
+    /// `encodings[i].active`). Sent when the set changes; more layers are
+    /// asked for at once, fewer after 5 s.
+    Encodings {
+        /// The client's own send m-line.
+        mid: String,
+        /// The rids to keep sending (at least the lowest).
+        active: Vec<String>,
+    },
     /// The request was refused or the session cannot go on.
     Error {
         /// `snake_case` reason (`call_full`, `node_full`, `bad_sdp`, ...).

@@ -170,7 +170,9 @@ impl crate::Sfu {
         }
         let (call, codec) = (t.call, t.codec);
         let video = t.kind == MediaKind::Video;
-        if let Some(alias) = t.relay_alias {
+        if let Some(alias) = t.relay_alias
+            && t.relay_layers & (1 << packet.layer.min(7)) != 0
+        {
             self.out.push_back(Output::Relay(RelayPacket {
                 track,
                 alias,

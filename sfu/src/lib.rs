@@ -32,6 +32,7 @@
 
 mod allocation;
 mod data;
+mod dynacast;
 mod forward;
 pub mod layers;
 mod negotiation;
@@ -257,6 +258,12 @@ pub(crate) struct Track {
     pub layers: Vec<layers::LayerSource>,
     /// A microphone's loudness history, for speaker detection.
     pub speech: Option<speakers::Activity>,
+    /// The layers the relay wants of a local track it subscribed to (bit
+    /// per layer).
+    pub relay_layers: u8,
+    /// What its publisher (or, for a remote track, the relay) was told to
+    /// send.
+    pub demand: dynacast::Demand,
 }
 
 impl Track {
@@ -285,6 +292,8 @@ impl Track {
             },
             speech: speakers::detects(kind, Source::default_for(kind))
                 .then(speakers::Activity::default),
+            relay_layers: 0,
+            demand: dynacast::Demand::default(),
         }
     }
 
@@ -400,6 +409,14 @@ pub enum Signal {
         /// Everyone speaking now.
         active: Vec<Speaker>,
     },
+    /// Which simulcast encodings of its track on `mid` the peer should
+    /// send (by rid): the others nobody needs now (dynacast).
+    Encodings {
+        /// The peer's m-line.
+        mid: String,
+        /// The rids to keep sending.
+        active: Vec<String>,
+    },
     /// Something the peer sent was refused; the session goes on.
     Refused {
         /// The signaling error code (`bad_sdp`, `data_too_large`, ...).
@@ -468,6 +485,14 @@ pub enum SfuEvent {
         track: TrackId,
         /// Muted or not.
         muted: bool,
+    },
+    /// The layers of a remote track this core needs changed: subscribe to
+    /// those at the relay (bit per layer; at least the lowest).
+    RemoteLayers {
+        /// The shell's key of the track.
+        key: u32,
+        /// The layers.
+        layers: u8,
     },
     /// A remote track needs a keyframe: ask upstream.
     RemoteKeyframeRequest {
@@ -775,6 +800,7 @@ impl Sfu {
         if now >= self.next_allocation {
             self.next_allocation = now + allocation::INTERVAL;
             self.allocate_all(now);
+            self.dynacast(now);
         }
         if !self.deferred_keyframes.is_empty() {
             self.send_deferred_keyframes(now);

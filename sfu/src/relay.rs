@@ -138,9 +138,17 @@ impl crate::Sfu {
         self.process(now);
     }
 
-    /// The relay subscribed to a local track under `alias` (or ended its
-    /// subscription: `None`). A new subscription starts with a keyframe.
-    pub fn set_relay_subscribed(&mut self, now: Instant, track: TrackId, alias: Option<u32>) {
+    /// The relay subscribed to `layers` (bit per layer) of a local track
+    /// under `alias`, or ended its subscription (`None`). Layers new to the
+    /// subscription start with a keyframe; only subscribed layers go to
+    /// the relay.
+    pub fn set_relay_subscribed(
+        &mut self,
+        now: Instant,
+        track: TrackId,
+        alias: Option<u32>,
+        layers: u8,
+    ) {
         self.last_now = now;
         let Some(t) = self.tracks.get_mut(&track) else {
             return;
@@ -148,9 +156,16 @@ impl crate::Sfu {
         if !matches!(t.origin, TrackOrigin::Local { .. }) {
             return;
         }
+        let before = if t.relay_alias.is_some() && t.relay_alias == alias {
+            t.relay_layers
+        } else {
+            0
+        };
         t.relay_alias = alias;
-        if alias.is_some() {
-            self.request_keyframe(track, None, now, true);
+        t.relay_layers = if alias.is_some() { layers.max(1) } else { 0 };
+        let added = t.relay_layers & !before;
+        for layer in (0..MAX_LAYERS).filter(|i| added & (1 << i) != 0) {
+            self.request_keyframe(track, Some(layer), now, true);
         }
         self.process(now);
     }

@@ -80,6 +80,8 @@ struct Client {
     speakers: Vec<(Instant, Option<String>)>,
     /// The audio level its microphone sends (dBov, 0 to -127).
     level: i8,
+    /// Dynacast: the encodings it was told to send, when.
+    encodings: Vec<(Instant, Vec<String>)>,
 }
 
 struct World {
@@ -186,6 +188,7 @@ impl World {
             data: Vec::new(),
             speakers: Vec::new(),
             level: -127,
+            encodings: Vec::new(),
         });
         self.pump();
         Ok(index)
@@ -302,6 +305,7 @@ impl World {
             Signal::Tracks(tracks) => self.clients[i].track_lists.push(tracks),
             Signal::Layers(layers, estimate) => self.clients[i].layers.push((layers, estimate)),
             Signal::Refused { code, message } => self.clients[i].refused.push((code, message)),
+            Signal::Encodings { active, .. } => self.clients[i].encodings.push((self.now, active)),
             Signal::Speakers { dominant, .. } => self.clients[i]
                 .speakers
                 .push((self.now, dominant.map(|s| s.device))),
@@ -912,7 +916,7 @@ fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_packets() {
     world.run(Duration::from_secs(1));
     assert!(world.relay.is_empty(), "nothing before a subscription");
     let requests = world.clients[publisher].keyframe_requests;
-    world.sfu.set_relay_subscribed(world.now, video, Some(3));
+    world.sfu.set_relay_subscribed(world.now, video, Some(3), 1);
     world.run(Duration::from_secs(1));
     assert!(
         world.clients[publisher].keyframe_requests > requests,
@@ -934,7 +938,7 @@ fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_packets() {
             .all(|(data, keyframe)| check_frame(data).is_some_and(|(_, k)| k == *keyframe)),
         "whole frames, intact, keyframes marked"
     );
-    world.sfu.set_relay_subscribed(world.now, video, None);
+    world.sfu.set_relay_subscribed(world.now, video, None, 0);
     world.run(Duration::from_millis(200));
     assert!(world.relay.is_empty());
     // The publisher leaves: its track ends and the call goes idle.
@@ -1514,4 +1518,122 @@ fn the_dominant_speaker_changes_after_the_hold_and_not_on_a_cough() {
     let start = world.now;
     world.run(Duration::from_secs(3));
     assert!(world.told_dominant_at(viewer, "d0", start).is_some());
+}
+
+#[test]
+fn layers_nobody_needs_are_paused_at_the_publisher_and_come_back_when_asked() {
+    let mut world = World::new(SfuConfig::default());
+    let publisher = world.join_with(true, true).unwrap();
+    world.run(Duration::from_millis(500));
+    let told = |world: &World| {
+        world.clients[publisher]
+            .encodings
+            .last()
+            .map(|(_, a)| a.clone())
+    };
+    let all: Vec<String> = ["q", "h", "f"].map(String::from).to_vec();
+    let low: Vec<String> = vec!["q".into()];
+    assert_eq!(
+        told(&world),
+        Some(low.clone()),
+        "alone: only the lowest layer"
+    );
+    let viewer = world.join(false).unwrap();
+    world.run(Duration::from_millis(500));
+    assert_eq!(
+        told(&world),
+        Some(all.clone()),
+        "a viewer with no limit: every layer"
+    );
+    // The viewer's tile shrinks: the upper layers go, but only after the
+    // hold (a tile that grows again soon costs no encoder restart).
+    let mid = video_mid(&world, viewer);
+    let peer = world.clients[viewer].peer;
+    world
+        .sfu
+        .set_max_layer(world.now, peer, &mid, Some("q"), None)
+        .unwrap();
+    let shrunk = world.now;
+    world.run(Duration::from_secs(3));
+    assert_eq!(told(&world), Some(all.clone()), "not before the hold");
+    world.run(Duration::from_secs(3));
+    let (at, active) = world.clients[publisher].encodings.last().cloned().unwrap();
+    assert_eq!(active, low);
+    let after = at.duration_since(shrunk);
+    assert!(
+        after >= Duration::from_secs(5) && after < Duration::from_secs(6),
+        "{after:?}"
+    );
+    // It grows: back at once.
+    world
+        .sfu
+        .set_max_layer(world.now, peer, &mid, Some("h"), None)
+        .unwrap();
+    let grown = world.now;
+    world.run(Duration::from_millis(500));
+    let (at, active) = world.clients[publisher].encodings.last().cloned().unwrap();
+    assert_eq!(active, vec!["q".to_owned(), "h".to_owned()]);
+    assert!(at.duration_since(grown) <= Duration::from_millis(300));
+    // The relay wants every layer (another region has a large tile): all
+    // of them, whatever the viewer here asks.
+    let track = world
+        .sfu
+        .tracks
+        .iter()
+        .find(|(_, t)| t.kind == MediaKind::Video)
+        .map(|(id, _)| *id)
+        .unwrap();
+    world
+        .sfu
+        .set_relay_subscribed(world.now, track, Some(9), 0b111);
+    world.run(Duration::from_millis(300));
+    assert_eq!(told(&world), Some(all));
+    // Only what the relay subscribed goes to the relay.
+    world.relay.clear();
+    world
+        .sfu
+        .set_relay_subscribed(world.now, track, Some(9), 0b001);
+    world.run(Duration::from_millis(500));
+    assert!(!world.relay.is_empty());
+    assert!(
+        world.relay.iter().all(|p| p.layer == 0 || !p.video),
+        "q only"
+    );
+}
+
+#[test]
+fn a_remote_tracks_needed_layers_are_what_the_edge_subscribes_to() {
+    let mut world = World::new(SfuConfig::default());
+    let viewer = world.join(false).unwrap();
+    world.run(Duration::from_millis(300));
+    assert!(world.sfu.add_remote_track(
+        world.now,
+        5,
+        world.call,
+        MediaKind::Video,
+        Source::Camera,
+        Uuid::now_v7(),
+        "far".into(),
+        3
+    ));
+    world.run(Duration::from_millis(500));
+    let wanted = |world: &mut World| {
+        world
+            .take_events()
+            .iter()
+            .filter_map(|e| match e {
+                SfuEvent::RemoteLayers { key: 5, layers } => Some(*layers),
+                _ => None,
+            })
+            .next_back()
+    };
+    assert_eq!(wanted(&mut world), Some(0b111));
+    let mid = video_mid(&world, viewer);
+    let peer = world.clients[viewer].peer;
+    world
+        .sfu
+        .set_max_layer(world.now, peer, &mid, None, Some(360))
+        .unwrap();
+    world.run(Duration::from_secs(6));
+    assert_eq!(wanted(&mut world), Some(0b011), "q and h cross, f does not");
 }

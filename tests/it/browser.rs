@@ -162,14 +162,23 @@ async function run() {
   pc.addTransceiver(stream.getVideoTracks()[0], { direction: 'sendonly', streams: [stream], sendEncodings: [
     { rid: 'q', scaleResolutionDownBy: 4 }, { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f' } ] });
   pc.addTransceiver(stream.getAudioTracks()[0], { direction: 'sendonly', streams: [stream] });
-  await offer(signaling(pc), pc);
+  // Dynacast: the edge says which encodings anybody needs.
+  const ws = signaling(pc, async (msg) => {
+    if (msg.type !== 'encodings') return;
+    const sender = pc.getTransceivers().find(t => t.mid === msg.mid).sender;
+    const params = sender.getParameters();
+    params.encodings.forEach(e => { e.active = msg.active.includes(e.rid); });
+    await sender.setParameters(params);
+    window.result.active = msg.active;
+  });
+  await offer(ws, pc);
 }
 async function stats() {
-  const sent = {};
+  const sent = {}, encoded = {};
   if (window.pc) (await window.pc.getStats()).forEach(r => {
-    if (r.type === 'outbound-rtp' && r.kind === 'video') sent[r.rid] = r.frameHeight || 0;
+    if (r.type === 'outbound-rtp' && r.kind === 'video') { sent[r.rid] = r.frameHeight || 0; encoded[r.rid] = r.framesEncoded || 0; }
   });
-  return { ...window.result, sent };
+  return { ...window.result, sent, encoded };
 }
 run().catch(e => { window.result.error = String(e); });
 "#;
@@ -186,10 +195,12 @@ async function run() {
   pc.createDataChannel('cascade');
   let asked = null;
   const ws = signaling(pc, (msg, ws) => {
+    window.ws = ws;
     if (msg.type === 'tracks') {
       const video = msg.tracks.find(t => t.kind === 'video');
       if (video && asked !== video.mid) {
         asked = video.mid;
+        window.videoMid = video.mid;
         ws.send(JSON.stringify({ type: 'layers', mid: video.mid, height }));
       }
     } else if (msg.type === 'layers') {
@@ -269,6 +280,7 @@ async fn a_small_tile_gets_180p_and_a_large_one_720p_of_a_simulcast_publisher() 
                 "publisher sends {}; layers: {small} / {large}",
                 seen[0]["sent"]
             );
+            assert_eq!(seen[0]["active"], json!(["q", "h", "f"]), "{}", seen[0]);
             break;
         }
         assert!(
@@ -276,6 +288,41 @@ async fn a_small_tile_gets_180p_and_a_large_one_720p_of_a_simulcast_publisher() 
             "180p / 720p never seen: {seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The large tile shrinks to 180 px: nobody needs h or f any more, and
+    // after the 5 s hold the publisher stops encoding them.
+    browser
+        .eval(
+            &pages[2],
+            "(() => { window.ws.send(JSON.stringify({ type: 'layers', mid: window.videoMid, height: 180 })); return true; })()",
+        )
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let stats = browser.eval(&pages[0], "stats()").await;
+        if stats["active"] == json!(["q"]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "h and f never paused: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = browser.eval(&pages[0], "stats()").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = browser.eval(&pages[0], "stats()").await;
+    let grew = |rid: &str| after["encoded"][rid].as_u64() > before["encoded"][rid].as_u64();
+    assert!(grew("q"), "q goes on: {before} → {after}");
+    assert!(
+        !grew("f") && !grew("h"),
+        "h and f are not encoded: {before} → {after}"
+    );
+    // Both viewers still decode (q).
+    for page in &pages[1..] {
+        let stats = browser.eval(page, "stats()").await;
+        assert_eq!(stats["frameHeight"], 180, "{stats}");
     }
 }
 
