@@ -1637,3 +1637,81 @@ fn a_remote_tracks_needed_layers_are_what_the_edge_subscribes_to() {
     world.run(Duration::from_secs(6));
     assert_eq!(wanted(&mut world), Some(0b011), "q and h cross, f does not");
 }
+
+#[test]
+fn a_receive_only_client_may_offer_recvonly_transceivers_instead_of_a_data_channel() {
+    let mut world = World::new(SfuConfig::default());
+    let publisher = world.join(true).unwrap();
+    world.run(Duration::from_millis(300));
+    world.take_events();
+    // A client with nothing to send offers to receive audio and video.
+    let addr: SocketAddr = "10.0.1.99:4000".parse().unwrap();
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_vp8(true)
+        .enable_opus(true, false)
+        .build(world.now);
+    rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let info = PeerInfo {
+        call: world.call,
+        user: Uuid::now_v7(),
+        device: "recvonly".into(),
+        session: Uuid::now_v7(),
+    };
+    let (peer, answer) = world
+        .sfu
+        .join(world.now, info, &offer.to_sdp_string(), &[])
+        .expect("a recvonly offer is accepted");
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+    let published: Vec<_> = world
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e, SfuEvent::TrackPublished { .. }))
+        .collect();
+    assert!(published.is_empty(), "receive-only lines publish nothing");
+    world.clients.push(Client {
+        rtc,
+        addr,
+        peer,
+        video: None,
+        audio: None,
+        connected: false,
+        received: Vec::new(),
+        corrupt: 0,
+        keyframe_requests: 0,
+        nacks: Default::default(),
+        keyframe_due: false,
+        frames_sent: 0,
+        track_lists: Vec::new(),
+        simulcast: false,
+        audio_received: 0,
+        layers: Vec::new(),
+        screen: None,
+        hold_offers: false,
+        held: Vec::new(),
+        refused: Vec::new(),
+        channel: None,
+        data: Vec::new(),
+        speakers: Vec::new(),
+        level: -127,
+        encodings: Vec::new(),
+    });
+    let viewer = world.clients.len() - 1;
+    world.pump();
+    world.run(Duration::from_secs(1));
+    assert_eq!(
+        world.tracks_of(viewer).len(),
+        2,
+        "the edge offered the publisher's tracks"
+    );
+    assert!(world.clients[viewer].received.len() >= 20);
+    assert!(world.clients[viewer].audio_received >= 20);
+    assert_eq!(world.clients[viewer].corrupt, 0);
+    let _ = publisher;
+}
