@@ -209,6 +209,7 @@ mod tests {
                 subscribe: true,
                 data: true,
             },
+            video_codec: Default::default(),
             iat: now(),
             exp: now() + 60,
             jti: uuid::Uuid::now_v7(),

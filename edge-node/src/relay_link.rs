@@ -95,6 +95,8 @@ pub enum RelayEvent {
         kind: MediaKind,
         /// What it carries.
         source: sfu::Source,
+        /// Its codec.
+        codec: str0m::format::Codec,
         /// The publisher.
         user: Uuid,
         /// Their device.
@@ -506,6 +508,7 @@ impl Client {
                 call,
                 kind,
                 source,
+                codec,
                 user,
                 device,
                 layers,
@@ -518,7 +521,13 @@ impl Client {
                     track: format!("{}:{alias}", self.node),
                     alias,
                     kind: if video { Kind::Video } else { Kind::Audio },
-                    codec: if video { "VP8" } else { "opus" }.into(),
+                    // As SDP names them.
+                    codec: match codec {
+                        str0m::format::Codec::H264 => "H264",
+                        str0m::format::Codec::Vp8 => "VP8",
+                        _ => "opus",
+                    }
+                    .into(),
                     origin: self.node.clone(),
                     user,
                     device,

@@ -63,6 +63,10 @@ pub async fn upgrade(
         user: claims.sub,
         device: claims.device,
         session: claims.session,
+        video_codec: match claims.video_codec {
+            protocol::calls::VideoCodec::Vp8 => str0m::format::Codec::Vp8,
+            protocol::calls::VideoCodec::H264 => str0m::format::Codec::H264,
+        },
     };
     upgrade
         .max_message_size(MAX_FRAME)

@@ -30,6 +30,37 @@ pub struct Grants {
     pub data: bool,
 }
 
+/// The one video codec of a call: an SFU does not transcode, so every
+/// participant sends and receives this one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoCodec {
+    /// VP8 (the default).
+    #[default]
+    Vp8,
+    /// H.264, constrained baseline, packetization mode 1.
+    H264,
+}
+
+impl VideoCodec {
+    /// Its name in the API (`vp8`, `h264`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VideoCodec::Vp8 => "vp8",
+            VideoCodec::H264 => "h264",
+        }
+    }
+
+    /// The codec a name stands for.
+    pub fn parse(name: &str) -> Option<VideoCodec> {
+        match name {
+            "vp8" => Some(VideoCodec::Vp8),
+            "h264" => Some(VideoCodec::H264),
+            _ => None,
+        }
+    }
+}
+
 /// The claims of a join token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinClaims {
@@ -53,6 +84,9 @@ pub struct JoinClaims {
     pub region: String,
     /// What the participant may do.
     pub grants: Grants,
+    /// The call's video codec (VP8 when absent).
+    #[serde(default)]
+    pub video_codec: VideoCodec,
     /// Issued at (Unix seconds).
     pub iat: i64,
     /// Expires at (Unix seconds). Short: the token only opens the session.

@@ -23,6 +23,7 @@ const SEND_BUFFER_VIDEO: usize = 400;
 const SEND_BUFFER_AGE: Duration = Duration::from_secs(3);
 
 /// A packet on its way to subscribers, from a local publisher or the relay.
+#[derive(Clone)]
 pub(crate) struct Forwarded {
     /// The simulcast layer it belongs to (0 for a single-layer track).
     pub layer: usize,
@@ -52,17 +53,25 @@ impl Forwarded {
         payload: Arc<[u8]>,
         arrival: Instant,
     ) -> Self {
-        let (vp8, frame_start, keyframe) = if codec == Codec::Vp8 {
-            let descriptor = Vp8Descriptor::parse(&payload).ok();
-            // S=1 and partition index 0: the frame's first packet.
-            let start = payload
-                .first()
-                .is_some_and(|b| b & 0x10 != 0 && b & 0x07 == 0);
-            let key = descriptor.is_some_and(|d| d.starts_keyframe(&payload));
-            (descriptor, start, key)
-        } else {
+        let (vp8, frame_start, keyframe) = match codec {
+            Codec::Vp8 => {
+                let descriptor = Vp8Descriptor::parse(&payload).ok();
+                // S=1 and partition index 0: the frame's first packet.
+                let start = payload
+                    .first()
+                    .is_some_and(|b| b & 0x10 != 0 && b & 0x07 == 0);
+                let key = descriptor.is_some_and(|d| d.starts_keyframe(&payload));
+                (descriptor, start, key)
+            }
+            Codec::H264 => {
+                // What the payload alone says: a NAL unit starts here, and
+                // it is (or a STAP-A holds) an SPS or IDR slice. Which NAL
+                // unit starts the frame, the fan-out decides by timestamp.
+                let (starts_nal, key) = h264_start(&payload);
+                (None, starts_nal, key)
+            }
             // Every audio packet is a frame the decoder can start with.
-            (None, true, true)
+            _ => (None, true, true),
         };
         Forwarded {
             layer,
@@ -158,6 +167,30 @@ impl crate::Sfu {
         };
         let Some(source) = t.layers.get_mut(packet.layer) else {
             return;
+        };
+        // H.264 has no frame-start bit: a frame starts with the first NAL
+        // unit of a new timestamp, and a keyframe is such a start with an
+        // SPS or IDR slice (a decoder must get the SPS before the IDR).
+        let h264;
+        let packet = if t.codec == Codec::H264 {
+            // Newer than the last frame's (a late retransmission of an
+            // older frame starts nothing).
+            let time = packet.position.time;
+            let new_frame = source
+                .last_time
+                .is_none_or(|last| (time.wrapping_sub(last) as i32) > 0);
+            let frame_start = packet.frame_start && new_frame;
+            if frame_start {
+                source.last_time = Some(time);
+            }
+            h264 = Forwarded {
+                frame_start,
+                keyframe: frame_start && packet.keyframe,
+                ..packet.clone()
+            };
+            &h264
+        } else {
+            packet
         };
         let started = !source.arriving(now);
         source.last_packet = Some(now);
@@ -521,6 +554,38 @@ fn write(
         video_sent.add(now, packet.payload.len());
     }
     Written::Yes { started, switched }
+}
+
+/// Whether an H.264 RTP payload (RFC 6184) starts a NAL unit, and whether
+/// that unit is an SPS or an IDR slice (a STAP-A: whether any it holds is).
+fn h264_start(payload: &[u8]) -> (bool, bool) {
+    const IDR: u8 = 5;
+    const SPS: u8 = 7;
+    let Some(&first) = payload.first() else {
+        return (false, false);
+    };
+    match first & 0x1f {
+        t @ 1..=23 => (true, t == IDR || t == SPS),
+        // STAP-A: (16-bit size, NAL unit) after the header.
+        24 => {
+            let mut key = false;
+            let mut at = 1;
+            while let Some(size) = payload.get(at..at + 2) {
+                let size = usize::from(u16::from_be_bytes([size[0], size[1]]));
+                if let Some(&nal) = payload.get(at + 2) {
+                    key |= matches!(nal & 0x1f, IDR | SPS);
+                }
+                at += 2 + size;
+            }
+            (true, key)
+        }
+        // FU-A: a unit in fragments; the FU header's S bit starts it.
+        28 => match payload.get(1) {
+            Some(&fu) if fu & 0x80 != 0 => (true, fu & 0x1f == IDR),
+            _ => (false, false),
+        },
+        _ => (false, false),
+    }
 }
 
 /// The payload type the subscriber's m-line uses for `codec`.

@@ -120,6 +120,9 @@ pub struct LayerSource {
     /// A request came within the throttle: it is sent when the throttle
     /// ends.
     pub keyframe_deferred: bool,
+    /// The RTP timestamp of the last frame that started (H.264 frames
+    /// start where it changes).
+    pub last_time: Option<u32>,
 }
 
 impl LayerSource {
@@ -131,6 +134,7 @@ impl LayerSource {
             rate: RateMeter::default(),
             last_keyframe_request: None,
             keyframe_deferred: false,
+            last_time: None,
         }
     }
 

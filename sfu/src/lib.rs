@@ -108,6 +108,9 @@ pub struct PeerInfo {
     pub device: String,
     /// The control plane's session id.
     pub session: Uuid,
+    /// The call's one video codec (`Codec::Vp8` or `Codec::H264`): the
+    /// only one its session offers or accepts.
+    pub video_codec: Codec,
 }
 
 /// Why a join was refused.
@@ -267,10 +270,12 @@ pub(crate) struct Track {
 }
 
 impl Track {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         origin: TrackOrigin,
         call: Uuid,
         kind: MediaKind,
+        video_codec: Codec,
         user: Uuid,
         device: String,
         layers: Vec<layers::LayerSource>,
@@ -280,7 +285,11 @@ impl Track {
             source: Source::default_for(kind),
             call,
             kind,
-            codec: codec_for(kind),
+            codec: if kind == MediaKind::Video {
+                video_codec
+            } else {
+                Codec::Opus
+            },
             user,
             device,
             muted: false,
@@ -469,6 +478,8 @@ pub enum SfuEvent {
         kind: MediaKind,
         /// What it carries.
         source: Source,
+        /// Its codec (Opus, or the call's video codec).
+        codec: Codec,
         /// The publisher.
         user: Uuid,
         /// Their device.
@@ -1039,13 +1050,22 @@ fn random_token(len: usize) -> String {
 
 /// Builds the `Rtc` of a participant: ICE-lite, RTP mode, the call's
 /// codecs.
-fn new_rtc(now: Instant, ufrag: &str, cert: Option<&DtlsCert>) -> Rtc {
+fn new_rtc(now: Instant, ufrag: &str, cert: Option<&DtlsCert>, video: Codec) -> Rtc {
     let mut config = Rtc::builder()
         .set_ice_lite(true)
         .set_rtp_mode(true)
         .clear_codecs()
         .enable_opus(true, false)
-        .enable_vp8(true)
+        .enable_vp8(video == Codec::Vp8);
+    if video == Codec::H264 {
+        // Constrained baseline, packetization mode 1: what every browser
+        // sends, and one format, so every subscriber's payload type means
+        // what the publisher's did.
+        config
+            .codec_config()
+            .add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+    }
+    let mut config = config
         // NACK and keyframe-request counts for the metrics.
         .set_stats_interval(Some(Duration::from_secs(1)))
         // TWCC bandwidth estimation towards the peer: layer choice and

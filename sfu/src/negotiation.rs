@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use str0m::Candidate;
 use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Rid};
 
 use crate::layers;
@@ -51,7 +52,13 @@ impl crate::Sfu {
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadSdp(e.to_string()))?;
         let ufrag = random_token(8);
-        let mut rtc = new_rtc(now, &ufrag, self.cert.as_ref());
+        let video_codec = info.video_codec;
+        if !matches!(video_codec, Codec::Vp8 | Codec::H264) {
+            return Err(JoinError::BadSdp(format!(
+                "this edge forwards VP8 or H264 video, not {video_codec}"
+            )));
+        }
+        let mut rtc = new_rtc(now, &ufrag, self.cert.as_ref(), video_codec);
         let candidate = Candidate::host(self.local_addr, "udp")
             .map_err(|e| JoinError::BadSdp(format!("local candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
@@ -61,7 +68,7 @@ impl crate::Sfu {
             .map_err(|e| JoinError::BadSdp(e.to_string()))?;
         // An m-line str0m had to reject shares no codec with the call: say
         // which, rather than answer with media that will never flow.
-        if let Some(problem) = rejected_media(offer_sdp, &answer.to_sdp_string()) {
+        if let Some(problem) = rejected_media(offer_sdp, &answer.to_sdp_string(), video_codec) {
             return Err(JoinError::BadSdp(problem));
         }
         let id = self.next_peer;
@@ -197,6 +204,7 @@ impl crate::Sfu {
             TrackOrigin::Local { peer, mid },
             call,
             kind,
+            p.info.video_codec,
             user,
             device.clone(),
             layers::order(rids)
@@ -205,12 +213,14 @@ impl crate::Sfu {
                 .collect(),
         );
         track.set_source(source);
+        let codec = track.codec;
         self.tracks.insert(id, track);
         self.out.push_back(Output::Event(SfuEvent::TrackPublished {
             track: id,
             call,
             kind,
             source,
+            codec,
             user,
             device,
             layers: rids.len().clamp(1, layers::MAX_LAYERS) as u8,
@@ -321,7 +331,11 @@ impl crate::Sfu {
                 return Err(SignalError::BadSdp(e.to_string()));
             }
         };
-        if let Some(problem) = rejected_media(sdp, &answer) {
+        let video_codec = self
+            .peers
+            .get(&peer)
+            .map_or(Codec::Vp8, |p| p.info.video_codec);
+        if let Some(problem) = rejected_media(sdp, &answer, video_codec) {
             // Answered all the same (the line rejected, port 0): the
             // session goes on without it.
             self.out.push_back(Output::Signal(
@@ -495,13 +509,10 @@ fn retire(p: &mut Peer, track: TrackId) {
     }
 }
 
-/// The codecs this core forwards, as SDP names them.
-const CALL_CODECS: &str = "VP8 video, Opus audio";
-
 /// Why the answer rejected one of the offer's audio or video m-lines (port
 /// 0 in the answer where the offer had a port): the codecs it offered, and
 /// the call's. `None` when every offered m-line was accepted.
-fn rejected_media(offer: &str, answer: &str) -> Option<String> {
+fn rejected_media(offer: &str, answer: &str, video: Codec) -> Option<String> {
     let sections = |sdp: &str| -> Vec<Vec<String>> {
         let mut out: Vec<Vec<String>> = Vec::new();
         for line in sdp.lines() {
@@ -537,8 +548,10 @@ fn rejected_media(offer: &str, answer: &str) -> Option<String> {
         } else {
             codecs.join(", ")
         };
+        // As SDP names them.
+        let video = if video == Codec::H264 { "H264" } else { "VP8" };
         return Some(format!(
-            "no {kind} codec in common: the offer has {offered}; this call uses {CALL_CODECS}"
+            "no {kind} codec in common: the offer has {offered}; this call uses {video} video, Opus audio"
         ));
     }
     None

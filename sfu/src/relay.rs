@@ -39,10 +39,17 @@ impl crate::Sfu {
         }
         let id = self.next_track;
         self.next_track += 1;
+        // The call's codec, as its sessions here have it.
+        let video_codec = self
+            .members(call)
+            .first()
+            .and_then(|p| self.peers.get(p))
+            .map_or(str0m::format::Codec::Vp8, |p| p.info.video_codec);
         let mut track = Track::new(
             TrackOrigin::Remote { key },
             call,
             kind,
+            video_codec,
             user,
             device,
             (0..layers.clamp(1, MAX_LAYERS as u8))

@@ -44,6 +44,41 @@ pub fn check_frame(data: &[u8]) -> Option<(u32, bool)> {
     .then_some((counter, keyframe))
 }
 
+/// An H.264 access unit (Annex B) carrying frame `counter`: a keyframe is
+/// an SPS, a PPS and an IDR slice, a delta frame one non-IDR slice. The
+/// slice carries the counter and body length in ASCII (no zero bytes: a
+/// start code must not appear inside a NAL unit) and the pattern.
+pub fn h264_frame(counter: u32, keyframe: bool, body: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(body + 48);
+    if keyframe {
+        data.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0x8c, 0x8d, 0x40]);
+        data.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
+    }
+    data.extend_from_slice(&[0, 0, 0, 1, if keyframe { 0x65 } else { 0x41 }]);
+    data.extend_from_slice(format!("C{counter:010}L{body:010}").as_bytes());
+    data.extend(pattern(counter, body));
+    data
+}
+
+/// The counter and keyframe flag (an IDR slice, with the SPS before it) of
+/// an intact [`h264_frame`], else `None`.
+pub fn check_h264_frame(data: &[u8]) -> Option<(u32, bool)> {
+    // The slice is the last NAL unit.
+    let at = data.windows(3).rposition(|w| w == [0, 0, 1])? + 3;
+    let nal = data.get(at..)?;
+    let keyframe = match nal.first()? & 0x1f {
+        5 => data.windows(4).any(|w| w == [0, 0, 1, 0x67]),
+        1 => false,
+        _ => return None,
+    };
+    let header = std::str::from_utf8(nal.get(1..23)?).ok()?;
+    let counter: u32 = header.strip_prefix('C')?.get(..10)?.parse().ok()?;
+    let body_len: usize = header.get(11..)?.strip_prefix('L')?.parse().ok()?;
+    let body = nal.get(23..)?;
+    (body.len() == body_len && body.iter().copied().eq(pattern(counter, body.len())))
+        .then_some((counter, keyframe))
+}
+
 /// The simulcast a synthetic publisher declares: send layers `rids`.
 pub fn simulcast_send(rids: &[&str]) -> str0m::media::Simulcast {
     let mut simulcast = str0m::media::Simulcast::new();
@@ -77,5 +112,12 @@ mod tests {
         longer.push(0);
         assert_eq!(check_frame(&longer), None);
         assert_eq!(check_frame(b""), None);
+        for (counter, keyframe) in [(1, true), (2, false), (0x0100_0001, false)] {
+            let frame = h264_frame(counter, keyframe, 900);
+            assert_eq!(check_h264_frame(&frame), Some((counter, keyframe)));
+        }
+        let mut damaged = h264_frame(3, true, 900);
+        damaged[200] ^= 1;
+        assert_eq!(check_h264_frame(&damaged), None);
     }
 }

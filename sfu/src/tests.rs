@@ -12,7 +12,9 @@ use str0m::{Candidate, Event, Input, Rtc};
 use uuid::Uuid;
 
 use super::*;
-use crate::synthetic::{check_frame, simulcast_send, vp8_frame, vp8_frame_sized};
+use crate::synthetic::{
+    check_frame, check_h264_frame, h264_frame, simulcast_send, vp8_frame, vp8_frame_sized,
+};
 
 const EDGE: &str = "10.0.0.1:5000";
 const FRAME: Duration = Duration::from_millis(33);
@@ -102,6 +104,11 @@ struct World {
     in_flight: Vec<(Instant, Transmit)>,
     /// Data messages the core handed out.
     data: Vec<DataMessage>,
+    /// The call's video codec (what clients offer and send).
+    video_codec: Codec,
+    /// A codec the next client offers instead (a client that lacks the
+    /// call's).
+    client_codec: Option<Codec>,
 }
 
 impl World {
@@ -120,6 +127,16 @@ impl World {
             bottlenecks: Default::default(),
             in_flight: Vec::new(),
             data: Vec::new(),
+            video_codec: Codec::Vp8,
+            client_codec: None,
+        }
+    }
+
+    /// A world whose call uses H.264.
+    fn h264(config: SfuConfig) -> Self {
+        World {
+            video_codec: Codec::H264,
+            ..World::new(config)
         }
     }
 
@@ -133,9 +150,11 @@ impl World {
     fn join_with(&mut self, publish: bool, simulcast: bool) -> Result<usize, JoinError> {
         let index = self.clients.len();
         let addr: SocketAddr = format!("10.0.1.{}:4000", index + 1).parse().unwrap();
+        let offers = self.client_codec.unwrap_or(self.video_codec);
         let mut rtc = Rtc::builder()
             .clear_codecs()
-            .enable_vp8(true)
+            .enable_vp8(offers == Codec::Vp8)
+            .enable_h264(offers == Codec::H264)
             .enable_opus(true, false)
             // NACK counts: a subscriber that sees a sequence gap NACKs it.
             .set_stats_interval(Some(Duration::from_millis(500)))
@@ -158,6 +177,7 @@ impl World {
             user: Uuid::now_v7(),
             device: format!("d{index}"),
             session: Uuid::now_v7(),
+            video_codec: self.video_codec,
         };
         let (peer, answer) = self.sfu.join(self.now, info, &offer.to_sdp_string(), &[])?;
         rtc.sdp_api()
@@ -338,8 +358,13 @@ impl World {
                     Event::Connected => c.connected = true,
                     Event::ChannelOpen(id, _) => c.channel = Some(id),
                     Event::ChannelData(data) => c.data.push(data.data),
-                    Event::MediaData(data) if data.params.spec().codec == Codec::Vp8 => {
-                        match check_frame(&data.data) {
+                    Event::MediaData(data) if data.params.spec().codec.is_video() => {
+                        let checked = if data.params.spec().codec == Codec::H264 {
+                            check_h264_frame(&data.data)
+                        } else {
+                            check_frame(&data.data)
+                        };
+                        match checked {
                             Some((counter, keyframe)) => c.received.push(Frame {
                                 mid: data.mid,
                                 counter,
@@ -397,12 +422,14 @@ impl World {
         let keyframe = std::mem::take(&mut c.keyframe_due);
         let counter = c.frames_sent;
         c.frames_sent += 1;
+        let codec = self.video_codec;
+        let c = &mut self.clients[i];
         let pt = c
             .rtc
             .writer(video)
             .unwrap()
             .payload_params()
-            .find(|p| p.spec().codec == Codec::Vp8)
+            .find(|p| p.spec().codec == codec)
             .unwrap()
             .pt();
         let time = MediaTime::from_90khz(u64::from(counter) * 3000);
@@ -412,6 +439,10 @@ impl World {
                 w.write(pt, now, time, vp8_frame_sized(counter, keyframe, body))
                     .unwrap();
             }
+        } else if codec == Codec::H264 {
+            let w = c.rtc.writer(video).unwrap();
+            w.write(pt, now, time, h264_frame(counter, keyframe, 2_500))
+                .unwrap();
         } else {
             let w = c.rtc.writer(video).unwrap();
             w.write(pt, now, time, vp8_frame(counter, keyframe))
@@ -533,6 +564,7 @@ fn limits_and_bad_input_are_refused_without_harm() {
         user: Uuid::now_v7(),
         device: "x".into(),
         session: Uuid::now_v7(),
+        video_codec: Codec::Vp8,
     };
     assert!(matches!(
         world.sfu.join(world.now, info, "v=0 nonsense", &[]),
@@ -1142,6 +1174,7 @@ fn an_offer_without_the_calls_codecs_is_refused_by_name_and_harms_no_one() {
         user: Uuid::now_v7(),
         device: "h264".into(),
         session: Uuid::now_v7(),
+        video_codec: Codec::Vp8,
     };
     let refused = world.sfu.join(world.now, info, &offer.to_sdp_string(), &[]);
     match refused {
@@ -1661,6 +1694,7 @@ fn a_receive_only_client_may_offer_recvonly_transceivers_instead_of_a_data_chann
         user: Uuid::now_v7(),
         device: "recvonly".into(),
         session: Uuid::now_v7(),
+        video_codec: Codec::Vp8,
     };
     let (peer, answer) = world
         .sfu
@@ -1713,5 +1747,49 @@ fn a_receive_only_client_may_offer_recvonly_transceivers_instead_of_a_data_chann
     assert!(world.clients[viewer].received.len() >= 20);
     assert!(world.clients[viewer].audio_received >= 20);
     assert_eq!(world.clients[viewer].corrupt, 0);
+    let _ = publisher;
+}
+
+#[test]
+fn an_h264_call_forwards_h264_and_refuses_a_vp8_only_client_by_name() {
+    let mut world = World::h264(SfuConfig::default());
+    let publisher = world.join(true).unwrap();
+    let subscribers: Vec<usize> = (0..2).map(|_| world.join(false).unwrap()).collect();
+    world.run(Duration::from_secs(2));
+    for &s in &subscribers {
+        let c = &world.clients[s];
+        assert_eq!(c.corrupt, 0, "every NAL unit arrives byte for byte");
+        let counters: Vec<u32> = c.received.iter().map(|f| f.counter).collect();
+        assert!(counters.len() > 40, "{} frames", counters.len());
+        assert!(c.received[0].keyframe, "starts on an IDR with its SPS");
+        let first = counters[0];
+        let expected: Vec<u32> = (first..first + counters.len() as u32).collect();
+        assert_eq!(counters, expected, "every frame after the first, in order");
+        assert!(c.audio_received > 40);
+    }
+    // A late joiner starts on a keyframe too.
+    let late = world.join(false).unwrap();
+    world.run(Duration::from_secs(1));
+    let c = &world.clients[late];
+    assert!(!c.received.is_empty() && c.received[0].keyframe);
+    // A client that offers only VP8 cannot join an H.264 call: told why.
+    let before = world.clients[subscribers[0]].received.len();
+    world.client_codec = Some(Codec::Vp8);
+    let refused = world.join(true).err();
+    world.client_codec = None;
+    match refused {
+        Some(JoinError::BadSdp(message)) => {
+            assert!(
+                message.contains("VP8") && message.contains("this call uses H264"),
+                "{message}"
+            )
+        }
+        other => panic!("expected bad_sdp, got {other:?}"),
+    }
+    world.run(Duration::from_millis(500));
+    assert!(
+        world.clients[subscribers[0]].received.len() > before + 10,
+        "the others go on"
+    );
     let _ = publisher;
 }

@@ -75,18 +75,32 @@ async function run() {
 async function stats() {
   if (!window.pc) return { ...window.result, framesDecoded: 0, audioBytes: 0 };
   const report = await window.pc.getStats();
-  let framesDecoded = 0, audioBytes = 0;
+  let framesDecoded = 0, audioBytes = 0, codec = null;
   report.forEach(r => {
-    if (r.type === 'inbound-rtp' && r.kind === 'video') framesDecoded += r.framesDecoded || 0;
+    if (r.type === 'inbound-rtp' && r.kind === 'video') {
+      framesDecoded += r.framesDecoded || 0;
+      if (r.codecId && report.get(r.codecId)) codec = report.get(r.codecId).mimeType;
+    }
     if (r.type === 'inbound-rtp' && r.kind === 'audio') audioBytes += r.bytesReceived || 0;
   });
-  return { ...window.result, framesDecoded, audioBytes, connection: window.pc.connectionState };
+  return { ...window.result, framesDecoded, audioBytes, codec, connection: window.pc.connectionState };
 }
 run().catch(e => { window.result.error = String(e); });
 "#;
 
 #[tokio::test]
 async fn two_chromium_pages_see_and_hear_each_other_through_the_edge() {
+    see_and_hear(None).await;
+}
+
+#[tokio::test]
+async fn two_chromium_pages_in_an_h264_call_decode_h264() {
+    see_and_hear(Some("h264")).await;
+}
+
+/// Two pages in a direct call (of `video_codec`, if given) decode each
+/// other's video and receive each other's audio.
+async fn see_and_hear(video_codec: Option<&str>) {
     let Some(mut browser) = Browser::launch().await else {
         return;
     };
@@ -94,7 +108,22 @@ async fn two_chromium_pages_see_and_hear_each_other_through_the_edge() {
     let _edge = crate::edge::start_edge(&app, "edge-browser").await;
     let (alice, bob) = (app.register("alice").await, app.register("bob").await);
     let chat = app.direct(&alice, &bob).await;
-    let call = start_call(&app, &alice, &chat, "video").await;
+    let call = match video_codec {
+        None => start_call(&app, &alice, &chat, "video").await,
+        Some(codec) => {
+            let started = app
+                .post(
+                    "/v1/calls",
+                    &alice,
+                    json!({"conversation_id": chat, "kind": "video", "video_codec": codec}),
+                )
+                .await
+                .expect(201)
+                .body;
+            assert_eq!(started["video_codec"], codec);
+            started["id"].as_str().unwrap().to_owned()
+        }
+    };
     app.post(&format!("/v1/calls/{call}/accept"), &bob, json!({}))
         .await
         .expect(200);
@@ -139,6 +168,14 @@ async fn two_chromium_pages_see_and_hear_each_other_through_the_edge() {
             "not both decoding: {last:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let expected = if video_codec == Some("h264") {
+        "video/H264"
+    } else {
+        "video/VP8"
+    };
+    for stats in &last {
+        assert_eq!(stats["codec"], expected, "{stats}");
     }
     // Still rising: live media, not a burst.
     let before: Vec<u64> = last

@@ -1144,3 +1144,53 @@ async fn cleanup(app: TestApp) {
     // Dave and Carol are free again.
     start(&app, &dave, &dc, "audio").await;
 }
+
+both_backends!(
+    a_call_keeps_the_video_codec_it_was_started_with,
+    video_codec
+);
+async fn video_codec(app: TestApp) {
+    heartbeat(&app, "edge-a", "local", 100, 0).await;
+    let [alice, bob] = [app.register("alice").await, app.register("bob").await];
+    let group = app.group(&alice, "codecs", &[&bob]).await;
+    let reply = app
+        .post(
+            "/v1/calls",
+            &alice,
+            json!({"conversation_id": group, "kind": "video", "video_codec": "av1"}),
+        )
+        .await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.code()),
+        (422, "invalid_video_codec")
+    );
+    let started = app
+        .post(
+            "/v1/calls",
+            &alice,
+            json!({"conversation_id": group, "kind": "video", "video_codec": "h264"}),
+        )
+        .await
+        .expect(201)
+        .body;
+    assert_eq!(started["video_codec"], "h264");
+    let call = id(&started);
+    // Stored: every later view and every join token says so.
+    let state = app
+        .get(&format!("/v1/calls/{call}"), &bob)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(state["video_codec"], "h264");
+    let joined = join(&app, &bob, &call, "phone").await;
+    let claims = verifier(&app, "edge-a")
+        .await
+        .verify(joined["token"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(claims.video_codec, protocol::calls::VideoCodec::H264);
+    // Without one, VP8.
+    let [carol, dave] = [app.register("carol").await, app.register("dave").await];
+    let other = app.group(&carol, "plain", &[&dave]).await;
+    let plain = start(&app, &carol, &other, "video").await;
+    assert_eq!(plain["video_codec"], "vp8");
+}

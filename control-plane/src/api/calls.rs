@@ -18,8 +18,8 @@ use crate::calls::regions::{ClientLocation, Probe};
 use crate::calls::view::{CallView, busy_event, start_events};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::{
-    Call, CallChange, CallKind, CallOutcome, CallRefusal, CallState, ConversationKind,
-    OptionalOutcome, Participant, StartOutcome, StoreError,
+    Call, CallChange, CallKind, CallOutcome, CallRefusal, CallState, CallVideoCodec,
+    ConversationKind, OptionalOutcome, Participant, StartOutcome, StoreError,
 };
 
 /// `POST /v1/calls`.
@@ -30,6 +30,10 @@ pub struct StartCall {
     pub conversation_id: Uuid,
     /// `audio` or `video`.
     pub kind: String,
+    /// The call's one video codec: `vp8` (default) or `h264`. Every
+    /// participant's client must support it (an SFU does not transcode).
+    #[serde(default)]
+    pub video_codec: Option<String>,
 }
 
 /// `POST /v1/calls/{id}/join`.
@@ -281,6 +285,12 @@ pub async fn start(
 ) -> Result<(StatusCode, Json<CallView>), ApiError> {
     let kind = CallKind::parse(&body.kind)
         .ok_or_else(|| ApiError::invalid("invalid_kind", "kind must be audio or video"))?;
+    let video_codec = match body.video_codec.as_deref() {
+        None => CallVideoCodec::Vp8,
+        Some(name) => CallVideoCodec::parse(name).ok_or_else(|| {
+            ApiError::invalid("invalid_video_codec", "video_codec must be vp8 or h264")
+        })?,
+    };
     let (conversation, _) = state
         .member_of(body.conversation_id, caller.user_id)
         .await?;
@@ -304,6 +314,7 @@ pub async fn start(
         conversation_id: conversation.id,
         direct,
         kind,
+        video_codec,
         initiator_id: caller.user_id,
         callee_id,
         state: CallState::Ringing,
@@ -575,7 +586,7 @@ pub async fn join(
                    region = %client_region.0, "participant placed");
     Ok(Json(state.calls.join_response(
         &participant,
-        call.kind,
+        &call,
         &edge,
         client_region,
         at,

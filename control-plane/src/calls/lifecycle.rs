@@ -493,6 +493,7 @@ mod tests {
             conversation_id: Uuid::now_v7(),
             direct: true,
             kind: CallKind::Video,
+            video_codec: crate::store::CallVideoCodec::Vp8,
             initiator_id: caller,
             callee_id: Some(callee),
             state: CallState::Ringing,

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::calls::{Grants, JOIN_AUDIENCE, JoinClaims, NodeKind, NodeStatus};
+use protocol::calls::{Grants, JOIN_AUDIENCE, JoinClaims, NodeKind, NodeStatus, VideoCodec};
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -36,7 +36,7 @@ use uuid::Uuid;
 use crate::auth::Tokens;
 use crate::gateway::bus::{Bus, BusMessage};
 use crate::placement::{self, Placement};
-use crate::store::{CallKind, Participant, Store};
+use crate::store::{Call, CallKind, CallVideoCodec, Participant, Store};
 use config::CallsConfig;
 use ice::IceServer;
 use lifecycle::Action;
@@ -250,7 +250,7 @@ impl Calls {
     pub fn join_response(
         &self,
         participant: &Participant,
-        kind: CallKind,
+        call: &Call,
         edge: &NodeStatus,
         client_region: (String, RegionSource),
         now: OffsetDateTime,
@@ -267,10 +267,14 @@ impl Calls {
             region: edge.heartbeat.region.clone(),
             grants: Grants {
                 publish_audio: true,
-                publish_video: kind == CallKind::Video,
+                publish_video: call.kind == CallKind::Video,
                 publish_screen: true,
                 subscribe: true,
                 data: true,
+            },
+            video_codec: match call.video_codec {
+                CallVideoCodec::Vp8 => VideoCodec::Vp8,
+                CallVideoCodec::H264 => VideoCodec::H264,
             },
             iat: now.unix_timestamp(),
             exp: expires.unix_timestamp(),
@@ -435,7 +439,7 @@ impl Calls {
                 };
                 let response = self.join_response(
                     &moved_participant,
-                    call.kind,
+                    &call,
                     &edge,
                     (participant.region.clone(), RegionSource::Default),
                     now,

@@ -17,6 +17,8 @@ pub struct CallView {
     pub conversation_id: Uuid,
     /// `audio` or `video`.
     pub kind: &'static str,
+    /// The call's one video codec: `vp8` or `h264`.
+    pub video_codec: &'static str,
     /// A direct (1:1) call, else a group call.
     pub direct: bool,
     /// Who started it.
@@ -53,6 +55,7 @@ impl CallView {
             id: call.id,
             conversation_id: call.conversation_id,
             kind: call.kind.as_str(),
+            video_codec: call.video_codec.as_str(),
             direct: call.direct,
             initiator_id: call.initiator_id,
             callee_id: call.callee_id,

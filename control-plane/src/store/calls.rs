@@ -19,13 +19,13 @@ use super::*;
 /// qualified names there) or qualified with `c.`.
 macro_rules! call_cols {
     () => {
-        "id, conversation_id, direct, kind, initiator_id, callee_id, state, outcome, \
-         created_at, ring_deadline_us, answered_at, ended_at, ended_by, duration_ms"
+        "id, conversation_id, direct, kind, video_codec, initiator_id, callee_id, state, \
+         outcome, created_at, ring_deadline_us, answered_at, ended_at, ended_by, duration_ms"
     };
     (c) => {
-        "c.id, c.conversation_id, c.direct, c.kind, c.initiator_id, c.callee_id, c.state, \
-         c.outcome, c.created_at, c.ring_deadline_us, c.answered_at, c.ended_at, c.ended_by, \
-         c.duration_ms"
+        "c.id, c.conversation_id, c.direct, c.kind, c.video_codec, c.initiator_id, c.callee_id, \
+         c.state, c.outcome, c.created_at, c.ring_deadline_us, c.answered_at, c.ended_at, \
+         c.ended_by, c.duration_ms"
     };
 }
 
@@ -142,7 +142,8 @@ macro_rules! call_store {
                 let inserted = sqlx::query(
                     "INSERT INTO calls (id, conversation_id, direct, kind, initiator_id, callee_id, \
                      state, outcome, created_at, ring_deadline_us, answered_at, ended_at, ended_by, \
-                     duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, NULL, NULL, NULL, 0)",
+                     duration_ms, video_codec) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, NULL, NULL, NULL, 0, $10)",
                 )
                 .bind(call.id)
                 .bind(call.conversation_id)
@@ -153,6 +154,7 @@ macro_rules! call_store {
                 .bind(call.state.as_str())
                 .bind(call.created_at)
                 .bind(call.ring_deadline_us)
+                .bind(call.video_codec.as_str())
                 .execute(&mut *tx)
                 .await;
                 match inserted {

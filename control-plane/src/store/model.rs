@@ -475,6 +475,16 @@ text_enum!(
 );
 
 text_enum!(
+    /// The one video codec of a call (an SFU does not transcode).
+    CallVideoCodec, "video codec" {
+        /// VP8.
+        Vp8 = "vp8",
+        /// H.264 (constrained baseline, packetization mode 1).
+        H264 = "h264",
+    }
+);
+
+text_enum!(
     /// Where a call is in its life.
     CallState, "call state" {
         /// Started, waiting for someone to answer.
@@ -515,6 +525,9 @@ pub struct Call {
     /// Audio or video.
     #[sqlx(try_from = "String")]
     pub kind: CallKind,
+    /// Its video codec.
+    #[sqlx(try_from = "String")]
+    pub video_codec: CallVideoCodec,
     /// Who started it.
     pub initiator_id: Uuid,
     /// The other party of a direct call.
