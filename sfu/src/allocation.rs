@@ -38,6 +38,10 @@ const CONGESTION_HOLD: Duration = Duration::from_secs(5);
 const CONGESTION_MEMORY: Duration = Duration::from_secs(30);
 /// Outside congestion, a subscription climbs one layer per this.
 const UPGRADE_STEP: Duration = Duration::from_secs(1);
+/// A shared screen's weight in the video share, a camera's being 1: the
+/// slides matter more than the faces, and a screen needs its detail
+/// (LiveKit gives screen shares priority too).
+const SCREEN_WEIGHT: u64 = 3;
 
 impl crate::Sfu {
     /// Looks at every subscriber's layer choices again.
@@ -87,9 +91,15 @@ impl crate::Sfu {
         let constrained = p
             .congested_at
             .is_some_and(|at| now.saturating_duration_since(at) < CONGESTION_HOLD);
-        let share = p.estimate.map(|estimate| {
-            estimate.saturating_sub(audio * AUDIO_BPS) / videos.len().max(1) as u64
-        });
+        // Shared by weight: a screen gets more than a camera.
+        let weight = |track: &TrackId| match self.tracks.get(track).map(|t| t.source) {
+            Some(crate::Source::Screen) => SCREEN_WEIGHT,
+            _ => 1,
+        };
+        let total_weight: u64 = videos.iter().map(weight).sum::<u64>().max(1);
+        let video_budget = p
+            .estimate
+            .map(|estimate| estimate.saturating_sub(audio * AUDIO_BPS));
         let may_step_up = p
             .last_upgrade
             .is_none_or(|at| now.saturating_duration_since(at) >= UPGRADE_STEP);
@@ -104,6 +114,7 @@ impl crate::Sfu {
                 continue;
             };
             let views = t.layer_views(now);
+            let share = video_budget.map(|budget| budget * weight(track) / total_weight);
             // What fits the estimate; what requests and arrivals allow.
             let fitting = layers::choose(sub.max_layer, &views, share, sub.current);
             let allowed = layers::choose(sub.max_layer, &views, None, sub.current);

@@ -33,6 +33,9 @@ struct Frame {
 /// 80, 300 and 1,500 kbit/s at 30 frames a second.
 const LAYERS: [(&str, usize); 3] = [("q", 300), ("h", 1_200), ("f", 6_000)];
 
+/// Body bytes of a screen frame: about 650 kbit/s at 30 frames a second.
+const SCREEN_BODY: usize = 2_500;
+
 /// A one-way bottleneck towards a client: a queue drained at `rate_bps`,
 /// dropping what would wait more than [`MAX_QUEUE`].
 struct Bottleneck {
@@ -451,8 +454,10 @@ impl World {
         if let Some(screen) = c.screen
             && let Some(w) = c.rtc.writer(screen)
         {
-            // The same frames: a receiver tells them apart by mid.
-            let _ = w.write(pt, now, time, vp8_frame(counter, keyframe));
+            // The same frames (a receiver tells them apart by mid), of
+            // their own size.
+            let frame = vp8_frame_sized(counter, keyframe, SCREEN_BODY);
+            let _ = w.write(pt, now, time, frame);
         }
         self.drain_client(i);
         let c = &mut self.clients[i];
@@ -1792,4 +1797,50 @@ fn an_h264_call_forwards_h264_and_refuses_a_vp8_only_client_by_name() {
         "the others go on"
     );
     let _ = publisher;
+}
+
+#[test]
+fn a_shared_screen_gets_the_larger_share_of_a_thin_link() {
+    let mut world = World::new(SfuConfig::default());
+    let presenter = world.join_with(true, true).unwrap();
+    let viewer = world.join(false).unwrap();
+    let added = world.reoffer(
+        presenter,
+        |mids| vec![(mids[0].to_string(), Source::Screen)],
+        |api| vec![api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None)],
+    );
+    world.clients[presenter].screen = Some(added[0]);
+    world.run(Duration::from_secs(2));
+    let target_of = |world: &World, source: Source| {
+        let p = &world.sfu.peers[&world.clients[viewer].peer];
+        p.subscriptions
+            .iter()
+            .find(|(t, _)| world.sfu.tracks[t].source == source)
+            .and_then(|(_, s)| s.target)
+    };
+    assert!(
+        target_of(&world, Source::Camera) >= Some(1),
+        "room for more than q at first"
+    );
+    assert_eq!(target_of(&world, Source::Screen), Some(0), "its one layer");
+    // The link turns out to carry 900 kbit/s, congested: the screen
+    // (~650 kbit/s) keeps its layer, the camera steps down to fit what is
+    // left (an equal share, ~420 kbit/s each, would starve the screen and
+    // keep the camera at h).
+    let now = world.now;
+    let peer = world.clients[viewer].peer;
+    let p = world.sfu.peers.get_mut(&peer).unwrap();
+    p.estimate = Some(900_000);
+    p.congested_at = Some(now);
+    world.sfu.allocate(peer, now);
+    assert_eq!(
+        target_of(&world, Source::Screen),
+        Some(0),
+        "the screen stays"
+    );
+    assert_eq!(
+        target_of(&world, Source::Camera),
+        Some(0),
+        "the camera gives way"
+    );
 }
