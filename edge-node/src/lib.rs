@@ -16,6 +16,7 @@ pub mod config;
 pub mod join_token;
 pub mod metrics;
 pub mod registration;
+pub mod relay_client;
 pub mod relay_link;
 pub mod signaling;
 pub mod worker;

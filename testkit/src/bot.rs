@@ -46,6 +46,9 @@ pub struct BotOptions {
     /// The audio level its microphone packets carry (dBov, 0 to -127;
     /// none: no level extension), for speaker detection.
     pub audio_level: Option<i8>,
+    /// A publisher opens a data channel too (a subscriber always does: its
+    /// offer needs something in it).
+    pub data_channel: bool,
 }
 
 impl BotOptions {
@@ -59,6 +62,7 @@ impl BotOptions {
             simulcast: false,
             via: None,
             audio_level: None,
+            data_channel: false,
         }
     }
 }
@@ -353,11 +357,12 @@ async fn bind_local() -> Result<(UdpSocket, SocketAddr), BotError> {
 const SIMULCAST_LAYERS: [(&str, usize); 3] = [("q", 10), ("h", 3), ("f", 1)];
 
 /// Adds send-only video (simulcast if asked) and audio if publishing, and
-/// a data channel (a subscriber's offer needs something in it).
+/// a data channel if not (an offer needs something in it) or if `channel`.
 fn add_media(
     rtc: &mut Rtc,
     publish: bool,
     simulcast: bool,
+    channel: bool,
 ) -> (Option<Mid>, Option<Mid>, SdpOffer, SdpPendingOffer) {
     let mut api = rtc.sdp_api();
     let layers = simulcast.then(|| simulcast_send(&SIMULCAST_LAYERS.map(|(rid, _)| rid)));
@@ -369,7 +374,9 @@ fn add_media(
     } else {
         (None, None)
     };
-    api.add_channel("cascade".into());
+    if channel || !publish {
+        api.add_channel("cascade".into());
+    }
     let (offer, pending) = api.apply().expect("an offer with media or a channel");
     (video, audio, offer, pending)
 }
@@ -495,8 +502,12 @@ impl Bot {
             .ok_or_else(|| BotError("no token".into()))?;
         let (socket, local) = bind_local().await?;
         let mut rtc = client_rtc(local)?;
-        let (video, audio, offer, pending) =
-            add_media(&mut rtc, options.publish, options.simulcast);
+        let (video, audio, offer, pending) = add_media(
+            &mut rtc,
+            options.publish,
+            options.simulcast,
+            options.data_channel,
+        );
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}"))
             .await
             .map_err(|e| BotError(format!("signaling: {e}")))?;
@@ -550,7 +561,8 @@ impl Bot {
         let (sub_socket, sub_local) = bind_local().await?;
         let mut pub_rtc = client_rtc(pub_local)?;
         let mut sub_rtc = client_rtc(sub_local)?;
-        let (video, audio, offer, pending) = add_media(&mut pub_rtc, true, publisher.simulcast);
+        let (video, audio, offer, pending) =
+            add_media(&mut pub_rtc, true, publisher.simulcast, false);
         let answer = sub_rtc
             .sdp_api()
             .accept_offer(offer)

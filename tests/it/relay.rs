@@ -641,6 +641,7 @@ async fn simulcast_layers_speakers_and_data_messages_work_across_regions() {
     let mut options = BotOptions::new(true);
     options.simulcast = true;
     options.audio_level = Some(-20);
+    options.data_channel = true;
     let publisher = Bot::join_with(&join_in(&app, &owner, &call, "eu").await, options)
         .await
         .expect("publisher");

@@ -152,6 +152,7 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         simulcast: false,
         via: None,
         audio_level: None,
+        data_channel: false,
     };
 
     // Baseline: the same bots, directly connected.
