@@ -476,9 +476,13 @@ async fn media_crosses_a_wan_link_with_80ms_delay_and_2_percent_loss() {
         "no more than the link adds: {p50:?}"
     );
     for share in delivered {
-        // Lost video packets are NACKed and resent hop by hop: (almost)
-        // every frame arrives. Without retransmission about 60 % did.
-        assert!(share > 0.95, "frames delivered: {share:.2}");
+        // Lost video packets are NACKed and resent hop by hop: most runs
+        // deliver 98–100 % of frames; without retransmission about 60 %
+        // did. A loss neither resend repairs costs the frames until the
+        // next keyframe (~0.5 s here: the gap's 350 ms wait, then the
+        // request's way across): about one run in ten has one (0.86–0.95,
+        // docs/benchmarks.md), so the bound is loose.
+        assert!(share > 0.8, "frames delivered: {share:.2}");
     }
     us_relay.stop().await;
 }
