@@ -130,18 +130,7 @@ pub enum RelayEvent {
         layers: u8,
     },
     /// A local participant's data channel message, for the other edges.
-    Data {
-        /// The call.
-        call: Uuid,
-        /// The sender.
-        user: Uuid,
-        /// Their device.
-        device: String,
-        /// Binary (else text).
-        binary: bool,
-        /// What they sent.
-        payload: Vec<u8>,
-    },
+    Data(CallData),
 }
 
 /// What the relay task asks of a worker.
@@ -194,18 +183,22 @@ pub enum RelayCommand {
     /// A keyframe request for a local track from behind the relay.
     KeyframeRequest(TrackId),
     /// A data channel message of a participant on another edge.
-    Data {
-        /// The call.
-        call: Uuid,
-        /// The sender.
-        user: Uuid,
-        /// Their device.
-        device: String,
-        /// Binary (else text).
-        binary: bool,
-        /// What they sent.
-        payload: Vec<u8>,
-    },
+    Data(CallData),
+}
+
+/// A participant's data channel message on its way between edges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallData {
+    /// The call.
+    pub call: Uuid,
+    /// The sender.
+    pub user: Uuid,
+    /// Their device.
+    pub device: String,
+    /// Binary (else text).
+    pub binary: bool,
+    /// What they sent.
+    pub payload: Vec<u8>,
 }
 
 /// A reassembler for a remote track: video NACKs and waits, audio never.
@@ -441,15 +434,16 @@ impl RelayClient {
                     }
                 }
             }
-            RelayEvent::Data {
-                call,
-                user,
-                device,
-                binary,
-                payload,
-            } => {
+            RelayEvent::Data(data) => {
                 // Only calls the relay knows we are in (it refuses others).
-                if self.calls.contains_key(&call) {
+                if self.calls.contains_key(&data.call) {
+                    let CallData {
+                        call,
+                        user,
+                        device,
+                        binary,
+                        payload,
+                    } = data;
                     self.send(Control::Data {
                         call,
                         user,
@@ -601,16 +595,14 @@ impl RelayClient {
                 payload,
             } => {
                 if let Some(&worker) = self.calls.get(&call) {
-                    self.command(
-                        worker,
-                        RelayCommand::Data {
-                            call,
-                            user,
-                            device,
-                            binary,
-                            payload,
-                        },
-                    );
+                    let data = CallData {
+                        call,
+                        user,
+                        device,
+                        binary,
+                        payload,
+                    };
+                    self.command(worker, RelayCommand::Data(data));
                 }
             }
             Control::Ping { nonce } => self.send(Control::Pong { nonce }),

@@ -15,6 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::relay_client::CallData;
 use crate::relay_link::{RelayCommand, RelayEvent, WorkerRelay};
 use sfu::{JoinError, Output, PeerId, PeerInfo, Sfu, SfuConfig, SfuEvent, Signal, SignalError};
 
@@ -268,29 +269,23 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                     }
                 }
                 Output::Data(message) => {
-                    let envelope = data_envelope(
-                        message.user,
-                        &message.device,
-                        message.binary,
-                        &message.payload,
-                    );
+                    let data = CallData {
+                        call: message.call,
+                        user: message.user,
+                        device: message.device,
+                        binary: message.binary,
+                        payload: message.payload.to_vec(),
+                    };
+                    let envelope = data_envelope(&data);
+                    let now = Instant::now();
                     sfu.deliver_data(
-                        Instant::now(),
-                        message.call,
+                        now,
+                        data.call,
                         Some(message.from),
                         false,
                         envelope.as_bytes(),
                     );
-                    relay_event(
-                        &relay,
-                        RelayEvent::Data {
-                            call: message.call,
-                            user: message.user,
-                            device: message.device,
-                            binary: message.binary,
-                            payload: message.payload.to_vec(),
-                        },
-                    );
+                    relay_event(&relay, RelayEvent::Data(data));
                 }
                 Output::Event(event) => {
                     on_event(
@@ -427,16 +422,17 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
 
 /// What receivers get on their data channel for a data message (the
 /// signaling contract's envelope, one JSON text message).
-fn data_envelope(user: Uuid, device: &str, binary: bool, payload: &[u8]) -> String {
+fn data_envelope(data: &CallData) -> String {
     use base64::Engine;
+    let payload = &data.payload;
     // Text that is not UTF-8 (a client's bug) goes as bytes.
-    let text = (!binary)
+    let text = (!data.binary)
         .then(|| std::str::from_utf8(payload).ok())
         .flatten();
     let envelope = DataEnvelope {
         kind: "data".into(),
-        user_id: user,
-        device_id: device.to_owned(),
+        user_id: data.user,
+        device_id: data.device.clone(),
         text: text.map(str::to_owned),
         base64: text
             .is_none()
@@ -611,16 +607,10 @@ fn relay_command(sfu: &mut Sfu, command: RelayCommand) {
             layers,
         } => sfu.set_relay_subscribed(now, track, alias, layers),
         RelayCommand::KeyframeRequest(track) => sfu.relay_keyframe_request(now, track),
-        RelayCommand::Data {
-            call,
-            user,
-            device,
-            binary,
-            payload,
-        } => {
-            if payload.len() <= sfu::MAX_DATA_MESSAGE {
-                let envelope = data_envelope(user, &device, binary, &payload);
-                sfu.deliver_data(now, call, None, false, envelope.as_bytes());
+        RelayCommand::Data(data) => {
+            if data.payload.len() <= sfu::MAX_DATA_MESSAGE {
+                let envelope = data_envelope(&data);
+                sfu.deliver_data(now, data.call, None, false, envelope.as_bytes());
             }
         }
     }

@@ -361,12 +361,14 @@ fn layers_data_nacks_and_bad_datagrams_go_where_they_belong() {
         [Control::Subscribe { layers: 0b001, .. }]
     ));
     // Data: out for a call we are in, not for another; in to its worker.
-    let data = |call: Uuid| RelayEvent::Data {
-        call,
-        user: Uuid::from_u128(7),
-        device: "laptop".into(),
-        binary: false,
-        payload: b"hand".to_vec(),
+    let data = |call: Uuid| {
+        RelayEvent::Data(CallData {
+            call,
+            user: Uuid::from_u128(7),
+            device: "laptop".into(),
+            binary: false,
+            payload: b"hand".to_vec(),
+        })
     };
     h.event(data(call()));
     h.event(data(Uuid::from_u128(99)));
@@ -378,9 +380,11 @@ fn layers_data_nacks_and_bad_datagrams_go_where_they_belong() {
         binary: false,
         payload: b"hi".to_vec(),
     });
-    assert!(h.take_worker().iter().any(
-        |(w, c)| *w == 1 && matches!(c, RelayCommand::Data { payload, .. } if payload == b"hi")
-    ));
+    assert!(
+        h.take_worker()
+            .iter()
+            .any(|(w, c)| *w == 1 && matches!(c, RelayCommand::Data(d) if d.payload == b"hi"))
+    );
     // The relay lost packets of a local track: answered from the history.
     h.event(published(4));
     let track = match &h.take_control()[..] {
