@@ -4,7 +4,14 @@
 
 import { Cascade, ApiError } from './cascade.js';
 
-const client = new Cascade(location.origin);
+// The API: this page's origin, or the replicas (or load balancers) named
+// in `<meta name="cascade-api" content="https://a,https://b">`.
+function apiOrigins() {
+  const meta = document.querySelector('meta[name="cascade-api"]');
+  const list = ((meta && meta.content) || '').split(',').map((o) => o.trim()).filter(Boolean);
+  return list.length ? list : [location.origin];
+}
+const client = new Cascade(apiOrigins());
 const app = document.getElementById('app');
 
 const state = {
@@ -23,6 +30,8 @@ const state = {
   call: null,
   ringing: null,
   error: '',
+  // The gateway is down and being reconnected (shown on the chat).
+  offline: false,
 };
 window.cascadeState = state;
 window.cascadeClient = client;
@@ -212,7 +221,11 @@ client.on('typing', (d) => {
   render();
 });
 client.on('resync', () => refreshAll().catch(showError));
+client.on('close', () => {
+  if (!state.offline) { state.offline = true; render(); }
+});
 client.on('open', () => {
+  if (state.offline) { state.offline = false; render(); }
   // Connected devices are online; then catch up on everyone else's status.
   state.presence.set(client.me.id, document.hidden ? 'away' : 'online');
   loadPresence().then(render).catch(() => {});
@@ -301,7 +314,10 @@ async function joinCall(call) {
   session.onData = (message) => onCallData(message);
   session.onTracks = () => renderCall();
   session.onLayers = () => renderCall();
-  session.onState = () => renderCall();
+  session.onState = (s) => {
+    if (s === 'ended') endCallView();
+    else { renderCall(); if (s === 'reconnecting') updateQuality(); }
+  };
   session.onError = (e) => showError(e);
   state.call.timer = setInterval(updateQuality, 2000);
   render();
@@ -373,10 +389,27 @@ function endCallView() {
 async function updateQuality() {
   if (!state.call) return;
   const s = await state.call.session.stats();
+  if (!state.call) return;
   state.call.lastStats = s;
+  // What the user sees must follow what arrives: a lost edge reads
+  // "reconnecting…", silence from everyone "no media", loss lowers the
+  // grade (the RTT of the last good moment is not the connection).
   const rtt = s.rtt === null ? null : Math.round(s.rtt * 1000);
-  const label = rtt === null ? 'connecting' : rtt < 150 ? 'good' : rtt < 400 ? 'fair' : 'poor';
-  state.call.quality = rtt === null ? label : `${label} (${rtt} ms)`;
+  const loss = s.loss === null ? 0 : s.loss;
+  const others = state.call.session.remote.size > 0;
+  let label;
+  if (s.state === 'reconnecting') label = 'reconnecting…';
+  else if (s.state !== 'connected') label = s.state === 'new' ? 'connecting' : s.state;
+  else if (others && !s.flowing) label = 'no media';
+  else if (rtt === null) label = 'connecting';
+  else label = loss > 0.1 || rtt >= 400 ? 'poor' : loss > 0.03 || rtt >= 150 ? 'fair' : 'good';
+  const detail = [];
+  if (rtt !== null && s.state === 'connected') detail.push(`${rtt} ms`);
+  if (s.loss !== null && s.state === 'connected') detail.push(`${(loss * 100).toFixed(1)} % loss`);
+  state.call.quality = detail.length ? `${label} (${detail.join(', ')})` : label;
+  state.call.reconnecting = s.state === 'reconnecting';
+  const view = document.querySelector('.call');
+  if (view) view.classList.toggle('reconnecting', state.call.reconnecting);
   // What the edge sends this device: each received video's layer.
   const layers = state.call.session.layers;
   if (layers && layers.layers.length) {
@@ -433,6 +466,13 @@ function renderCall() {
     document.body.append(view);
   }
   view.querySelector('.where').textContent = session.edge ? `${session.edge.region} · ${session.edge.id}` : '';
+  const reconnecting = !!session.rejoining;
+  view.classList.toggle('reconnecting', reconnecting);
+  let notice = view.querySelector('.call-notice');
+  if (reconnecting && !notice) {
+    notice = h('p', { class: 'call-notice', role: 'status' }, 'Reconnecting…');
+    view.prepend(notice);
+  } else if (!reconnecting && notice) notice.remove();
   const mute = view.querySelector('.mute');
   mute.textContent = session.muted.audio ? 'Unmute' : 'Mute';
   mute.setAttribute('aria-label', session.muted.audio ? 'Unmute microphone' : 'Mute microphone');
@@ -751,6 +791,7 @@ function render() {
   const atBottom = !box || box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   const scroll = box ? box.scrollTop : 0;
   app.replaceChildren(...[
+    state.offline ? h('p', { class: 'offline', role: 'status' }, 'Reconnecting… messages will appear once the connection is back') : null,
     h('div', { class: 'shell' }, renderSidebar(), renderChat()),
     state.error ? h('p', { class: 'error', role: 'alert' }, state.error) : null,
     renderRinging(),

@@ -18,9 +18,32 @@
 // - Calls (docs/signaling.md): `joinCall()` gets an edge and a join token,
 //   opens the edge's `/v1/rtc`, publishes the camera and microphone, and
 //   answers the edge's offers in order. `call.migrate` (the edge died or is
-//   draining) reconnects to the new edge without the user doing anything.
+//   draining) reconnects to the new edge without the user doing anything;
+//   so does losing the edge (its socket closes, or ICE/DTLS fails): the
+//   session rejoins naming the edge it cannot reach (docs/failover.md).
+// - Replicas: `new Cascade(['https://a', 'https://b'])` takes several API
+//   origins (or one load balancer); a request that gets no answer moves to
+//   the next, and the gateway reconnects with jittered backoff capped at a
+//   few seconds, resuming from its cursor.
 
 const REFRESH_MARGIN_MS = 60_000;
+// Reconnect backoff: 250 ms doubling, capped, each delay jittered to
+// 50-100 % so a replica's clients do not all return in one instant.
+const BACKOFF_BASE_MS = 250;
+const BACKOFF_CAP_MS = 3000;
+// Edge loss: a connection 'disconnected' this long counts as lost
+// (ICE consent keeps failing); 'failed' or a closed signaling socket at once.
+const DISCONNECTED_GRACE_MS = 1500;
+
+/** The delay before reconnect attempt `attempt` (0, 1, …). */
+export function backoff(attempt) {
+  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 16));
+  return Math.round(ceiling * (0.5 + Math.random() / 2));
+}
+
+// A request may go to another replica after a network error only if it
+// cannot apply twice.
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'PUT', 'DELETE', 'OPTIONS']);
 
 /** A failed API call: `status`, `code` (e.g. `not_found`) and `message`. */
 export class ApiError extends Error {
@@ -32,9 +55,11 @@ export class ApiError extends Error {
 }
 
 export class Cascade {
-  /** `base`: the control plane's origin (`http://127.0.0.1:8080`). */
+  /** `base`: the control plane's origin (`http://127.0.0.1:8080`), or a
+   * list of replicas' origins tried in turn. */
   constructor(base, storage = window.sessionStorage) {
-    this.base = base.replace(/\/$/, '');
+    this.origins = (Array.isArray(base) ? base : [base]).map((b) => b.replace(/\/$/, ''));
+    this.current = 0;
     this.storage = storage;
     this.tokens = JSON.parse(storage.getItem('cascade.tokens') || 'null');
     this.me = JSON.parse(storage.getItem('cascade.me') || 'null');
@@ -44,7 +69,18 @@ export class Cascade {
     storage.setItem('cascade.device', this.deviceId);
     this.ws = null;
     this.wantSocket = false;
+    this.online = false;
     this.refreshing = null;
+  }
+
+  /** The origin requests go to now. */
+  get base() {
+    return this.origins[this.current % this.origins.length];
+  }
+
+  /** Moves to the next origin (after one stopped answering). */
+  failover() {
+    if (this.origins.length > 1) this.current = (this.current + 1) % this.origins.length;
   }
 
   /** Whether a login is stored. */
@@ -126,11 +162,31 @@ export class Cascade {
     const headers = {};
     if (body !== undefined) headers['content-type'] = 'application/json';
     if (token) headers.authorization = `Bearer ${token}`;
-    const response = await fetch(this.base + path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
+    // Another replica may take it when this one gives no answer: always
+    // for a 502/503/504 from a proxy in front of a dead one, and after a
+    // network error when repeating cannot apply it twice (idempotent
+    // methods, and messages carrying a client_message_id).
+    const retryable = IDEMPOTENT.has(method) || (body && body.client_message_id);
+    let response;
+    for (let tries = 0; ; tries++) {
+      const last = tries + 1 >= this.origins.length;
+      try {
+        response = await fetch(this.base + path, {
+          method,
+          headers,
+          body: body === undefined ? undefined : JSON.stringify(body),
+        });
+      } catch (e) {
+        if (last || !retryable) { this.failover(); throw e; }
+        this.failover();
+        continue;
+      }
+      if (!last && [502, 503, 504].includes(response.status) && !response.headers.get('content-type')?.includes('json')) {
+        this.failover();
+        continue;
+      }
+      break;
+    }
     if (response.status === 204) return null;
     const json = await response.json().catch(() => ({}));
     if (!response.ok) {
@@ -160,19 +216,22 @@ export class Cascade {
       token = await this.accessToken();
     } catch (e) {
       if (e.status === 401) return;
-      setTimeout(() => this.openSocket(attempt + 1), Math.min(10_000, 500 * 2 ** attempt));
+      setTimeout(() => this.openSocket(attempt + 1), backoff(attempt));
       return;
     }
     const url = new URL('/v1/ws', this.base.replace(/^http/, 'ws'));
     if (this.cursor) url.searchParams.set('cursor', this.cursor);
     const ws = new WebSocket(url);
     this.ws = ws;
+    let ready = false;
     ws.onopen = () => ws.send(JSON.stringify({ type: 'auth', token }));
     ws.onmessage = (m) => {
       let frame;
       try { frame = JSON.parse(m.data); } catch (_) { return; }
       if (frame.type === 'ready') {
         attempt = 0;
+        ready = true;
+        this.online = true;
         this.emit('open', frame);
         return;
       }
@@ -185,11 +244,16 @@ export class Cascade {
       this.emit(frame.type, frame.data ?? frame, frame);
     };
     ws.onclose = (e) => {
-      if (this.ws === ws) this.ws = null;
+      if (this.ws !== ws) return; // replaced already
+      this.ws = null;
+      this.online = false;
       this.emit('close', e);
       if (!this.wantSocket) return;
+      // This replica is gone (or never got as far as `ready`): the next
+      // attempt goes to another one, resuming from the same cursor.
+      if (!ready || e.code === 1006 || e.code === 1001 || e.code === 1011 || e.code === 1012) this.failover();
       // 4401: the token expired or the login ended: refresh, then retry.
-      const delay = e.code === 4401 ? 0 : Math.min(10_000, 300 * 2 ** attempt);
+      const delay = e.code === 4401 ? 0 : backoff(attempt);
       if (e.code === 4401 && this.tokens) this.tokens.expires_at = 0;
       setTimeout(() => this.openSocket(attempt + 1), delay);
     };
@@ -248,23 +312,36 @@ export class CallSession {
     this.onState = () => {};
     this.onError = () => {};
     this.left = false;
+    // Set while a rejoin after losing the edge is under way.
+    this.rejoining = null;
+    this.disconnectTimer = null;
     this.migrateHandler = (data) => {
-      if (data.call_id === this.callId && data.device_id === this.client.deviceId) {
-        this.reconnect(data.join);
-      }
+      if (data.call_id !== this.callId || data.device_id !== this.client.deviceId) return;
+      // Only a move of the session we hold: after a rejoin, a migrate of
+      // the replaced session is stale; during one, the rejoin decides.
+      if (this.rejoining || (this.join && data.join.session_id !== this.join.session_id)) return;
+      this.reconnect(data.join);
     };
     client.on('call.migrate', this.migrateHandler);
   }
 
-  async start() {
+  /** `POST …/join` for this device; `unreachable`: the edge it lost. */
+  requestJoin(unreachable) {
     const { region, video, audio, probes } = this.options;
-    const join = await this.client.api('POST', `/v1/calls/${this.callId}/join`, {
+    const body = {
       device_id: this.client.deviceId,
       region: region || null,
       probes: probes || [],
-      audio,
-      video,
-    });
+      audio: audio && !this.muted.audio,
+      video: video && !this.muted.video,
+    };
+    if (unreachable) body.unreachable_edge = unreachable;
+    return this.client.api('POST', `/v1/calls/${this.callId}/join`, body);
+  }
+
+  async start() {
+    const { video, audio } = this.options;
+    const join = await this.requestJoin(null);
     // 960×540: enough for three simulcast layers (240, 480 and 960 wide).
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio,
@@ -289,7 +366,19 @@ export class CallSession {
       this.remote.set(mid, e.track);
       this.onTrack(e.track, this.tracks.find((t) => t.mid === mid) || { mid, kind: e.track.kind });
     };
-    pc.onconnectionstatechange = () => this.onState(pc.connectionState);
+    pc.onconnectionstatechange = () => {
+      if (this.pc !== pc) return;
+      const state = pc.connectionState;
+      clearTimeout(this.disconnectTimer);
+      if (state === 'failed') this.lost(join.edge.id);
+      else if (state === 'disconnected') {
+        // Consent checks are failing; give a blip a moment to pass.
+        this.disconnectTimer = setTimeout(() => {
+          if (this.pc === pc && pc.connectionState === 'disconnected') this.lost(join.edge.id);
+        }, DISCONNECTED_GRACE_MS);
+      }
+      this.onState(this.rejoining ? 'reconnecting' : state);
+    };
     // Call data messages (raised hands, reactions) travel on one channel,
     // through the edge to everyone else in the call.
     const channel = pc.createDataChannel('cascade');
@@ -329,7 +418,9 @@ export class CallSession {
         .catch((e) => this.onError(e));
     };
     ws.onclose = () => {
-      if (this.ws === ws && !this.left) this.onState('signaling-closed');
+      // The edge went away (killed, restarted, or the network between):
+      // a socket we did not close ourselves means the session is lost.
+      if (this.ws === ws && !this.left) this.lost(join.edge.id);
     };
     await new Promise((resolve, reject) => {
       ws.onopen = resolve;
@@ -433,8 +524,43 @@ export class CallSession {
     try {
       await this.connect(join);
     } catch (e) {
-      this.onError(e);
+      // The new edge is not reachable either: ask again.
+      this.lost(join.edge.id);
     }
+  }
+
+  /** The edge `edgeId` is lost: rejoin (naming it, so the control plane
+   * looks at it and places this device elsewhere) until it works, the
+   * call ends or the user leaves. One rejoin at a time. */
+  lost(edgeId) {
+    if (this.left || this.rejoining) return;
+    if (this.join && this.join.edge.id !== edgeId) return; // moved already
+    clearTimeout(this.disconnectTimer);
+    this.lostAt = performance.now();
+    this.onState('reconnecting');
+    this.rejoining = (async () => {
+      for (let attempt = 0; !this.left; attempt++) {
+        try {
+          const join = await this.requestJoin(edgeId);
+          if (this.left) return;
+          this.closeTransport();
+          await this.connect(join);
+          return;
+        } catch (e) {
+          // The call is over (or this device may not be in it): stop.
+          if (e instanceof ApiError && [403, 404, 409].includes(e.status)) {
+            this.onState('ended');
+            return;
+          }
+          // A fresh placement that could not be reached is the one to name.
+          if (this.join) edgeId = this.join.edge.id;
+          await new Promise((r) => setTimeout(r, backoff(attempt)));
+        }
+      }
+    })().finally(() => {
+      this.rejoining = null;
+      if (this.pc) this.onState(this.pc.connectionState);
+    });
   }
 
   /** Mutes or unmutes this device's `audio` or `video`. */
@@ -470,17 +596,29 @@ export class CallSession {
     }
   }
 
-  /** Inbound video frames decoded and audio bytes received so far. */
+  /** Inbound video frames decoded and audio bytes received so far, the
+   * RTT, and what happened since the previous call: the share of packets
+   * lost (`loss`, 0-1) and whether any media arrived at all (`flowing`). */
   async stats() {
-    let framesDecoded = 0, audioBytes = 0, rtt = null;
-    if (!this.pc) return { framesDecoded, audioBytes, rtt };
+    let framesDecoded = 0, audioBytes = 0, rtt = null, received = 0, lost = 0;
+    const state = this.rejoining ? 'reconnecting' : this.pc ? this.pc.connectionState : 'closed';
+    if (!this.pc) return { framesDecoded, audioBytes, rtt, loss: null, flowing: false, state };
     const report = await this.pc.getStats();
     report.forEach((r) => {
       if (r.type === 'inbound-rtp' && r.kind === 'video') framesDecoded += r.framesDecoded || 0;
       if (r.type === 'inbound-rtp' && r.kind === 'audio') audioBytes += r.bytesReceived || 0;
+      if (r.type === 'inbound-rtp') {
+        received += r.packetsReceived || 0;
+        lost += Math.max(0, r.packetsLost || 0);
+      }
       if (r.type === 'candidate-pair' && r.nominated && r.currentRoundTripTime !== undefined) rtt = r.currentRoundTripTime;
     });
-    return { framesDecoded, audioBytes, rtt };
+    const before = this.lastCounts && this.lastCounts.pc === this.pc ? this.lastCounts : { received: 0, lost: 0 };
+    this.lastCounts = { pc: this.pc, received, lost };
+    const dReceived = received - before.received;
+    const dLost = lost - before.lost;
+    const loss = dReceived + dLost > 0 ? dLost / (dReceived + dLost) : null;
+    return { framesDecoded, audioBytes, rtt, loss, flowing: dReceived > 0, state };
   }
 
   closeTransport() {
@@ -490,6 +628,7 @@ export class CallSession {
       try { ws.send(JSON.stringify({ type: 'leave' })); } catch (_) { /* closed */ }
       ws.close();
     }
+    clearTimeout(this.disconnectTimer);
     if (this.pc) this.pc.close();
     this.pc = null;
     // A step pending on the closed connection may never settle: the next

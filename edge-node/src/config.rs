@@ -37,8 +37,13 @@ pub struct EdgeConfig {
     /// Participants one call may have on this node.
     pub max_participants_per_call: usize,
     /// The control plane (`http://cp:8080`): registration, heartbeats,
-    /// join-token keys. Unset: standalone, which refuses every join.
+    /// join-token keys, reports. Unset: standalone, which refuses every
+    /// join.
     pub control_plane_url: Option<String>,
+    /// More control-plane replicas (or load balancers), tried in order
+    /// after `control_plane_url` when it does not answer; the one that
+    /// answered last is tried first.
+    pub control_plane_fallback_urls: Vec<String>,
     /// This node's credential (`cascade admin node-credential <node_id>`).
     pub credential: Option<String>,
     /// Seconds between heartbeats.
@@ -65,6 +70,7 @@ impl Default for EdgeConfig {
             capacity: 500,
             max_participants_per_call: 100,
             control_plane_url: None,
+            control_plane_fallback_urls: Vec::new(),
             credential: None,
             heartbeat_interval_secs: 2,
             drain_timeout_secs: 10,
@@ -132,6 +138,20 @@ impl Validate for EdgeConfig {
             && !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
         {
             v.invalid("control_plane_url", "must be an http(s) URL");
+        }
+        for (i, url) in self.control_plane_fallback_urls.iter().enumerate() {
+            if !url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                v.invalid(
+                    "control_plane_fallback_urls",
+                    format!("entry {i} must be an http(s) URL"),
+                );
+            }
+        }
+        if self.control_plane_url.is_none() && !self.control_plane_fallback_urls.is_empty() {
+            v.invalid(
+                "control_plane_url",
+                "needed when control_plane_fallback_urls is set (it is tried first)",
+            );
         }
         if self.control_plane_url.is_some() && self.credential.is_none() {
             v.invalid("credential", "needed to register with the control plane");

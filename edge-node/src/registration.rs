@@ -3,7 +3,7 @@
 //! load and connected sessions, deregistration, and reports of sessions
 //! that ended.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,14 @@ const JWKS_REFETCH: Duration = Duration::from_secs(5);
 /// The control plane as this node sees it.
 pub struct ControlPlaneLink {
     http: reqwest::Client,
-    base: Option<String>,
+    /// The control plane's replicas (or load balancers), in the order the
+    /// operator gave; empty when standalone.
+    bases: Vec<String>,
+    /// The one that answered last, tried first.
+    preferred: AtomicUsize,
+    /// This process's boot id, sent with every heartbeat: a restart is a
+    /// new one, and the control plane moves the sessions we lost.
+    incarnation: uuid::Uuid,
     credential: Option<String>,
     node_id: String,
     verifier: RwLock<Option<JoinTokenVerifier>>,
@@ -83,10 +90,14 @@ impl ControlPlaneLink {
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
-            base: config
+            bases: config
                 .control_plane_url
-                .clone()
-                .map(|u| u.trim_end_matches('/').to_owned()),
+                .iter()
+                .chain(&config.control_plane_fallback_urls)
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .collect(),
+            preferred: AtomicUsize::new(0),
+            incarnation: uuid::Uuid::new_v4(),
             credential: config.credential.clone(),
             node_id: config.node_id.clone(),
             verifier: RwLock::new(None),
@@ -95,11 +106,46 @@ impl ControlPlaneLink {
         }
     }
 
+    /// Sends the request `build` makes for a base URL to the preferred
+    /// replica, then to each other one while they fail to answer (no
+    /// connection, a timeout, or a 502/503/504 from a proxy in front of a
+    /// dead one). `None` when standalone.
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Option<Result<reqwest::Response, reqwest::Error>> {
+        let count = self.bases.len();
+        let first = self.preferred.load(Ordering::Relaxed) % count.max(1);
+        let mut last = None;
+        for i in 0..count {
+            let index = (first + i) % count;
+            let result = build(&self.bases[index]).send().await;
+            let unanswered = match &result {
+                Err(_) => true,
+                Ok(r) => matches!(r.status().as_u16(), 502..=504),
+            };
+            if !unanswered {
+                if index != first {
+                    tracing::info!(control_plane = %self.bases[index], "control plane failover");
+                }
+                self.preferred.store(index, Ordering::Relaxed);
+                return Some(result);
+            }
+            last = Some(result);
+        }
+        last
+    }
+
+    /// This process's incarnation (boot id).
+    pub fn incarnation(&self) -> uuid::Uuid {
+        self.incarnation
+    }
+
     /// Fetches the JWK Set (again), unless one was fetched very recently.
     pub async fn refresh_keys(&self) -> bool {
-        let Some(base) = &self.base else {
+        if self.bases.is_empty() {
             return false;
-        };
+        }
         {
             let mut last = self.last_fetch.lock().await;
             if last.is_some_and(|at| at.elapsed() < JWKS_REFETCH)
@@ -111,10 +157,8 @@ impl ControlPlaneLink {
         }
         let fetched = async {
             let body = self
-                .http
-                .get(format!("{base}/.well-known/jwks.json"))
-                .send()
-                .await
+                .send(|base| self.http.get(format!("{base}/.well-known/jwks.json")))
+                .await?
                 .ok()?
                 .error_for_status()
                 .ok()?
@@ -193,7 +237,7 @@ impl ControlPlaneLink {
         workers: &[WorkerHandle],
         draining: bool,
     ) -> bool {
-        let (Some(base), Some(credential)) = (&self.base, &self.credential) else {
+        let Some(credential) = &self.credential else {
             return false;
         };
         let load: u64 = workers
@@ -226,21 +270,24 @@ impl ControlPlaneLink {
             draining,
             sessions: Some(sessions),
             usage: Some(usage),
+            incarnation: Some(self.incarnation),
         };
         let sent = self
-            .http
-            .put(format!("{base}/internal/v1/nodes/{}", self.node_id))
-            .bearer_auth(credential)
-            .json(&body)
-            .send()
+            .send(|base| {
+                self.http
+                    .put(format!("{base}/internal/v1/nodes/{}", self.node_id))
+                    .bearer_auth(credential)
+                    .json(&body)
+            })
             .await;
         match sent {
-            Ok(response) if response.status().is_success() => true,
-            Ok(response) => {
+            None => false,
+            Some(Ok(response)) if response.status().is_success() => true,
+            Some(Ok(response)) => {
                 tracing::warn!(status = %response.status(), "the control plane refused a heartbeat");
                 false
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 tracing::warn!(%error, "heartbeat failed");
                 false
             }
@@ -249,21 +296,22 @@ impl ControlPlaneLink {
 
     /// Leaves the registry (shutdown).
     pub async fn deregister(&self) {
-        let (Some(base), Some(credential)) = (&self.base, &self.credential) else {
+        let Some(credential) = &self.credential else {
             return;
         };
         let _ = self
-            .http
-            .delete(format!("{base}/internal/v1/nodes/{}", self.node_id))
-            .bearer_auth(credential)
-            .send()
+            .send(|base| {
+                self.http
+                    .delete(format!("{base}/internal/v1/nodes/{}", self.node_id))
+                    .bearer_auth(credential)
+            })
             .await;
     }
 
     /// Reports sessions that ended until the channel closes.
     pub async fn report_gone(self: Arc<Self>, mut gone: mpsc::UnboundedReceiver<Gone>) {
         while let Some(info) = gone.recv().await {
-            let (Some(base), Some(credential)) = (&self.base, &self.credential) else {
+            let Some(credential) = &self.credential else {
                 continue;
             };
             let body = ParticipantGone {
@@ -271,16 +319,17 @@ impl ControlPlaneLink {
                 session_id: info.session,
             };
             let sent = self
-                .http
-                .post(format!(
-                    "{base}/internal/v1/nodes/{}/participants/gone",
-                    self.node_id
-                ))
-                .bearer_auth(credential)
-                .json(&body)
-                .send()
+                .send(|base| {
+                    self.http
+                        .post(format!(
+                            "{base}/internal/v1/nodes/{}/participants/gone",
+                            self.node_id
+                        ))
+                        .bearer_auth(credential)
+                        .json(&body)
+                })
                 .await;
-            if let Err(error) = sent {
+            if let Some(Err(error)) = sent {
                 // The heartbeat's session list repairs what a lost report misses.
                 tracing::warn!(%error, session = %info.session, "could not report a session gone");
             }

@@ -150,6 +150,12 @@ pub struct NodeHeartbeat {
     /// placement; rates are over the last heartbeat interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<NodeUsage>,
+    /// A random id the node picks at start-up (its boot id). A heartbeat
+    /// with a new one tells the control plane the node restarted and lost
+    /// every session it had, even when it came back before its
+    /// registration expired: those sessions are migrated at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<Uuid>,
 }
 
 /// A node's work since its previous heartbeat.

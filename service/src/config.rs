@@ -162,12 +162,31 @@ where
         figment = figment.merge(Toml::file_exact(path));
     }
     // CASCADE_CONFIG names the file; it is not itself a configuration key.
+    // Other CASCADE_ variables that are not ours (a script's CASCADE_BIN)
+    // must not stop every command, while typos in ours must still be caught:
+    // a variable is configuration when it names a nested key (`__`) or
+    // starts with one of the top-level sections (`CASCADE_EDGE_REGION`, a
+    // missing underscore, is reported as the unknown key `edge_region`).
+    let sections = top_level_keys(&T::default());
     figment = figment.merge(
         Env::prefixed(ENV_PREFIX)
-            .split(ENV_NESTING)
-            .ignore(&["config"]),
+            .ignore(&["config"])
+            .filter(move |key| {
+                let key = key.as_str().to_ascii_lowercase();
+                key.contains(ENV_NESTING) || sections.iter().any(|s| key.starts_with(s.as_str()))
+            })
+            .split(ENV_NESTING),
     );
     extract(figment)
+}
+
+/// The names of `value`'s top-level keys (its configuration sections).
+fn top_level_keys<T: Serialize>(value: &T) -> Vec<String> {
+    figment::value::Value::serialize(value)
+        .ok()
+        .and_then(figment::value::Value::into_dict)
+        .map(|dict| dict.into_keys().map(|k| k.to_ascii_lowercase()).collect())
+        .unwrap_or_default()
 }
 
 /// Extracts and validates `T` from an already assembled figment. Tests use
@@ -486,6 +505,30 @@ mod tests {
             "{p:?}"
         );
         assert!(p[0].contains("listen"), "suggests valid keys: {p:?}");
+    }
+
+    #[test]
+    fn unrelated_cascade_variables_are_not_configuration() {
+        let config = load_with(
+            &[
+                ("CASCADE_BIN", "/usr/local/bin/cascade"),
+                ("CASCADE_TOKEN", "x"),
+                ("CASCADE_SERVER__WORKERS", "4"),
+            ],
+            None,
+        )
+        .expect("a script's CASCADE_BIN is not a configuration key");
+        assert_eq!(config.server.workers, 4);
+    }
+
+    #[test]
+    fn a_section_with_a_missing_underscore_is_still_an_unknown_key() {
+        let p = problems(&[("CASCADE_SERVER_LISTEN", "127.0.0.1:1")]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("CASCADE_SERVER_LISTEN: unknown key"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -168,6 +168,30 @@ async fn resume_scenario(app: TestApp) {
         .collect();
     assert_eq!(bodies, expected, "exactly the missed messages, in order");
 
+    // As a browser does it: `?cursor=` on the URL, the token in an `auth`
+    // frame (a WebSocket from a page cannot carry an Authorization header).
+    let mut browser = WsClient::connect(addr(&app), None, Some(&cursor))
+        .await
+        .unwrap();
+    browser
+        .send(&json!({ "type": "auth", "token": alice.access }))
+        .await;
+    browser.expect("ready", WAIT).await;
+    let replayed = browser.collect("message.created", QUIET).await;
+    assert_eq!(
+        replayed.len(),
+        50,
+        "the URL cursor is honoured after an auth frame"
+    );
+    // The cursor inside the auth frame works as well.
+    let mut framed = WsClient::connect(addr(&app), None, None).await.unwrap();
+    framed
+        .send(&json!({ "type": "auth", "token": alice.access, "cursor": cursor }))
+        .await;
+    framed.expect("ready", WAIT).await;
+    let replayed = framed.collect("message.created", QUIET).await;
+    assert_eq!(replayed.len(), 50, "the auth frame's cursor is honoured");
+
     // With a resume frame as the first frame.
     let (mut again, _) = ws(addr(&app), &alice, None).await;
     again

@@ -19,6 +19,9 @@
 //! - `relay`: two regions with an edge and a relay each: media from `eu`
 //!   to `us` crossing the relay link once, a killed relay restarted, a
 //!   WAN-like link (delay, loss) through a userspace proxy.
+//! - `failover`: the control plane's side of edge faults (reconciliation
+//!   vs migration, a restart with a new incarnation, a rejoin naming an
+//!   unreachable edge) with simulated nodes on the real internal API.
 //! - `gateway`: the WebSocket gateway, live and resumed, on one and two
 //!   replicas, through a Redis restart.
 
@@ -32,6 +35,7 @@ mod control_plane;
 mod dev;
 mod durability;
 mod edge;
+mod failover;
 mod gateway;
 mod relay;
 mod web;

@@ -51,6 +51,10 @@ pub struct JoinCall {
     pub audio: Option<bool>,
     /// Start with the camera on (default: on in video calls).
     pub video: Option<bool>,
+    /// Rejoining because this edge (node id) stopped answering: the
+    /// control plane probes it, moves everyone off it when it is down, and
+    /// places this device elsewhere in any case.
+    pub unreachable_edge: Option<String>,
 }
 
 /// `POST /v1/calls/{id}/leave`.
@@ -545,19 +549,35 @@ pub async fn join(
         addr,
     });
     let current = state.store.live_participants(id).await?;
-    let edge = state
-        .calls
-        .place(id, &client_region.0, &current)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .ok_or_else(|| {
-            state.calls.metrics.placement_failures.inc();
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_edge",
-                "no healthy edge node has room for this call; try again shortly",
-            )
-        })?;
+    let avoid = body.unreachable_edge.as_deref().filter(|node| {
+        // Only this device's own edge is worth a probe: anything else is
+        // a stale report (it was moved already) or not its business.
+        current
+            .iter()
+            .any(|p| p.user_id == caller.user_id && p.device_id == device_id && p.node_id == *node)
+    });
+    if let Some(node) = avoid {
+        let found = state.calls.report_unreachable(node).await;
+        tracing::info!(call_id = %id, user_id = %caller.user_id, node_id = %node,
+                       probe = ?found, "rejoin: edge unreachable for the client");
+    }
+    let placed = match avoid {
+        Some(node) => {
+            state
+                .calls
+                .place_avoiding(id, &client_region.0, &current, node)
+                .await
+        }
+        None => state.calls.place(id, &client_region.0, &current).await,
+    };
+    let edge = placed.map_err(|e| ApiError::internal(&e))?.ok_or_else(|| {
+        state.calls.metrics.placement_failures.inc();
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_edge",
+            "no healthy edge node has room for this call; try again shortly",
+        )
+    })?;
     let at = now();
     let participant = Participant {
         id: Uuid::now_v7(),
@@ -570,6 +590,7 @@ pub async fn join(
         video: body.video.unwrap_or(call.kind == CallKind::Video) && call.kind == CallKind::Video,
         screen: false,
         joined_at: at,
+        placed_at: at,
         left_at: None,
     };
     state

@@ -145,7 +145,7 @@ pub async fn heartbeat(
         ));
     }
     let ttl = state.calls.node_ttl();
-    state
+    let restarted_from = state
         .calls
         .registry
         .heartbeat(&id, &node, ttl)
@@ -157,7 +157,18 @@ pub async fn heartbeat(
                 e.to_string(),
             )
         })?;
-    if let Some(connected) = &node.sessions {
+    if let Some(previous) = restarted_from {
+        // A new incarnation: the node restarted and every session placed
+        // on it is gone, however quickly it came back. Its participants
+        // get a fresh placement now (maybe this node again) instead of
+        // being reconciled away, which would end their calls.
+        state.calls.metrics.node_restarts.inc();
+        tracing::warn!(node_id = %id, %previous, incarnation = ?node.incarnation,
+                       "node restarted; migrating its sessions");
+        if let Err(error) = state.calls.migrate_node_now(&id).await {
+            tracing::warn!(node_id = %id, %error, "cannot migrate a restarted node's sessions");
+        }
+    } else if let Some(connected) = &node.sessions {
         reconcile_sessions(&state, &id, connected).await?;
     }
     Ok(Json(HeartbeatAck {
@@ -260,9 +271,11 @@ async fn remove_session(
     }
 }
 
-/// Removes the sessions placed on `node` that are older than a join token
-/// (so the client had time to connect) and that the edge does not list as
-/// connected.
+/// Removes the sessions on `node` that the edge does not list as connected
+/// and that were placed there (joined, or migrated) longer than a join
+/// token's life ago, so the client had its time to connect. Counting from
+/// the placement, not the join, is what keeps a migrated participant of an
+/// old call from being removed while it reconnects to its new edge.
 async fn reconcile_sessions(
     state: &AppState,
     node: &str,
@@ -274,7 +287,7 @@ async fn reconcile_sessions(
     let mut removed = false;
     for p in placed
         .iter()
-        .filter(|p| p.joined_at < cutoff && !connected.contains(&p.id))
+        .filter(|p| p.placed_at < cutoff && !connected.contains(&p.id))
     {
         removed |= remove_session(state, p.call_id, p.id, node).await?;
     }

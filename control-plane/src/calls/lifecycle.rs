@@ -230,6 +230,7 @@ pub fn decide(
             Ok(CallChange {
                 update: Some(Participant {
                     node_id: to_node.clone(),
+                    placed_at: now,
                     ..current.clone()
                 }),
                 events: vec![event.clone()],
@@ -519,6 +520,7 @@ mod tests {
             video: true,
             screen: false,
             joined_at: t(1),
+            placed_at: t(1),
             left_at: None,
         }
     }

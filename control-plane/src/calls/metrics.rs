@@ -17,6 +17,12 @@ pub struct CallMetrics {
     pub placement_failures: IntCounter,
     /// Sessions moved off dead or draining edges.
     pub migrated: IntCounter,
+    /// Nodes that came back with a new incarnation (restarted).
+    pub node_restarts: IntCounter,
+    /// Edges a client reported unreachable, by what the control plane's
+    /// own probe found (`down`: deregistered and its sessions moved;
+    /// `up`: only that client's path was broken).
+    pub unreachable_reports: IntCounterVec,
     /// Live registered nodes, by kind (as this replica last saw them).
     pub nodes: IntGaugeVec,
 }
@@ -62,6 +68,15 @@ impl CallMetrics {
             migrated: counter(
                 "cascade_call_migrations_total",
                 "Device sessions moved off an edge that died or drains.",
+            ),
+            node_restarts: counter(
+                "cascade_node_restarts_total",
+                "Nodes whose heartbeat carried a new incarnation (they restarted).",
+            ),
+            unreachable_reports: counter_vec(
+                "cascade_edge_unreachable_reports_total",
+                "Rejoins naming an unreachable edge, by the control plane's probe of it (down, up).",
+                "probe",
             ),
             nodes,
         }

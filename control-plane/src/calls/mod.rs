@@ -6,6 +6,8 @@
 //! - [`registry`]: node heartbeats in Redis or in process.
 //! - [`regions`]: which region a client is in (pure).
 //! - [`ice`]: STUN/TURN servers with TURN REST credentials.
+//! - [`probe`]: the control plane's own look at an edge a client cannot
+//!   reach.
 //! - [`view`]: wire shapes and the `call.*` events.
 //! - [`config`]: `[control_plane.calls]` and `[control_plane.cluster]`.
 //!
@@ -19,6 +21,7 @@ pub mod config;
 pub mod ice;
 pub mod lifecycle;
 pub mod metrics;
+pub mod probe;
 pub mod regions;
 pub mod registry;
 pub mod view;
@@ -216,6 +219,68 @@ impl Calls {
     ) -> Result<Option<NodeStatus>, RegistryError> {
         let edges = self.live_edges().await?;
         Ok(self.place_among(&edges, call, region, current))
+    }
+
+    /// [`Calls::place`] for a client that cannot reach edge `avoid`: its
+    /// region's other edges (the call meets on one of them, or spans two
+    /// through the relay), and `avoid` only when nothing else has room.
+    pub async fn place_avoiding(
+        &self,
+        call: Uuid,
+        region: &str,
+        current: &[Participant],
+        avoid: &str,
+    ) -> Result<Option<NodeStatus>, RegistryError> {
+        let edges = self.live_edges().await?;
+        let others: Vec<NodeStatus> = edges.iter().filter(|e| e.id != avoid).cloned().collect();
+        let elsewhere: Vec<Participant> = current
+            .iter()
+            .filter(|p| p.node_id != avoid)
+            .cloned()
+            .collect();
+        Ok(self
+            .place_among(&others, call, region, &elsewhere)
+            .or_else(|| self.place_among(&edges, call, region, current)))
+    }
+
+    /// A client says it cannot reach `node` (its signaling socket dropped,
+    /// ICE or DTLS consent failed). The control plane looks for itself:
+    /// when the edge does not answer either, it leaves the registry at
+    /// once (every replica stops placing on it; a live edge re-registers
+    /// with its next heartbeat) and every session on it is moved now, not
+    /// after three missed heartbeats. Returns what the probe found.
+    pub async fn report_unreachable(self: &Arc<Self>, node: &str) -> probe::Probe {
+        let Ok(edges) = self.live_edges().await else {
+            return probe::Probe::Unknown;
+        };
+        let found = match edges.iter().find(|e| e.id == node) {
+            // Already out of the registry: the sweep moves its sessions.
+            None => probe::Probe::Down,
+            Some(edge) => probe::probe(edge.heartbeat.endpoints.signaling_url.as_deref()).await,
+        };
+        let label = match found {
+            probe::Probe::Up => "up",
+            probe::Probe::Down => "down",
+            probe::Probe::Unknown => "unknown",
+        };
+        self.metrics
+            .unreachable_reports
+            .with_label_values(&[label])
+            .inc();
+        if found == probe::Probe::Down {
+            tracing::warn!(node_id = %node, "a client cannot reach this edge and neither can we");
+            if let Err(error) = self.registry.remove(node).await {
+                tracing::warn!(node_id = %node, %error, "cannot deregister an unreachable edge");
+            }
+            let calls = self.clone();
+            let node = node.to_owned();
+            tokio::spawn(async move {
+                if let Err(error) = calls.migrate_node_now(&node).await {
+                    tracing::warn!(node_id = %node, %error, "cannot move an unreachable edge's sessions");
+                }
+            });
+        }
+        found
     }
 
     /// [`Calls::place`] over edges already read from the registry.
@@ -421,54 +486,82 @@ impl Calls {
             if !draining && !confirmed_dead.contains(&node) {
                 continue;
             }
-            for participant in self.store.node_participants(&node).await? {
-                let Some(call) = self.store.call(participant.call_id).await? else {
-                    continue;
-                };
-                let current = self.store.live_participants(call.id).await?;
-                let others: Vec<Participant> =
-                    current.into_iter().filter(|p| p.node_id != node).collect();
-                let Some(edge) = self.place_among(&edges, call.id, &participant.region, &others)
-                else {
-                    tracing::warn!(call_id = %call.id, node_id = %node, "no edge to migrate to");
-                    continue;
-                };
-                let moved_participant = Participant {
-                    node_id: edge.id.clone(),
-                    ..participant.clone()
-                };
-                let response = self.join_response(
-                    &moved_participant,
-                    &call,
-                    &edge,
-                    (participant.region.clone(), RegionSource::Default),
-                    now,
+            moved += self.migrate_sessions_of(&node, &edges, now).await?;
+        }
+        Ok(moved)
+    }
+
+    /// Moves every live session on `node` now, without waiting for the
+    /// sweep: the node restarted (a new incarnation: its sessions are gone
+    /// even though it is registered) or was found unreachable. The node may
+    /// be placed on again if it is live. Returns how many moved, and wakes
+    /// the hubs.
+    pub async fn migrate_node_now(&self, node: &str) -> Result<usize, SweepError> {
+        let edges = self.live_edges().await?;
+        let now = crate::store::now_utc();
+        let moved = self.migrate_sessions_of(node, &edges, now).await?;
+        if moved > 0 {
+            self.wake().await;
+        }
+        Ok(moved)
+    }
+
+    /// Moves each live session on `node` to a fresh placement among
+    /// `edges`, with a `call.migrate` event for its user.
+    async fn migrate_sessions_of(
+        &self,
+        node: &str,
+        edges: &[NodeStatus],
+        now: OffsetDateTime,
+    ) -> Result<usize, SweepError> {
+        let node = node.to_owned();
+        let mut moved = 0;
+        for participant in self.store.node_participants(&node).await? {
+            let Some(call) = self.store.call(participant.call_id).await? else {
+                continue;
+            };
+            let current = self.store.live_participants(call.id).await?;
+            let others: Vec<Participant> =
+                current.into_iter().filter(|p| p.node_id != node).collect();
+            let Some(edge) = self.place_among(edges, call.id, &participant.region, &others) else {
+                tracing::warn!(call_id = %call.id, node_id = %node, "no edge to migrate to");
+                continue;
+            };
+            let moved_participant = Participant {
+                node_id: edge.id.clone(),
+                ..participant.clone()
+            };
+            let response = self.join_response(
+                &moved_participant,
+                &call,
+                &edge,
+                (participant.region.clone(), RegionSource::Default),
+                now,
+            );
+            let event = view::migrate_event(
+                &participant,
+                &node,
+                serde_json::to_value(&response).unwrap_or_default(),
+            );
+            let action = Action::Migrate {
+                session: participant.id,
+                from_node: node.clone(),
+                to_node: edge.id.clone(),
+                event,
+            };
+            if let Ok(Ok(_)) = self
+                .store
+                .update_call(call.id, None, now, &|facts| {
+                    lifecycle::decide(facts, &action, now)
+                })
+                .await
+            {
+                self.metrics.migrated.inc();
+                tracing::info!(
+                    call_id = %call.id, user_id = %participant.user_id,
+                    from_node = %node, to_node = %edge.id, "participant migrated"
                 );
-                let event = view::migrate_event(
-                    &participant,
-                    &node,
-                    serde_json::to_value(&response).unwrap_or_default(),
-                );
-                let action = Action::Migrate {
-                    session: participant.id,
-                    from_node: node.clone(),
-                    to_node: edge.id.clone(),
-                    event,
-                };
-                if let Ok(Ok(_)) = self
-                    .store
-                    .update_call(call.id, None, now, &|facts| {
-                        lifecycle::decide(facts, &action, now)
-                    })
-                    .await
-                {
-                    self.metrics.migrated.inc();
-                    tracing::info!(
-                        call_id = %call.id, user_id = %participant.user_id,
-                        from_node = %node, to_node = %edge.id, "participant migrated"
-                    );
-                    moved += 1;
-                }
+                moved += 1;
             }
         }
         Ok(moved)

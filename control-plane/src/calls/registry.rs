@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use fred::interfaces::{KeysInterface, LuaInterface, SetsInterface};
 use fred::types::Expiration;
 use protocol::calls::{NodeHeartbeat, NodeStatus};
+use uuid::Uuid;
 
 const IDS_KEY: &str = "cascade:nodes";
 
@@ -28,6 +29,15 @@ fn node_key(id: &str) -> String {
     format!("cascade:node:{id}")
 }
 
+/// A node's last incarnation, kept far longer than its registration so a
+/// node that restarts after its entry expired is still known as restarted.
+fn incarnation_key(id: &str) -> String {
+    format!("cascade:node-incarnation:{id}")
+}
+
+/// How long a node's last incarnation is remembered.
+const INCARNATION_MEMORY: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The registry backend failed (Redis unreachable).
 #[derive(Debug, thiserror::Error)]
 #[error("node registry unavailable")]
@@ -36,13 +46,16 @@ pub struct RegistryError(#[source] pub fred::error::Error);
 /// Where node heartbeats live.
 #[async_trait]
 pub trait NodeRegistry: Send + Sync + 'static {
-    /// Records `node`'s heartbeat; it lives `ttl` unless renewed.
+    /// Records `node`'s heartbeat; it lives `ttl` unless renewed. Returns
+    /// the incarnation the node had before when this heartbeat carries a
+    /// different one (it restarted), atomically: of two replicas taking
+    /// heartbeats of one restart, exactly one hears of it.
     async fn heartbeat(
         &self,
         id: &str,
         node: &NodeHeartbeat,
         ttl: Duration,
-    ) -> Result<(), RegistryError>;
+    ) -> Result<Option<Uuid>, RegistryError>;
     /// Forgets a node at once (it deregistered).
     async fn remove(&self, id: &str) -> Result<bool, RegistryError>;
     /// Every live node, by id.
@@ -53,6 +66,15 @@ pub trait NodeRegistry: Send + Sync + 'static {
 #[derive(Default)]
 pub struct MemoryRegistry {
     nodes: Mutex<HashMap<String, (NodeHeartbeat, Instant)>>,
+    incarnations: Mutex<HashMap<String, Uuid>>,
+}
+
+/// The previous incarnation if `new` replaces a different one.
+fn restarted(previous: Option<Uuid>, new: Option<Uuid>) -> Option<Uuid> {
+    match (previous, new) {
+        (Some(old), Some(new)) if old != new => Some(old),
+        _ => None,
+    }
 }
 
 #[async_trait]
@@ -62,10 +84,17 @@ impl NodeRegistry for MemoryRegistry {
         id: &str,
         node: &NodeHeartbeat,
         ttl: Duration,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Option<Uuid>, RegistryError> {
+        let previous = match node.incarnation {
+            Some(new) => {
+                let mut known = self.incarnations.lock().unwrap_or_else(|e| e.into_inner());
+                known.insert(id.to_owned(), new)
+            }
+            None => None,
+        };
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         nodes.insert(id.to_owned(), (node.clone(), Instant::now() + ttl));
-        Ok(())
+        Ok(restarted(previous, node.incarnation))
     }
 
     async fn remove(&self, id: &str) -> Result<bool, RegistryError> {
@@ -108,7 +137,26 @@ impl NodeRegistry for RedisRegistry {
         id: &str,
         node: &NodeHeartbeat,
         ttl: Duration,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Option<Uuid>, RegistryError> {
+        let previous = match node.incarnation {
+            // SET … GET: the old value and the new one in one step.
+            Some(new) => {
+                let memory_ms = i64::try_from(INCARNATION_MEMORY.as_millis()).unwrap_or(i64::MAX);
+                let old: Option<String> = self
+                    .client
+                    .set(
+                        incarnation_key(id),
+                        new.to_string(),
+                        Some(Expiration::PX(memory_ms)),
+                        None,
+                        true,
+                    )
+                    .await
+                    .map_err(RegistryError)?;
+                old.and_then(|o| o.parse::<Uuid>().ok())
+            }
+            None => None,
+        };
         let body = serde_json::to_string(node).unwrap_or_default();
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         let _: () = self
@@ -123,7 +171,7 @@ impl NodeRegistry for RedisRegistry {
             .await
             .map_err(RegistryError)?;
         let _: i64 = self.client.sadd(IDS_KEY, id).await.map_err(RegistryError)?;
-        Ok(())
+        Ok(restarted(previous, node.incarnation))
     }
 
     async fn remove(&self, id: &str) -> Result<bool, RegistryError> {

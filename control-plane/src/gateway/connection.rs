@@ -49,11 +49,17 @@ pub async fn serve(
                 _ => None,
             };
             let authed = match frame {
-                Some(ClientFrame::Auth { token, cursor }) => gateway
+                // The frame's cursor wins; without one, the URL's
+                // (`/v1/ws?cursor=…` then an `auth` frame is how browsers,
+                // which cannot set headers on a WebSocket, resume).
+                Some(ClientFrame::Auth {
+                    token,
+                    cursor: frame_cursor,
+                }) => gateway
                     .tokens
                     .verify_access(&token)
                     .ok()
-                    .map(|claims| (claims, cursor)),
+                    .map(|claims| (claims, frame_cursor.or(cursor))),
                 _ => None,
             };
             match authed {

@@ -31,7 +31,8 @@ macro_rules! call_cols {
 
 macro_rules! participant_cols {
     () => {
-        "id, call_id, user_id, device_id, node_id, region, audio, video, screen, joined_at, left_at"
+        "id, call_id, user_id, device_id, node_id, region, audio, video, screen, joined_at, placed_at, \
+         left_at"
     };
 }
 
@@ -345,8 +346,8 @@ macro_rules! call_store {
                 if let Some(p) = &change.insert {
                     sqlx::query(
                         "INSERT INTO call_participants (id, call_id, user_id, device_id, node_id, \
-                         region, audio, video, screen, joined_at, left_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL)",
+                         region, audio, video, screen, joined_at, placed_at, left_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL)",
                     )
                     .bind(p.id)
                     .bind(id)
@@ -358,13 +359,14 @@ macro_rules! call_store {
                     .bind(p.video)
                     .bind(p.screen)
                     .bind(p.joined_at)
+                    .bind(p.placed_at)
                     .execute(&mut *tx)
                     .await?;
                 }
                 if let Some(p) = &change.update {
                     sqlx::query(
                         "UPDATE call_participants SET node_id = $2, region = $3, audio = $4, \
-                         video = $5, screen = $6 WHERE id = $1 AND left_at IS NULL",
+                         video = $5, screen = $6, placed_at = $7 WHERE id = $1 AND left_at IS NULL",
                     )
                     .bind(p.id)
                     .bind(&p.node_id)
@@ -372,6 +374,7 @@ macro_rules! call_store {
                     .bind(p.audio)
                     .bind(p.video)
                     .bind(p.screen)
+                    .bind(p.placed_at)
                     .execute(&mut *tx)
                     .await?;
                 }

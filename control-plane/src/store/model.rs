@@ -590,6 +590,10 @@ pub struct Participant {
     pub screen: bool,
     /// When it joined.
     pub joined_at: OffsetDateTime,
+    /// When it was last placed on `node_id` (its join or latest migration):
+    /// until a join token's life after this, the edge not listing it only
+    /// means the client is still connecting.
+    pub placed_at: OffsetDateTime,
     /// When it left (`None`: still in).
     pub left_at: Option<OffsetDateTime>,
 }
