@@ -11,6 +11,8 @@
 //! - `durability`: acknowledged writes survive SIGKILL and restart.
 //! - `browser`: two headless Chromium pages in one call through the real
 //!   API and edge (WebRTC interop).
+//! - `chaos`: edge processes killed, restarted and drained under a call
+//!   between two Chromium pages while chat messages flow.
 //! - `calls`: call lifecycle, busy, missed exactly once across replicas,
 //!   group calls, history/stats, the node API, regions, migration, join
 //!   tokens checked by the edge's verifier.
@@ -30,6 +32,7 @@
 mod api;
 mod browser;
 mod calls;
+mod chaos;
 mod cli;
 mod control_plane;
 mod dev;

@@ -16,7 +16,12 @@ fn artifacts() -> std::path::PathBuf {
 }
 
 /// Evaluates `expression` until it is truthy (or fails after `limit`).
-async fn wait_for(browser: &mut Browser, page: &Page, expression: &str, limit: Duration) -> Value {
+pub(crate) async fn wait_for(
+    browser: &mut Browser,
+    page: &Page,
+    expression: &str,
+    limit: Duration,
+) -> Value {
     let deadline = Instant::now() + limit;
     loop {
         let value = browser.eval(page, expression).await;
@@ -41,7 +46,7 @@ async fn wait_for(browser: &mut Browser, page: &Page, expression: &str, limit: D
 }
 
 /// Types into an input the way a user does (value + input event).
-fn type_into(selector: &str, text: &str) -> String {
+pub(crate) fn type_into(selector: &str, text: &str) -> String {
     format!(
         "(() => {{ const el = document.querySelector({sel}); el.focus(); el.value = {text}; \
          el.dispatchEvent(new Event('input', {{bubbles: true}})); return true; }})()",
@@ -50,7 +55,7 @@ fn type_into(selector: &str, text: &str) -> String {
     )
 }
 
-fn click(selector: &str) -> String {
+pub(crate) fn click(selector: &str) -> String {
     format!(
         "(() => {{ const el = document.querySelector({sel}); if (!el) return false; el.click(); return true; }})()",
         sel = serde_json::to_string(selector).unwrap()
@@ -101,7 +106,7 @@ async fn send(browser: &mut Browser, page: &Page, text: &str) {
 }
 
 /// How many messages with exactly `text` the page shows.
-fn count_text(text: &str) -> String {
+pub(crate) fn count_text(text: &str) -> String {
     format!(
         "[...document.querySelectorAll('.msg .body')].filter(b => b.textContent === {}).length",
         serde_json::to_string(text).unwrap()
