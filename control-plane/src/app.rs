@@ -145,15 +145,17 @@ impl Service for ControlPlane {
             ring,
             std::time::Duration::from_secs(config.auth.access_token_ttl_secs),
         );
+        let presence = Arc::new(Presence::new(
+            dependencies.redis.clone(),
+            bus.clone(),
+            dependencies.store.clone(),
+            std::time::Duration::from_secs(config.gateway.presence_ttl_secs),
+        ));
+        presence.restore_after_reconnects();
         let gateway = Gateway {
             hub,
             bus: bus.clone(),
-            presence: Arc::new(Presence::new(
-                dependencies.redis.clone(),
-                bus.clone(),
-                dependencies.store.clone(),
-                std::time::Duration::from_secs(config.gateway.presence_ttl_secs),
-            )),
+            presence,
             store: dependencies.store.clone(),
             tokens: tokens.clone(),
             settings: (&config.gateway).into(),

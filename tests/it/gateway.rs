@@ -728,3 +728,78 @@ async fn fan_out_recovers_after_redis_restarts() {
     a.stop(WAIT * 2).await.unwrap();
     b.stop(WAIT * 2).await.unwrap();
 }
+
+/// Redis is replaced by an empty one: a user connected all along shows as
+/// online again as soon as the replica's client reconnects (it writes its
+/// devices again), not after the next gateway heartbeat (15 s here).
+#[tokio::test]
+async fn presence_is_back_right_after_redis_comes_back_empty() {
+    let Some(pg) = testkit::servers::postgres_url() else {
+        return;
+    };
+    let has_redis_server = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if testkit::servers::required_or_skip(has_redis_server.then_some(()), "the redis-server binary")
+        .is_none()
+    {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = OwnRedis::start(port);
+    let db = testkit::app::PgTestDatabase::create(&pg).await;
+    let mut config = control_plane::ControlPlaneConfig::for_tests();
+    config.database.url = Some(db.url().to_owned());
+    config.redis.url = Some(format!("redis://127.0.0.1:{}", redis.port));
+    config.gateway.heartbeat_interval_secs = 15;
+    let a = TestControlPlane::start(config).await.unwrap();
+    let api = ApiClient::new(a.http_addr());
+    let alice = api.register("alice").await;
+    let bob = api.register("bob").await;
+    api.direct(&alice, &bob).await;
+    wait_ready(&api).await;
+    let (_alice_online, _) = ws(a.http_addr(), &alice, None).await;
+    let status = || async {
+        let list = api.get("/v1/presence", &bob).await.expect(200).body;
+        list["presence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["user_id"] == alice.id.as_str())
+            .map(|p| p["status"].as_str().unwrap().to_owned())
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while status().await.as_deref() != Some("online") {
+        assert!(std::time::Instant::now() < deadline, "alice never online");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A new, empty Redis where the old one was.
+    redis.stop();
+    redis = OwnRedis::start(port);
+    let back = std::time::Instant::now();
+    wait_ready(&api).await;
+    let deadline = back + Duration::from_secs(5);
+    loop {
+        if status().await.as_deref() == Some("online") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alice still not online {:?} after Redis came back",
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "presence restored {:?} after Redis came back empty",
+        back.elapsed()
+    );
+    drop(redis);
+    a.stop(WAIT * 2).await.unwrap();
+}

@@ -6,12 +6,17 @@
 //! devices (online > away > offline). When it changes, the replica that saw
 //! the change publishes it to the user's contacts and fellow conversation
 //! members (no one else may see it).
+//!
+//! Each replica also remembers its own connected devices, so that when
+//! Redis comes back empty (restarted, failed over, flushed) it writes them
+//! all again the moment its client reconnects: connected users do not
+//! show as offline until their next heartbeat.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fred::interfaces::{HashesInterface, KeysInterface};
+use fred::interfaces::{EventInterface, HashesInterface, KeysInterface};
 use protocol::gateway::PresenceStatus;
 use uuid::Uuid;
 
@@ -41,6 +46,9 @@ pub struct Presence {
     ttl: Duration,
     /// Distinguishes this replica's connection ids from other replicas'.
     replica: Uuid,
+    /// This replica's connected devices and their last reported status:
+    /// what it writes again after Redis lost everything.
+    local: Mutex<HashMap<(Uuid, u64), PresenceStatus>>,
 }
 
 fn now_ms() -> u128 {
@@ -105,7 +113,57 @@ impl Presence {
             store,
             ttl,
             replica: Uuid::new_v4(),
+            local: Mutex::default(),
         }
+    }
+
+    /// Writes every device of this replica again whenever the Redis client
+    /// reconnects (a no-op in memory), right away and once more a second
+    /// later, when the bus has surely subscribed again and announcements
+    /// of the change reach the other replicas. Runs until the client or
+    /// this `Presence` goes away.
+    pub fn restore_after_reconnects(self: &Arc<Self>) {
+        let Devices::Redis(client) = &self.devices else {
+            return;
+        };
+        let mut reconnects = client.reconnect_rx();
+        let presence = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                match reconnects.recv().await {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+                for delay in [Duration::ZERO, Duration::from_secs(1)] {
+                    tokio::time::sleep(delay).await;
+                    let Some(presence) = presence.upgrade() else {
+                        return;
+                    };
+                    let restored = presence.restore().await;
+                    if delay.is_zero() {
+                        tracing::info!(
+                            devices = restored,
+                            "Redis reconnected: presence written again"
+                        );
+                    }
+                }
+            }
+        });
+    }
+
+    /// Writes each of this replica's devices again; how many.
+    async fn restore(&self) -> usize {
+        let devices: Vec<((Uuid, u64), PresenceStatus)> = self
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for ((user, conn), status) in &devices {
+            self.update(*user, *conn, Some(*status)).await;
+        }
+        devices.len()
     }
 
     fn device(&self, conn: u64) -> String {
@@ -124,6 +182,10 @@ impl Presence {
 
     /// A device disconnected.
     pub async fn gone(&self, user: Uuid, conn: u64) {
+        self.local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(user, conn));
         let before = self.status(user).await;
         let device = self.device(conn);
         match &self.devices {
@@ -209,6 +271,13 @@ impl Presence {
     }
 
     async fn update(&self, user: Uuid, conn: u64, status: Option<PresenceStatus>) {
+        {
+            let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = local.entry((user, conn)).or_insert(PresenceStatus::Online);
+            if let Some(status) = status {
+                *entry = status;
+            }
+        }
         let before = self.status(user).await;
         let device = self.device(conn);
         let expires = now_ms() + self.ttl.as_millis();
