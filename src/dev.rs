@@ -182,6 +182,7 @@ pub async fn run(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<()> 
                 drain_timeout_secs: 2,
                 relay: Some(EdgeRelayConfig {
                     addr: *relay_addr,
+                    fallback_addrs: Vec::new(),
                     server_name: relay::tls::RELAY_SERVER_NAME.into(),
                     tls: relay::tls::TlsFiles::in_dir(&certs, &id),
                     link_timeout_ms: 2000,

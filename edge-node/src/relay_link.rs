@@ -40,6 +40,11 @@ pub use crate::relay_client::{RelayCommand, RelayEvent, STALE_AFTER};
 pub struct EdgeRelayConfig {
     /// The relay's QUIC address.
     pub addr: SocketAddr,
+    /// Other relays of the region, dialed in turn when the current one
+    /// does not answer (the edge re-homes; every announcement and
+    /// subscription is replayed on the new link).
+    #[serde(default)]
+    pub fallback_addrs: Vec<SocketAddr>,
     /// The name its certificate must carry.
     #[serde(default = "default_server_name")]
     pub server_name: String,
@@ -328,6 +333,13 @@ impl RelayLink {
         let mut reader: Option<ControlReader> = None;
         let mut connection: Option<Connection> = None;
         let mut redial_at = tokio::time::Instant::now();
+        // Where to dial: the configured relay, then each fallback. A link
+        // that dropped is dialed again once (a restart is quick); a dial
+        // that fails moves on to the next relay.
+        let relays: Vec<SocketAddr> = std::iter::once(config.addr)
+            .chain(config.fallback_addrs.iter().copied())
+            .collect();
+        let mut target = 0usize;
         let mut rtt = tokio::time::interval(Duration::from_secs(1));
         // Reassembly deadlines, repeated NACKs, stale tracks.
         let mut ticks = tokio::time::interval(relay_client::TICK);
@@ -367,14 +379,14 @@ impl RelayLink {
                     // Bounded: worker events and `stop` wait meanwhile.
                     let dialed = tokio::time::timeout(
                         timeout,
-                        link::dial(&endpoint, config.addr, &config.server_name, &hello),
+                        link::dial(&endpoint, relays[target], &config.server_name, &hello),
                     )
                     .await
                     .unwrap_or(Err(link::LinkError::Handshake("no answer in time")));
                     match dialed {
                         Ok(l) => {
                             backoff.reset();
-                            tracing::info!(relay = %l.hello.node, addr = %config.addr, "relay link up");
+                            tracing::info!(relay = %l.hello.node, addr = %relays[target], "relay link up");
                             metrics.link.links.with_label_values(&["relay"]).inc();
                             metrics.link.links_established.with_label_values(&["relay"]).inc();
                             let counters = metrics.link.link(&l.hello.node);
@@ -387,8 +399,17 @@ impl RelayLink {
                             client.connected(Instant::now());
                         }
                         Err(error) => {
-                            tracing::debug!(addr = %config.addr, %error, "dialing relay failed");
-                            redial_at = tokio::time::Instant::now() + backoff.next_delay();
+                            tracing::debug!(addr = %relays[target], %error, "dialing relay failed");
+                            let previous = target;
+                            target = (target + 1) % relays.len();
+                            if target != previous {
+                                tracing::info!(from = %relays[previous], to = %relays[target],
+                                               "relay not answering; trying the next one");
+                                // Another relay deserves a prompt try.
+                                redial_at = tokio::time::Instant::now();
+                            } else {
+                                redial_at = tokio::time::Instant::now() + backoff.next_delay();
+                            }
                         }
                     }
                 }

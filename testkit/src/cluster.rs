@@ -118,6 +118,7 @@ pub fn edge_config(
     config.credential = Some(control_plane::api::node_credential(secret, id));
     config.relay = relay.map(|(certs, addr)| EdgeRelayConfig {
         addr,
+        fallback_addrs: Vec::new(),
         server_name: relay::tls::RELAY_SERVER_NAME.into(),
         tls: certs.files(id),
         link_timeout_ms: 1000,

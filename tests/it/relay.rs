@@ -107,6 +107,16 @@ async fn scene(
     us_relay: impl AsyncFnOnce(&CertDir, SocketAddr) -> SocketAddr,
     probe: Option<std::sync::Arc<LatencyProbe>>,
 ) -> Scene {
+    scene_with_fallback(certs, us_relay, probe, None).await
+}
+
+/// [`scene`] with a second `us` relay the `us` edge may re-home to.
+async fn scene_with_fallback(
+    certs: CertDir,
+    us_relay: impl AsyncFnOnce(&CertDir, SocketAddr) -> SocketAddr,
+    probe: Option<std::sync::Arc<LatencyProbe>>,
+    us_fallback: Option<SocketAddr>,
+) -> Scene {
     let app = two_region_app().await;
     let eu_relay = RunningRelay::start(relay_config(&certs, "eu-relay", "eu", 0, &[])).await;
     let us_relay_addr = us_relay(&certs, eu_relay.addrs.quic).await;
@@ -118,14 +128,17 @@ async fn scene(
         Some((&certs, eu_relay.addrs.quic)),
     ))
     .await;
-    let us_edge = RunningEdge::start(edge_config(
+    let mut us_config = edge_config(
         "us-edge",
         "us",
         &app.url(""),
         SECRET,
         Some((&certs, us_relay_addr)),
-    ))
-    .await;
+    );
+    if let Some(relay) = us_config.relay.as_mut() {
+        relay.fallback_addrs = us_fallback.into_iter().collect();
+    }
+    let us_edge = RunningEdge::start(us_config).await;
     wait_registered(&app, &["eu-edge", "us-edge"]).await;
 
     let owner = app.register("owner").await;
@@ -314,6 +327,18 @@ async fn a_publisher_in_eu_reaches_three_subscribers_in_us_crossing_once() {
 
 #[tokio::test]
 async fn a_killed_us_relay_is_restarted_and_media_resumes_without_clients() {
+    killed_relay_restarted_after(Duration::from_millis(300)).await;
+}
+
+/// Down longer than the edges' stale-track timeout (5 s): the remote
+/// tracks leave every subscriber and come back with the relay, for every
+/// subscriber alike.
+#[tokio::test]
+async fn a_relay_down_for_8_seconds_brings_every_subscriber_back_together() {
+    killed_relay_restarted_after(Duration::from_secs(8)).await;
+}
+
+async fn killed_relay_restarted_after(outage: Duration) {
     let certs = CertDir::new(&NODES);
     let port = free_udp_port();
     let config_path = certs.dir.join("us-relay.toml");
@@ -359,7 +384,7 @@ async fn a_killed_us_relay_is_restarted_and_media_resumes_without_clients() {
     // SIGKILL: no goodbye reaches the edge or the eu relay.
     relay.kill();
     let killed = Instant::now();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(outage).await;
     let stalled: Vec<usize> = s
         .subscribers
         .iter()
@@ -382,8 +407,9 @@ async fn a_killed_us_relay_is_restarted_and_media_resumes_without_clients() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let slowest = resumed.iter().flatten().max().copied().unwrap();
+    let fastest = resumed.iter().flatten().min().copied().unwrap();
     eprintln!(
-        "media resumed {slowest:?} after the restart ({:?} after the kill)",
+        "after a {outage:?} outage: media resumed {fastest:?}-{slowest:?} after the restart ({:?} after the kill)",
         killed.elapsed()
     );
     assert!(
@@ -403,6 +429,115 @@ async fn a_killed_us_relay_is_restarted_and_media_resumes_without_clients() {
     }
     let eu = s.eu_relay.metrics().await;
     assert!(metric(&eu, "cascade_relay_links_established_total{role=\"relay\"}") >= 2.0);
+}
+
+/// The `us` relay dies and stays dead; the `us` edge re-homes to the
+/// region's other relay (its `fallback_addrs`), replays its subscriptions
+/// there, and every subscriber gets video again without doing anything.
+#[tokio::test]
+async fn an_edge_rehomes_to_the_regions_other_relay_when_its_relay_dies() {
+    let certs = CertDir::new(&["eu-relay", "us-relay", "us-relay-2", "eu-edge", "us-edge"]);
+    let port = free_udp_port();
+    let config_path = certs.dir.join("us-relay.toml");
+    let fallback_port = free_udp_port();
+    let mut second = None;
+    let mut first = None;
+    let s = scene_with_fallback(
+        certs,
+        async |certs: &CertDir, eu: SocketAddr| {
+            let files = certs.files("us-relay");
+            let toml = format!(
+                "[relay]\nnode_id = \"us-relay\"\nregion = \"us\"\nlisten = \"127.0.0.1:0\"\n\
+                 quic_listen = \"127.0.0.1:{port}\"\nlink_timeout_ms = 1000\n\
+                 [relay.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
+                 [[relay.peers]]\naddr = \"{eu}\"\n",
+                files.ca, files.cert, files.key
+            );
+            std::fs::write(certs.dir.join("us-relay.toml"), toml).unwrap();
+            // Up before the edge, so the edge homes on it first.
+            let path = config_path.clone();
+            first = Some(
+                tokio::task::spawn_blocking(move || {
+                    testkit::bench::ChildService::spawn_exe(
+                        std::path::Path::new(env!("CARGO_BIN_EXE_cascade")),
+                        &["relay", "--config", path.to_str().unwrap()],
+                        "info",
+                        &[],
+                        "relay bound",
+                        "quic",
+                    )
+                })
+                .await
+                .unwrap(),
+            );
+            second = Some(
+                RunningRelay::start(relay_config(
+                    certs,
+                    "us-relay-2",
+                    "us",
+                    fallback_port,
+                    &[eu],
+                ))
+                .await,
+            );
+            SocketAddr::from(([127, 0, 0, 1], port))
+        },
+        None,
+        Some(SocketAddr::from(([127, 0, 0, 1], fallback_port))),
+    )
+    .await;
+    let second = second.unwrap();
+    let relay = first.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let edge_links = "cascade_relay_links_established_total{role=\"edge\"}";
+    assert_eq!(
+        metric(&second.metrics().await, edge_links),
+        0.0,
+        "the edge is on its first relay until it dies"
+    );
+    let before: Vec<usize> = s
+        .subscribers
+        .iter()
+        .map(|b| b.report().video_frames())
+        .collect();
+    assert!(
+        before.iter().all(|n| *n > 20),
+        "media flows first: {before:?}"
+    );
+
+    relay.kill();
+    let killed = Instant::now();
+    let stalled: Vec<usize> = s
+        .subscribers
+        .iter()
+        .map(|b| b.report().video_frames())
+        .collect();
+    let mut resumed = vec![None; s.subscribers.len()];
+    while resumed.iter().any(Option::is_none) {
+        for (i, bot) in s.subscribers.iter().enumerate() {
+            if resumed[i].is_none() && bot.report().video_frames() > stalled[i] + 5 {
+                resumed[i] = Some(killed.elapsed());
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "media did not come back through the other relay: {resumed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fastest = resumed.iter().flatten().min().copied().unwrap();
+    let slowest = resumed.iter().flatten().max().copied().unwrap();
+    eprintln!("re-homed: media back {fastest:?}-{slowest:?} after the relay was killed");
+    let metrics = second.metrics().await;
+    assert!(
+        metric(&metrics, edge_links) >= 1.0,
+        "the edge linked to the second relay"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for bot in &s.subscribers {
+        assert_eq!(bot.report().corrupt, 0);
+    }
+    second.stop().await;
 }
 
 #[tokio::test]
