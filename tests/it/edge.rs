@@ -2,14 +2,14 @@
 //! production `build`/`run`; str0m bots get join tokens from the real API,
 //! connect to `/v1/rtc` and send media over UDP.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use edge_node::{Edge, EdgeConfig};
 use reqwest::Method;
 use serde_json::{Value, json};
 use service::Service;
 use testkit::app::{Backend, TestApp};
-use testkit::bot::Bot;
+use testkit::bot::{Bot, BotOptions};
 use testkit::client::TestUser;
 
 const SECRET: &str = control_plane::config::TEST_CLUSTER_SECRET;
@@ -582,4 +582,68 @@ async fn a_subscriber_behind_a_thin_link_gets_q_and_climbs_back_to_f_when_it_wid
     publisher.leave().await;
     free.leave().await;
     thin.leave().await;
+}
+
+/// The first control-plane URL an edge has is dead (a replica that went
+/// away): it registers through the next one, takes join-token keys from
+/// it, and a bot's join through that replica connects.
+#[tokio::test]
+async fn an_edge_fails_over_to_its_next_control_plane_url() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    str0m::crypto::from_feature_flags().install_process_default();
+    let dead = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", socket.local_addr().unwrap())
+    };
+    let mut config = EdgeConfig::for_tests("edge-fo");
+    config.control_plane_url = Some(dead);
+    config.control_plane_fallback_urls = vec![app.url("")];
+    config.credential = Some(control_plane::api::node_credential(SECRET, "edge-fo"));
+    let edge = Edge::build(config).await.expect("edge starts");
+    let (stop, shutdown) = service::lifecycle::shutdown_channel();
+    let task = tokio::spawn(edge.run(shutdown));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let nodes = app
+            .call(Method::GET, "/internal/v1/nodes", Some(SECRET), None)
+            .await
+            .body;
+        if nodes
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["id"] == "edge-fo"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge never registered through its second URL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.direct(&alice, &bob).await;
+    let call = start_call(&app, &alice, &chat, "audio").await;
+    let joined = app
+        .post(
+            &format!("/v1/calls/{call}/join"),
+            &alice,
+            json!({"device_id": "d"}),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(joined["edge"]["id"], "edge-fo");
+    // The edge verifies the token with keys fetched through the fallback.
+    let bot = Bot::join_with(&joined, BotOptions::new(true))
+        .await
+        .expect("the join token is accepted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bot.report().connected {
+        assert!(Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bot.leave().await;
+    stop.trigger();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
 }

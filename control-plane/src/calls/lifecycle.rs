@@ -538,6 +538,46 @@ mod tests {
     }
 
     #[test]
+    fn a_migration_places_the_session_anew_but_keeps_its_join_time() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let call = Call {
+            state: CallState::Active,
+            ..direct(a, b)
+        };
+        let old = session(&call, a, "d");
+        let migrate = |from: &str| Action::Migrate {
+            session: old.id,
+            from_node: from.into(),
+            to_node: "edge-2".into(),
+            event: crate::calls::view::migrate_event(&old, from, serde_json::json!({})),
+        };
+        let change = decide(
+            &facts(call.clone(), vec![old.clone()], None),
+            &migrate("edge-1"),
+            t(600),
+        )
+        .expect("moves");
+        let moved = change.update.clone().expect("the session is updated");
+        assert_eq!(moved.node_id, "edge-2");
+        assert_eq!(
+            moved.placed_at,
+            t(600),
+            "reconciliation counts a join token's life from here"
+        );
+        assert_eq!(moved.joined_at, t(1), "the call's history keeps the join");
+        assert_eq!(kinds(&change), ["call.migrate"]);
+        // Moved already (or by another replica): nothing.
+        assert!(
+            decide(
+                &facts(call, vec![old.clone()], None),
+                &migrate("edge-9"),
+                t(600)
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn ring_timeout_misses_once_and_only_when_due() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let call = direct(a, b);

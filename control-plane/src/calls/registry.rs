@@ -209,3 +209,84 @@ impl NodeRegistry for RedisRegistry {
         Ok(live)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::calls::{NodeEndpoints, NodeKind};
+
+    fn beat(incarnation: Option<Uuid>) -> NodeHeartbeat {
+        NodeHeartbeat {
+            kind: NodeKind::Edge,
+            region: "eu".into(),
+            endpoints: NodeEndpoints::default(),
+            capacity: 10,
+            load: 0,
+            draining: false,
+            sessions: None,
+            usage: None,
+            incarnation,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_incarnation_is_a_restart_and_is_reported_once() {
+        let registry = MemoryRegistry::default();
+        let ttl = Duration::from_secs(3);
+        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(
+            registry
+                .heartbeat("e", &beat(Some(first)), ttl)
+                .await
+                .unwrap(),
+            None,
+            "first sight"
+        );
+        assert_eq!(
+            registry
+                .heartbeat("e", &beat(Some(first)), ttl)
+                .await
+                .unwrap(),
+            None,
+            "the same boot"
+        );
+        assert_eq!(
+            registry
+                .heartbeat("e", &beat(Some(second)), ttl)
+                .await
+                .unwrap(),
+            Some(first),
+            "a new boot id: it restarted"
+        );
+        assert_eq!(
+            registry
+                .heartbeat("e", &beat(Some(second)), ttl)
+                .await
+                .unwrap(),
+            None,
+            "reported once"
+        );
+        // Remembered after the registration is gone (expired or removed).
+        registry.remove("e").await.unwrap();
+        let third = Uuid::new_v4();
+        assert_eq!(
+            registry
+                .heartbeat("e", &beat(Some(third)), ttl)
+                .await
+                .unwrap(),
+            Some(second)
+        );
+        // A node that sends none is never taken for restarted.
+        assert_eq!(
+            registry.heartbeat("old", &beat(None), ttl).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            registry
+                .heartbeat("other", &beat(Some(first)), ttl)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}
