@@ -257,6 +257,11 @@ pub fn router(
     readiness: Readiness,
 ) -> Router {
     let (api, openapi) = api::routes();
+    let api_origins: Vec<String> = config
+        .api_origins
+        .iter()
+        .filter_map(|o| crate::web::parse_origin(o))
+        .collect();
     let app = api
         .route("/v1/ws", axum::routing::get(crate::gateway::upgrade))
         .merge(api::internal_routes())
@@ -268,9 +273,13 @@ pub fn router(
         ))
         // Serves /docs (Swagger UI) and /openapi.json.
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
-        .merge(crate::web::routes())
+        .merge(crate::web::routes(&api_origins))
         .merge(service::ops::routes(metrics.clone(), readiness))
-        .fallback(error::no_route);
+        .fallback(error::no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(api_origins),
+            crate::web::cors,
+        ));
     service::ops::measure(app, metrics)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

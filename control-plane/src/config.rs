@@ -38,6 +38,11 @@ pub struct ControlPlaneConfig {
     pub calls: crate::calls::config::CallsConfig,
     /// The credential nodes use on the internal API.
     pub cluster: crate::calls::config::ClusterConfig,
+    /// Origins (`https://a.example`) of every replica or load balancer the
+    /// web client may use, in the order it tries them when one stops
+    /// answering. They are written into the page and allowed cross-origin
+    /// requests (CORS) from each other. Empty: the page's own origin only.
+    pub api_origins: Vec<String>,
 }
 
 /// `[control_plane.auth]`.
@@ -153,6 +158,7 @@ impl Default for ControlPlaneConfig {
             gateway: crate::gateway::GatewayConfig::default(),
             calls: crate::calls::config::CallsConfig::default(),
             cluster: crate::calls::config::ClusterConfig::default(),
+            api_origins: Vec::new(),
         }
     }
 }
@@ -204,6 +210,14 @@ impl ControlPlaneConfig {
 
 impl Validate for ControlPlaneConfig {
     fn validate(&self, v: &mut Validator) {
+        for (i, origin) in self.api_origins.iter().enumerate() {
+            if crate::web::parse_origin(origin).is_none() {
+                v.invalid(
+                    "api_origins",
+                    format!("entry {i} must be an origin: http(s)://host[:port], nothing after it"),
+                );
+            }
+        }
         check_range(v, "drain_timeout_secs", self.drain_timeout_secs, 1, 300);
         check_range(
             v,

@@ -25,17 +25,17 @@ use testkit::app::{Backend, TestApp};
 use testkit::browser::{Browser, Page};
 use testkit::client::TestUser;
 
-use crate::web::{click, count_text, type_into, wait_for};
+use crate::web::{click, count_text, send, type_into, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cascade");
 const SECRET: &str = control_plane::config::TEST_CLUSTER_SECRET;
-/// What a fault may cost at most before the test calls it broken: the
-/// target is < 3 s and this machine measures 0.6-2.2 s (with the other
-/// tests running). The old path, waiting for the registration to lapse
-/// (TTL 3 s + 1 s grace + reconnecting, with the test's 1 s heartbeats),
-/// needs about 5 s, and never moves the calls of an edge restarted before
-/// its TTL; `failover` asserts the immediate move on its own.
-const MEDIA_BACK_BOUND: Duration = Duration::from_secs(5);
+/// What a fault may cost at most before the test calls it broken. The
+/// target is < 3 s and this test alone measures 0.7-1.5 s; run beside the
+/// whole suite on 2 cores (CI) it has taken over 5 s once, so the bound
+/// is loose. That the fast paths act at once is asserted without the
+/// browsers' load in `failover` (< 2 s); the old code fails here anyway on
+/// the restart, whose calls it never moved.
+const MEDIA_BACK_BOUND: Duration = Duration::from_secs(10);
 
 /// One `cascade edge` process, restartable on the same ports.
 struct EdgeProcess {
@@ -353,8 +353,8 @@ async fn calls_survive_edge_kill_restart_and_drain_in_the_browser() {
             _ => {}
         }
         registered(&app, &["edge-a", "edge-b"]).await;
-        // Media keeps flowing on the new edge (not just a first frame).
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Media keeps flowing on the new edge (not just a first frame):
+        // 15 more frames decoded within a few seconds.
         for page in [&alice_page, &bob_page] {
             browser.eval(page, "window.__mark()").await;
             let before = browser
@@ -362,18 +362,18 @@ async fn calls_survive_edge_kill_restart_and_drain_in_the_browser() {
                     page,
                     "window.cascadeState.call.session.stats().then(s => s.framesDecoded)",
                 )
-                .await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let after = browser
-                .eval(
-                    page,
-                    "window.cascadeState.call.session.stats().then(s => s.framesDecoded)",
-                )
-                .await;
-            assert!(
-                after.as_f64() > before.as_f64(),
-                "video keeps decoding: {before} → {after}"
-            );
+                .await
+                .as_f64()
+                .unwrap_or(0.0);
+            wait_for(
+                &mut browser,
+                page,
+                &format!(
+                    "window.cascadeState.call.session.stats().then(s => s.framesDecoded > {before} + 15)"
+                ),
+                Duration::from_secs(5),
+            )
+            .await;
         }
     }
     sender.abort();
@@ -442,10 +442,6 @@ impl Replica {
             let _ = child.wait();
         }
     }
-
-    fn origin(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
 }
 
 impl Drop for Replica {
@@ -454,9 +450,9 @@ impl Drop for Replica {
     }
 }
 
-/// Two replicas on one Postgres and Redis; two pages whose gateway sockets
-/// are on replica A (the page's origin), with B as the second origin a
-/// deployment gives `cascade.js`. A script sends a message every 200 ms
+/// Two replicas on one Postgres and Redis, both configured with both
+/// origins (`api_origins`); two pages loaded from replica A, their gateway
+/// sockets on it. A script sends a message every 200 ms
 /// through whichever replica answers. A is SIGKILLed: the pages move to B
 /// and show what is sent meanwhile while A is still down; then both are
 /// SIGKILLed for 5 s: the pages say they are reconnecting, and once the
@@ -499,43 +495,47 @@ async fn chat_survives_replica_kills_in_the_browser() {
             .unwrap()
             .port()
     };
+    let (port_a, port_b) = (port(), port());
+    // The deployment's list of API origins: written into the page, and
+    // allowed cross-origin by each replica.
+    let mut env = env;
+    env.push((
+        "CASCADE_CONTROL_PLANE__API_ORIGINS".to_owned(),
+        format!("[\"http://127.0.0.1:{port_a}\", \"http://127.0.0.1:{port_b}\"]"),
+    ));
     let mut a = Replica {
-        port: port(),
+        port: port_a,
         env: env.clone(),
         child: None,
     };
     let mut b = Replica {
-        port: port(),
+        port: port_b,
         env,
         child: None,
     };
     a.start();
     b.start();
-    let origins = [a.origin(), b.origin()];
     let api_a = testkit::client::ApiClient::new(format!("127.0.0.1:{}", a.port));
     let alice = api_a.register("alice").await;
     let bob = api_a.register("bob").await;
     let chat = api_a.direct(&alice, &bob).await;
 
-    let url = format!("{}/", a.origin());
+    let url = format!("http://127.0.0.1:{port_a}/");
     let alice_page = browser.open_isolated(&url).await;
     let bob_page = browser.open_isolated(&url).await;
     log_in(&mut browser, &alice_page, &alice).await;
     log_in(&mut browser, &bob_page, &bob).await;
+    // What each page's gateway went through, printed at the end.
     for page in [&alice_page, &bob_page] {
-        // The deployment's list of API origins (what `<meta
-        // name="cascade-api">` gives the web client).
         browser
             .eval(
                 page,
-                &format!(
-                    "(() => {{ window.cascadeClient.origins = {}; return true; }})()",
-                    serde_json::to_string(&origins).unwrap()
-                ),
+                "(() => { window.__log = []; window.cascadeClient.on('*', (d, f, t) => \
+                 window.__log.push([t, (f && f.cursor) || (d && d.cursor) || null, (d && d.body) || (d && d.code) || null, window.cascadeClient.base, Math.round(performance.now())])); \
+                 return true; })()",
             )
             .await;
     }
-
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let sender = {
         let acked = acked.clone();
@@ -601,6 +601,16 @@ async fn chat_survives_replica_kills_in_the_browser() {
         during.len(),
         killed.elapsed()
     );
+    // A message typed on a page while its own origin is dead goes to the
+    // other replica (CORS allows it) and reaches the other page.
+    send(&mut browser, &bob_page, "typed while A is down").await;
+    wait_for(
+        &mut browser,
+        &alice_page,
+        &format!("{} === 1", count_text("typed while A is down")),
+        Duration::from_secs(10),
+    )
+    .await;
     a.start();
 
     // 2. Both replicas die for 5 s.
@@ -621,7 +631,15 @@ async fn chat_survives_replica_kills_in_the_browser() {
     let back = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     sender.abort();
-    let acked = acked.lock().unwrap().clone();
+    let mut acked = acked.lock().unwrap().clone();
+    // First: `shown_once` waits for the last one, the newest.
+    acked.insert(0, "typed while A is down".to_owned());
+    for page in [&alice_page, &bob_page] {
+        let log = browser
+            .eval(page, "JSON.stringify((window.__log || []).slice(-60))")
+            .await;
+        eprintln!("gateway log: {log}");
+    }
     for page in [&alice_page, &bob_page] {
         shown_once(&mut browser, page, &acked, Duration::from_secs(10)).await;
         wait_for(
@@ -637,4 +655,261 @@ async fn chat_survives_replica_kills_in_the_browser() {
         acked.len(),
         back.elapsed()
     );
+}
+
+/// Picks `region` in the page's development region picker.
+async fn pick_region(browser: &mut Browser, page: &Page, region: &str) {
+    wait_for(
+        browser,
+        page,
+        "!!document.querySelector('select[aria-label=\"Call region\"]')",
+        Duration::from_secs(10),
+    )
+    .await;
+    browser
+        .eval(
+            page,
+            &format!(
+                "(() => {{ const s = document.querySelector('select[aria-label=\"Call region\"]'); s.value = '{region}'; \
+                 s.dispatchEvent(new Event('change')); return true; }})()"
+            ),
+        )
+        .await;
+}
+
+/// Video frames a page has decoded from `user`'s camera (the inbound
+/// streams whose m-line the edge named as theirs).
+async fn frames_from(browser: &mut Browser, page: &Page, user: &str) -> f64 {
+    browser
+        .eval(
+            page,
+            &format!(
+                "(async () => {{ const c = window.cascadeState.call; if (!c || !c.session.pc) return -1; \
+                 const mids = new Set(c.session.tracks.filter(t => t.user_id === '{user}' && t.kind === 'video').map(t => t.mid)); \
+                 let n = 0; (await c.session.pc.getStats()).forEach(r => {{ \
+                   if (r.type === 'inbound-rtp' && r.kind === 'video' && mids.has(r.mid)) n += r.framesDecoded || 0; }}); \
+                 return n; }})()"
+            ),
+        )
+        .await
+        .as_f64()
+        .unwrap_or(-1.0)
+}
+
+/// Two regions, a relay each; the `us` relay is a process. Alice (eu) and
+/// Bob and Carol (both on the us edge) in a video call in three Chromium
+/// pages. The us relay is SIGKILLed and restarted 10 s later (past the
+/// edges' 5 s stale-track timeout, so the remote tracks leave and come
+/// back): video from eu is back on both us pages, within a few seconds of
+/// each other, and Alice gets theirs again.
+#[tokio::test]
+async fn cross_region_video_returns_to_every_page_after_a_relay_outage() {
+    use testkit::cluster::{CertDir, RunningEdge, RunningRelay, edge_config, relay_config};
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+        let region = |name: &str, lat: f64, lon: f64| control_plane::calls::config::RegionConfig {
+            name: name.into(),
+            latitude: lat,
+            longitude: lon,
+            probe_url: None,
+        };
+        config.calls.regions = vec![region("eu", 50.1, 8.7), region("us", 39.0, -77.5)];
+        config.calls.default_region = "eu".into();
+    })
+    .await
+    .unwrap();
+    let certs = CertDir::new(&["eu-relay", "us-relay", "eu-edge", "us-edge"]);
+    let eu_relay = RunningRelay::start(relay_config(&certs, "eu-relay", "eu", 0, &[])).await;
+    let us_port = testkit::cluster::free_udp_port();
+    let files = certs.files("us-relay");
+    let config_path = certs.dir.join("us-relay.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[relay]\nnode_id = \"us-relay\"\nregion = \"us\"\nlisten = \"127.0.0.1:0\"\n\
+             quic_listen = \"127.0.0.1:{us_port}\"\nlink_timeout_ms = 1000\n\
+             [relay.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
+             [[relay.peers]]\naddr = \"{}\"\n",
+            files.ca, files.cert, files.key, eu_relay.addrs.quic
+        ),
+    )
+    .unwrap();
+    let spawn_us_relay = {
+        let path = config_path.clone();
+        move || {
+            testkit::bench::ChildService::spawn_exe(
+                std::path::Path::new(BIN),
+                &["relay", "--config", path.to_str().unwrap()],
+                "info",
+                &[],
+                "relay bound",
+                "quic",
+            )
+        }
+    };
+    let us_relay = tokio::task::spawn_blocking(spawn_us_relay.clone())
+        .await
+        .unwrap();
+    let base = app.url("");
+    let eu_edge = RunningEdge::start(edge_config(
+        "eu-edge",
+        "eu",
+        &base,
+        SECRET,
+        Some((&certs, eu_relay.addrs.quic)),
+    ))
+    .await;
+    let us_edge = RunningEdge::start(edge_config(
+        "us-edge",
+        "us",
+        &base,
+        SECRET,
+        Some((
+            &certs,
+            std::net::SocketAddr::from(([127, 0, 0, 1], us_port)),
+        )),
+    ))
+    .await;
+    registered(&app, &["eu-edge", "us-edge"]).await;
+
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    app.group(&alice, "across", &[&bob, &carol]).await;
+    let url = format!("{base}/");
+    let pages = [
+        browser.open_isolated(&url).await,
+        browser.open_isolated(&url).await,
+        browser.open_isolated(&url).await,
+    ];
+    for ((page, user), region) in pages
+        .iter()
+        .zip([&alice, &bob, &carol])
+        .zip(["eu", "us", "us"])
+    {
+        log_in(&mut browser, page, user).await;
+        pick_region(&mut browser, page, region).await;
+    }
+    browser
+        .eval(&pages[0], &click("button[aria-label=\"Start video call\"]"))
+        .await;
+    for page in &pages[1..] {
+        wait_for(
+            &mut browser,
+            page,
+            "!!document.querySelector('.ringing')",
+            Duration::from_secs(10),
+        )
+        .await;
+        browser
+            .eval(page, &click("button[aria-label=\"Accept call\"]"))
+            .await;
+    }
+    // Everyone decodes both others' video (two remote tiles each).
+    for page in &pages {
+        wait_for(
+            &mut browser,
+            page,
+            "(async () => { const c = window.cascadeState.call; if (!c) return false; \
+             const st = await c.session.stats(); const tiles = document.querySelectorAll('.call figure:not([data-key=\"local\"]) video'); \
+             return st.framesDecoded > 30 && tiles.length === 2 && [...tiles].every(v => v.videoWidth > 0); })()",
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    assert_eq!(hosting_edge(&mut browser, &pages[1]).await, "us-edge");
+    assert_eq!(hosting_edge(&mut browser, &pages[2]).await, "us-edge");
+
+    // Whose video each page waits for: someone in the other region.
+    let watched = [bob.id.as_str(), alice.id.as_str(), alice.id.as_str()];
+    for (i, page) in pages.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let n = frames_from(&mut browser, page, watched[i]).await;
+            if n > 30.0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "page {i} decodes video from the other region first: {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    us_relay.kill();
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut early = [0.0; 3];
+    for (i, page) in pages.iter().enumerate() {
+        early[i] = frames_from(&mut browser, page, watched[i]).await;
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut floor = [0.0; 3];
+    for (i, page) in pages.iter().enumerate() {
+        floor[i] = frames_from(&mut browser, page, watched[i]).await;
+    }
+    for i in 0..3 {
+        assert!(
+            floor[i] < early[i] + 15.0,
+            "video across regions stopped while the relay was down (page {i}: {} → {})",
+            early[i],
+            floor[i]
+        );
+    }
+    let _us_relay = tokio::task::spawn_blocking(spawn_us_relay).await.unwrap();
+    let restarted = Instant::now();
+    // Back = decoding again, with a picture from the other region on
+    // every remote tile of the us pages (the eu tile included).
+    let mut back = [None; 3];
+    while back.iter().any(Option::is_none) {
+        for (i, page) in pages.iter().enumerate() {
+            if back[i].is_some() {
+                continue;
+            }
+            // A renegotiated stream starts counting from zero again.
+            let now = frames_from(&mut browser, page, watched[i]).await;
+            if now < floor[i] {
+                floor[i] = now.max(0.0);
+            }
+            if now > floor[i] + 15.0 {
+                back[i] = Some(restarted.elapsed());
+            }
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(20),
+            "video not back on every page: {back:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "us relay down {:?}: video back after its restart on alice's (eu) page {:?}, bob's {:?}, carol's {:?}",
+        restarted - killed,
+        back[0].unwrap(),
+        back[1].unwrap(),
+        back[2].unwrap()
+    );
+    let times: Vec<Duration> = back.iter().flatten().copied().collect();
+    let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+    assert!(
+        spread < Duration::from_secs(5),
+        "every page alike, not one at a time: {back:?}"
+    );
+    // The tiles are pictures again, not frozen frames: each remote video
+    // keeps advancing.
+    for page in &pages {
+        wait_for(
+            &mut browser,
+            page,
+            "(() => { const tiles = [...document.querySelectorAll('.call figure:not([data-key=\"local\"]) video')]; \
+             return tiles.length === 2 && tiles.every(v => v.videoWidth > 0); })()",
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    drop(pages);
+    eu_edge.stop().await;
+    us_edge.stop().await;
+    eu_relay.stop().await;
 }

@@ -93,7 +93,7 @@ async fn sign_up(browser: &mut Browser, page: &Page, name: &str) {
     .await;
 }
 
-async fn send(browser: &mut Browser, page: &Page, text: &str) {
+pub(crate) async fn send(browser: &mut Browser, page: &Page, text: &str) {
     browser
         .eval(page, &type_into(".composer input", text))
         .await;
