@@ -185,11 +185,13 @@ async fn log_in(browser: &mut Browser, page: &Page, user: &TestUser) {
     .await;
 }
 
-/// Installs `__mark()` (remember the current peer connection) and
-/// `__back()` (a different connection, connected, decoding video) on a
-/// page in a call.
+/// Installs `__mark()` (remember the current peer connection), `__back()`
+/// (a different connection, connected, decoding video) and `__sawNotice`
+/// (the call showed "Reconnecting…" since the mark) on a page in a call.
 const PROBES: &str = "(() => { \
-    window.__mark = () => { window.__marked = window.cascadeState.call.session.pc; return true; }; \
+    window.__mark = () => { window.__marked = window.cascadeState.call.session.pc; window.__sawNotice = false; return true; }; \
+    new MutationObserver(() => { if (document.querySelector('.call .call-notice')) window.__sawNotice = true; }) \
+      .observe(document.body, { subtree: true, childList: true }); \
     window.__back = async () => { const c = window.cascadeState.call; if (!c) return 'ended'; \
       const s = c.session; if (!s.pc || s.pc === window.__marked) return false; \
       const st = await s.stats(); return st.state === 'connected' && st.framesDecoded > 5; }; \
@@ -335,6 +337,13 @@ async fn calls_survive_edge_kill_restart_and_drain_in_the_browser() {
         eprintln!(
             "{fault} of {host}: media back on alice's page after {alice_back:?}, bob's after {bob_back:?}"
         );
+        if fault.starts_with("SIGKILL") {
+            // The lost edge was said, not hidden behind a frozen picture.
+            for page in [&alice_page, &bob_page] {
+                let said = browser.eval(page, "window.__sawNotice").await;
+                assert_eq!(said, true, "the page showed \"Reconnecting…\" on the call");
+            }
+        }
         timings.push((fault, alice_back, bob_back));
         let state = app
             .get(&format!("/v1/calls/{call_id}"), &alice)
