@@ -174,6 +174,7 @@ impl Default for DatabaseConfig {
 }
 
 /// The cluster credential of [`ControlPlaneConfig::for_tests`].
+#[cfg(any(test, feature = "testing"))]
 pub const TEST_CLUSTER_SECRET: &str = "test-cluster-secret-not-for-production";
 
 impl ControlPlaneConfig {
@@ -187,6 +188,7 @@ impl ControlPlaneConfig {
         Duration::from_secs(self.request_timeout_secs)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// A configuration for tests: loopback, port 0, an in-memory SQLite
     /// store, and cheap password hashing (tests hash many passwords; the
     /// production parameters are checked by their own test).

@@ -80,6 +80,7 @@ impl Default for EdgeConfig {
 }
 
 impl EdgeConfig {
+    #[cfg(any(test, feature = "testing"))]
     /// A configuration for tests: loopback, free ports, one worker, fast
     /// heartbeats.
     pub fn for_tests(node_id: &str) -> Self {

@@ -307,3 +307,15 @@ fn certs_are_written_and_a_relay_without_its_files_says_which_one() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The binary built without `--features bench` (what operators run, and
+/// what this test runs) has no benchmark subcommand, hence no test code.
+#[test]
+fn the_default_binary_has_no_bench_subcommand() {
+    let output = run(&["bench", "sfu"], &[]);
+    assert_eq!(output.status.code(), Some(2), "a usage error");
+    let err = stderr(&output);
+    assert!(err.contains("unrecognized subcommand 'bench'"), "{err}");
+    let help = String::from_utf8_lossy(&run(&["--help"], &[]).stdout).into_owned();
+    assert!(!help.contains("bench"), "{help}");
+}
