@@ -6,6 +6,8 @@
 //! - `control_plane`: a control plane started in-process through the same
 //!   `build` → `run` path, checked over HTTP.
 //! - `api`: the REST API scenario by scenario, each on SQLite and Postgres.
+//! - `deploy`: the Prometheus rules (promtool check and unit tests) and
+//!   that they name only metrics the services export.
 //! - `dev`: `cascade dev` (one process, two regions) with a cross-region
 //!   call, Ctrl-C, and a second run keeping the data.
 //! - `durability`: acknowledged writes survive SIGKILL and restart.
@@ -35,6 +37,7 @@ mod calls;
 mod chaos;
 mod cli;
 mod control_plane;
+mod deploy;
 mod dev;
 mod durability;
 mod edge;

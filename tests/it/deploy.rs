@@ -1,0 +1,144 @@
+//! What operators deploy, checked against the running services:
+//! `deploy/prometheus/rules.yml` passes `promtool check rules`, its unit
+//! tests (`rules.test.yml`, which make every alert fire) pass, and every
+//! metric it names is one the services really export (scraped from a
+//! control plane and an edge linked to a relay).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use testkit::app::{Backend, TestApp};
+use testkit::cluster::{CertDir, RunningEdge, RunningRelay, edge_config, relay_config};
+
+const SECRET: &str = control_plane::config::TEST_CLUSTER_SECRET;
+
+fn rules_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus")
+}
+
+#[test]
+fn alerting_rules_pass_promtool_and_every_alert_fires_in_its_unit_test() {
+    let Some(promtool) = testkit::promtool() else {
+        return;
+    };
+    for args in [
+        &["check", "rules", "rules.yml"][..],
+        &["test", "rules", "rules.test.yml"][..],
+    ] {
+        let output = Command::new(&promtool)
+            .args(args)
+            .current_dir(rules_dir())
+            .output()
+            .expect("run promtool");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // Every alert has a unit test that expects it to fire.
+    let rules = std::fs::read_to_string(rules_dir().join("rules.yml")).unwrap();
+    let tests = std::fs::read_to_string(rules_dir().join("rules.test.yml")).unwrap();
+    for alert in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!(
+                "alertname: {alert}\n        exp_alerts:\n          - exp_labels"
+            )),
+            "no unit test makes {alert} fire"
+        );
+    }
+}
+
+/// The `cascade_…` metric names an expression file mentions (recording
+/// rules' own `cascade:` names excluded), histogram suffixes removed.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("cascade_") {
+        let start = i + at;
+        let before_ok = start == 0
+            || !(bytes[start - 1].is_ascii_alphanumeric()
+                || bytes[start - 1] == b'_'
+                || bytes[start - 1] == b':');
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        if before_ok {
+            let name = &text[start..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            names.insert(base.to_owned());
+        }
+        i = end;
+    }
+    names
+}
+
+/// Metric families in a scrape (`# TYPE name kind` lines).
+fn exported(scrape: &str) -> BTreeSet<String> {
+    scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn alerting_rules_name_only_metrics_the_services_export() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let certs = CertDir::new(&["local-relay", "edge-m"]);
+    let relay = RunningRelay::start(relay_config(&certs, "local-relay", "local", 0, &[])).await;
+    let edge = RunningEdge::start(edge_config(
+        "edge-m",
+        "local",
+        &app.url(""),
+        SECRET,
+        Some((&certs, relay.addrs.quic)),
+    ))
+    .await;
+    // A request of each kind, so labelled families have a child.
+    let _ = app.http.get(app.url("/healthz")).send().await;
+    let mut scrapes = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let edge_text = edge.metrics().await;
+        if edge_text.contains("cascade_edge_relay_links{") || Instant::now() > deadline {
+            scrapes.push_str(&edge_text);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    scrapes.push_str(
+        &app.http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    scrapes.push_str(&relay.metrics().await);
+    let have = exported(&scrapes);
+    let rules = std::fs::read_to_string(rules_dir().join("rules.yml")).unwrap();
+    let wanted = metric_names(&rules);
+    assert!(wanted.len() >= 8, "the rules name metrics: {wanted:?}");
+    let missing: Vec<&String> = wanted.iter().filter(|n| !have.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the rules name metrics nobody exports: {missing:?}"
+    );
+    edge.stop().await;
+    relay.stop().await;
+}
