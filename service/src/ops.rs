@@ -115,6 +115,11 @@ impl Readiness {
 struct OpsState {
     metrics: Metrics,
     readiness: Readiness,
+    /// `cascade_dependency_up{dependency}`: each readiness check as of the
+    /// last scrape (1 answered, 0 not), so alerts see a dependency fail.
+    dependency_up: prometheus::IntGaugeVec,
+    /// `cascade_ready`: 1 when `/readyz` would say ready.
+    ready: prometheus::IntGauge,
 }
 
 /// `/healthz`, `/readyz` and `/metrics`, to be merged into a service's router.
@@ -122,11 +127,29 @@ pub fn routes<S: Clone + Send + Sync + 'static>(
     metrics: Metrics,
     readiness: Readiness,
 ) -> Router<S> {
+    let dependency_up = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "cascade_dependency_up",
+            "Whether each dependency answered its readiness check at the last scrape (1) or not (0).",
+        ),
+        &["dependency"],
+    )
+    .expect("metric definition is static and valid");
+    metrics.register(Box::new(dependency_up.clone()));
+    let ready = metrics.gauge(
+        "cascade_ready",
+        "1 when the service reports ready (dependencies up, not draining), else 0.",
+    );
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(OpsState { metrics, readiness })
+        .with_state(OpsState {
+            metrics,
+            readiness,
+            dependency_up,
+            ready,
+        })
 }
 
 async fn healthz() -> &'static str {
@@ -144,6 +167,16 @@ async fn readyz(State(state): State<OpsState>) -> Response {
 }
 
 async fn metrics_text(State(state): State<OpsState>) -> Response {
+    // The checks run per scrape (concurrently, each bounded), so the
+    // readiness a load balancer sees is also what Prometheus records.
+    let report = state.readiness.report().await;
+    for check in &report.checks {
+        state
+            .dependency_up
+            .with_label_values(&[check.name])
+            .set(i64::from(check.ok));
+    }
+    state.ready.set(i64::from(report.status == "ready"));
     (
         [(
             header::CONTENT_TYPE,
@@ -258,6 +291,27 @@ mod tests {
         let (status, body) = get_status(router, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("connection refused"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn the_metrics_say_which_dependency_is_down() {
+        let (router, _, _) = app(vec![
+            Arc::new(Fixed("db", Ok(()))),
+            Arc::new(Fixed("cache", Err("connection refused"))),
+        ]);
+        let (_, text) = get_status(router, "/metrics").await;
+        assert!(
+            text.contains("cascade_dependency_up{dependency=\"db\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cascade_dependency_up{dependency=\"cache\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("cascade_ready 0"), "{text}");
+        let (router, _, _) = app(vec![Arc::new(Fixed("db", Ok(())))]);
+        let (_, text) = get_status(router, "/metrics").await;
+        assert!(text.contains("cascade_ready 1"), "{text}");
     }
 
     #[tokio::test(start_paused = true)]
