@@ -732,35 +732,8 @@ async fn cross_region_video_returns_to_every_page_after_a_relay_outage() {
     let certs = CertDir::new(&["eu-relay", "us-relay", "eu-edge", "us-edge"]);
     let eu_relay = RunningRelay::start(relay_config(&certs, "eu-relay", "eu", 0, &[])).await;
     let us_port = testkit::cluster::free_udp_port();
-    let files = certs.files("us-relay");
-    let config_path = certs.dir.join("us-relay.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[relay]\nnode_id = \"us-relay\"\nregion = \"us\"\nlisten = \"127.0.0.1:0\"\n\
-             quic_listen = \"127.0.0.1:{us_port}\"\nlink_timeout_ms = 1000\n\
-             [relay.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
-             [[relay.peers]]\naddr = \"{}\"\n",
-            files.ca, files.cert, files.key, eu_relay.addrs.quic
-        ),
-    )
-    .unwrap();
-    let spawn_us_relay = {
-        let path = config_path.clone();
-        move || {
-            testkit::bench::ChildService::spawn_exe(
-                std::path::Path::new(BIN),
-                &["relay", "--config", path.to_str().unwrap()],
-                "info",
-                &[],
-                "relay bound",
-                "quic",
-            )
-        }
-    };
-    let us_relay = tokio::task::spawn_blocking(spawn_us_relay.clone())
-        .await
-        .unwrap();
+    let config_path = crate::relay::write_us_relay_config(&certs, us_port, eu_relay.addrs.quic);
+    let us_relay = crate::relay::start_relay_process(&config_path).await;
     let base = app.url("");
     let eu_edge = RunningEdge::start(edge_config(
         "eu-edge",
@@ -867,7 +840,7 @@ async fn cross_region_video_returns_to_every_page_after_a_relay_outage() {
             floor[i]
         );
     }
-    let _us_relay = tokio::task::spawn_blocking(spawn_us_relay).await.unwrap();
+    let _us_relay = crate::relay::start_relay_process(&config_path).await;
     let restarted = Instant::now();
     // Back = decoding again, with a picture from the other region on
     // every remote tile of the us pages (the eu tile included).

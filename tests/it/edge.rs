@@ -32,8 +32,13 @@ pub async fn start_edge(app: &TestApp, id: &str) -> RunningEdge {
     let addrs = edge.addrs();
     let (stop, shutdown) = service::lifecycle::shutdown_channel();
     let task = tokio::spawn(edge.run(shutdown));
-    // Registered when the control plane lists it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    wait_registered(app, id, Duration::from_secs(5)).await;
+    RunningEdge { addrs, stop, task }
+}
+
+/// Waits until the control plane lists node `id`.
+async fn wait_registered(app: &TestApp, id: &str, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         let nodes = app
             .call(Method::GET, "/internal/v1/nodes", Some(SECRET), None)
@@ -43,15 +48,14 @@ pub async fn start_edge(app: &TestApp, id: &str) -> RunningEdge {
             .as_array()
             .is_some_and(|n| n.iter().any(|n| n["id"] == id))
         {
-            break;
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "edge never registered"
+            "edge {id} never registered"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    RunningEdge { addrs, stop, task }
 }
 
 /// Starts a call; returns its id.
@@ -602,24 +606,8 @@ async fn an_edge_fails_over_to_its_next_control_plane_url() {
     let edge = Edge::build(config).await.expect("edge starts");
     let (stop, shutdown) = service::lifecycle::shutdown_channel();
     let task = tokio::spawn(edge.run(shutdown));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let nodes = app
-            .call(Method::GET, "/internal/v1/nodes", Some(SECRET), None)
-            .await
-            .body;
-        if nodes
-            .as_array()
-            .is_some_and(|n| n.iter().any(|n| n["id"] == "edge-fo"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the edge never registered through its second URL"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Registered through its second URL.
+    wait_registered(&app, "edge-fo", Duration::from_secs(10)).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let chat = app.direct(&alice, &bob).await;

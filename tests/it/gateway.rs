@@ -591,6 +591,25 @@ struct OwnRedis {
 }
 
 impl OwnRedis {
+    /// One on a free port, if there is a `redis-server` binary (under CI
+    /// there must be).
+    fn on_a_free_port() -> Option<Self> {
+        let has_redis_server = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok();
+        testkit::servers::required_or_skip(
+            has_redis_server.then_some(()),
+            "the redis-server binary",
+        )?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Some(Self::start(port))
+    }
+
     fn start(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args([
@@ -641,21 +660,10 @@ async fn fan_out_recovers_after_redis_restarts() {
     let Some(pg) = testkit::servers::postgres_url() else {
         return;
     };
-    let has_redis_server = Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if testkit::servers::required_or_skip(has_redis_server.then_some(()), "the redis-server binary")
-        .is_none()
-    {
+    let Some(mut redis) = OwnRedis::on_a_free_port() else {
         return;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = OwnRedis::start(port);
+    };
+    let port = redis.port;
     let db = testkit::app::PgTestDatabase::create(&pg).await;
     let mut config = control_plane::ControlPlaneConfig::for_tests();
     config.database.url = Some(db.url().to_owned());
@@ -737,21 +745,10 @@ async fn presence_is_back_right_after_redis_comes_back_empty() {
     let Some(pg) = testkit::servers::postgres_url() else {
         return;
     };
-    let has_redis_server = Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if testkit::servers::required_or_skip(has_redis_server.then_some(()), "the redis-server binary")
-        .is_none()
-    {
+    let Some(mut redis) = OwnRedis::on_a_free_port() else {
         return;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = OwnRedis::start(port);
+    };
+    let port = redis.port;
     let db = testkit::app::PgTestDatabase::create(&pg).await;
     let mut config = control_plane::ControlPlaneConfig::for_tests();
     config.database.url = Some(db.url().to_owned());

@@ -173,6 +173,43 @@ async fn scene_with_fallback(
     }
 }
 
+/// Writes the `us` relay's configuration (QUIC on `port`, peered with the
+/// eu relay at `eu`) for a `cascade relay` process; returns its path.
+pub(crate) fn write_us_relay_config(
+    certs: &CertDir,
+    port: u16,
+    eu: SocketAddr,
+) -> std::path::PathBuf {
+    let files = certs.files("us-relay");
+    let toml = format!(
+        "[relay]\nnode_id = \"us-relay\"\nregion = \"us\"\nlisten = \"127.0.0.1:0\"\n\
+         quic_listen = \"127.0.0.1:{port}\"\nlink_timeout_ms = 1000\n\
+         [relay.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
+         [[relay.peers]]\naddr = \"{eu}\"\n",
+        files.ca, files.cert, files.key
+    );
+    let path = certs.dir.join("us-relay.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Starts `cascade relay --config path` as a process (SIGKILL-able).
+pub(crate) async fn start_relay_process(path: &std::path::Path) -> testkit::bench::ChildService {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        testkit::bench::ChildService::spawn_exe(
+            std::path::Path::new(env!("CARGO_BIN_EXE_cascade")),
+            &["relay", "--config", path.to_str().unwrap()],
+            "info",
+            &[],
+            "relay bound",
+            "quic",
+        )
+    })
+    .await
+    .unwrap()
+}
+
 /// Every subscriber's video frames: intact, in order, no gap after the
 /// first; returns the fewest frames any got.
 fn assert_every_frame_intact(subscribers: &[Bot]) -> usize {
@@ -345,31 +382,13 @@ async fn killed_relay_restarted_after(outage: Duration) {
     let s = scene(
         certs,
         async |certs: &CertDir, eu: SocketAddr| {
-            let files = certs.files("us-relay");
-            let toml = format!(
-                "[relay]\nnode_id = \"us-relay\"\nregion = \"us\"\nlisten = \"127.0.0.1:0\"\n\
-                 quic_listen = \"127.0.0.1:{port}\"\nlink_timeout_ms = 1000\n\
-                 [relay.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
-                 [[relay.peers]]\naddr = \"{eu}\"\n",
-                files.ca, files.cert, files.key
-            );
-            std::fs::write(certs.dir.join("us-relay.toml"), toml).unwrap();
+            write_us_relay_config(certs, port, eu);
             SocketAddr::from(([127, 0, 0, 1], port))
         },
         None,
     )
     .await;
-    let spawn = move || {
-        testkit::bench::ChildService::spawn_exe(
-            std::path::Path::new(env!("CARGO_BIN_EXE_cascade")),
-            &["relay", "--config", config_path.to_str().unwrap()],
-            "info",
-            &[],
-            "relay bound",
-            "quic",
-        )
-    };
-    let relay = tokio::task::spawn_blocking(spawn.clone()).await.unwrap();
+    let relay = start_relay_process(&config_path).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before: Vec<usize> = s
         .subscribers
@@ -390,7 +409,7 @@ async fn killed_relay_restarted_after(outage: Duration) {
         .iter()
         .map(|b| b.report().video_frames())
         .collect();
-    let _relay = tokio::task::spawn_blocking(spawn.clone()).await.unwrap();
+    let _relay = start_relay_process(&config_path).await;
     let restarted = Instant::now();
     // Each subscriber gets new frames, without doing anything.
     let mut resumed = vec![None; s.subscribers.len()];
@@ -438,38 +457,15 @@ async fn killed_relay_restarted_after(outage: Duration) {
 async fn an_edge_rehomes_to_the_regions_other_relay_when_its_relay_dies() {
     let certs = CertDir::new(&["eu-relay", "us-relay", "us-relay-2", "eu-edge", "us-edge"]);
     let port = free_udp_port();
-    let config_path = certs.dir.join("us-relay.toml");
     let fallback_port = free_udp_port();
     let mut second = None;
     let mut first = None;
     let s = scene_with_fallback(
         certs,
         async |certs: &CertDir, eu: SocketAddr| {
-            let files = certs.files("us-relay");
-            let toml = format!(
-                "[relay]\nnode_id = \"us-relay\"\nregion = \"us\"\nlisten = \"127.0.0.1:0\"\n\
-                 quic_listen = \"127.0.0.1:{port}\"\nlink_timeout_ms = 1000\n\
-                 [relay.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
-                 [[relay.peers]]\naddr = \"{eu}\"\n",
-                files.ca, files.cert, files.key
-            );
-            std::fs::write(certs.dir.join("us-relay.toml"), toml).unwrap();
+            let path = write_us_relay_config(certs, port, eu);
             // Up before the edge, so the edge homes on it first.
-            let path = config_path.clone();
-            first = Some(
-                tokio::task::spawn_blocking(move || {
-                    testkit::bench::ChildService::spawn_exe(
-                        std::path::Path::new(env!("CARGO_BIN_EXE_cascade")),
-                        &["relay", "--config", path.to_str().unwrap()],
-                        "info",
-                        &[],
-                        "relay bound",
-                        "quic",
-                    )
-                })
-                .await
-                .unwrap(),
-            );
+            first = Some(start_relay_process(&path).await);
             second = Some(
                 RunningRelay::start(relay_config(
                     certs,
