@@ -113,7 +113,7 @@ pub async fn run(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<()> 
             peers: relay_addrs
                 .iter()
                 .map(|addr| PeerConfig {
-                    addr: *addr,
+                    addr: (*addr).into(),
                     server_name: relay::tls::RELAY_SERVER_NAME.into(),
                 })
                 .collect(),
@@ -181,7 +181,7 @@ pub async fn run(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<()> 
                 credential: Some(control_plane::api::node_credential(&secret, &id)),
                 drain_timeout_secs: 2,
                 relay: Some(EdgeRelayConfig {
-                    addr: *relay_addr,
+                    addr: (*relay_addr).into(),
                     fallback_addrs: Vec::new(),
                     server_name: relay::tls::RELAY_SERVER_NAME.into(),
                     tls: relay::tls::TlsFiles::in_dir(&certs, &id),

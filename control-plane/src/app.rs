@@ -32,6 +32,7 @@ use crate::store::StoreError;
 pub struct ControlPlane {
     calls: Arc<crate::calls::Calls>,
     tokens: Tokens,
+    key_gauges: Option<SigningKeyGauges>,
     store: Arc<dyn crate::store::Store>,
     http: HttpServer,
     hub: crate::gateway::hub::HubTask,
@@ -141,6 +142,7 @@ impl Service for ControlPlane {
             },
             gateway_metrics.clone(),
         );
+        let key_gauges = SigningKeyGauges::for_ring(&metrics, &ring);
         let tokens = Tokens::new(
             ring,
             std::time::Duration::from_secs(config.auth.access_token_ttl_secs),
@@ -201,6 +203,7 @@ impl Service for ControlPlane {
         Ok(ControlPlane {
             calls,
             tokens: tokens_handle,
+            key_gauges,
             store: dependencies.store.clone(),
             http,
             hub: hub_task,
@@ -225,6 +228,7 @@ impl Service for ControlPlane {
             tokio::spawn(rotate_keys(
                 self.tokens.clone(),
                 self.store.clone(),
+                self.key_gauges.clone(),
                 shutdown.clone(),
             ));
         }
@@ -292,6 +296,46 @@ pub fn router(
         .layer(CatchPanicLayer::new())
 }
 
+/// The signing keys' age for alerts: `cascade_signing_key_created_timestamp_seconds`
+/// (the key signing now) and, for keys kept in the database,
+/// `cascade_signing_key_rotation_due_timestamp_seconds` (when the newest one
+/// must have a successor). A fixed key file exports neither: its age is the
+/// operator's to track, and "now" would be a misleading creation time.
+#[derive(Clone)]
+struct SigningKeyGauges {
+    created: prometheus::IntGauge,
+    rotation_due: prometheus::IntGauge,
+}
+
+impl SigningKeyGauges {
+    /// The gauges of a rotating ring, set from it; none for a fixed key.
+    fn for_ring(metrics: &Metrics, ring: &KeyRing) -> Option<Self> {
+        ring.policy()?;
+        let gauges = SigningKeyGauges {
+            created: metrics.gauge(
+                "cascade_signing_key_created_timestamp_seconds",
+                "When the token signing key that signs now was created (Unix time; keys kept in the database).",
+            ),
+            rotation_due: metrics.gauge(
+                "cascade_signing_key_rotation_due_timestamp_seconds",
+                "When the newest token signing key must have a successor (Unix time); long past means rotation stopped.",
+            ),
+        };
+        gauges.record(ring);
+        Some(gauges)
+    }
+
+    fn record(&self, ring: &KeyRing) {
+        let Some(due) = ring.rotation_due() else {
+            return;
+        };
+        let now = crate::store::now_utc();
+        self.created
+            .set(ring.signer_created_at(now).unix_timestamp());
+        self.rotation_due.set(due.unix_timestamp());
+    }
+}
+
 /// Why the key ring could not be loaded.
 enum RingError {
     Key(KeyError),
@@ -337,7 +381,12 @@ async fn load_ring(
 /// (guarded by "no key newer than the one I saw": usually one replica adds
 /// it; two racing at the same instant add two, which is harmless: both are
 /// published before either signs), and drops retired keys.
-async fn rotate_keys(tokens: Tokens, store: Arc<dyn crate::store::Store>, shutdown: Shutdown) {
+async fn rotate_keys(
+    tokens: Tokens,
+    store: Arc<dyn crate::store::Store>,
+    gauges: Option<SigningKeyGauges>,
+    shutdown: Shutdown,
+) {
     let Some(policy) = tokens.ring().policy() else {
         return;
     };
@@ -371,7 +420,12 @@ async fn rotate_keys(tokens: Tokens, store: Arc<dyn crate::store::Store>, shutdo
             }
         }
         match load_ring(store.as_ref(), policy).await {
-            Ok(fresh) => tokens.set_ring(fresh),
+            Ok(fresh) => {
+                if let Some(gauges) = &gauges {
+                    gauges.record(&fresh);
+                }
+                tokens.set_ring(fresh);
+            }
             Err(_) => tracing::warn!("cannot re-read the signing keys; keeping the current ones"),
         }
     }

@@ -24,6 +24,7 @@ use relay::link::{self, Backoff, ControlReader};
 use relay::media::SendHistory;
 use relay::metrics::{LinkCounters, LinkMetrics};
 use relay::router::DropReason;
+use relay::NodeAddr;
 use relay::tls::{NodeTls, TlsFiles};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -38,13 +39,14 @@ pub use crate::relay_client::{RelayCommand, RelayEvent, STALE_AFTER};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeRelayConfig {
-    /// The relay's QUIC address.
-    pub addr: SocketAddr,
+    /// The relay's QUIC address (`ip:port` or `host:port`, resolved at
+    /// each dial).
+    pub addr: NodeAddr,
     /// Other relays of the region, dialed in turn when the current one
     /// does not answer (the edge re-homes; every announcement and
     /// subscription is replayed on the new link).
     #[serde(default)]
-    pub fallback_addrs: Vec<SocketAddr>,
+    pub fallback_addrs: Vec<NodeAddr>,
     /// The name its certificate must carry.
     #[serde(default = "default_server_name")]
     pub server_name: String,
@@ -271,6 +273,7 @@ impl RelayLink {
         metrics: &service::Metrics,
     ) -> Result<Self, RelayLinkError> {
         let tls = NodeTls::load(&config.tls)?;
+        relay::metrics::record_certificate_expiry(metrics, tls.expiry());
         let timeout = Duration::from_millis(config.link_timeout_ms);
         let endpoint = link::endpoint(SocketAddr::new(ip, 0), &tls, timeout, false)?;
         let metrics = EdgeRelayMetrics::new(metrics);
@@ -336,8 +339,8 @@ impl RelayLink {
         // Where to dial: the configured relay, then each fallback. A link
         // that dropped is dialed again once (a restart is quick); a dial
         // that fails moves on to the next relay.
-        let relays: Vec<SocketAddr> = std::iter::once(config.addr)
-            .chain(config.fallback_addrs.iter().copied())
+        let relays: Vec<NodeAddr> = std::iter::once(config.addr.clone())
+            .chain(config.fallback_addrs.iter().cloned())
             .collect();
         let mut target = 0usize;
         let mut rtt = tokio::time::interval(Duration::from_secs(1));
@@ -379,7 +382,7 @@ impl RelayLink {
                     // Bounded: worker events and `stop` wait meanwhile.
                     let dialed = tokio::time::timeout(
                         timeout,
-                        link::dial(&endpoint, relays[target], &config.server_name, &hello),
+                        link::dial(&endpoint, &relays[target], &config.server_name, &hello),
                     )
                     .await
                     .unwrap_or(Err(link::LinkError::Handshake("no answer in time")));

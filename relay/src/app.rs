@@ -297,6 +297,7 @@ impl Service for Relay {
                 source,
             })?;
         let tls = NodeTls::load(&config.tls)?;
+        crate::metrics::record_certificate_expiry(&metrics, tls.expiry());
         let endpoint = link::endpoint(config.quic_listen, &tls, config.link_timeout(), true)?;
         let state = Arc::new(State {
             shared: Mutex::new(Shared {
@@ -398,7 +399,7 @@ impl Service for Relay {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
-                    match link::dial(&endpoint, peer.addr, &peer.server_name, &state.hello).await {
+                    match link::dial(&endpoint, &peer.addr, &peer.server_name, &state.hello).await {
                         Ok(link) => {
                             known = Some(link.hello.node.clone());
                             let span = tracing::info_span!(

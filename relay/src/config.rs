@@ -6,14 +6,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use service::{Validate, Validator};
 
+use crate::addr::NodeAddr;
 use crate::tls::{RELAY_SERVER_NAME, TlsFiles};
 
 /// A relay of another region this one dials.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
-    /// Its QUIC address (`ip:port`).
-    pub addr: SocketAddr,
+    /// Its QUIC address (`ip:port` or `host:port`, resolved at each dial).
+    pub addr: NodeAddr,
     /// The name its certificate must carry (default
     /// `relay.cascade.internal`, which `cascade certs` puts in every one).
     #[serde(default = "default_server_name")]
@@ -89,7 +90,7 @@ impl Validate for RelayConfig {
             v.invalid("drain_timeout_secs", "must be between 1 and 600");
         }
         for (i, peer) in self.peers.iter().enumerate() {
-            if peer.addr == self.quic_listen {
+            if peer.addr.as_socket() == Some(self.quic_listen) {
                 v.invalid(&format!("peers[{i}].addr"), "is this relay's own address");
             }
         }

@@ -5,6 +5,7 @@
 //! - [`router`]: the routing core, sans-IO (links, announcements,
 //!   subscriptions, keyframe requests; virtual-clock tested).
 //! - [`media`]: frames ↔ datagrams (packetizer and reassembler), sans-IO.
+//! - [`addr`]: relay addresses (`ip:port` or `host:port`, resolved per dial).
 //! - [`tls`]: the cluster CA, node certificates, mutual TLS 1.3 configs.
 //! - [`link`]: dialing/accepting a link, hellos, control framing, backoff
 //!   (shared with edges).
@@ -13,6 +14,7 @@
 //! Architecture invariant: routing decisions live in the sans-IO parts;
 //! quinn lives only in the async shells.
 
+pub mod addr;
 pub mod app;
 pub mod config;
 pub mod link;
@@ -21,5 +23,6 @@ pub mod metrics;
 pub mod router;
 pub mod tls;
 
+pub use addr::NodeAddr;
 pub use app::{Relay, RelayAddrs, StartError};
 pub use config::{PeerConfig, RelayConfig};

@@ -9,6 +9,8 @@ use protocol::relay::{CodecError, Control, Hello};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::mpsc;
 
+use crate::addr::NodeAddr;
+
 /// How long the peer gets to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -33,6 +35,9 @@ pub enum LinkError {
     /// The peer did not start with a hello.
     #[error("handshake: {0}")]
     Handshake(&'static str),
+    /// The relay's name did not resolve.
+    #[error(transparent)]
+    Resolve(#[from] crate::addr::ResolveError),
 }
 
 /// A link after the hello exchange.
@@ -123,15 +128,16 @@ async fn read_hello(reader: &mut ControlReader) -> Result<Hello, LinkError> {
     }
 }
 
-/// Dials `addr` (checking its certificate for `server_name`), opens the
-/// control stream and exchanges hellos.
+/// Dials `addr` (resolving a name again each time, checking the
+/// certificate for `server_name`), opens the control stream and exchanges
+/// hellos.
 pub async fn dial(
     endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
+    addr: &NodeAddr,
     server_name: &str,
     hello: &Hello,
 ) -> Result<Link, LinkError> {
-    let connection = endpoint.connect(addr, server_name)?.await?;
+    let connection = endpoint.connect(addr.resolve().await?, server_name)?.await?;
     let (mut send, recv) = connection.open_bi().await?;
     write_control(&mut send, &Control::Hello(hello.clone())).await?;
     let mut reader = ControlReader::new(recv);

@@ -200,3 +200,23 @@ impl RelayMetrics {
         }
     }
 }
+
+/// Exports when this node's relay-link certificates lapse
+/// (`cascade_tls_certificate_expiry_timestamp_seconds{certificate="node"|"ca"}`),
+/// so an alert fires weeks before links start failing their handshakes.
+pub fn record_certificate_expiry(
+    metrics: &service::Metrics,
+    expiry: crate::tls::CertificateExpiry,
+) {
+    let gauge = IntGaugeVec::new(
+        Opts::new(
+            "cascade_tls_certificate_expiry_timestamp_seconds",
+            "When the relay-link TLS certificate stops being valid (Unix time), by certificate (node, ca)",
+        ),
+        &["certificate"],
+    )
+    .expect("metric definition is static and valid");
+    metrics.register(Box::new(gauge.clone()));
+    gauge.with_label_values(&["node"]).set(expiry.node);
+    gauge.with_label_values(&["ca"]).set(expiry.ca);
+}

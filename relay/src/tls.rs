@@ -85,6 +85,23 @@ pub struct NodeTls {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
+    expiry: CertificateExpiry,
+}
+
+/// When the loaded certificates stop being valid (Unix seconds), for the
+/// `cascade_tls_certificate_expiry_timestamp_seconds` gauge: a node whose
+/// certificate lapses can no longer link, so operators are warned ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    /// This node's own (leaf) certificate.
+    pub node: i64,
+    /// The CA certificate that expires first.
+    pub ca: i64,
+}
+
+fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 impl std::fmt::Debug for NodeTls {
@@ -132,13 +149,13 @@ impl NodeTls {
     }
 
     /// From PEM bytes: the CA, this node's chain, its key.
-    pub fn from_pem(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Self, TlsError> {
+    pub fn from_pem(ca_pem: &[u8], cert: &[u8], key: &[u8]) -> Result<Self, TlsError> {
         let pem_error = |message: String| TlsError::Pem {
             path: PathBuf::new(),
             message,
         };
         let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca) {
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
             let cert = cert.map_err(|e| pem_error(format!("CA: {e}")))?;
             roots.add(cert)?;
         }
@@ -153,11 +170,26 @@ impl NodeTls {
         }
         let key = PrivateKeyDer::from_pem_slice(key)
             .map_err(|e| pem_error(format!("private key: {e}")))?;
+        let node = not_after(&chain[0])
+            .ok_or_else(|| pem_error("certificate: not a valid X.509 certificate".into()))?;
+        let mut ca = i64::MAX;
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            let cert = cert.map_err(|e| pem_error(format!("CA: {e}")))?;
+            let lapses = not_after(&cert)
+                .ok_or_else(|| pem_error("CA: not a valid X.509 certificate".into()))?;
+            ca = ca.min(lapses);
+        }
         Ok(NodeTls {
             roots: Arc::new(roots),
             chain,
             key: Arc::new(key),
+            expiry: CertificateExpiry { node, ca },
         })
+    }
+
+    /// When the certificates lapse.
+    pub fn expiry(&self) -> CertificateExpiry {
+        self.expiry
     }
 
     /// Accepts links: TLS 1.3, our ALPN, a client certificate from the CA
@@ -355,6 +387,35 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_expiry_gauges_read_the_certificates_not_after() {
+        let ca = DevCa::generate().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![RELAY_SERVER_NAME.to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 3, 4);
+        let issuer = Issuer::from_params(&ca.params, &ca.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let tls = NodeTls::from_pem(
+            ca.cert_pem().as_bytes(),
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        // 2031-03-04T00:00:00Z
+        assert_eq!(tls.expiry().node, 1_930_348_800);
+        // rcgen's default for the development CA: the year 4096.
+        assert!(tls.expiry().ca > 60_000_000_000, "{:?}", tls.expiry());
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(
+            NodeTls::from_pem(
+                ca.cert_pem().as_bytes(),
+                garbage.as_bytes(),
+                key.serialize_pem().as_bytes()
+            )
+            .is_err()
+        );
+    }
 
     #[test]
     fn dev_certs_are_written_and_load_and_a_second_run_keeps_the_ca() {

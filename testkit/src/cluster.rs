@@ -57,7 +57,7 @@ pub fn relay_config(
         peers: peers
             .iter()
             .map(|addr| PeerConfig {
-                addr: *addr,
+                addr: (*addr).into(),
                 server_name: relay::tls::RELAY_SERVER_NAME.into(),
             })
             .collect(),
@@ -117,7 +117,7 @@ pub fn edge_config(
     config.control_plane_url = Some(control_plane_url.into());
     config.credential = Some(control_plane::api::node_credential(secret, id));
     config.relay = relay.map(|(certs, addr)| EdgeRelayConfig {
-        addr,
+        addr: addr.into(),
         fallback_addrs: Vec::new(),
         server_name: relay::tls::RELAY_SERVER_NAME.into(),
         tls: certs.files(id),

@@ -217,7 +217,16 @@ async fn alerting_rules_name_only_metrics_the_services_export() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     scrapes.push_str(&control_plane);
-    scrapes.push_str(&relay.metrics().await);
+    // The relay sets per-link RTT once a second after a link is up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let relay_text = loop {
+        let text = relay.metrics().await;
+        if text.contains("cascade_relay_link_rtt_seconds{") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    scrapes.push_str(&relay_text);
     let have = exported(&scrapes);
     let rules = std::fs::read_to_string(rules_dir().join("rules.yml")).unwrap();
     let mut wanted = metric_names(&rules);

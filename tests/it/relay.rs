@@ -136,7 +136,12 @@ async fn scene_with_fallback(
         Some((&certs, us_relay_addr)),
     );
     if let Some(relay) = us_config.relay.as_mut() {
-        relay.fallback_addrs = us_fallback.into_iter().collect();
+        // The us edge names its relay by host name, as Compose and
+        // Kubernetes deployments do (resolved again at every dial).
+        relay.addr = format!("localhost:{}", us_relay_addr.port())
+            .parse()
+            .unwrap();
+        relay.fallback_addrs = us_fallback.into_iter().map(Into::into).collect();
     }
     let us_edge = RunningEdge::start(us_config).await;
     wait_registered(&app, &["eu-edge", "us-edge"]).await;

@@ -156,6 +156,22 @@ impl KeyRing {
     pub fn newest_created_at(&self) -> Option<OffsetDateTime> {
         self.keys.last().map(|k| k.created_at)
     }
+
+    /// When the newest key must have a successor (rotating rings only): a
+    /// ring still without one well after this has stopped rotating.
+    pub fn rotation_due(&self) -> Option<OffsetDateTime> {
+        let policy = self.policy?;
+        Some(after(self.keys.last()?.created_at, policy.rotate_every))
+    }
+
+    /// The created time of the key that signs at `now`.
+    pub fn signer_created_at(&self, now: OffsetDateTime) -> OffsetDateTime {
+        let kid = self.signer(now).kid();
+        self.keys
+            .iter()
+            .find(|k| k.key.kid() == kid)
+            .map_or(now, |k| k.created_at)
+    }
 }
 
 #[cfg(test)]

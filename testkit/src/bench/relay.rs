@@ -275,7 +275,7 @@ async fn relay_hop(certs: &CertDir, subscribers: usize) -> RelayHop {
     let mut endpoints = Vec::new();
     let mut dial = async |name: &str| {
         let endpoint = bench_endpoint(certs, name, false);
-        let l = link::dial(&endpoint, addr, relay::tls::RELAY_SERVER_NAME, &hello(name))
+        let l = link::dial(&endpoint, &addr.into(), relay::tls::RELAY_SERVER_NAME, &hello(name))
             .await
             .expect("dial the relay");
         endpoints.push(endpoint);
@@ -496,7 +496,7 @@ async fn direct_quic(certs: &CertDir, options: &RelayBenchOptions, rate: u64) ->
     let client = bench_endpoint(certs, "bench-pub", false);
     let dialed = link::dial(
         &client,
-        addr,
+        &addr.into(),
         relay::tls::RELAY_SERVER_NAME,
         &hello("bench-pub"),
     )
