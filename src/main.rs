@@ -59,6 +59,9 @@ enum Command {
     /// Account administration on the configured database.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Exit 0 when `GET <url>` answers 2xx within 2 s (container
+    /// healthchecks: the image has no curl). Reads no configuration.
+    Probe(ProbeArgs),
     /// Measure throughput and latency (results go to docs/benchmarks.md).
     /// Built only with `--features bench`: the release binary operators
     /// run carries no test code.
@@ -105,6 +108,12 @@ struct DevArgs {
 }
 
 #[derive(Debug, Args)]
+struct ProbeArgs {
+    /// `http://host:port/path`, e.g. `http://127.0.0.1:8080/readyz`.
+    url: String,
+}
+
+#[derive(Debug, Args)]
 struct CertsArgs {
     /// Where to write `ca.pem`, `ca.key`, `<name>.pem`, `<name>.key`.
     #[arg(long, default_value = "certs")]
@@ -123,6 +132,9 @@ struct ServiceArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Probe(args) = &cli.command {
+        return probe(&args.url);
+    }
     let loaded = match service::config::load::<CascadeConfig>(
         service::config::config_file(cli.config).as_deref(),
     ) {
@@ -162,6 +174,7 @@ fn main() -> ExitCode {
             exit_with(run::<relay::Relay>(config.relay))
         }
         Command::Certs(args) => exit_with(certs(&args)),
+        Command::Probe(_) => unreachable!("answered before the configuration is read"),
         Command::Dev(args) => {
             let config = loaded.config;
             service::telemetry::init_tracing(&config.telemetry);
@@ -177,6 +190,57 @@ fn main() -> ExitCode {
             exit_with(run::<ControlPlane>(config.control_plane))
         }
     }
+}
+
+/// `cascade probe`: one plain-HTTP GET, the status line decides.
+fn probe(url: &str) -> ExitCode {
+    match probe_status(url) {
+        Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("cascade probe: {url} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("cascade probe: {url}: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe_status(url: &str) -> anyhow::Result<u16> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    use std::time::Duration;
+    let rest = url
+        .strip_prefix("http://")
+        .context("only http:// URLs are probed")?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr = authority
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {authority:?} (host:port)"))?
+        .next()
+        .context("no address")?;
+    let timeout = Duration::from_secs(2);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < 12 {
+        let n = stream.read(&mut head[read..])?;
+        anyhow::ensure!(n > 0, "connection closed before a status line");
+        read += n;
+    }
+    let line = String::from_utf8_lossy(&head[..read]);
+    line.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .filter(|_| line.starts_with("HTTP/1."))
+        .with_context(|| format!("not an HTTP answer: {line:?}"))
 }
 
 #[allow(

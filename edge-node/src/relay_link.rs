@@ -20,11 +20,11 @@ use protocol::relay::{
     Control, Hello, Kind, MEDIA_HEADER_LEN, MediaHeader, RTP_HEADER_LEN, Role, RtpHeader,
 };
 use quinn::Connection;
+use relay::NodeAddr;
 use relay::link::{self, Backoff, ControlReader};
 use relay::media::SendHistory;
 use relay::metrics::{LinkCounters, LinkMetrics};
 use relay::router::DropReason;
-use relay::NodeAddr;
 use relay::tls::{NodeTls, TlsFiles};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;

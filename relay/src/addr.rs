@@ -160,7 +160,10 @@ mod tests {
             Ok(NodeAddr::Socket("10.0.0.5:4470".parse().unwrap()))
         );
         assert_eq!(
-            "[2001:db8::1]:4470".parse::<NodeAddr>().unwrap().to_string(),
+            "[2001:db8::1]:4470"
+                .parse::<NodeAddr>()
+                .unwrap()
+                .to_string(),
             "[2001:db8::1]:4470"
         );
         assert_eq!(

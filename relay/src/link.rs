@@ -137,7 +137,9 @@ pub async fn dial(
     server_name: &str,
     hello: &Hello,
 ) -> Result<Link, LinkError> {
-    let connection = endpoint.connect(addr.resolve().await?, server_name)?.await?;
+    let connection = endpoint
+        .connect(addr.resolve().await?, server_name)?
+        .await?;
     let (mut send, recv) = connection.open_bi().await?;
     write_control(&mut send, &Control::Hello(hello.clone())).await?;
     let mut reader = ControlReader::new(recv);

@@ -319,3 +319,34 @@ fn the_default_binary_has_no_bench_subcommand() {
     let help = String::from_utf8_lossy(&run(&["--help"], &[]).stdout).into_owned();
     assert!(!help.contains("bench"), "{help}");
 }
+
+/// `cascade probe` (the containers' healthcheck) follows the answer: 2xx
+/// is healthy; an error status, a closed port or a non-HTTP peer is not.
+/// It reads no configuration, so a broken one cannot fail a healthcheck.
+#[tokio::test]
+async fn probe_follows_the_http_status() {
+    let app = testkit::app::TestApp::spawn(testkit::app::Backend::Sqlite)
+        .await
+        .unwrap();
+    let url = app.url("/readyz");
+    let broken_config = [("CASCADE_CONTROL_PLANE__LISTEN", "not an address")];
+    let ok = tokio::task::spawn_blocking(move || run(&["probe", &url], &broken_config))
+        .await
+        .unwrap();
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let url = app.url("/no-such-page");
+    let missing = tokio::task::spawn_blocking(move || run(&["probe", &url], &[]))
+        .await
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("answered 404"),
+        "{}",
+        stderr(&missing)
+    );
+    // A UDP-only port: nothing listens on TCP there.
+    let closed = run(&["probe", "http://127.0.0.1:9/readyz"], &[]);
+    assert_eq!(closed.status.code(), Some(1));
+    let tls = run(&["probe", "https://127.0.0.1/readyz"], &[]);
+    assert!(stderr(&tls).contains("only http://"), "{}", stderr(&tls));
+}

@@ -46,16 +46,20 @@ variable "regions" {
   }
 
   validation {
-    # The highest host used is 20 + edge_count - 1; an invalid CIDR or
-    # edge_count is reported by the rules above, not here.
-    condition     = alltrue([for r in var.regions : !can(cidrhost(r.public_ip_cidr, 0)) || can(cidrhost(r.public_ip_cidr, 19 + r.edge_count))])
+    # The highest host used is 20 + edge_count - 1. A region whose CIDR or
+    # edge_count is invalid is reported by the rules above, not here.
+    condition = alltrue([for r in var.regions : (
+      !can(cidrhost(r.public_ip_cidr, 0)) || !(r.edge_count >= 1 && r.edge_count <= 100 && floor(r.edge_count) == r.edge_count) ||
+      can(cidrhost(r.public_ip_cidr, 19 + r.edge_count))
+    )])
     error_message = "public_ip_cidr is too small: a region needs 20 + edge_count addresses (host 10 is the relay, hosts 20 to 19 + edge_count the edges); too small: ${join(", ", [for name, r in var.regions : "${name} (${r.public_ip_cidr} for ${r.edge_count} edges)" if can(cidrhost(r.public_ip_cidr, 0)) && !can(cidrhost(r.public_ip_cidr, 19 + r.edge_count))])}."
   }
 
   validation {
     # Two regions given the same (or overlapping) range would hand one
-    # address to two LoadBalancer Services.
-    condition = try(
+    # address to two LoadBalancer Services. Checked once every edge_count
+    # is valid; an invalid CIDR or one too small is reported above.
+    condition = !alltrue([for r in var.regions : r.edge_count >= 1 && r.edge_count <= 100 && floor(r.edge_count) == r.edge_count]) || try(
       length(distinct(flatten([for r in var.regions : concat([cidrhost(r.public_ip_cidr, 10)], [for i in range(r.edge_count) : cidrhost(r.public_ip_cidr, 20 + i)])])))
       == sum([for r in var.regions : 1 + r.edge_count]),
       true

@@ -275,9 +275,14 @@ async fn relay_hop(certs: &CertDir, subscribers: usize) -> RelayHop {
     let mut endpoints = Vec::new();
     let mut dial = async |name: &str| {
         let endpoint = bench_endpoint(certs, name, false);
-        let l = link::dial(&endpoint, &addr.into(), relay::tls::RELAY_SERVER_NAME, &hello(name))
-            .await
-            .expect("dial the relay");
+        let l = link::dial(
+            &endpoint,
+            &addr.into(),
+            relay::tls::RELAY_SERVER_NAME,
+            &hello(name),
+        )
+        .await
+        .expect("dial the relay");
         endpoints.push(endpoint);
         l
     };
