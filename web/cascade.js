@@ -417,10 +417,20 @@ export class CallSession {
         .then(() => (this.ws === ws ? this.handle(JSON.parse(m.data)) : null))
         .catch((e) => this.onError(e));
     };
-    ws.onclose = () => {
+    ws.onclose = (e) => {
+      if (this.ws !== ws || this.left) return;
+      // 4403 revoked: this device is no longer in the call (it left from
+      // elsewhere, was removed, or the call ended): stop, do not rejoin.
+      // 4409 replaced: a newer socket of this session took over.
+      if (e.code === 4403) {
+        this.closeTransport();
+        this.onState('ended');
+        return;
+      }
+      if (e.code === 4409) return;
       // The edge went away (killed, restarted, or the network between):
       // a socket we did not close ourselves means the session is lost.
-      if (this.ws === ws && !this.left) this.lost(join.edge.id);
+      this.lost(join.edge.id);
     };
     await new Promise((resolve, reject) => {
       ws.onopen = resolve;
@@ -514,6 +524,8 @@ export class CallSession {
       this.speakers = msg;
       this.onSpeakers(msg);
     } else if (msg.type === 'error') {
+      // The edge ending this socket says why; the close that follows acts.
+      if (msg.code === 'revoked' || msg.code === 'replaced') return;
       this.onError(new Error(`${msg.code}: ${msg.message}`));
     }
   }

@@ -228,6 +228,7 @@ impl Service for Edge {
         let sfu_config = SfuConfig {
             max_participants_per_call: config.max_participants_per_call,
             max_participants: config.capacity as usize,
+            connect_timeout: Duration::from_secs(config.connect_timeout_secs),
             ..SfuConfig::default()
         };
         let mut tasks = Vec::new();

@@ -36,6 +36,9 @@ pub struct EdgeConfig {
     pub capacity: u32,
     /// Participants one call may have on this node.
     pub max_participants_per_call: usize,
+    /// A session whose ICE and DTLS are not up this many seconds after its
+    /// offer is closed (it would only hold a place).
+    pub connect_timeout_secs: u64,
     /// The control plane (`http://cp:8080`): registration, heartbeats,
     /// join-token keys, reports. Unset: standalone, which refuses every
     /// join.
@@ -69,6 +72,7 @@ impl Default for EdgeConfig {
             workers: 0,
             capacity: 500,
             max_participants_per_call: 100,
+            connect_timeout_secs: 10,
             control_plane_url: None,
             control_plane_fallback_urls: Vec::new(),
             credential: None,
@@ -159,6 +163,9 @@ impl Validate for EdgeConfig {
         }
         if !(1..=60).contains(&self.heartbeat_interval_secs) {
             v.invalid("heartbeat_interval_secs", "must be between 1 and 60");
+        }
+        if !(1..=120).contains(&self.connect_timeout_secs) {
+            v.invalid("connect_timeout_secs", "must be between 1 and 120");
         }
         if !(1..=600).contains(&self.drain_timeout_secs) {
             v.invalid("drain_timeout_secs", "must be between 1 and 600");

@@ -2,7 +2,9 @@
 //! difference between consecutive [`SfuStats`] snapshots, so the core
 //! keeps plain counters and knows nothing of Prometheus.
 
-use prometheus::{CounterVec, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts};
+use prometheus::{
+    CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
 
 use sfu::{MediaSummary, SfuStats};
 
@@ -30,6 +32,9 @@ pub struct EdgeMetrics {
     data_out: IntCounter,
     data_refused: IntCounter,
     data_dropped: IntCounter,
+    /// Sessions the edge closed itself, by reason (`connect_timeout`,
+    /// `replaced`, `revoked`).
+    sessions_closed: IntCounterVec,
     /// Video subscriptions by the layer sent now (`q`, `h`, `f`, `none`).
     pub video_subscriptions: IntGaugeVec,
     /// Subscribers' bandwidth estimates, sampled each second per session.
@@ -86,7 +91,20 @@ impl EdgeMetrics {
         )
         .expect("metric definition is static and valid");
         metrics.register(Box::new(estimates.clone()));
+        let sessions_closed = IntCounterVec::new(
+            Opts::new(
+                "cascade_edge_sessions_closed_total",
+                "Sessions the edge closed itself: not connected in time (connect_timeout), the same join token used again (replaced), no longer a participant here (revoked).",
+            ),
+            &["reason"],
+        )
+        .expect("metric definition is static and valid");
+        metrics.register(Box::new(sessions_closed.clone()));
+        for reason in ["connect_timeout", "replaced", "revoked"] {
+            sessions_closed.with_label_values(&[reason]);
+        }
         EdgeMetrics {
+            sessions_closed,
             participants: gauge(
                 "cascade_edge_participants",
                 "Participants connected to this edge.",
@@ -198,6 +216,19 @@ impl EdgeMetrics {
             .inc_by(after.data_refused.saturating_sub(before.data_refused));
         self.data_dropped
             .inc_by(after.data_dropped.saturating_sub(before.data_dropped));
+        for (reason, before, after) in [
+            (
+                "connect_timeout",
+                before.connect_timeouts,
+                after.connect_timeouts,
+            ),
+            ("replaced", before.replaced, after.replaced),
+            ("revoked", before.revoked, after.revoked),
+        ] {
+            self.sessions_closed
+                .with_label_values(&[reason])
+                .inc_by(after.saturating_sub(before));
+        }
     }
 
     /// Moves this worker's share of the layer gauges from `mine` to

@@ -8,13 +8,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use protocol::calls::{
-    JoinClaims, NodeEndpoints, NodeHeartbeat, NodeKind, NodeUsage, ParticipantGone,
+    HeartbeatAck, JoinClaims, NodeEndpoints, NodeHeartbeat, NodeKind, NodeUsage, ParticipantGone,
 };
 use tokio::sync::{Mutex, mpsc};
 
 use crate::config::EdgeConfig;
 use crate::join_token::{JoinTokenError, JoinTokenVerifier};
-use crate::worker::{Gone, WorkerHandle, WorkerShared};
+use crate::worker::{Command, Gone, WorkerHandle, WorkerShared};
 
 /// Least time between two JWKS fetches caused by unknown key ids.
 const JWKS_REFETCH: Duration = Duration::from_secs(5);
@@ -282,7 +282,21 @@ impl ControlPlaneLink {
             .await;
         match sent {
             None => false,
-            Some(Ok(response)) if response.status().is_success() => true,
+            Some(Ok(response)) if response.status().is_success() => {
+                // Sessions the control plane no longer has here (left,
+                // removed, call ended, moved away) are closed at once.
+                match response.json::<HeartbeatAck>().await {
+                    Ok(ack) => {
+                        for session in ack.close_sessions {
+                            for worker in workers {
+                                let _ = worker.commands.send(Command::Revoke { session }).await;
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "unreadable heartbeat answer"),
+                }
+                true
+            }
             Some(Ok(response)) => {
                 tracing::warn!(status = %response.status(), "the control plane refused a heartbeat");
                 false

@@ -137,6 +137,17 @@ fn close_code(code: &str) -> u16 {
     }
 }
 
+/// The close frame of a session the edge ended itself (the worker sends
+/// the reason as an error frame first).
+fn session_end(code: &str) -> Option<(u16, &'static str)> {
+    match code {
+        "replaced" => Some((4409, "replaced")),
+        "connect_timeout" => Some((4408, "connect_timeout")),
+        "revoked" => Some((4403, "revoked")),
+        _ => None,
+    }
+}
+
 /// An offer's declared sources, or why not.
 fn parse_sources(
     sources: &std::collections::BTreeMap<String, String>,
@@ -220,10 +231,21 @@ async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
     loop {
         tokio::select! {
             signal = signals.recv() => match signal {
-                Some(signal) => if !send(&mut socket, &signal).await { break },
+                Some(signal) => {
+                    // The worker's last word before it drops the peer.
+                    if let ServerSignal::Error { code, .. } = &signal
+                        && let Some(end) = session_end(code)
+                    {
+                        ending = end;
+                    }
+                    if !send(&mut socket, &signal).await { break }
+                }
                 None => {
-                    // The worker closed this peer (its transport failed).
-                    ending = (4410, "gone");
+                    // The worker closed this peer: its transport failed,
+                    // or the reason it just sent.
+                    if ending.0 == 1000 {
+                        ending = (4410, "gone");
+                    }
                     break;
                 }
             },

@@ -17,7 +17,9 @@ use uuid::Uuid;
 
 use crate::relay_client::CallData;
 use crate::relay_link::{RelayCommand, RelayEvent, WorkerRelay};
-use sfu::{JoinError, Output, PeerId, PeerInfo, Sfu, SfuConfig, SfuEvent, Signal, SignalError};
+use sfu::{
+    CloseReason, JoinError, Output, PeerId, PeerInfo, Sfu, SfuConfig, SfuEvent, Signal, SignalError,
+};
 
 /// Most datagrams read from the socket before the core's output is sent.
 const RECEIVE_BURST: usize = 32;
@@ -72,6 +74,12 @@ pub enum Command {
     Leave {
         /// The peer.
         peer: PeerId,
+    },
+    /// The control plane no longer has this session as a participant
+    /// here: close its peer, if this worker has it.
+    Revoke {
+        /// The join token's session.
+        session: Uuid,
     },
     /// From the relay link: remote tracks and frames, relay subscriptions.
     Relay(RelayCommand),
@@ -360,6 +368,11 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                         });
                     }
                     Some(Command::Leave { peer }) => sfu.leave(Instant::now(), peer),
+                    Some(Command::Revoke { session }) => {
+                        if sfu.revoke(Instant::now(), session) {
+                            tracing::info!(%session, "session revoked by the control plane");
+                        }
+                    }
                     Some(Command::Relay(command)) => relay_command(&mut sfu, command),
                 },
                 Some(command) = relay_commands.recv() => relay_command(&mut sfu, command),
@@ -513,11 +526,27 @@ fn on_event(
                 lock(&shared.sessions).push(*session);
             }
         }
-        SfuEvent::Closed { peer, info } => {
-            signals.remove(&peer);
+        SfuEvent::Closed { peer, info, reason } => {
+            if let Some(tx) = signals.remove(&peer)
+                && reason != CloseReason::Gone
+            {
+                // The client hears why before its socket closes.
+                let _ = tx.try_send(ServerSignal::Error {
+                    code: reason.code().into(),
+                    message: match reason {
+                        CloseReason::Replaced => "the same join token opened a newer session",
+                        CloseReason::ConnectTimeout => "ICE and DTLS did not connect in time",
+                        CloseReason::Revoked => "no longer a participant of this call here",
+                        CloseReason::Gone => "",
+                    }
+                    .into(),
+                });
+            }
             sessions.remove(&peer);
             lock(&shared.sessions).retain(|s| *s != info.session);
-            let _ = gone.send(info);
+            if reason.ends_session() {
+                let _ = gone.send(info);
+            }
         }
         SfuEvent::CallActive(call) => relay_event(
             relay,

@@ -158,6 +158,21 @@ pub struct NodeHeartbeat {
     pub incarnation: Option<Uuid>,
 }
 
+/// What the control plane answers a heartbeat with. Nodes ignore fields
+/// they do not know (newer control planes may add some).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Send the next heartbeat within this many seconds.
+    pub heartbeat_interval_secs: u64,
+    /// The registration lapses after this many seconds without one.
+    pub ttl_secs: u64,
+    /// Edges: sessions of the heartbeat's list that are no longer
+    /// participants on this edge (they left, were removed, their call
+    /// ended, or they moved to another edge a while ago). Close them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub close_sessions: Vec<Uuid>,
+}
+
 /// A node's work since its previous heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -85,6 +85,9 @@ pub struct SfuConfig {
     pub max_participants: usize,
     /// Least time between two keyframe requests sent upstream for a track.
     pub keyframe_throttle: Duration,
+    /// A peer whose ICE and DTLS are not up this long after it joined is
+    /// dropped: a session that never connects only holds a place.
+    pub connect_timeout: Duration,
 }
 
 impl Default for SfuConfig {
@@ -93,7 +96,42 @@ impl Default for SfuConfig {
             max_participants_per_call: 100,
             max_participants: 1000,
             keyframe_throttle: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// Why a peer was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// It left, or its transport failed: the session is over.
+    Gone,
+    /// A newer join with the same session (the same join token) took its
+    /// place: the session lives on in the new peer.
+    Replaced,
+    /// ICE and DTLS did not come up within the connect timeout.
+    ConnectTimeout,
+    /// The control plane says the session is no longer a participant here
+    /// (it left, was removed, its call ended, or it moved to another edge).
+    Revoked,
+}
+
+impl CloseReason {
+    /// The signaling error code the peer's client is told.
+    pub fn code(self) -> &'static str {
+        match self {
+            CloseReason::Gone => "gone",
+            CloseReason::Replaced => "replaced",
+            CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::Revoked => "revoked",
+        }
+    }
+
+    /// Whether the session ended with this peer (to be reported to the
+    /// control plane): not when another peer carries it on, nor when the
+    /// control plane itself ended it.
+    pub fn ends_session(self) -> bool {
+        matches!(self, CloseReason::Gone | CloseReason::ConnectTimeout)
     }
 }
 
@@ -455,13 +493,16 @@ pub struct LayerState {
 pub enum SfuEvent {
     /// A peer connected (ICE and DTLS up).
     Connected(PeerId),
-    /// A peer is gone (left, failed, or its transport died); report the
-    /// session to the control plane.
+    /// A peer is gone (left, failed, its transport died, replaced,
+    /// revoked); report the session to the control plane when
+    /// [`CloseReason::ends_session`].
     Closed {
         /// The peer.
         peer: PeerId,
         /// Who it was.
         info: PeerInfo,
+        /// Why.
+        reason: CloseReason,
     },
     /// A call's first participant joined this core (the relay should hear
     /// of our interest).
@@ -570,6 +611,12 @@ pub struct SfuStats {
     pub data_refused: u64,
     /// Data messages a receiver missed (its channel's buffer was full).
     pub data_dropped: u64,
+    /// Peers dropped for not connecting within the connect timeout.
+    pub connect_timeouts: u64,
+    /// Peers replaced by a newer join of the same session.
+    pub replaced: u64,
+    /// Peers closed because the control plane revoked their session.
+    pub revoked: u64,
 }
 
 /// What a core's subscribers receive now (the shell's gauges).
@@ -596,6 +643,9 @@ pub struct Sfu {
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    /// When each peer not yet connected must be (stale entries: the peer
+    /// connected or left).
+    connect_deadlines: BinaryHeap<Reverse<(Instant, PeerId)>>,
     /// str0m events waiting to be handled ([`Sfu::process`]).
     work: VecDeque<(PeerId, Event)>,
     /// What [`Sfu::poll_output`] hands out, in order.
@@ -637,6 +687,7 @@ impl Sfu {
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             timers: BinaryHeap::new(),
+            connect_deadlines: BinaryHeap::new(),
             work: VecDeque::new(),
             out: VecDeque::new(),
             written: Vec::new(),
@@ -737,6 +788,18 @@ impl Sfu {
             (Some(a), Some(d)) => Some(a.min(d)),
             (a, d) => a.or(d),
         };
+        // Stale deadlines (connected or gone) go; the next one counts.
+        while let Some(Reverse((_, peer))) = self.connect_deadlines.peek().copied() {
+            if self.peers.get(&peer).is_some_and(|p| !p.connected) {
+                break;
+            }
+            self.connect_deadlines.pop();
+        }
+        let connect = self.connect_deadlines.peek().map(|Reverse((at, _))| *at);
+        let allocation = match (allocation, connect) {
+            (Some(a), Some(c)) => Some(a.min(c)),
+            (a, c) => a.or(c),
+        };
         let at = match (next, allocation) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b).unwrap_or(self.last_now + IDLE_WAKE),
@@ -808,6 +871,20 @@ impl Sfu {
             }
             self.drive(peer);
         }
+        while let Some(Reverse((at, peer))) = self.connect_deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.connect_deadlines.pop();
+            if self.peers.get(&peer).is_some_and(|p| !p.connected) {
+                tracing::debug!(peer, "no ICE and DTLS in time: dropped");
+                self.stats.connect_timeouts += 1;
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.rtc.disconnect();
+                }
+                self.close_for(peer, CloseReason::ConnectTimeout);
+            }
+        }
         if now >= self.next_allocation {
             self.next_allocation = now + allocation::INTERVAL;
             self.allocate_all(now);
@@ -821,6 +898,30 @@ impl Sfu {
             self.detect_speakers(now);
         }
         self.process(now);
+    }
+
+    /// Closes the peer carrying control-plane session `session`, if any
+    /// (the control plane no longer has it as a participant here).
+    /// Whether one was.
+    pub fn revoke(&mut self, now: Instant, session: Uuid) -> bool {
+        self.last_now = now;
+        let Some(peer) = self.peer_of_session(session) else {
+            return false;
+        };
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.rtc.disconnect();
+        }
+        self.stats.revoked += 1;
+        self.close_for(peer, CloseReason::Revoked);
+        self.process(now);
+        true
+    }
+
+    pub(crate) fn peer_of_session(&self, session: Uuid) -> Option<PeerId> {
+        self.peers
+            .iter()
+            .find(|(_, p)| p.info.session == session)
+            .map(|(id, _)| *id)
     }
 
     /// The peer leaves (signaling said so, or its socket closed).

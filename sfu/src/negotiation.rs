@@ -13,6 +13,7 @@
 //! inactive and carries the next track of its kind, so a long session
 //! does not grow by two m-lines per participant who came and went.
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -24,8 +25,8 @@ use str0m::media::{Direction, MediaKind, Mid, Rid};
 use crate::layers;
 use crate::peer::{IdleLine, Peer, Pending, Subscription};
 use crate::{
-    JoinError, Output, PeerId, PeerInfo, SfuEvent, Signal, SignalError, Source, Track, TrackId,
-    TrackOrigin, TrackState, new_rtc, random_token,
+    CloseReason, JoinError, Output, PeerId, PeerInfo, SfuEvent, Signal, SignalError, Source, Track,
+    TrackId, TrackOrigin, TrackState, new_rtc, random_token,
 };
 
 impl crate::Sfu {
@@ -41,10 +42,18 @@ impl crate::Sfu {
         sources: &[(String, Source)],
     ) -> Result<(PeerId, String), JoinError> {
         self.last_now = now;
-        if self.peers.len() >= self.config.max_participants {
+        // One peer per session: a join token used again (a reconnect, or a
+        // replay) replaces the peer it opened before, so one token can
+        // never hold more than one place.
+        let earlier = self.peer_of_session(info.session);
+        let (here, in_call_earlier) = match earlier.and_then(|e| self.peers.get(&e)) {
+            Some(p) => (1, usize::from(p.info.call == info.call)),
+            None => (0, 0),
+        };
+        if self.peers.len() - here >= self.config.max_participants {
             return Err(JoinError::NodeFull(self.config.max_participants));
         }
-        let in_call = self.calls.get(&info.call).map_or(0, Vec::len);
+        let in_call = self.calls.get(&info.call).map_or(0, Vec::len) - in_call_earlier;
         if in_call >= self.config.max_participants_per_call {
             return Err(JoinError::CallFull(self.config.max_participants_per_call));
         }
@@ -71,9 +80,18 @@ impl crate::Sfu {
         if let Some(problem) = rejected_media(offer_sdp, &answer.to_sdp_string(), video_codec) {
             return Err(JoinError::BadSdp(problem));
         }
+        if let Some(earlier) = earlier {
+            if let Some(p) = self.peers.get_mut(&earlier) {
+                p.rtc.disconnect();
+            }
+            self.stats.replaced += 1;
+            self.close_for(earlier, CloseReason::Replaced);
+        }
         let id = self.next_peer;
         self.next_peer += 1;
         self.by_ufrag.insert(ufrag.clone(), id);
+        self.connect_deadlines
+            .push(Reverse((now + self.config.connect_timeout, id)));
         if !self.calls.contains_key(&info.call) {
             self.out
                 .push_back(Output::Event(SfuEvent::CallActive(info.call)));
@@ -460,6 +478,11 @@ impl crate::Sfu {
 
     /// Removes a peer, its tracks, and their subscriptions elsewhere.
     pub(crate) fn close(&mut self, peer: PeerId) {
+        self.close_for(peer, CloseReason::Gone);
+    }
+
+    /// Removes the peer, its tracks and subscriptions, saying why.
+    pub(crate) fn close_for(&mut self, peer: PeerId, reason: CloseReason) {
         let Some(p) = self.peers.remove(&peer) else {
             return;
         };
@@ -487,8 +510,11 @@ impl crate::Sfu {
             self.out
                 .push_back(Output::Event(SfuEvent::TrackEnded(*track)));
         }
-        self.out
-            .push_back(Output::Event(SfuEvent::Closed { peer, info: p.info }));
+        self.out.push_back(Output::Event(SfuEvent::Closed {
+            peer,
+            info: p.info,
+            reason,
+        }));
         for other in self.members(call) {
             self.renegotiate(other);
         }

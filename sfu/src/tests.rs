@@ -112,6 +112,8 @@ struct World {
     /// A codec the next client offers instead (a client that lacks the
     /// call's).
     client_codec: Option<Codec>,
+    /// The session id the next client's join token carries (else a new one).
+    next_session: Option<Uuid>,
 }
 
 impl World {
@@ -132,6 +134,7 @@ impl World {
             data: Vec::new(),
             video_codec: Codec::Vp8,
             client_codec: None,
+            next_session: None,
         }
     }
 
@@ -179,7 +182,7 @@ impl World {
             call: self.call,
             user: Uuid::now_v7(),
             device: format!("d{index}"),
-            session: Uuid::now_v7(),
+            session: self.next_session.take().unwrap_or_else(Uuid::now_v7),
             video_codec: self.video_codec,
         };
         let (peer, answer) = self.sfu.join(self.now, info, &offer.to_sdp_string(), &[])?;
@@ -1843,4 +1846,122 @@ fn a_shared_screen_gets_the_larger_share_of_a_thin_link() {
         Some(0),
         "the camera gives way"
     );
+}
+
+fn closed_reasons(events: &[SfuEvent]) -> Vec<(PeerId, crate::CloseReason)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            SfuEvent::Closed { peer, reason, .. } => Some((*peer, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_join_token_used_again_replaces_its_earlier_session() {
+    let mut world = World::new(SfuConfig {
+        max_participants: 2,
+        ..SfuConfig::default()
+    });
+    let publisher = world.join(true).unwrap();
+    let session = Uuid::now_v7();
+    world.next_session = Some(session);
+    let first = world.join(false).unwrap();
+    world.run(Duration::from_secs(1));
+    assert_eq!(world.sfu.participants(), 2);
+    world.take_events();
+    // The same token (session) twice more: each replaces the one before,
+    // even with the node otherwise full.
+    for _ in 0..2 {
+        world.next_session = Some(session);
+        world.join(false).unwrap();
+    }
+    let closed = closed_reasons(&world.take_events());
+    assert_eq!(closed.len(), 2, "{closed:?}");
+    assert!(
+        closed
+            .iter()
+            .all(|(_, r)| *r == crate::CloseReason::Replaced)
+    );
+    assert_eq!(closed[0].0, world.clients[first].peer);
+    assert!(!crate::CloseReason::Replaced.ends_session());
+    assert_eq!(world.sfu.participants(), 2, "one place per token");
+    assert_eq!(world.sfu.stats().replaced, 2);
+    assert!(
+        matches!(world.join(false), Err(JoinError::NodeFull(2))),
+        "another token still finds the node full"
+    );
+    // The newest session is the one that works.
+    let newest = world.clients.len() - 1;
+    world.run(Duration::from_secs(2));
+    assert!(world.clients[newest].connected);
+    assert!(
+        !world.clients[newest].received.is_empty(),
+        "the replacing session receives the publisher"
+    );
+    assert!(world.clients[publisher].connected);
+}
+
+#[test]
+fn a_peer_that_never_connects_is_dropped_after_the_connect_timeout() {
+    let mut world = World::new(SfuConfig {
+        connect_timeout: Duration::from_secs(3),
+        ..SfuConfig::default()
+    });
+    let connected = world.join(true).unwrap();
+    // An offer whose client never answers ICE: only the SDP reaches the edge.
+    let mut silent = Rtc::builder().enable_opus(true, false).build(world.now);
+    silent.add_local_candidate(Candidate::host("10.9.9.9:4000".parse().unwrap(), "udp").unwrap());
+    let mut api = silent.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (offer, _pending) = api.apply().unwrap();
+    let info = PeerInfo {
+        call: world.call,
+        user: Uuid::now_v7(),
+        device: "silent".into(),
+        session: Uuid::now_v7(),
+        video_codec: world.video_codec,
+    };
+    let (ghost, _) = world
+        .sfu
+        .join(world.now, info, &offer.to_sdp_string(), &[])
+        .unwrap();
+    world.run(Duration::from_millis(2500));
+    assert_eq!(world.sfu.participants(), 2, "not yet");
+    world.run(Duration::from_secs(1));
+    let closed = closed_reasons(&world.take_events());
+    assert_eq!(closed, vec![(ghost, crate::CloseReason::ConnectTimeout)]);
+    assert!(crate::CloseReason::ConnectTimeout.ends_session());
+    assert_eq!(world.sfu.participants(), 1);
+    assert_eq!(world.sfu.stats().connect_timeouts, 1);
+    // The connected peer is never timed out.
+    world.run(Duration::from_secs(5));
+    assert!(world.clients[connected].connected);
+    assert_eq!(world.sfu.participants(), 1);
+}
+
+#[test]
+fn a_revoked_session_is_closed_and_others_stay() {
+    let mut world = World::new(SfuConfig::default());
+    let a = world.join(true).unwrap();
+    let session = Uuid::now_v7();
+    world.next_session = Some(session);
+    let b = world.join(true).unwrap();
+    world.run(Duration::from_secs(1));
+    world.take_events();
+    assert!(
+        !world.sfu.revoke(world.now, Uuid::now_v7()),
+        "unknown session"
+    );
+    assert!(world.sfu.revoke(world.now, session));
+    world.pump();
+    let closed = closed_reasons(&world.take_events());
+    assert_eq!(
+        closed,
+        vec![(world.clients[b].peer, crate::CloseReason::Revoked)]
+    );
+    assert_eq!(world.sfu.participants(), 1);
+    assert_eq!(world.sfu.tracks(), 2, "b's tracks went with it");
+    assert!(world.clients[a].connected);
 }

@@ -164,6 +164,8 @@ pub struct BotReport {
     pub data: Vec<protocol::signaling::DataEnvelope>,
     /// Its data channel is open.
     pub channel_open: bool,
+    /// The close frame the edge ended signaling with (code, reason).
+    pub closed: Option<(u16, String)>,
 }
 
 impl BotReport {
@@ -459,6 +461,11 @@ async fn run(
                     }
                     _ => {}
                 },
+                Some(Ok(Message::Close(frame))) => {
+                    if let (Ok(mut r), Some(frame)) = (state.report.lock(), frame) {
+                        r.closed = Some((u16::from(frame.code), frame.reason.to_string()));
+                    }
+                }
                 Some(Ok(_)) => {}
                 _ => break,
             },

@@ -24,8 +24,18 @@ pub struct RunningEdge {
 }
 
 pub async fn start_edge(app: &TestApp, id: &str) -> RunningEdge {
+    start_edge_configured(app, id, |_| {}).await
+}
+
+/// [`start_edge`] with settings changed by `tweak`.
+pub async fn start_edge_configured(
+    app: &TestApp,
+    id: &str,
+    tweak: impl FnOnce(&mut EdgeConfig),
+) -> RunningEdge {
     str0m::crypto::from_feature_flags().install_process_default();
     let mut config = EdgeConfig::for_tests(id);
+    tweak(&mut config);
     config.control_plane_url = Some(app.url(""));
     config.credential = Some(control_plane::api::node_credential(SECRET, id));
     let edge = Edge::build(config).await.expect("edge starts");
@@ -403,15 +413,19 @@ async fn a_signaling_flood_is_cut_off_without_harming_others() {
         answer.to_text().unwrap().contains("\"answer\""),
         "{answer:?}"
     );
-    for _ in 0..200 {
+    // One burst (queued, then flushed once): sent frame by frame, a
+    // loaded machine spread 200 frames over seconds, under the per-second
+    // limit.
+    for _ in 0..300 {
         if ws
-            .send(Message::Text("{\"type\":\"answer\",\"sdp\":\"x\"}".into()))
+            .feed(Message::Text("{\"type\":\"answer\",\"sdp\":\"x\"}".into()))
             .await
             .is_err()
         {
             break;
         }
     }
+    let _ = ws.flush().await;
     let mut cut_off = false;
     let mut closed = None;
     while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
@@ -634,4 +648,213 @@ async fn an_edge_fails_over_to_its_next_control_plane_url() {
     bot.leave().await;
     stop.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
+
+/// The close frame on `ws` within `limit` (frames before it skipped).
+async fn close_within<S>(ws: &mut S, limit: Duration) -> Option<(u16, String)>
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Close(close) = frame {
+            return close.map(|c| (u16::from(c.code), c.reason.to_string()));
+        }
+    }
+    None
+}
+
+/// Waits until the edge's `/metrics` has `line` (a sample, value included).
+async fn wait_metric(edge: &RunningEdge, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(format!("http://{}/metrics", edge.addrs.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {line:?} in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One join token holds one place on the edge, however often it is used
+/// (each use replaces the session it opened before, which is told
+/// `replaced`), and a session that sends its offer but never does ICE is
+/// dropped after `connect_timeout_secs` (`connect_timeout`). Before, 100
+/// sockets with one token held 100 places, forever.
+#[tokio::test]
+async fn one_join_token_holds_one_place_and_sessions_that_never_connect_are_dropped() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let edge = start_edge_configured(&app, "edge-replay", |c| c.connect_timeout_secs = 2).await;
+    let (alice, bob) = (app.register("alice").await, app.register("bob").await);
+    let chat = app.direct(&alice, &bob).await;
+    let call = start_call(&app, &alice, &chat, "video").await;
+    app.post(&format!("/v1/calls/{call}/accept"), &bob, json!({}))
+        .await
+        .expect(200);
+    let publisher = Bot::join(&join(&app, &alice, &call).await, true)
+        .await
+        .unwrap();
+    let token = join(&app, &bob, &call).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        // An offer, and then nothing: no ICE from this "client".
+        let mut rtc = str0m::Rtc::builder().build(std::time::Instant::now());
+        let mut api = rtc.sdp_api();
+        api.add_channel("replay".into());
+        let (offer, _pending) = api.apply().unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+            "ws://{}/v1/rtc?token={token}",
+            edge.addrs.http
+        ))
+        .await
+        .unwrap();
+        let offer = json!({"type": "offer", "sdp": offer.to_sdp_string()}).to_string();
+        ws.send(Message::Text(offer.into())).await.unwrap();
+        let answer = ws.next().await.unwrap().unwrap();
+        assert!(
+            answer.to_text().unwrap().contains("\"answer\""),
+            "{answer:?}"
+        );
+        sockets.push(ws);
+    }
+    let last = sockets.pop().unwrap();
+    for mut ws in sockets {
+        assert_eq!(
+            close_within(&mut ws, Duration::from_secs(5)).await,
+            Some((4409, "replaced".into())),
+            "an earlier use of the token is closed, saying why"
+        );
+    }
+    let mut last = last;
+    let started = Instant::now();
+    assert_eq!(
+        close_within(&mut last, Duration::from_secs(10)).await,
+        Some((4408, "connect_timeout".into())),
+        "the session that never connected is dropped"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_metric(
+        &edge,
+        "cascade_edge_sessions_closed_total{reason=\"replaced\"} 4",
+    )
+    .await;
+    wait_metric(
+        &edge,
+        "cascade_edge_sessions_closed_total{reason=\"connect_timeout\"} 1",
+    )
+    .await;
+    wait_metric(&edge, "cascade_edge_participants 1").await;
+    // The real participant was never disturbed.
+    assert!(publisher.report().connected);
+    assert!(publisher.report().closed.is_none());
+    let _ = publisher.leave().await;
+}
+
+/// The control plane's call state reaches the edge: a participant who
+/// leaves over REST, and everyone when the call is ended, lose their edge
+/// sessions within a heartbeat or two (`revoked`, 4403), while those still
+/// in the call keep their media. Before, leaving over REST or ending a
+/// call left every stream flowing for minutes.
+#[tokio::test]
+async fn leaving_over_rest_or_ending_the_call_closes_the_edge_sessions() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let edge = start_edge(&app, "edge-revoke").await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let group = app.group(&alice, "team", &[&bob, &carol]).await;
+    let call = start_call(&app, &alice, &group, "video").await;
+    let publisher = Bot::join(&join(&app, &alice, &call).await, true)
+        .await
+        .unwrap();
+    let bob_bot = Bot::join(&join(&app, &bob, &call).await, false)
+        .await
+        .unwrap();
+    let carol_bot = Bot::join(&join(&app, &carol, &call).await, false)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bob_bot.report().video_frames() < 10 || carol_bot.report().video_frames() < 10 {
+        assert!(Instant::now() < deadline, "media never flowed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    app.post(
+        &format!("/v1/calls/{call}/leave"),
+        &bob,
+        json!({"device_id": "bot"}),
+    )
+    .await
+    .expect(204);
+    let left = Instant::now();
+    while bob_bot.report().closed.is_none() {
+        assert!(
+            left.elapsed() < Duration::from_secs(8),
+            "bob's edge session outlived his leaving"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after_leave = left.elapsed();
+    assert_eq!(bob_bot.report().closed, Some((4403, "revoked".into())));
+    assert!(
+        bob_bot
+            .report()
+            .errors
+            .iter()
+            .any(|e| e.starts_with("revoked")),
+        "{:?}",
+        bob_bot.report().errors
+    );
+    let before = carol_bot.report().video_frames();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        carol_bot.report().video_frames() > before + 10,
+        "carol's media carried on"
+    );
+    assert!(carol_bot.report().closed.is_none());
+
+    app.post(&format!("/v1/calls/{call}/end"), &alice, json!({}))
+        .await
+        .expect(200);
+    let ended = Instant::now();
+    while publisher.report().closed.is_none() || carol_bot.report().closed.is_none() {
+        assert!(
+            ended.elapsed() < Duration::from_secs(8),
+            "sessions outlived their call"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after_end = ended.elapsed();
+    assert_eq!(publisher.report().closed, Some((4403, "revoked".into())));
+    assert_eq!(carol_bot.report().closed, Some((4403, "revoked".into())));
+    wait_metric(
+        &edge,
+        "cascade_edge_sessions_closed_total{reason=\"revoked\"} 3",
+    )
+    .await;
+    wait_metric(&edge, "cascade_edge_participants 0").await;
+    eprintln!("edge sessions closed {after_leave:?} after leave, {after_end:?} after end");
 }

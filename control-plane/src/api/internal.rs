@@ -7,8 +7,7 @@ use axum::Json;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use protocol::calls::{NodeHeartbeat, NodeStatus, ParticipantGone};
-use serde::Serialize;
+use protocol::calls::{HeartbeatAck, NodeHeartbeat, NodeStatus, ParticipantGone};
 
 use super::{ApiJson, ApiPath, AppState, bearer_token, now};
 use crate::calls::lifecycle::{Action, LeaveReason, decide};
@@ -71,15 +70,6 @@ fn authorize_node(state: &AppState, headers: &HeaderMap, id: &str) -> Result<(),
             "not the credential of node {id:?}"
         )))
     }
-}
-
-/// What a heartbeat is answered with.
-#[derive(Debug, Serialize)]
-pub struct HeartbeatAck {
-    /// Send the next heartbeat within this many seconds.
-    pub heartbeat_interval_secs: u64,
-    /// The registration lapses after this many seconds without one.
-    pub ttl_secs: u64,
 }
 
 fn check_node_id(id: &str) -> Result<(), ApiError> {
@@ -168,12 +158,17 @@ pub async fn heartbeat(
         if let Err(error) = state.calls.migrate_node_now(&id).await {
             tracing::warn!(node_id = %id, %error, "cannot migrate a restarted node's sessions");
         }
-    } else if let Some(connected) = &node.sessions {
-        reconcile_sessions(&state, &id, connected).await?;
+    }
+    let mut close_sessions = Vec::new();
+    if restarted_from.is_none()
+        && let Some(connected) = &node.sessions
+    {
+        close_sessions = reconcile_sessions(&state, &id, connected).await?;
     }
     Ok(Json(HeartbeatAck {
         heartbeat_interval_secs: config.heartbeat_interval_secs,
         ttl_secs: ttl.as_secs(),
+        close_sessions,
     }))
 }
 
@@ -271,23 +266,36 @@ async fn remove_session(
     }
 }
 
-/// Removes the sessions on `node` that the edge does not list as connected
-/// and that were placed there (joined, or migrated) longer than a join
-/// token's life ago, so the client had its time to connect. Counting from
-/// the placement, not the join, is what keeps a migrated participant of an
-/// old call from being removed while it reconnects to its new edge.
+/// How long a session that moved to another edge may stay connected to
+/// the one it left: the client keeps its old connection until the new one
+/// carries media (about a second when an edge drains).
+const MOVED_SESSION_GRACE: time::Duration = time::Duration::seconds(15);
+
+/// Both directions of "the edge's sessions vs. the call state":
+///
+/// - sessions placed on `node` (joined, or migrated there) longer than a
+///   join token's life ago that the edge does not list as connected are
+///   removed (the client had its time to connect; counting from the
+///   placement, not the join, keeps a migrated participant of an old call
+///   while it reconnects);
+/// - sessions the edge lists that are not participants there any more
+///   (they left, were removed, the call ended, or they moved to another
+///   edge more than [`MOVED_SESSION_GRACE`] ago) are returned, for the
+///   edge to close: a join token then opens nothing that outlives its
+///   participant.
 async fn reconcile_sessions(
     state: &AppState,
     node: &str,
     connected: &[Uuid],
-) -> Result<(), ApiError> {
-    let connected: std::collections::HashSet<Uuid> = connected.iter().copied().collect();
-    let cutoff = now() - time::Duration::seconds(state.calls.config.join_token_ttl_secs as i64);
+) -> Result<Vec<Uuid>, ApiError> {
+    let listed: std::collections::HashSet<Uuid> = connected.iter().copied().collect();
+    let at = now();
+    let cutoff = at - time::Duration::seconds(state.calls.config.join_token_ttl_secs as i64);
     let placed = state.store.node_participants(node).await?;
     let mut removed = false;
     for p in placed
         .iter()
-        .filter(|p| p.placed_at < cutoff && !connected.contains(&p.id))
+        .filter(|p| p.placed_at < cutoff && !listed.contains(&p.id))
     {
         removed |= remove_session(state, p.call_id, p.id, node).await?;
     }
@@ -295,5 +303,30 @@ async fn reconcile_sessions(
         // Outside the request's own write, the hubs hear it from here.
         state.calls.wake().await;
     }
-    Ok(())
+    let here: std::collections::HashSet<Uuid> = placed.iter().map(|p| p.id).collect();
+    let strangers: Vec<Uuid> = listed.difference(&here).copied().collect();
+    if strangers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let known: std::collections::HashMap<Uuid, crate::store::Participant> = state
+        .store
+        .participants_by_id(&strangers)
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p))
+        .collect();
+    let close: Vec<Uuid> = strangers
+        .into_iter()
+        .filter(|id| match known.get(id) {
+            // Never a participant (or its call was deleted).
+            None => true,
+            Some(p) if p.left_at.is_some() => true,
+            // Moved elsewhere: the client is switching over.
+            Some(p) => at - p.placed_at > MOVED_SESSION_GRACE,
+        })
+        .collect();
+    if !close.is_empty() {
+        tracing::info!(node_id = %node, sessions = close.len(), "edge told to close sessions that are no longer its participants");
+    }
+    Ok(close)
 }

@@ -127,6 +127,9 @@ pub trait CallStore: Send + Sync + 'static {
     async fn participant_nodes(&self) -> StoreResult<Vec<String>>;
     /// The live participants placed on `node`.
     async fn node_participants(&self, node: &str) -> StoreResult<Vec<Participant>>;
+    /// The participant sessions with these ids, live or left (unknown ids
+    /// are missing from the answer).
+    async fn participants_by_id(&self, ids: &[Uuid]) -> StoreResult<Vec<Participant>>;
 }
 
 macro_rules! call_store {
@@ -517,6 +520,30 @@ macro_rules! call_store {
                 .bind(node)
                 .fetch_all(&self.pool)
                 .await?)
+            }
+
+            async fn participants_by_id(&self, ids: &[Uuid]) -> StoreResult<Vec<Participant>> {
+                let mut found = Vec::new();
+                // Bounded statements (SQLite allows 32766 parameters).
+                for chunk in ids.chunks(500) {
+                    let mut query = sqlx::QueryBuilder::new(concat!(
+                        "SELECT ",
+                        participant_cols!(),
+                        " FROM call_participants WHERE id IN ("
+                    ));
+                    let mut list = query.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    query.push(")");
+                    found.extend(
+                        query
+                            .build_query_as::<Participant>()
+                            .fetch_all(&self.pool)
+                            .await?,
+                    );
+                }
+                Ok(found)
             }
         }
     };
