@@ -1194,3 +1194,110 @@ async fn video_codec(app: TestApp) {
     let plain = start(&app, &carol, &other, "video").await;
     assert_eq!(plain["video_codec"], "vp8");
 }
+
+both_backends!(
+    a_block_ends_calling_and_leaving_a_group_ends_its_call_for_you,
+    blocks_and_removals
+);
+async fn blocks_and_removals(app: TestApp) {
+    heartbeat(&app, "edge-a", "local", 100, 0).await;
+    let [alice, bob, carol, dave] = [
+        app.register("alice").await,
+        app.register("bob").await,
+        app.register("carol").await,
+        app.register("dave").await,
+    ];
+    // A direct call rung before the block cannot be answered or joined
+    // after it, and no new one can be started, by either side.
+    let direct = app.direct(&alice, &bob).await;
+    let rung = id(&start(&app, &alice, &direct, "audio").await);
+    app.patch(
+        &format!("/v1/contacts/{}", alice.id),
+        &bob,
+        json!({"action": "block"}),
+    )
+    .await
+    .expect(200);
+    for (who, path) in [
+        (&bob, format!("/v1/calls/{rung}/accept")),
+        (&bob, format!("/v1/calls/{rung}/join")),
+        (&alice, format!("/v1/calls/{rung}/join")),
+    ] {
+        let refused = app.post(&path, who, json!({})).await.expect(403);
+        assert_eq!(refused.code(), "blocked", "{path}");
+    }
+    app.post(&format!("/v1/calls/{rung}/cancel"), &alice, json!({}))
+        .await
+        .expect(200);
+    for who in [&alice, &bob] {
+        let refused = app
+            .post(
+                "/v1/calls",
+                who,
+                json!({"conversation_id": direct, "kind": "audio"}),
+            )
+            .await
+            .expect(403);
+        assert_eq!(refused.code(), "blocked");
+    }
+
+    // Removed from a group: out of its live call at once (everyone hears
+    // `call.participant_left`, reason `removed`), and not back in.
+    let group = app.group(&alice, "team", &[&carol, &dave]).await;
+    let mut alices = ws(addr(&app), &alice).await;
+    let call = id(&start(&app, &alice, &group, "video").await);
+    join(&app, &alice, &call, "laptop").await;
+    join(&app, &carol, &call, "phone").await;
+    join(&app, &carol, &call, "tablet").await;
+    app.delete(
+        &format!("/v1/conversations/{group}/members/{}", carol.id),
+        &alice,
+    )
+    .await
+    .expect(204);
+    let mut reasons = Vec::new();
+    while reasons.len() < 2 {
+        let event = alices.expect("call.participant_left", WAIT).await;
+        assert_eq!(
+            event["data"]["participant"]["user_id"],
+            carol.id.to_string()
+        );
+        reasons.push(event["data"]["reason"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(reasons, ["removed", "removed"], "both of carol's devices");
+    let state = app
+        .get(&format!("/v1/calls/{call}"), &alice)
+        .await
+        .expect(200)
+        .body;
+    let users: Vec<&Value> = state["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["user_id"])
+        .collect();
+    assert_eq!(users, [&json!(alice.id.to_string())], "{state}");
+    let back = app
+        .post(
+            &format!("/v1/calls/{call}/join"),
+            &carol,
+            json!({"device_id": "phone"}),
+        )
+        .await;
+    assert!(
+        [403, 404].contains(&back.status.as_u16()),
+        "a removed member cannot rejoin: {}",
+        back.status
+    );
+    // Leaving the group oneself does the same.
+    join(&app, &dave, &call, "desk").await;
+    app.delete(
+        &format!("/v1/conversations/{group}/members/{}", dave.id),
+        &dave,
+    )
+    .await
+    .expect(204);
+    let event = alices.expect("call.participant_left", WAIT).await;
+    assert_eq!(event["data"]["participant"]["user_id"], dave.id.to_string());
+    assert_eq!(event["data"]["reason"], "removed");
+}

@@ -315,6 +315,21 @@ async fn sockets_close_on_logout_password_change_and_token_expiry() {
         (closed.code, closed.reason.as_str()),
         (4401, "session revoked")
     );
+    // Its access token is still signed and unexpired, but a new socket
+    // with it opens nothing (by header or by auth frame): no `ready`.
+    let mut again = WsClient::connect(addr(&app), Some(&second_token), None)
+        .await
+        .unwrap();
+    let closed = again.closed(WAIT).await.expect("closed");
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (4401, "this login was revoked")
+    );
+    let mut by_frame = WsClient::connect(addr(&app), None, None).await.unwrap();
+    by_frame
+        .send(&json!({ "type": "auth", "token": second_token }))
+        .await;
+    assert_eq!(by_frame.closed(WAIT).await.expect("closed").code, 4401);
     first_socket.send(&json!({ "type": "ping" })).await;
     first_socket.expect("pong", WAIT).await;
 

@@ -229,6 +229,73 @@ impl AppState {
         }
     }
 
+    /// A block either way ends calling between two people, as it ends
+    /// messaging: 403 `blocked`.
+    async fn refuse_if_blocked(&self, me: Uuid, other: Uuid) -> Result<(), ApiError> {
+        if self.blocked_between(me, other).await? {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "blocked",
+                "you cannot call this user",
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`AppState::refuse_if_blocked`] against the other person of direct
+    /// call `call`.
+    async fn refuse_if_blocked_in(&self, call: &Call, me: Uuid) -> Result<(), ApiError> {
+        let other = if call.initiator_id == me {
+            call.callee_id
+        } else {
+            Some(call.initiator_id)
+        };
+        match other {
+            Some(other) => self.refuse_if_blocked(me, other).await,
+            None => Ok(()),
+        }
+    }
+
+    /// `user` is no longer in group `conversation`: each of their devices
+    /// leaves its live call (`call.participant_left`, reason `removed`).
+    pub(crate) async fn leave_group_call(
+        &self,
+        conversation: Uuid,
+        user: Uuid,
+    ) -> Result<(), ApiError> {
+        let Some(call) = self.store.live_call_of(conversation).await? else {
+            return Ok(());
+        };
+        let devices: Vec<String> = self
+            .store
+            .live_participants(call)
+            .await?
+            .into_iter()
+            .filter(|p| p.user_id == user)
+            .map(|p| p.device_id)
+            .collect();
+        for device in devices {
+            let at = now();
+            let action = Action::Leave {
+                user,
+                device,
+                reason: LeaveReason::Removed,
+            };
+            match self
+                .store
+                .update_call(call, None, at, &|facts| decide(facts, &action, at))
+                .await
+            {
+                Ok(Ok(change)) => self.calls.metrics.record(&change),
+                // Left or ended meanwhile: nothing to do.
+                Ok(Err(_)) | Err(StoreError::NotFound) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        self.calls.wake().await;
+        Ok(())
+    }
+
     /// Runs `action` on call `id` for `actor`.
     async fn act(&self, id: Uuid, actor: Uuid, action: Action) -> Result<CallChange, ApiError> {
         let at = now();
@@ -277,6 +344,7 @@ impl AppState {
 #[utoipa::path(post, path = "/v1/calls", tag = "calls", request_body = StartCall,
     responses(
         (status = 201, body = CallView, description = "Ringing"),
+        (status = 403, body = ErrorBody, description = "`blocked`: one of you blocked the other (direct calls)"),
         (status = 404, body = ErrorBody, description = "No such conversation (or not a member)"),
         (status = 409, body = ErrorBody, description = "`busy` (you or the callee are in a call) or `call_in_progress`"),
         (status = 422, body = ErrorBody),
@@ -308,6 +376,7 @@ pub async fn start(
             .ok_or_else(|| {
                 ApiError::conflict("no_callee", "nobody else is in this conversation")
             })?;
+        state.refuse_if_blocked(caller.user_id, other).await?;
         Some(other)
     } else {
         None
@@ -393,6 +462,9 @@ pub async fn accept(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<CallView>, ApiError> {
     let call = state.visible_call(id, caller.user_id).await?;
+    if call.direct {
+        state.refuse_if_blocked_in(&call, caller.user_id).await?;
+    }
     let result = state
         .act(
             id,
@@ -530,6 +602,9 @@ pub async fn join(
             "invalid_call_state",
             "the call has ended",
         ));
+    }
+    if call.direct {
+        state.refuse_if_blocked_in(&call, caller.user_id).await?;
     }
     let device_id = device(body.device_id)?;
     if body.probes.len() > 64 {

@@ -438,6 +438,9 @@ pub async fn remove_member(
         }
         Err(e) => return Err(e.into()),
     }
+    // Out of the group is out of its call: their devices leave it now, and
+    // their edges close those sessions at the next heartbeat.
+    state.leave_group_call(conversation_id, user_id).await?;
     let action = if user_id == caller.user_id {
         "member.left"
     } else {

@@ -29,6 +29,8 @@ pub enum LeaveReason {
     Left,
     /// Its edge reported the session gone.
     Gone,
+    /// The user left the call's group or was removed from it.
+    Removed,
 }
 
 impl LeaveReason {
@@ -36,6 +38,7 @@ impl LeaveReason {
         match self {
             LeaveReason::Left => "left",
             LeaveReason::Gone => "gone",
+            LeaveReason::Removed => "removed",
         }
     }
 }

@@ -79,6 +79,32 @@ pub async fn serve(
             }
         }
     };
+    // A signed, unexpired access token of a login that was since ended
+    // (logout, password change elsewhere, refresh-token reuse) opens
+    // nothing: sockets of the login were closed when it ended, and a new
+    // one must not come back with the same token.
+    match gateway.store.login_active(claims.sid).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = send_bounded(
+                &mut sink,
+                close_message(close::UNAUTHORIZED, "this login was revoked"),
+                settings.idle_timeout,
+            )
+            .await;
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot check the login of a new socket");
+            let _ = send_bounded(
+                &mut sink,
+                close_message(1011, "gateway unavailable"),
+                settings.idle_timeout,
+            )
+            .await;
+            return;
+        }
+    }
     let resume = match cursor.as_deref().map(str::parse::<EventCursor>) {
         None => None,
         Some(Ok(c)) => Some(c),

@@ -127,6 +127,9 @@ pub trait CallStore: Send + Sync + 'static {
     async fn participant_nodes(&self) -> StoreResult<Vec<String>>;
     /// The live participants placed on `node`.
     async fn node_participants(&self, node: &str) -> StoreResult<Vec<Participant>>;
+    /// The call of `conversation` that has not ended, if any (there is at
+    /// most one).
+    async fn live_call_of(&self, conversation: Uuid) -> StoreResult<Option<Uuid>>;
     /// The participant sessions with these ids, live or left (unknown ids
     /// are missing from the answer).
     async fn participants_by_id(&self, ids: &[Uuid]) -> StoreResult<Vec<Participant>>;
@@ -519,6 +522,15 @@ macro_rules! call_store {
                 ))
                 .bind(node)
                 .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn live_call_of(&self, conversation: Uuid) -> StoreResult<Option<Uuid>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT id FROM calls WHERE conversation_id = $1 AND state <> 'ended' LIMIT 1",
+                )
+                .bind(conversation)
+                .fetch_optional(&self.pool)
                 .await?)
             }
 

@@ -100,6 +100,10 @@ pub trait Store: CallStore + Send + Sync + 'static {
         next: &Session,
         now: OffsetDateTime,
     ) -> StoreResult<Rotation>;
+    /// Whether login `family_id` still stands: some token of the family is
+    /// not revoked (logout, password change elsewhere and refresh-token
+    /// reuse revoke all of them).
+    async fn login_active(&self, family_id: Uuid) -> StoreResult<bool>;
     /// Revokes every token of a family (one login). Returns how many were live.
     async fn revoke_family(&self, family_id: Uuid, now: OffsetDateTime) -> StoreResult<u64>;
     /// Revokes every session of a user except (optionally) one family.

@@ -417,6 +417,16 @@ macro_rules! sql_store {
                 }
             }
 
+            async fn login_active(&self, family_id: Uuid) -> StoreResult<bool> {
+                let live: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM sessions WHERE family_id = $1 AND revoked_at IS NULL LIMIT 1",
+                )
+                .bind(family_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(live.is_some())
+            }
+
             async fn revoke_family(&self, family_id: Uuid, now: OffsetDateTime) -> StoreResult<u64> {
                 // A rotation racing with this revocation may commit a new
                 // token that the first UPDATE's snapshot cannot see; repeat
