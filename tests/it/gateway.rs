@@ -472,6 +472,20 @@ async fn ephemeral_scenario(app: TestApp) {
         app.register("mallory").await,
     );
     let chat = app.direct(&alice, &bob).await;
+    // Presence needs consent: an accepted contact (or a shared group).
+    app.post(&format!("/v1/contacts/{}", bob.id), &alice, json!({}))
+        .await
+        .expect(200);
+    app.patch(
+        &format!("/v1/contacts/{}", alice.id),
+        &bob,
+        json!({"action": "accept"}),
+    )
+    .await
+    .expect(200);
+    // Mallory opens a direct conversation with alice on her own (anyone
+    // may): that is not consent, she sees nothing of alice's presence.
+    app.direct(&mallory, &alice).await;
     let (mut bobs, _) = ws(addr(&app), &bob, None).await;
     let (mut outsider, _) = ws(addr(&app), &mallory, None).await;
 
@@ -494,7 +508,7 @@ async fn ephemeral_scenario(app: TestApp) {
     assert_eq!(
         stranger.body["presence"],
         json!([]),
-        "strangers see nobody's presence"
+        "strangers, even with a direct conversation, see nobody's presence"
     );
 
     alices

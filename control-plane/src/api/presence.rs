@@ -11,7 +11,8 @@ use crate::error::{ApiError, ErrorBody};
 const MAX_ENTRIES: usize = 1000;
 
 /// Presence and last-seen time of the caller's accepted contacts and
-/// fellow conversation members (nobody else's is visible).
+/// fellow group members (nobody else's is visible: a direct conversation
+/// one side opened alone is not consent).
 #[utoipa::path(get, path = "/v1/presence", tag = "users",
     responses((status = 200, body = PresenceList), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]

@@ -324,8 +324,9 @@ pub trait Store: CallStore + Send + Sync + 'static {
         user: Uuid,
         after: EventCursor,
     ) -> StoreResult<Vec<StoredEvent>>;
-    /// Who may see `user`'s presence: accepted contacts and the members of
-    /// every conversation they are in.
+    /// Who may see `user`'s presence: accepted contacts and fellow members
+    /// of a group (not the other side of a direct conversation alone, and
+    /// nobody across a block either way).
     async fn presence_audience(&self, user: Uuid) -> StoreResult<Vec<Uuid>>;
 
     // --- audit --------------------------------------------------------------

@@ -1328,12 +1328,20 @@ macro_rules! sql_store {
             }
 
             async fn presence_audience(&self, user: Uuid) -> StoreResult<Vec<Uuid>> {
+                // Fellow members of a group, and accepted contacts; never
+                // someone who merely opened a direct conversation (anyone
+                // may), and never across a block.
                 Ok(sqlx::query_scalar(
-                    "SELECT m2.user_id FROM members m1 \
-                     JOIN members m2 ON m2.conversation_id = m1.conversation_id \
-                     WHERE m1.user_id = $1 AND m2.user_id <> $1 \
-                     UNION \
-                     SELECT other_id FROM contacts WHERE owner_id = $1 AND status = 'accepted'",
+                    "SELECT a.user_id FROM ( \
+                       SELECT m2.user_id AS user_id FROM members m1 \
+                       JOIN conversations c ON c.id = m1.conversation_id AND c.kind = 'group' \
+                       JOIN members m2 ON m2.conversation_id = m1.conversation_id \
+                       WHERE m1.user_id = $1 AND m2.user_id <> $1 \
+                       UNION \
+                       SELECT other_id AS user_id FROM contacts WHERE owner_id = $1 AND status = 'accepted' \
+                     ) a \
+                     WHERE NOT EXISTS (SELECT 1 FROM contacts b WHERE b.status = 'blocked' AND \
+                       ((b.owner_id = $1 AND b.other_id = a.user_id) OR (b.owner_id = a.user_id AND b.other_id = $1)))",
                 )
                 .bind(user)
                 .fetch_all(&self.pool)
