@@ -61,7 +61,7 @@ pub async fn open(config: &DatabaseConfig, data_dir: &Path) -> Result<Arc<dyn St
             open_sqlite(options, url.contains(":memory:")).await
         }
         None => {
-            std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir {
+            private_dir(data_dir).map_err(|source| OpenError::DataDir {
                 path: data_dir.to_owned(),
                 source,
             })?;
@@ -69,6 +69,45 @@ pub async fn open(config: &DatabaseConfig, data_dir: &Path) -> Result<Arc<dyn St
             open_sqlite(options, false).await
         }
     }
+}
+
+/// The embedded data directory, owner-only (0700): it holds the database,
+/// whose signing keys can mint tokens for any account, and `cascade dev`'s
+/// secrets. An existing directory is tightened too.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "data directory was readable by others; now 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// A SQLite database file and its WAL and shared-memory files, owner-only
+/// (0600), created so before SQLite opens it (SQLite gives the `-wal` and
+/// `-shm` files the database file's mode).
+fn private_db_files(db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)?;
+    let mut files = vec![db.to_owned()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(name.into());
+    }
+    for file in files.iter().filter(|f| f.exists()) {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 async fn open_postgres(config: &DatabaseConfig, url: &str) -> Result<Arc<dyn Store>, OpenError> {
@@ -128,6 +167,10 @@ async fn open_sqlite(
     options: SqliteConnectOptions,
     in_memory: bool,
 ) -> Result<Arc<dyn Store>, OpenError> {
+    if !in_memory {
+        let db = options.get_filename().to_owned();
+        private_db_files(&db).map_err(|source| OpenError::DataDir { path: db, source })?;
+    }
     let options = options
         .create_if_missing(true)
         .foreign_keys(true)
@@ -164,4 +207,41 @@ async fn open_sqlite(
         .await
         .map_err(OpenError::Migrate)?;
     Ok(Arc::new(SqliteStore { pool }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The embedded database holds the signing keys: nobody but its owner
+    /// may read it (a local user read a 0644 file and forged a token).
+    #[tokio::test]
+    async fn the_embedded_database_is_private_to_its_owner() {
+        let dir = std::env::temp_dir().join(format!("cascade-mode-{}", uuid::Uuid::new_v4()));
+        let data = dir.join("data");
+        let store = open(&DatabaseConfig::default(), &data).await.unwrap();
+        store.ring_keys().await.unwrap();
+        assert_eq!(mode(&data), 0o700);
+        let db = data.join(EMBEDDED_DB_FILE);
+        assert_eq!(mode(&db), 0o600);
+        let wal = data.join(format!("{EMBEDDED_DB_FILE}-wal"));
+        assert!(wal.exists(), "WAL mode writes a -wal file");
+        assert_eq!(mode(&wal), 0o600);
+        drop(store);
+        // An existing directory and file made readable by someone else are
+        // tightened at the next start.
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = open(&DatabaseConfig::default(), &data).await.unwrap();
+        store.ring_keys().await.unwrap();
+        assert_eq!((mode(&data), mode(&db)), (0o700, 0o600));
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
