@@ -163,6 +163,10 @@ impl Service for ControlPlane {
             settings: (&config.gateway).into(),
             metrics: gateway_metrics,
             active: Arc::default(),
+            limiter: limiter.clone(),
+            opens_per_user: config.rate_limits.websockets_per_user,
+            max_open_per_user: config.rate_limits.max_open_websockets_per_user,
+            open_by_user: Arc::default(),
         };
         let registry: Arc<dyn crate::calls::registry::NodeRegistry> = match &dependencies.redis {
             Some(client) => Arc::new(crate::calls::registry::RedisRegistry::new(client.clone())),

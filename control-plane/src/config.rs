@@ -32,6 +32,9 @@ pub struct ControlPlaneConfig {
     pub auth: AuthConfig,
     /// Sizes users may not exceed.
     pub limits: LimitsConfig,
+    /// `[control_plane.rate_limits]`: how often a user (or an address)
+    /// may repeat what costs the service.
+    pub rate_limits: RateLimitsConfig,
     /// The WebSocket gateway.
     pub gateway: crate::gateway::GatewayConfig,
     /// Calls: ring timeout, regions, ICE servers, node liveness.
@@ -121,6 +124,99 @@ impl Default for LimitsConfig {
     }
 }
 
+/// How many times in a window (a fixed window opened by the first use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Uses allowed per window.
+    pub limit: u32,
+    /// The window, seconds.
+    pub window_secs: u64,
+}
+
+impl Quota {
+    const fn new(limit: u32, window_secs: u64) -> Self {
+        Quota { limit, window_secs }
+    }
+
+    /// The window.
+    pub fn window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.window_secs)
+    }
+}
+
+/// `[control_plane.rate_limits]`: beyond them, 429 with `Retry-After`;
+/// counted in Redis when configured (all replicas share them), else in
+/// process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Sign-ups per client address (each costs an Argon2id hash).
+    pub signups_per_address: Quota,
+    /// Messages sent or edited per user.
+    pub messages_per_user: Quota,
+    /// Reactions added or removed per user.
+    pub reactions_per_user: Quota,
+    /// Calls started per user.
+    pub calls_per_user: Quota,
+    /// Call joins (join tokens) per user.
+    pub call_joins_per_user: Quota,
+    /// WebSocket connections opened per user.
+    pub websockets_per_user: Quota,
+    /// WebSocket connections one user may hold open at once on one
+    /// replica.
+    pub max_open_websockets_per_user: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            signups_per_address: Quota::new(10, 3600),
+            messages_per_user: Quota::new(120, 60),
+            reactions_per_user: Quota::new(120, 60),
+            calls_per_user: Quota::new(20, 60),
+            call_joins_per_user: Quota::new(60, 60),
+            websockets_per_user: Quota::new(60, 60),
+            max_open_websockets_per_user: 20,
+        }
+    }
+}
+
+impl Validate for RateLimitsConfig {
+    fn validate(&self, v: &mut Validator) {
+        for (name, quota) in [
+            ("signups_per_address", self.signups_per_address),
+            ("messages_per_user", self.messages_per_user),
+            ("reactions_per_user", self.reactions_per_user),
+            ("calls_per_user", self.calls_per_user),
+            ("call_joins_per_user", self.call_joins_per_user),
+            ("websockets_per_user", self.websockets_per_user),
+        ] {
+            check_range(
+                v,
+                &format!("{name}.limit"),
+                u64::from(quota.limit),
+                1,
+                1_000_000,
+            );
+            check_range(
+                v,
+                &format!("{name}.window_secs"),
+                quota.window_secs,
+                1,
+                86_400,
+            );
+        }
+        check_range(
+            v,
+            "max_open_websockets_per_user",
+            u64::from(self.max_open_websockets_per_user),
+            1,
+            10_000,
+        );
+    }
+}
+
 /// `[control_plane.database]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -155,6 +251,7 @@ impl Default for ControlPlaneConfig {
             redis: RedisConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
             gateway: crate::gateway::GatewayConfig::default(),
             calls: crate::calls::config::CallsConfig::default(),
             cluster: crate::calls::config::ClusterConfig::default(),
@@ -206,6 +303,18 @@ impl ControlPlaneConfig {
         config.cluster.secret = Some(TEST_CLUSTER_SECRET.to_owned());
         config.calls.sweep_interval_ms = 100;
         config.calls.heartbeat_interval_secs = 1;
+        // Tests and benchmarks register, send and connect far more than a
+        // person; the tests of the limits set their own.
+        let plenty = Quota::new(1_000_000, 60);
+        config.rate_limits = RateLimitsConfig {
+            signups_per_address: plenty,
+            messages_per_user: plenty,
+            reactions_per_user: plenty,
+            calls_per_user: plenty,
+            call_joins_per_user: plenty,
+            websockets_per_user: plenty,
+            max_open_websockets_per_user: 10_000,
+        };
         config
     }
 }
@@ -242,6 +351,7 @@ impl Validate for ControlPlaneConfig {
         v.section("redis", &self.redis);
         v.section("auth", &self.auth);
         v.section("limits", &self.limits);
+        v.section("rate_limits", &self.rate_limits);
         v.section("gateway", &self.gateway);
         v.section("calls", &self.calls);
         v.section("cluster", &self.cluster);

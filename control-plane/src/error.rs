@@ -94,6 +94,19 @@ impl ApiError {
         }
     }
 
+    /// 429 `rate_limited` with `Retry-After`: `what` (sign-ups, messages,
+    /// ...) was repeated too often.
+    pub fn rate_limited(what: &str, retry_after: Duration) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many {what}; try again later"),
+            )
+        }
+    }
+
     /// 500 without details; the cause is logged here.
     pub fn internal(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error = %ErrorChain(cause), "internal error");

@@ -22,8 +22,27 @@ use tokio::time::Instant;
 /// unreachable Redis slows nobody down but also protects nobody: the
 /// `cascade_rate_limiter_errors_total` metric makes that visible.
 #[derive(Debug, thiserror::Error)]
-#[error("rate limiter backend failed")]
-pub struct LimiterError(#[source] pub fred::error::Error);
+pub enum LimiterError {
+    /// Redis answered with an error.
+    #[error("rate limiter backend failed")]
+    Backend(#[source] fred::error::Error),
+    /// Redis did not answer in time (down, or reconnecting: fred queues
+    /// commands until it is back, which would hold the request).
+    #[error("rate limiter backend did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// How long a request waits for a Redis counter before going on unlimited.
+const REDIS_DEADLINE: Duration = Duration::from_millis(300);
+
+async fn bounded<T>(
+    op: impl std::future::Future<Output = Result<T, fred::error::Error>>,
+) -> Result<T, LimiterError> {
+    match tokio::time::timeout(REDIS_DEADLINE, op).await {
+        Ok(result) => result.map_err(LimiterError::Backend),
+        Err(_) => Err(LimiterError::Timeout(REDIS_DEADLINE)),
+    }
+}
 
 /// Attempt counting per key.
 #[async_trait]
@@ -138,35 +157,29 @@ impl RateLimiter for RedisLimiter {
         window: Duration,
     ) -> Result<Option<Duration>, LimiterError> {
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
-        let left: i64 = self
-            .client
-            .eval(
-                HIT_SCRIPT,
-                vec![redis_key(key)],
-                vec![window_ms, i64::from(limit)],
-            )
-            .await
-            .map_err(LimiterError)?;
+        let left: i64 = bounded(self.client.eval(
+            HIT_SCRIPT,
+            vec![redis_key(key)],
+            vec![window_ms, i64::from(limit)],
+        ))
+        .await?;
         Ok(u64::try_from(left)
             .ok()
             .map(|ms| Duration::from_millis(ms.max(1))))
     }
 
     async fn forgive(&self, key: &str) -> Result<(), LimiterError> {
-        let _: i64 = self
-            .client
-            .eval(FORGIVE_SCRIPT, vec![redis_key(key)], Vec::<i64>::new())
-            .await
-            .map_err(LimiterError)?;
+        let _: i64 = bounded(self.client.eval(
+            FORGIVE_SCRIPT,
+            vec![redis_key(key)],
+            Vec::<i64>::new(),
+        ))
+        .await?;
         Ok(())
     }
 
     async fn reset(&self, key: &str) -> Result<(), LimiterError> {
-        let _: i64 = self
-            .client
-            .del(redis_key(key))
-            .await
-            .map_err(LimiterError)?;
+        let _: i64 = bounded(self.client.del(redis_key(key))).await?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -109,11 +110,32 @@ async fn termination_signal() -> &'static str {
     }
 }
 
+/// What one HTTP listener allows, against slow or numerous clients.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections served at once; more are accepted and closed at once
+    /// (a flood of idle connections cannot exhaust file descriptors).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this long, or the
+    /// connection is closed (slowloris).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// A bound HTTP listener that serves an axum router with graceful shutdown.
 #[derive(Debug)]
 pub struct HttpServer {
     listener: TcpListener,
     local_addr: SocketAddr,
+    limits: HttpLimits,
 }
 
 impl HttpServer {
@@ -124,7 +146,14 @@ impl HttpServer {
         Ok(HttpServer {
             listener,
             local_addr,
+            limits: HttpLimits::default(),
         })
+    }
+
+    /// Serves with these limits instead of the defaults.
+    pub fn with_limits(mut self, limits: HttpLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The address actually bound.
@@ -136,6 +165,11 @@ impl HttpServer {
     /// in-flight requests finish for at most `drain_timeout`; connections
     /// still open after that are dropped. `on_shutdown` runs the moment the
     /// shutdown begins (e.g. to fail readiness while draining).
+    ///
+    /// HTTP/1.1 through hyper directly (not `axum::serve`) for what that
+    /// hides: the header-read timeout and the connection cap
+    /// ([`HttpLimits`]). WebSocket upgrades work as with `axum::serve`; an
+    /// upgraded connection belongs to its handler from then on.
     pub async fn serve(
         self,
         router: Router,
@@ -143,31 +177,85 @@ impl HttpServer {
         drain_timeout: Duration,
         on_shutdown: impl FnOnce() + Send + 'static,
     ) -> io::Result<()> {
-        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.wait().await;
-            on_shutdown();
-            let _ = draining_tx.send(());
-        });
-        let deadline = async move {
-            if draining_rx.await.is_ok() {
-                tokio::time::sleep(drain_timeout).await;
-            } else {
-                // The server ended on its own; nothing to time out.
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            result = server => result,
-            () = deadline => {
-                tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections");
-                Ok(())
-            }
+        use axum::extract::ConnectInfo;
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use tower::ServiceExt;
+
+        let HttpServer {
+            listener, limits, ..
+        } = self;
+        let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = tokio::task::JoinSet::new();
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut stop => break,
+                // Finished connections are reaped as we go.
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors, or a connection reset
+                        // before it was accepted: wait a moment, go on.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = limits.max_connections, "connection limit reached; closing a new connection");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let router = router.clone();
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    router.clone().oneshot(request)
+                },
+            );
+            let mut stopping = stop_rx.clone();
+            connections.spawn(async move {
+                let _permit = permit;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                tokio::pin!(connection);
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(error) = result {
+                            tracing::debug!(%peer, %error, "connection ended with an error");
+                        }
+                    }
+                    () = async { let _ = stopping.wait_for(|s| *s).await.map(|_| ()); } => {
+                        // Finish the request in flight, then close.
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            });
         }
+        drop(listener);
+        on_shutdown();
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(drain_timeout, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                ?drain_timeout,
+                "drain timeout reached; closing remaining connections"
+            );
+            connections.shutdown().await;
+        }
+        Ok(())
     }
 }
 
@@ -221,6 +309,60 @@ mod tests {
         assert!(hook_ran.load(Ordering::SeqCst));
         // The listener is closed: new connections are refused.
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    /// Slowloris: a client that never finishes its headers is cut off at
+    /// the header-read timeout, and beyond the connection cap new
+    /// connections are closed at once while the others are served.
+    #[tokio::test]
+    async fn slow_headers_are_cut_off_and_connections_are_capped() {
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let server = HttpServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+            .with_limits(HttpLimits {
+                max_connections: 2,
+                header_read_timeout: Duration::from_millis(500),
+            });
+        let addr = server.local_addr();
+        let (trigger, shutdown) = shutdown_channel();
+        let serving = tokio::spawn(server.serve(router, shutdown, Duration::from_secs(1), || {}));
+
+        let started = std::time::Instant::now();
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: te").await.unwrap();
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Two connections hold the two places: a third is closed at once.
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf))
+            .await
+            .expect("closed at once, not left waiting")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the third connection is closed");
+        // The slow client is cut off at the header-read timeout (hyper
+        // answers 408 or just closes).
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut rest))
+            .await
+            .expect("cut off")
+            .ok();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(400), "{waited:?}");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+        let answer = String::from_utf8_lossy(&rest);
+        assert!(!answer.contains("200 OK"), "{answer}");
+        tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut rest))
+            .await
+            .expect("the idle one too")
+            .ok();
+        // With the places free again, a normal request is served.
+        let response = http_get(addr, "/").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("ok"), "{response}");
+        trigger.trigger();
+        serving.await.unwrap().unwrap();
     }
 
     #[tokio::test]

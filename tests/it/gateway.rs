@@ -599,18 +599,16 @@ async fn two_replicas_behave_as_one() {
 
 /// Waits (up to 10 s) until a replica reports ready.
 async fn wait_ready(api: &ApiClient) {
+    let mut last = None;
     for _ in 0..100 {
-        if api
-            .call(reqwest::Method::GET, "/readyz", None, None)
-            .await
-            .status
-            == 200
-        {
+        let reply = api.call(reqwest::Method::GET, "/readyz", None, None).await;
+        if reply.status == 200 {
             return;
         }
+        last = Some((reply.status, reply.body));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("replica not ready within 10 s");
+    panic!("replica not ready within 10 s: {last:?}");
 }
 
 /// A dedicated Redis on a free port, so the test may restart it.
@@ -719,6 +717,9 @@ async fn fan_out_recovers_after_redis_restarts() {
 
     redis.stop();
     api_a.send(&chat, &bob, "during the outage").await; // stored; no wake-up
+    // A real outage: long enough for several failed reconnection attempts
+    // (a restart within milliseconds hid a subscriber that stayed deaf).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     redis = OwnRedis::start(port);
     // Both replicas see Redis again, and are subscribed again.
     for api in [&api_a, &api_b] {
@@ -787,7 +788,17 @@ async fn presence_is_back_right_after_redis_comes_back_empty() {
     let api = ApiClient::new(a.http_addr());
     let alice = api.register("alice").await;
     let bob = api.register("bob").await;
-    api.direct(&alice, &bob).await;
+    // Presence is for accepted contacts.
+    api.post(&format!("/v1/contacts/{}", bob.id), &alice, json!({}))
+        .await
+        .expect(200);
+    api.patch(
+        &format!("/v1/contacts/{}", alice.id),
+        &bob,
+        json!({"action": "accept"}),
+    )
+    .await
+    .expect(200);
     wait_ready(&api).await;
     let (_alice_online, _) = ws(a.http_addr(), &alice, None).await;
     let status = || async {
@@ -828,4 +839,46 @@ async fn presence_is_back_right_after_redis_comes_back_empty() {
     );
     drop(redis);
     a.stop(WAIT * 2).await.unwrap();
+}
+
+/// One user cannot hold the gateway open at will: a few sockets at once
+/// per replica, a few openings per window; beyond either, 4429 and the
+/// reason. Before, 400 sockets of one user were all accepted.
+#[tokio::test]
+async fn sockets_per_user_are_capped() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        c.rate_limits.max_open_websockets_per_user = 2;
+        c.rate_limits.websockets_per_user = control_plane::config::Quota {
+            limit: 4,
+            window_secs: 60,
+        };
+    })
+    .await
+    .unwrap();
+    let (alice, bob) = (app.register("alice").await, app.register("bob").await);
+    let (first, _) = ws(addr(&app), &alice, None).await;
+    let (_second, _) = ws(addr(&app), &alice, None).await;
+    let mut third = WsClient::connect(addr(&app), Some(&alice.access), None)
+        .await
+        .unwrap();
+    let closed = third.closed(WAIT).await.expect("closed");
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (4429, "too many open connections for this user")
+    );
+    // Someone else is not affected.
+    let (_bobs, _) = ws(addr(&app), &bob, None).await;
+    // A closed socket frees its place...
+    first.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_fourth, _) = ws(addr(&app), &alice, None).await;
+    // ... but openings are counted too: this is alice's fifth.
+    let mut fifth = WsClient::connect(addr(&app), Some(&alice.access), None)
+        .await
+        .unwrap();
+    let closed = fifth.closed(WAIT).await.expect("closed");
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (4429, "too many connections opened; try again later")
+    );
 }

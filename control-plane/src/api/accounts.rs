@@ -198,6 +198,29 @@ impl AppState {
         });
     }
 
+    /// Counts one use of `what` by `subject` against `quota`: 429
+    /// `rate_limited` with `Retry-After` beyond it. Fails open (counted and
+    /// logged) when the limiter's backend is down, as logins do.
+    pub(crate) async fn throttle(
+        &self,
+        what: &str,
+        subject: impl std::fmt::Display,
+        quota: crate::config::Quota,
+    ) -> Result<(), ApiError> {
+        let key = format!("quota:{what}:{subject}");
+        match self.limiter.hit(&key, quota.limit, quota.window()).await {
+            Ok(Some(wait)) => {
+                tracing::debug!(what, %subject, "rate limited");
+                Err(ApiError::rate_limited(what, wait))
+            }
+            Ok(None) => Ok(()),
+            Err(error) => {
+                self.limiter_failed(&error);
+                Ok(())
+            }
+        }
+    }
+
     fn limiter_failed(&self, error: &crate::ratelimit::LimiterError) {
         self.limiter_errors.inc();
         tracing::warn!(%error, "rate limiter unavailable; not limiting");
@@ -228,17 +251,20 @@ impl LoginKeys {
                 format!("login:unknown:{hex}")
             }
         };
-        let address = ip.map(|ip| match ip {
-            std::net::IpAddr::V4(v4) => format!("login:address:{v4}"),
-            std::net::IpAddr::V6(v6) => {
-                let s = v6.segments();
-                format!(
-                    "login:address:{:x}:{:x}:{:x}:{:x}::/64",
-                    s[0], s[1], s[2], s[3]
-                )
-            }
-        });
+        let address = ip.map(|ip| format!("login:address:{}", address_key(ip)));
         LoginKeys { account, address }
+    }
+}
+
+/// A client address as a rate-limit subject: IPv6 per /64, since one
+/// client usually holds a whole /64.
+pub(crate) fn address_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
     }
 }
 
@@ -256,6 +282,7 @@ fn user_agent(headers: &axum::http::HeaderMap) -> Option<String> {
         (status = 201, body = Session, description = "Account created; logged in"),
         (status = 409, body = ErrorBody, description = "`username_taken` or `email_taken`"),
         (status = 422, body = ErrorBody, description = "Invalid username, e-mail or weak password"),
+        (status = 429, body = ErrorBody, description = "`rate_limited`: too many sign-ups from this address"),
     ))]
 pub async fn register(
     state: AppState,
@@ -263,6 +290,15 @@ pub async fn register(
     headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    if let Some(ip) = ip {
+        state
+            .throttle(
+                "sign-ups",
+                address_key(ip),
+                state.config.rate_limits.signups_per_address,
+            )
+            .await?;
+    }
     let username = normalize_username(&body.username)?;
     let email = normalize_email(&body.email)?;
     let display_name = check_display_name(

@@ -348,6 +348,7 @@ impl AppState {
         (status = 404, body = ErrorBody, description = "No such conversation (or not a member)"),
         (status = 409, body = ErrorBody, description = "`busy` (you or the callee are in a call) or `call_in_progress`"),
         (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "`rate_limited`"),
     ),
     security(("bearer" = [])))]
 pub async fn start(
@@ -365,6 +366,13 @@ pub async fn start(
     };
     let (conversation, _) = state
         .member_of(body.conversation_id, caller.user_id)
+        .await?;
+    state
+        .throttle(
+            "calls",
+            caller.user_id,
+            state.config.rate_limits.calls_per_user,
+        )
         .await?;
     let direct = conversation.kind == ConversationKind::Direct;
     let callee_id = if direct {
@@ -575,6 +583,7 @@ pub async fn end(
 #[utoipa::path(post, path = "/v1/calls/{id}/join", tag = "calls", request_body = JoinCall,
     responses((status = 200, body = JoinResponse), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "`rate_limited`"),
               (status = 503, body = ErrorBody, description = "`no_edge`: no healthy edge has room")),
     security(("bearer" = [])))]
 pub async fn join(
@@ -606,6 +615,13 @@ pub async fn join(
     if call.direct {
         state.refuse_if_blocked_in(&call, caller.user_id).await?;
     }
+    state
+        .throttle(
+            "call joins",
+            caller.user_id,
+            state.config.rate_limits.call_joins_per_user,
+        )
+        .await?;
     let device_id = device(body.device_id)?;
     if body.probes.len() > 64 {
         return Err(ApiError::invalid("invalid_probes", "at most 64 probes"));

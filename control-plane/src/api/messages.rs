@@ -203,6 +203,7 @@ pub async fn list(
         (status = 403, body = ErrorBody, description = "`blocked`"),
         (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "`rate_limited`"),
     ),
     security(("bearer" = [])))]
 pub async fn send(
@@ -212,6 +213,13 @@ pub async fn send(
     ApiJson(body): ApiJson<SendMessage>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (conversation, _) = state.member_of(conversation_id, caller.user_id).await?;
+    state
+        .throttle(
+            "messages",
+            caller.user_id,
+            state.config.rate_limits.messages_per_user,
+        )
+        .await?;
     check_body(&state, &body.body)?;
     if let Some(id) = &body.client_message_id
         && (id.is_empty()
@@ -285,6 +293,13 @@ pub async fn edit(
     ApiJson(body): ApiJson<EditMessage>,
 ) -> Result<Json<MessageView>, ApiError> {
     let (conversation, _) = state.member_of(conversation_id, caller.user_id).await?;
+    state
+        .throttle(
+            "messages",
+            caller.user_id,
+            state.config.rate_limits.messages_per_user,
+        )
+        .await?;
     let message = state.message_in(conversation_id, message_id).await?;
     if message.author_id != Some(caller.user_id) {
         return Err(ApiError::forbidden("only the author can edit a message"));
@@ -347,6 +362,13 @@ pub async fn add_reaction(
     ApiPath((conversation_id, message_id, emoji)): ApiPath<(Uuid, Uuid, String)>,
 ) -> Result<Json<MessageView>, ApiError> {
     let (conversation, _) = state.member_of(conversation_id, caller.user_id).await?;
+    state
+        .throttle(
+            "reactions",
+            caller.user_id,
+            state.config.rate_limits.reactions_per_user,
+        )
+        .await?;
     check_emoji(&emoji)?;
     let message = state.message_in(conversation_id, message_id).await?;
     if message.deleted_at.is_some() {
@@ -375,6 +397,13 @@ pub async fn remove_reaction(
     ApiPath((conversation_id, message_id, emoji)): ApiPath<(Uuid, Uuid, String)>,
 ) -> Result<Json<MessageView>, ApiError> {
     state.member_of(conversation_id, caller.user_id).await?;
+    state
+        .throttle(
+            "reactions",
+            caller.user_id,
+            state.config.rate_limits.reactions_per_user,
+        )
+        .await?;
     check_emoji(&emoji)?;
     let message = state.message_in(conversation_id, message_id).await?;
     state

@@ -155,12 +155,21 @@ impl RedisBus {
                     tracing::warn!(%error, "cannot subscribe to the gateway bus yet; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+                // Every failed reconnection attempt of an outage queued an
+                // error (and maybe a reconnect) event: they are about the
+                // connections before this subscription. Left queued, the
+                // first would mark this one deaf, and no reconnect would
+                // come to undo it (found with a 1 s Redis outage).
+                while errors.try_recv().is_ok() {}
+                while reconnects.try_recv().is_ok() {}
                 flag.store(true, Ordering::SeqCst);
                 tokio::select! {
                     _ = reconnects.recv() => {}
                     _ = errors.recv() => {
                         flag.store(false, Ordering::SeqCst);
-                        let _ = reconnects.recv().await;
+                        if !client.is_connected() {
+                            let _ = reconnects.recv().await;
+                        }
                     }
                 }
             }

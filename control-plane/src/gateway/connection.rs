@@ -24,6 +24,8 @@ mod close {
     pub const POLICY: u16 = 1008;
     pub const UNAUTHORIZED: u16 = 4401;
     pub const TIMEOUT: u16 = 4408;
+    /// Too many sockets opened (or open) by this user: wait and retry.
+    pub const TOO_MANY: u16 = 4429;
 }
 
 /// Serves one upgraded connection until either side closes it.
@@ -105,6 +107,22 @@ pub async fn serve(
             return;
         }
     }
+    let _place = match gateway.admit(claims.sub).await {
+        Ok(place) => place,
+        Err(retry) => {
+            let reason = match retry {
+                Some(_) => "too many connections opened; try again later",
+                None => "too many open connections for this user",
+            };
+            let _ = send_bounded(
+                &mut sink,
+                close_message(close::TOO_MANY, reason),
+                settings.idle_timeout,
+            )
+            .await;
+            return;
+        }
+    };
     let resume = match cursor.as_deref().map(str::parse::<EventCursor>) {
         None => None,
         Some(Ok(c)) => Some(c),

@@ -181,6 +181,32 @@ pub struct Gateway {
     pub metrics: GatewayMetrics,
     /// Sockets being served, so shutdown can wait for their close frames.
     pub active: Arc<std::sync::atomic::AtomicUsize>,
+    /// Counts socket openings per user (shared with the REST limits).
+    pub limiter: Arc<dyn crate::ratelimit::RateLimiter>,
+    /// Openings allowed per user and window.
+    pub opens_per_user: crate::config::Quota,
+    /// Sockets one user may hold open at once on this replica.
+    pub max_open_per_user: u32,
+    /// Sockets open now, by user (this replica).
+    pub open_by_user: Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, u32>>>,
+}
+
+/// One user's place among their open sockets, given back on drop.
+pub struct UserSocket {
+    user: uuid::Uuid,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, u32>>>,
+}
+
+impl Drop for UserSocket {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// Counts one served socket for as long as it lives.
@@ -198,6 +224,36 @@ impl Gateway {
         self.active
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Tracked(self.active.clone())
+    }
+
+    /// Admits one more socket of `user`, or says why not: too many
+    /// openings in the window (`Some(retry)`), or too many open now.
+    pub async fn admit(&self, user: uuid::Uuid) -> Result<UserSocket, Option<Duration>> {
+        let key = format!("quota:websockets:{user}");
+        match self
+            .limiter
+            .hit(
+                &key,
+                self.opens_per_user.limit,
+                self.opens_per_user.window(),
+            )
+            .await
+        {
+            Ok(Some(wait)) => return Err(Some(wait)),
+            Ok(None) => {}
+            // Fail open, as every limit does; the open-socket cap holds.
+            Err(error) => tracing::warn!(%error, "rate limiter unavailable; not limiting"),
+        }
+        let mut open = self.open_by_user.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(user).or_insert(0);
+        if *n >= self.max_open_per_user {
+            return Err(None);
+        }
+        *n += 1;
+        Ok(UserSocket {
+            user,
+            open: self.open_by_user.clone(),
+        })
     }
 
     /// Waits (at most `within`) until every socket has been closed.

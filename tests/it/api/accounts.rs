@@ -509,3 +509,175 @@ async fn jwks_publishes_the_signing_key() {
     assert_eq!(header["alg"], "EdDSA");
     assert_eq!(header["kid"], key["kid"]);
 }
+
+/// Everything a user can repeat that costs the service is limited: sign-ups
+/// per address (each costs an Argon2id hash), messages, reactions, calls
+/// and call joins per user, answered 429 `rate_limited` with Retry-After;
+/// other users and addresses are not affected. Through Redis too, so the
+/// limits hold across replicas.
+async fn quotas_scenario(app: &TestApp) {
+    // A fresh address per run: the test Redis is shared by every test.
+    let me = format!("2001:db8:{:x}:{:x}::1", rand_u16(), rand_u16());
+    let other = format!("2001:db8:{:x}:{:x}::2", rand_u16(), rand_u16());
+    let register = |name: String, address: String| {
+        let http = app.http.clone();
+        let url = app.url("/v1/auth/register");
+        async move {
+            http.post(url)
+                .header("x-forwarded-for", address)
+                .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": "plum-ferry-quartz-91"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let tag = rand_u16();
+    for i in 0..3 {
+        let r = register(format!("quota{tag}a{i}"), me.clone()).await;
+        assert_eq!(r.status(), 201);
+    }
+    let refused = register(format!("quota{tag}a3"), me.clone()).await;
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(
+        register(format!("quota{tag}b0"), other.clone())
+            .await
+            .status(),
+        201,
+        "another address is not affected"
+    );
+}
+
+/// Messages (sending and editing), reactions and calls: per user.
+async fn user_quotas_scenario(app: &TestApp) {
+    let tag = rand_u16();
+    let alice = app.register(&format!("qa{tag}")).await;
+    let bob = app.register(&format!("qb{tag}")).await;
+    let chat = app.direct(&alice, &bob).await;
+    let path = format!("/v1/conversations/{chat}/messages");
+    let mut last = String::new();
+    for i in 0..4 {
+        last = app
+            .post(&path, &alice, json!({"body": format!("m{i}")}))
+            .await
+            .expect(201)
+            .body["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    let limited = app
+        .patch(&format!("{path}/{last}"), &alice, json!({"body": "edited"}))
+        .await
+        .expect(429);
+    assert_eq!(limited.code(), "rate_limited");
+    assert!(limited.headers.contains_key("retry-after"));
+    app.post(&path, &bob, json!({"body": "bob is fine"}))
+        .await
+        .expect(201);
+    for emoji in ["👍", "🎉", "❤️"] {
+        app.call(
+            Method::PUT,
+            &format!("{path}/{last}/reactions/{emoji}"),
+            Some(&bob.access),
+            None,
+        )
+        .await
+        .expect(200);
+    }
+    let reaction = app
+        .call(
+            Method::PUT,
+            &format!("{path}/{last}/reactions/😀"),
+            Some(&bob.access),
+            None,
+        )
+        .await
+        .expect(429);
+    assert_eq!(reaction.code(), "rate_limited");
+    let start = async |who: &testkit::client::TestUser| {
+        app.post(
+            "/v1/calls",
+            who,
+            json!({"conversation_id": chat, "kind": "audio"}),
+        )
+        .await
+    };
+    let first = start(&alice).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(&format!("/v1/calls/{first}/cancel"), &alice, json!({}))
+        .await
+        .expect(200);
+    let second = start(&alice).await.expect(201).body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(&format!("/v1/calls/{second}/cancel"), &alice, json!({}))
+        .await
+        .expect(200);
+    assert_eq!(start(&alice).await.expect(429).code(), "rate_limited");
+}
+
+fn rand_u16() -> u16 {
+    (uuid::Uuid::new_v4().as_u128() & 0xffff) as u16
+}
+
+fn quota(limit: u32) -> control_plane::config::Quota {
+    control_plane::config::Quota {
+        limit,
+        window_secs: 60,
+    }
+}
+
+/// Sign-ups limited per (forwarded) address; nothing else limited, since
+/// the shared test Redis counts 127.0.0.1's sign-ups for every test.
+fn signup_config(c: &mut control_plane::ControlPlaneConfig) {
+    c.auth.client_address_header = Some("x-forwarded-for".into());
+    c.rate_limits.signups_per_address = quota(3);
+}
+
+fn user_quota_config(c: &mut control_plane::ControlPlaneConfig) {
+    c.rate_limits.messages_per_user = quota(4);
+    c.rate_limits.reactions_per_user = quota(3);
+    c.rate_limits.calls_per_user = quota(2);
+}
+
+#[tokio::test]
+async fn repeated_actions_are_rate_limited_embedded() {
+    let app = TestApp::spawn_with(Backend::Sqlite, signup_config)
+        .await
+        .unwrap();
+    quotas_scenario(&app).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, user_quota_config)
+        .await
+        .unwrap();
+    user_quotas_scenario(&app).await;
+}
+
+#[tokio::test]
+async fn repeated_actions_are_rate_limited_through_redis() {
+    let redis = testkit::servers::redis_url().expect("TEST_REDIS_URL (scripts/test sets it)");
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        signup_config(c);
+        c.redis.url = Some(redis.clone());
+    })
+    .await
+    .unwrap();
+    quotas_scenario(&app).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        user_quota_config(c);
+        c.redis.url = Some(redis);
+    })
+    .await
+    .unwrap();
+    user_quotas_scenario(&app).await;
+}
