@@ -284,6 +284,7 @@ pub fn router(
         .merge(crate::web::routes(&api_origins))
         .merge(service::ops::routes(metrics.clone(), readiness))
         .fallback(error::no_route)
+        .layer(axum::middleware::from_fn(no_store_for_auth))
         .layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::new(api_origins),
             crate::web::cors,
@@ -298,6 +299,28 @@ pub fn router(
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         // A panic is a bug; it must cost one request, not the replica.
         .layer(CatchPanicLayer::new())
+}
+
+/// Answers of `/v1/auth/*` carry tokens: no cache (browser, proxy) may
+/// keep them (RFC 6749 section 5.1).
+async fn no_store_for_auth(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let auth = request.uri().path().starts_with("/v1/auth/");
+    let mut response = next.run(request).await;
+    if auth {
+        let headers = response.headers_mut();
+        headers.insert(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
+        headers.insert(
+            axum::http::header::PRAGMA,
+            axum::http::HeaderValue::from_static("no-cache"),
+        );
+    }
+    response
 }
 
 /// The signing keys' age for alerts: `cascade_signing_key_created_timestamp_seconds`

@@ -51,7 +51,7 @@ pub async fn upgrade(
     let claims = match state.link.verify(token).await {
         Ok(claims) => claims,
         Err(error) => {
-            tracing::info!(%error, "join token refused");
+            log_refused_token(&error);
             return (StatusCode::UNAUTHORIZED, "invalid join token").into_response();
         }
     };
@@ -72,6 +72,24 @@ pub async fn upgrade(
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
         .on_upgrade(move |socket| session(socket, state, info))
+}
+
+/// Logs a refused join token at most once a second, with how many went
+/// unlogged since: anyone can send garbage tokens, and a log line per
+/// attempt would let them flood the logs.
+fn log_refused_token(error: &dyn std::fmt::Display) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_SECOND.swap(second, Ordering::Relaxed) == second {
+        UNLOGGED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let unlogged = UNLOGGED.swap(0, Ordering::Relaxed);
+    tracing::info!(%error, unlogged, "join token refused");
 }
 
 async fn send(socket: &mut WebSocket, signal: &ServerSignal) -> bool {

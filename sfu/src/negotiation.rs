@@ -29,6 +29,20 @@ use crate::{
     TrackId, TrackOrigin, TrackState, new_rtc, random_token,
 };
 
+/// What a client is told of SDP the parser refused: a fixed sentence. The
+/// parser's own message quotes internals (heap addresses among them); it
+/// goes to the log only.
+fn unparsable(error: &dyn std::fmt::Display) -> String {
+    tracing::debug!(%error, "unparsable SDP");
+    "the SDP could not be parsed".to_owned()
+}
+
+/// Likewise for SDP that parsed but could not be applied to the session.
+fn unanswerable(error: &dyn std::fmt::Display) -> String {
+    tracing::debug!(%error, "SDP not applicable to the session");
+    "the SDP does not fit this session".to_owned()
+}
+
 impl crate::Sfu {
     /// A participant joins with its SDP offer (and what its send m-lines
     /// carry, by mid, where it said); returns its id and the SDP answer.
@@ -59,7 +73,7 @@ impl crate::Sfu {
         }
         let offer_sdp = offer;
         let offer =
-            SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadSdp(e.to_string()))?;
+            SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadSdp(unparsable(&e)))?;
         let ufrag = random_token(8);
         let video_codec = info.video_codec;
         if !matches!(video_codec, Codec::Vp8 | Codec::H264) {
@@ -74,7 +88,7 @@ impl crate::Sfu {
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
-            .map_err(|e| JoinError::BadSdp(e.to_string()))?;
+            .map_err(|e| JoinError::BadSdp(unanswerable(&e)))?;
         // An m-line str0m had to reject shares no codec with the call: say
         // which, rather than answer with media that will never flow.
         if let Some(problem) = rejected_media(offer_sdp, &answer.to_sdp_string(), video_codec) {
@@ -150,7 +164,7 @@ impl crate::Sfu {
     ) -> Result<(), SignalError> {
         self.last_now = now;
         let answer =
-            SdpAnswer::from_sdp_string(sdp).map_err(|e| SignalError::BadSdp(e.to_string()))?;
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| SignalError::BadSdp(unparsable(&e)))?;
         let p = self.peers.get_mut(&peer).ok_or(SignalError::UnknownPeer)?;
         let pending = p.pending.take().ok_or(SignalError::NoPendingOffer)?;
         if let Err(e) = p.rtc.sdp_api().accept_answer(pending.offer, answer) {
@@ -158,7 +172,7 @@ impl crate::Sfu {
             self.drive(peer);
             self.close(peer);
             self.process(now);
-            return Err(SignalError::BadSdp(e.to_string()));
+            return Err(SignalError::BadSdp(unanswerable(&e)));
         }
         let mut fresh_video = Vec::new();
         for (track, mid, kind, reused) in pending.added {
@@ -312,7 +326,7 @@ impl crate::Sfu {
     ) -> Result<String, SignalError> {
         self.last_now = now;
         let offer =
-            SdpOffer::from_sdp_string(sdp).map_err(|e| SignalError::BadSdp(e.to_string()))?;
+            SdpOffer::from_sdp_string(sdp).map_err(|e| SignalError::BadSdp(unparsable(&e)))?;
         let p = self.peers.get_mut(&peer).ok_or(SignalError::UnknownPeer)?;
         p.sources.extend(sources.iter().cloned());
         let rolled_back = match p.pending.take() {
@@ -346,7 +360,7 @@ impl crate::Sfu {
                 self.drive(peer);
                 self.close(peer);
                 self.process(now);
-                return Err(SignalError::BadSdp(e.to_string()));
+                return Err(SignalError::BadSdp(unanswerable(&e)));
             }
         };
         let video_codec = self

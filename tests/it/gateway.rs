@@ -882,3 +882,22 @@ async fn sockets_per_user_are_capped() {
         (4429, "too many connections opened; try again later")
     );
 }
+
+/// A resume cursor beyond the log's head (never handed out) gets
+/// `resync_required` with the real head, and live events still arrive;
+/// before, the socket silently received nothing from then on.
+#[tokio::test]
+async fn a_cursor_beyond_the_log_gets_resync_required() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let (alice, bob) = (app.register("alice").await, app.register("bob").await);
+    let chat = app.direct(&alice, &bob).await;
+    let (_, head) = ws(addr(&app), &bob, None).await;
+    let (mut resumed, _) = ws(addr(&app), &bob, Some("999999999.999999999")).await;
+    let resync = resumed.expect("resync_required", WAIT).await;
+    assert_eq!(resync["cursor"], head.as_str(), "{resync}");
+    app.send(&chat, &alice, "still live").await;
+    assert_eq!(
+        resumed.expect("message.created", WAIT).await["data"]["body"],
+        "still live"
+    );
+}

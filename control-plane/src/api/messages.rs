@@ -21,6 +21,8 @@ use crate::store::{Conversation, ConversationKind, Message, MessagePage, NewMess
 const MAX_CLIENT_ID_CHARS: usize = 64;
 /// Longest emoji sequence accepted as a reaction (ZWJ sequences are long).
 const MAX_EMOJI_CHARS: usize = 16;
+/// Different reactions one person may leave on one message.
+const MAX_REACTIONS_PER_USER: i64 = 20;
 
 fn check_body(state: &AppState, body: &str) -> Result<(), ApiError> {
     let max = state.config.limits.max_message_chars as usize;
@@ -46,6 +48,74 @@ fn check_body(state: &AppState, body: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How many emoji (user-perceived characters) `text` is, or `None` when it
+/// holds something else. A base emoji may carry a variation selector, a
+/// skin tone, a keycap mark or tag characters; a zero-width joiner joins
+/// the next base into the same emoji (👩‍💻); two regional indicators are one
+/// flag. So "👍" and "👩🏽‍💻" are one, "👍👍" is two.
+fn emoji_graphemes(text: &str) -> Option<usize> {
+    let is_modifier = |c: char| {
+        matches!(c, '\u{FE0E}' | '\u{FE0F}' | '\u{20E3}')
+            || ('\u{1F3FB}'..='\u{1F3FF}').contains(&c)
+            || ('\u{E0020}'..='\u{E007F}').contains(&c)
+    };
+    let is_regional = |c: char| ('\u{1F1E6}'..='\u{1F1FF}').contains(&c);
+    let is_base = |c: char| {
+        c.is_ascii_digit()
+            || c == '#'
+            || c == '*'
+            || matches!(
+                c,
+                '\u{A9}'
+                    | '\u{AE}'
+                    | '\u{203C}'
+                    | '\u{2049}'
+                    | '\u{2122}'
+                    | '\u{2139}'
+                    | '\u{24C2}'
+                    | '\u{3030}'
+                    | '\u{303D}'
+                    | '\u{3297}'
+                    | '\u{3299}'
+            )
+            || ('\u{2194}'..='\u{21AA}').contains(&c)
+            || ('\u{2300}'..='\u{23FF}').contains(&c)
+            || ('\u{25AA}'..='\u{27BF}').contains(&c)
+            || ('\u{2900}'..='\u{2BFF}').contains(&c)
+            || ('\u{1F000}'..='\u{1FAFF}').contains(&c)
+    };
+    let mut graphemes = 0;
+    let mut joined = false;
+    let mut open_flag = false;
+    let mut prev_base: Option<char> = None;
+    for c in text.chars() {
+        if c == '\u{200D}' {
+            prev_base?;
+            joined = true;
+        } else if is_modifier(c) {
+            prev_base?;
+        } else if is_base(c) {
+            if is_regional(c) && open_flag {
+                open_flag = false;
+            } else if !joined {
+                graphemes += 1;
+                open_flag = is_regional(c);
+            }
+            joined = false;
+            prev_base = Some(c);
+        } else {
+            return None;
+        }
+    }
+    // A keycap base (digit, # or *) alone is not an emoji.
+    if text.chars().count() == 1
+        && prev_base.is_some_and(|c| c.is_ascii_digit() || c == '#' || c == '*')
+    {
+        return None;
+    }
+    (!joined).then_some(graphemes)
+}
+
 /// An emoji (or emoji sequence): short, with no letters, spaces or control
 /// characters. Digits are allowed inside keycaps (`1️⃣`), but a plain
 /// number is refused.
@@ -57,7 +127,8 @@ fn check_emoji(emoji: &str) -> Result<(), ApiError> {
             .all(|c| c.is_ascii_digit() || c == '#' || c == '*')
         && !emoji
             .chars()
-            .any(|c| c.is_alphabetic() || c.is_whitespace() || c.is_control());
+            .any(|c| c.is_alphabetic() || c.is_whitespace() || c.is_control())
+        && emoji_graphemes(emoji) == Some(1);
     if !plausible {
         return Err(ApiError::invalid(
             "invalid_emoji",
@@ -380,10 +451,22 @@ pub async fn add_reaction(
     state
         .check_not_blocked(&conversation, caller.user_id)
         .await?;
-    state
+    if !state
         .store
-        .add_reaction(message_id, caller.user_id, &emoji, now())
-        .await?;
+        .add_reaction(
+            message_id,
+            caller.user_id,
+            &emoji,
+            MAX_REACTIONS_PER_USER,
+            now(),
+        )
+        .await?
+    {
+        return Err(ApiError::conflict(
+            "too_many_reactions",
+            format!("at most {MAX_REACTIONS_PER_USER} different reactions per person on a message"),
+        ));
+    }
     Ok(Json(state.message_view(&message, caller.user_id).await?))
 }
 
@@ -441,6 +524,38 @@ pub async fn mark_read(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_emoji_is_one_grapheme_whatever_its_sequence() {
+        for one in [
+            "👍",
+            "❤️",
+            "👩🏽‍💻",
+            "🏳️‍🌈",
+            "🇫🇷",
+            "1️⃣",
+            "#️⃣",
+            "👨‍👩‍👧‍👦",
+            "🏴\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
+            "©️",
+        ] {
+            assert_eq!(super::emoji_graphemes(one), Some(1), "{one:?}");
+        }
+        assert_eq!(super::emoji_graphemes("👍👍"), Some(2));
+        assert_eq!(super::emoji_graphemes("🇫🇷🇩🇪"), Some(2));
+        for not in [
+            "a",
+            "👍a",
+            "\u{200D}👍",
+            "👍\u{200D}",
+            "\u{FE0F}",
+            "1",
+            "x👍",
+            " 👍",
+        ] {
+            assert_ne!(super::emoji_graphemes(not), Some(1), "{not:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -440,6 +440,24 @@ impl HubTask {
         user: Uuid,
         from: EventCursor,
     ) -> Result<(), ResumeError> {
+        // Past this hub's position is fine (another replica is further
+        // ahead), past the log itself is not: such a cursor was never
+        // handed out, and honouring it would filter out every event to
+        // come. The client starts over from the log's head.
+        if from > self.head {
+            let log_head = self
+                .store
+                .event_head()
+                .await
+                .map_err(|_| ResumeError::Store)?;
+            if from > log_head {
+                let resync = frame(&ServerFrame::ResyncRequired {
+                    cursor: log_head.max(self.head).to_string(),
+                });
+                self.send(conn, &resync);
+                return Ok(());
+            }
+        }
         let memberships = self
             .memberships_at(user, from)
             .await

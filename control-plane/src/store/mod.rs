@@ -263,14 +263,17 @@ pub trait Store: CallStore + Send + Sync + 'static {
         render: RenderMessageEvent,
         now: OffsetDateTime,
     ) -> StoreResult<Message>;
-    /// Adds a reaction (idempotent).
+    /// Adds `user`'s reaction `emoji` to `message` (idempotent) unless they
+    /// already have `max_per_user` other reactions on it. Whether the
+    /// reaction is there now.
     async fn add_reaction(
         &self,
         message: Uuid,
         user: Uuid,
         emoji: &str,
+        max_per_user: i64,
         now: OffsetDateTime,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<bool>;
     /// Removes a reaction (idempotent).
     async fn remove_reaction(&self, message: Uuid, user: Uuid, emoji: &str) -> StoreResult<()>;
     /// Reaction counts of the messages whose sequence numbers lie in

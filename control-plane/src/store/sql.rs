@@ -1166,19 +1166,36 @@ macro_rules! sql_store {
                 message: Uuid,
                 user: Uuid,
                 emoji: &str,
+                max_per_user: i64,
                 now: OffsetDateTime,
-            ) -> StoreResult<()> {
-                sqlx::query(
+            ) -> StoreResult<bool> {
+                // The cap is checked in the same statement (two racing
+                // requests may pass it together: a soft cap by one).
+                let added = sqlx::query(
                     "INSERT INTO reactions (message_id, user_id, emoji, created_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                     SELECT $1, $2, $3, $4 \
+                     WHERE (SELECT COUNT(*) FROM reactions WHERE message_id = $1 AND user_id = $2) < $5 \
+                     ON CONFLICT DO NOTHING",
                 )
                 .bind(message)
                 .bind(user)
                 .bind(emoji)
                 .bind(now)
+                .bind(max_per_user)
                 .execute(&self.pool)
                 .await?;
-                Ok(())
+                if added.rows_affected() > 0 {
+                    return Ok(true);
+                }
+                let there: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3",
+                )
+                .bind(message)
+                .bind(user)
+                .bind(emoji)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(there.is_some())
             }
 
             async fn remove_reaction(&self, message: Uuid, user: Uuid, emoji: &str) -> StoreResult<()> {

@@ -28,6 +28,14 @@ async fn register_login_and_profile_scenario(app: TestApp) {
         .await
         .expect(200);
     assert_eq!(by_email.body["user"]["id"], alice.id.as_str());
+    // Token answers are never cached (RFC 6749 5.1); other answers may be.
+    assert_eq!(by_email.headers["cache-control"], "no-store");
+    assert_eq!(by_email.headers["pragma"], "no-cache");
+    assert!(
+        !me.headers.contains_key("cache-control"),
+        "{:?}",
+        me.headers
+    );
     let wrong = app.login("alice", "not-the-password").await.expect(401);
     assert_eq!(wrong.code(), "invalid_credentials");
     let unknown = app.login("nobody", "whatever-password").await.expect(401);

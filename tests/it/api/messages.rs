@@ -188,6 +188,27 @@ async fn lifecycle_scenario(app: TestApp) {
     );
     react(&bob.access, "🎉").await.expect(200);
     react(&bob.access, "nope").await.expect(422);
+    // One emoji per reaction (a sequence like 👩🏽‍💻 is one), not a string of
+    // them; and at most 20 different ones per person on a message.
+    react(&bob.access, "👍👍").await.expect(422);
+    react(&bob.access, "👍x").await.expect(422);
+    react(&bob.access, "👩🏽‍💻").await.expect(200);
+    for i in 0..17 {
+        let emoji = char::from_u32(0x1F600 + i).unwrap().to_string();
+        react(&bob.access, &emoji).await.expect(200);
+    }
+    let capped = react(&bob.access, "🚀").await.expect(409);
+    assert_eq!(capped.code(), "too_many_reactions");
+    react(&bob.access, "🎉").await.expect(200); // already there: fine
+    for i in 0..17 {
+        let emoji = char::from_u32(0x1F600 + i).unwrap().to_string();
+        app.delete(&format!("{base}/{id}/reactions/{emoji}"), &bob)
+            .await
+            .expect(200);
+    }
+    app.delete(&format!("{base}/{id}/reactions/👩🏽‍💻"), &bob)
+        .await
+        .expect(200);
     let unreacted = app
         .delete(&format!("{base}/{id}/reactions/👍"), &alice)
         .await
