@@ -174,7 +174,7 @@ impl crate::Sfu {
             {
                 keyframes.push((*track, target));
             }
-            changed |= sub.reported != Some((sub.current, sub.target));
+            changed |= sub.reported != Some((sub.current, sub.target, sub.max_layer));
         }
         if stepped_up {
             p.last_upgrade = Some(now);
@@ -212,7 +212,7 @@ impl crate::Sfu {
             if t.kind != MediaKind::Video {
                 continue;
             }
-            sub.reported = Some((sub.current, sub.target));
+            sub.reported = Some((sub.current, sub.target, sub.max_layer));
             let count = t.layers.len();
             list.push(LayerState {
                 mid: sub.mid.to_string(),

@@ -136,8 +136,11 @@ pub(crate) struct Subscription {
     pub target: Option<usize>,
     /// The highest layer the subscriber asked for.
     pub max_layer: usize,
-    /// `(current, target)` as last told to the subscriber.
-    pub reported: Option<(Option<usize>, Option<usize>)>,
+    /// What the subscriber was last told of this track: `(current,
+    /// target, max_layer)`. The ceiling is in it so a request that moves
+    /// only the ceiling (the layer sent stays, e.g. the estimate already
+    /// held it down) is still answered.
+    pub reported: Option<(Option<usize>, Option<usize>, usize)>,
     /// The payload type the subscriber's m-line uses for the track's codec,
     /// found on the first write.
     pub pt: Option<Pt>,

@@ -1023,6 +1023,15 @@ fn reported_layer(world: &World, subscriber: usize) -> Option<&'static str> {
         .and_then(|l| l.layer)
 }
 
+/// The ceiling the edge last said a subscriber asked for.
+fn reported_max(world: &World, subscriber: usize) -> Option<&'static str> {
+    world.clients[subscriber]
+        .layers
+        .last()
+        .and_then(|(layers, _)| layers.first())
+        .map(|l| l.max)
+}
+
 #[test]
 fn simulcast_subscribers_get_the_layer_they_ask_for_and_switch_on_a_keyframe() {
     let mut world = World::new(SfuConfig::default());
@@ -1059,6 +1068,11 @@ fn simulcast_subscribers_get_the_layer_they_ask_for_and_switch_on_a_keyframe() {
         .sfu
         .set_max_layer(world.now, peer, &mid, Some("f"), None)
         .unwrap();
+    // The request is answered at once, though the layer sent stays q
+    // until the estimate makes room (a client waits for this answer).
+    world.run(Duration::from_millis(20));
+    assert_eq!(reported_max(&world, small), Some("f"));
+    assert_eq!(reported_layer(&world, small), Some("q"));
     // Climbing waits for the estimate (probes) to make room for h, then f.
     world.run(Duration::from_secs(10));
     let after = &world.clients[small].received[before..];
@@ -1129,6 +1143,21 @@ fn a_congested_subscriber_steps_down_then_keeps_only_audio_then_climbs_back() {
         estimate.is_some_and(|e| e < 500_000),
         "estimate {estimate:?}"
     );
+    // Its tile shrinks to 180 px meanwhile: the estimate already holds the
+    // layer at q or below, so the choice does not change, and the request
+    // is still answered (a client waits for `max` to say q).
+    let mid = video_mid(&world, sub);
+    let peer = world.clients[sub].peer;
+    world
+        .sfu
+        .set_max_layer(world.now, peer, &mid, None, Some(180))
+        .unwrap();
+    world.run(Duration::from_millis(20));
+    assert_eq!(reported_max(&world, sub), Some("q"));
+    world
+        .sfu
+        .set_max_layer(world.now, peer, &mid, Some("f"), None)
+        .unwrap();
     // 100 kbit/s: no video layer fits beside audio; audio carries on.
     // (Below ~90 kbit/s str0m's fixed 50 kbit/s padding floor starts to
     // crowd audio out: a known limit.)
