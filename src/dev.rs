@@ -153,6 +153,9 @@ pub async fn run(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<()> 
         })
         .collect();
     cp.calls.default_region = regions[0].0.into();
+    // The edges start after the control plane, on ports chosen then: the
+    // page may reach any loopback WebSocket (CSP connect-src).
+    cp.calls.edge_origins = vec!["ws://127.0.0.1:*".into()];
     let control_plane = ControlPlane::build(cp)
         .await
         .context("the control plane did not start")?;

@@ -270,6 +270,7 @@ pub fn router(
         .iter()
         .filter_map(|o| crate::web::parse_origin(o))
         .collect();
+    let page_policy = crate::web::PagePolicy::new(config, state.calls.clone());
     let app = api
         .route("/v1/ws", axum::routing::get(crate::gateway::upgrade))
         .merge(api::internal_routes())
@@ -281,10 +282,11 @@ pub fn router(
         ))
         // Serves /docs (Swagger UI) and /openapi.json.
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
-        .merge(crate::web::routes(&api_origins))
+        .merge(crate::web::routes(&api_origins, page_policy))
         .merge(service::ops::routes(metrics.clone(), readiness))
         .fallback(error::no_route)
         .layer(axum::middleware::from_fn(no_store_for_auth))
+        .layer(axum::middleware::from_fn(crate::web::security_headers))
         .layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::new(api_origins),
             crate::web::cors,

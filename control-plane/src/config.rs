@@ -303,6 +303,8 @@ impl ControlPlaneConfig {
         config.cluster.secret = Some(TEST_CLUSTER_SECRET.to_owned());
         config.calls.sweep_interval_ms = 100;
         config.calls.heartbeat_interval_secs = 1;
+        // Test edges listen on loopback ports chosen at start (and restart).
+        config.calls.edge_origins = vec!["ws://127.0.0.1:*".into()];
         // Tests and benchmarks register, send and connect far more than a
         // person; the tests of the limits set their own.
         let plenty = Quota::new(1_000_000, 60);

@@ -38,6 +38,31 @@ pub struct Browser {
     socket: Socket,
     next_id: u64,
     profile: PathBuf,
+    /// Security complaints of each page (by DevTools session): CSP and
+    /// Trusted Types violations and Permissions-Policy errors, as the
+    /// console shows them.
+    complaints: Vec<(String, String)>,
+}
+
+/// Installed in every document before its own scripts: a violation of the
+/// page's policy reaches the console (and so [`Browser::security_complaints`])
+/// even where Chromium would only fire the event.
+const REPORT_VIOLATIONS: &str = "document.addEventListener('securitypolicyviolation', (e) => \
+    console.error(`Content Security Policy violation: ${e.effectiveDirective} blocked ${e.blockedURI || 'inline'} (${e.sourceFile}:${e.lineNumber})`));";
+
+/// Whether a console line is a complaint about the page's security policy.
+fn is_security_complaint(text: &str) -> bool {
+    [
+        "Content Security Policy",
+        "Content-Security-Policy",
+        "Trusted Type",
+        "TrustedScript",
+        "TrustedHTML",
+        "Permissions-Policy",
+        "Permissions policy",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }
 
 /// A tab.
@@ -101,6 +126,7 @@ impl Browser {
             socket,
             next_id: 1,
             profile,
+            complaints: Vec::new(),
         })
     }
 
@@ -129,16 +155,67 @@ impl Browser {
                     assert!(value["error"].is_null(), "{method}: {}", value["error"]);
                     return value["result"].clone();
                 }
+                self.note_event(&value);
             }
         }
     }
 
-    /// Opens `url` in a new tab.
-    pub async fn open(&mut self, url: &str) -> Page {
-        self.open_target(json!({"url": url})).await
+    /// Keeps a page's console complaints about its security policy.
+    fn note_event(&mut self, event: &Value) {
+        let text = match event["method"].as_str() {
+            // Chromium files policy violations under `security`.
+            Some("Log.entryAdded") => {
+                let entry = &event["params"]["entry"];
+                let text = entry["text"].as_str().unwrap_or_default();
+                Some(
+                    if matches!(entry["source"].as_str(), Some("security" | "violation")) {
+                        format!("Content Security Policy ({}): {text}", entry["source"])
+                    } else {
+                        text.to_owned()
+                    },
+                )
+            }
+            Some("Runtime.consoleAPICalled") => Some(
+                event["params"]["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a["value"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            Some("Runtime.exceptionThrown") => {
+                event["params"]["exceptionDetails"]["exception"]["description"]
+                    .as_str()
+                    .map(str::to_owned)
+            }
+            _ => None,
+        };
+        if let (Some(text), Some(session)) = (text, event["sessionId"].as_str())
+            && is_security_complaint(&text)
+        {
+            self.complaints.push((session.to_owned(), text));
+        }
     }
 
-    async fn open_target(&mut self, params: Value) -> Page {
+    /// What `page`'s console said against its security policy so far
+    /// (events up to the last command sent on any page).
+    pub fn security_complaints(&self, page: &Page) -> Vec<String> {
+        self.complaints
+            .iter()
+            .filter(|(session, _)| *session == page.session)
+            .map(|(_, text)| text.clone())
+            .collect()
+    }
+
+    /// Opens `url` in a new tab.
+    pub async fn open(&mut self, url: &str) -> Page {
+        self.open_target(url, json!({})).await
+    }
+
+    /// A blank tab, watched from its first document on, then sent to `url`.
+    async fn open_target(&mut self, url: &str, mut params: Value) -> Page {
+        params["url"] = "about:blank".into();
         let target = self.command(None, "Target.createTarget", params).await;
         let attached = self
             .command(
@@ -147,12 +224,24 @@ impl Browser {
                 json!({"targetId": target["targetId"], "flatten": true}),
             )
             .await;
-        Page {
+        let page = Page {
             session: attached["sessionId"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),
-        }
+        };
+        let session = Some(page.session.as_str());
+        self.command(session, "Log.enable", json!({})).await;
+        self.command(session, "Runtime.enable", json!({})).await;
+        self.command(
+            session,
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": REPORT_VIOLATIONS}),
+        )
+        .await;
+        self.command(session, "Page.navigate", json!({"url": url}))
+            .await;
+        page
     }
 
     /// Opens `url` in a new tab of a fresh browser context (its own
@@ -161,8 +250,11 @@ impl Browser {
         let context = self
             .command(None, "Target.createBrowserContext", json!({}))
             .await;
-        self.open_target(json!({"url": url, "browserContextId": context["browserContextId"]}))
-            .await
+        self.open_target(
+            url,
+            json!({"browserContextId": context["browserContextId"]}),
+        )
+        .await
     }
 
     /// Types `text` into whatever has the focus, as a keyboard does.

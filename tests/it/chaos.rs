@@ -404,6 +404,12 @@ async fn calls_survive_edge_kill_restart_and_drain_in_the_browser() {
         shown_once(&mut browser, page, &acked, Duration::from_secs(10)).await;
     }
     eprintln!("chaos timings: {timings:?}");
+    // Edges that came back on new ports were reachable under the page's
+    // Content-Security-Policy (connect-src): no violation on either page.
+    for page in [&alice_page, &bob_page] {
+        let complaints = browser.security_complaints(page);
+        assert!(complaints.is_empty(), "console: {complaints:?}");
+    }
 }
 
 /// Every string in `expected` shown exactly once on `page` (waiting up to

@@ -1,7 +1,8 @@
 //! The web client end to end, as a new user meets it: `cascade dev` (the
 //! built binary), two people in two isolated contexts of headless Chromium
 //! (fake camera and microphone) sign up, become contacts, chat, reload, and
-//! call each other across the `eu` and `us` regions through the relays.
+//! call each other across the `eu` and `us` regions through the relays,
+//! all of it under the page's Content-Security-Policy with no violation.
 //! Screenshots go to `target/artifacts/web/`.
 
 use std::time::{Duration, Instant};
@@ -521,7 +522,94 @@ async fn two_people_sign_up_chat_and_call_across_regions_in_a_browser() {
         )
         .await;
     }
+    // All of it ran under the page's Content-Security-Policy (no inline
+    // code, Trusted Types, connect-src limited to the cluster) without a
+    // single violation on either side.
+    browser.eval(&alice, "true").await;
+    for (name, page) in [("alice", &alice), ("bob", &bob)] {
+        let complaints = browser.security_complaints(page);
+        assert!(complaints.is_empty(), "{name}'s console: {complaints:?}");
+    }
+    // The policy is really enforced and the watch really sees it: an
+    // injected inline script is refused and reported.
+    let ran = browser
+        .eval(
+            &alice,
+            "(() => { window.injected = false; const s = document.createElement('script'); \
+             try { s.textContent = 'window.injected = true'; document.body.append(s); } catch (_) {} \
+             return window.injected; })()",
+        )
+        .await;
+    assert_eq!(ran, false, "inline script ran");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while browser.security_complaints(&alice).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        browser.eval(&alice, "true").await;
+    }
+    assert!(
+        !browser.security_complaints(&alice).is_empty(),
+        "the injected script was refused without a report"
+    );
     drop(browser);
     crate::dev::interrupt(dev);
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// The page's policy, as a browser receives it: strict script and style
+/// sources, no framing, and `connect-src` naming exactly this origin, the
+/// configured sources and the edges registered now (an edge that joins
+/// later is in the next page served).
+#[tokio::test]
+async fn the_page_allows_only_the_cluster_and_is_never_framed() {
+    let app = testkit::app::TestApp::spawn_with(testkit::app::Backend::Sqlite, |c| {
+        c.calls.edge_origins = vec!["wss://*.edges.example".into()];
+        c.api_origins = vec!["https://chat.example".into()];
+    })
+    .await
+    .unwrap();
+    let page = |app: &testkit::app::TestApp| {
+        let url = app.url("/");
+        async move { reqwest::get(url).await.unwrap() }
+    };
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let before = page(&app).await;
+    let csp = header(&before, "content-security-policy");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self';",
+        "style-src 'self';",
+        "frame-ancestors 'none'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "require-trusted-types-for 'script'",
+        "connect-src 'self' wss://chat.example https://chat.example wss://*.edges.example;",
+    ] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(header(&before, "x-frame-options"), "DENY");
+    assert_eq!(header(&before, "referrer-policy"), "no-referrer");
+    assert_eq!(header(&before, "cross-origin-opener-policy"), "same-origin");
+    assert!(header(&before, "permissions-policy").contains("camera=(self)"));
+    assert_eq!(header(&before, "x-content-type-options"), "nosniff");
+    // An edge registers at ws://127.0.0.1:<port>: the next page may reach it.
+    let edge = crate::edge::start_edge(&app, "edge-csp").await;
+    let after = page(&app).await;
+    let csp = header(&after, "content-security-policy");
+    let origin = format!("ws://{}", edge.addrs.http);
+    assert!(
+        csp.contains(&format!(" {origin};")) || csp.contains(&format!(" {origin} ")),
+        "{origin} in {csp}"
+    );
+    // Every answer, not just the page, is unframeable and unsniffed.
+    let api = reqwest::get(app.url("/v1/me")).await.unwrap();
+    assert_eq!(api.status(), 401);
+    assert_eq!(header(&api, "x-frame-options"), "DENY");
+    assert_eq!(header(&api, "x-content-type-options"), "nosniff");
 }

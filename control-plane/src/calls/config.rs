@@ -37,6 +37,12 @@ pub struct CallsConfig {
     pub turn_secret: Option<String>,
     /// Lifetime of TURN credentials, seconds.
     pub turn_credential_ttl_secs: u64,
+    /// Where edges' signaling may live, as Content-Security-Policy sources
+    /// (`wss://*.example.com`, `ws://127.0.0.1:*`): the web page may open
+    /// WebSockets there. The origins of the edges registered when a page
+    /// is served are allowed too, but a page opened before an edge joined
+    /// only reaches it through these.
+    pub edge_origins: Vec<String>,
 }
 
 /// One region.
@@ -84,6 +90,7 @@ impl Default for CallsConfig {
             turn_urls: Vec::new(),
             turn_secret: None,
             turn_credential_ttl_secs: 3600,
+            edge_origins: Vec::new(),
         }
     }
 }
@@ -171,6 +178,24 @@ impl Validate for CallsConfig {
                         format!("{url:?} must start with {}", schemes.join(" or ")),
                     );
                 }
+            }
+        }
+        for source in &self.edge_origins {
+            if !crate::web::valid_source(source) {
+                v.invalid(
+                    "edge_origins",
+                    format!("{source:?} is not a scheme://host[:port] source (ws, wss, http or https; the host may start with *., the port may be *)"),
+                );
+            }
+        }
+        for region in &self.regions {
+            if let Some(url) = &region.probe_url
+                && crate::web::origin_of(url).is_none()
+            {
+                v.invalid(
+                    "regions",
+                    format!("probe_url {url:?} is not an http(s) URL"),
+                );
             }
         }
         if !self.turn_urls.is_empty() && self.turn_secret.as_deref().is_none_or(str::is_empty) {
