@@ -83,6 +83,7 @@ pub struct MediaState {
 
 /// `GET /v1/calls` query.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// A `next_cursor` from the previous page.
@@ -112,6 +113,7 @@ pub struct HistoryPage {
 
 /// `GET /v1/calls/missed/count` query.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MissedQuery {
     /// Count only calls newer than this call id (the newest one the client
@@ -707,8 +709,10 @@ pub async fn join(
 
 /// Leaves from one device (`call.participant_left`); the call ends when
 /// its last device leaves (either side of a direct call).
-#[utoipa::path(post, path = "/v1/calls/{id}/leave", tag = "calls", request_body = LeaveCall,
-    responses((status = 204, description = "Left"), (status = 404, body = ErrorBody)),
+#[utoipa::path(post, path = "/v1/calls/{id}/leave", tag = "calls",
+    request_body(content = Option<LeaveCall>, description = "Optional: no body leaves from the default device"),
+    responses((status = 204, description = "Left"), (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn leave(
     state: AppState,

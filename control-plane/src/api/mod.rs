@@ -309,6 +309,117 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(calls::media))
         .routes(routes!(calls::regions))
         .split_for_parts()
+        .map_doc(declare_common_answers)
+}
+
+/// Pairs of (router, document) whose document a pass completes.
+trait MapDoc {
+    fn map_doc(self, pass: fn(&mut utoipa::openapi::OpenApi)) -> Self;
+}
+
+impl MapDoc for (Router<AppState>, utoipa::openapi::OpenApi) {
+    fn map_doc(mut self, pass: fn(&mut utoipa::openapi::OpenApi)) -> Self {
+        pass(&mut self.1);
+        self
+    }
+}
+
+/// Declares, on every operation, what the shared extractors make it able
+/// to answer, so generated clients and fuzzers know each route's whole
+/// surface without every handler repeating it:
+///
+/// - each `{name}` of the path as a required path parameter (a uuid for
+///   `id`/`*_id`); an unparsable one is answered 404 like a missing thing;
+/// - 401 where a bearer token is needed ([`Caller`]);
+/// - 400 (malformed JSON), 413, 415 and 422 where a JSON body is required
+///   ([`ApiJson`]), 400 where there are query parameters ([`ApiQuery`]).
+///
+/// A handler's own declarations win: only missing entries are added.
+fn declare_common_answers(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let names: Vec<&str> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .collect();
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            let params = op.parameters.get_or_insert_with(Vec::new);
+            for name in &names {
+                let declared = params.iter().any(|p| {
+                    matches!(p, RefOr::T(p) if p.name == *name && p.parameter_in == ParameterIn::Path)
+                });
+                if declared {
+                    continue;
+                }
+                let schema = if *name == "id" || name.ends_with("_id") {
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+                } else {
+                    ObjectBuilder::new().schema_type(Type::String)
+                };
+                let param: Parameter = ParameterBuilder::new()
+                    .name(*name)
+                    .parameter_in(ParameterIn::Path)
+                    .required(Required::True)
+                    .schema(Some(schema))
+                    .build();
+                params.push(RefOr::T(param));
+            }
+            let has_query = params
+                .iter()
+                .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Query));
+            if params.is_empty() {
+                op.parameters = None;
+            }
+            let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            let json_body = op.request_body.as_ref().is_some_and(|b| {
+                matches!(b, RefOr::T(b) if b.required == Some(Required::True)
+                    && b.content.contains_key("application/json"))
+            });
+            let mut answers: Vec<(&str, &str)> = Vec::new();
+            if !names.is_empty() {
+                answers.push(("404", "Not found (or not yours)"));
+            }
+            if secured {
+                answers.push(("401", "Missing, invalid or expired access token"));
+            }
+            if json_body {
+                answers.push(("400", "Malformed JSON"));
+                answers.push(("413", "Body larger than max_body_bytes"));
+                answers.push(("415", "Content-Type is not application/json"));
+                answers.push(("422", "The JSON does not fit the schema"));
+            } else if has_query {
+                answers.push(("400", "Invalid query parameters"));
+            }
+            for (status, description) in answers {
+                op.responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| error(description).into());
+            }
+        }
+    }
 }
 
 /// The internal API for nodes (not in the OpenAPI document).

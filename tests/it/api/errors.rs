@@ -140,6 +140,48 @@ async fn openapi_document_and_swagger_ui_are_served() {
         );
     }
     assert!(doc.body["components"]["securitySchemes"]["bearer"].is_object());
+    // Every operation declares its whole surface, so generated clients and
+    // fuzzers can call it: each `{name}` of its path as a path parameter,
+    // no path parameter that is not in the path (query ones are `query`),
+    // 401 where a token is needed, and the JSON body answers where a body
+    // is required.
+    let mut operations = 0;
+    for (path, item) in paths {
+        let names: Vec<&str> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .collect();
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let in_path: Vec<&str> = params
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            let mut declared = in_path.clone();
+            declared.sort();
+            assert_eq!(declared, sorted, "{method} {path}: path parameters");
+            for p in params.iter().filter(|p| p["in"] == "path") {
+                assert_eq!(p["required"], true, "{method} {path}: {p}");
+            }
+            let answers = op["responses"].as_object().unwrap();
+            if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                assert!(answers.contains_key("401"), "{method} {path}: 401");
+            }
+            if op["requestBody"]["required"] == true {
+                for status in ["400", "413", "415", "422"] {
+                    assert!(answers.contains_key(status), "{method} {path}: {status}");
+                }
+            }
+        }
+    }
+    assert!(operations >= 40, "{operations} operations");
+    // `…/leave` needs no body (the default device leaves).
+    let leave = &paths["/v1/calls/{id}/leave"]["post"];
+    assert_ne!(leave["requestBody"]["required"], true, "{leave}");
     let ui = app.http.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(ui.status(), 200);
     assert!(
