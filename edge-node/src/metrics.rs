@@ -22,6 +22,7 @@ pub struct EdgeMetrics {
     datagrams_out: IntCounter,
     bytes_out: IntCounter,
     dropped: IntCounter,
+    forged_alerts: IntCounter,
     forwarded: IntCounter,
     keyframe_requests: IntCounter,
     keyframe_requests_received: IntCounter,
@@ -131,6 +132,11 @@ impl EdgeMetrics {
                 "cascade_edge_dropped_datagrams_total",
                 "UDP datagrams no session took (garbage, unknown sources).",
             ),
+            forged_alerts: counter(
+                "cascade_edge_dtls_plaintext_alerts_dropped_total",
+                "Of the dropped datagrams, DTLS ones carrying an unauthenticated (epoch 0) alert: \
+                 someone forging clients' addresses to end their sessions.",
+            ),
             forwarded: counter(
                 "cascade_edge_forwarded_media_total",
                 "RTP packets written to subscribers.",
@@ -190,6 +196,8 @@ impl EdgeMetrics {
             .inc_by(after.bytes_out.saturating_sub(before.bytes_out));
         self.dropped
             .inc_by(after.dropped.saturating_sub(before.dropped));
+        self.forged_alerts
+            .inc_by(after.forged_alerts.saturating_sub(before.forged_alerts));
         self.forwarded
             .inc_by(after.forwarded.saturating_sub(before.forwarded));
         self.keyframe_requests.inc_by(

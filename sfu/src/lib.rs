@@ -32,6 +32,7 @@
 
 mod allocation;
 mod data;
+mod dtls;
 mod dynacast;
 mod forward;
 pub mod layers;
@@ -590,6 +591,10 @@ pub struct SfuStats {
     pub bytes_out: u64,
     /// Datagrams no peer took (garbage, unknown sources, late packets).
     pub dropped: u64,
+    /// Of them, DTLS datagrams carrying an epoch-0 (plaintext, so
+    /// unauthenticated) alert: anyone who can forge a client's address can
+    /// send one, and str0m would end the session on it.
+    pub forged_alerts: u64,
     /// RTP packets forwarded (one per subscriber).
     pub forwarded: u64,
     /// Keyframe requests sent upstream.
@@ -810,6 +815,11 @@ impl Sfu {
     /// A datagram arrived on the socket. Returns whether a peer took it.
     pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> bool {
         self.last_now = now;
+        if dtls::has_plaintext_alert(data) {
+            self.stats.forged_alerts += 1;
+            self.stats.dropped += 1;
+            return false;
+        }
         let peer = match stun::username_ufrag(data) {
             Some(ufrag) => self.by_ufrag.get(ufrag).copied(),
             None => self.by_addr.get(&source).copied(),

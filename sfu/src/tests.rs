@@ -94,6 +94,9 @@ struct World {
     /// Drop every n-th datagram the SFU sends to this address (a lossy link).
     lossy: Option<(SocketAddr, usize)>,
     lossy_count: usize,
+    /// An attacker who can forge this client's source address: after each
+    /// of its DTLS datagrams it sends a plaintext fatal alert.
+    spoof_alerts_from: Option<SocketAddr>,
     sfu: Sfu,
     clients: Vec<Client>,
     call: Uuid,
@@ -124,6 +127,7 @@ impl World {
             now,
             lossy: None,
             lossy_count: 0,
+            spoof_alerts_from: None,
             sfu: Sfu::new(config, EDGE.parse().unwrap(), now),
             clients: Vec::new(),
             call: Uuid::now_v7(),
@@ -358,6 +362,11 @@ impl World {
                     moved = true;
                     let (source, contents) = (t.source, t.contents.to_vec());
                     self.sfu.handle_receive(self.now, source, &contents);
+                    if self.spoof_alerts_from == Some(source)
+                        && contents.first().is_some_and(|b| (20..=63).contains(b))
+                    {
+                        self.sfu.handle_receive(self.now, source, &SPOOFED_ALERT);
+                    }
                 }
                 str0m::Output::Timeout(_) => return moved,
                 str0m::Output::Event(event) => match event {
@@ -1003,6 +1012,38 @@ fn video_mid(world: &World, subscriber: usize) -> String {
         .unwrap()
         .mid
         .clone()
+}
+
+/// A DTLS 1.2 record, epoch 0 (so unauthenticated): a fatal
+/// handshake_failure alert, with a sequence number ahead of the client's
+/// (a replayed one would be discarded anyway).
+const SPOOFED_ALERT: [u8; 15] = [21, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0x03, 0xe8, 0, 2, 2, 40];
+
+#[test]
+fn a_forged_plaintext_dtls_alert_does_not_end_a_session_in_setup() {
+    let mut world = World::new(SfuConfig::default());
+    // The attacker knows the client's address (on the path, or guessed):
+    // every DTLS flight of the client is followed by a forged alert.
+    world.spoof_alerts_from = Some("10.0.1.1:4000".parse().unwrap());
+    let publisher = world.join(true).unwrap();
+    let viewer = world.join(false).unwrap();
+    world.run(Duration::from_secs(1));
+    world.spoof_alerts_from = None;
+    world.run(Duration::from_secs(2));
+    assert!(
+        world.clients[publisher].connected,
+        "the publisher connected"
+    );
+    assert!(
+        world.clients[viewer].received.len() > 30,
+        "and its video flows: {} frames",
+        world.clients[viewer].received.len()
+    );
+    assert!(closed_reasons(&world.take_events()).is_empty());
+    assert!(
+        world.sfu.stats.forged_alerts > 0,
+        "the alerts were seen and dropped"
+    );
 }
 
 /// The layer a received frame came from, by its size.
