@@ -14,6 +14,8 @@ use control_plane::calls::config::RegionConfig;
 use control_plane::{ControlPlane, ControlPlaneConfig};
 use edge_node::relay_link::EdgeRelayConfig;
 use edge_node::{Edge, EdgeConfig};
+use relay::tls::CertFor;
+use relay::tls::Role;
 use relay::{PeerConfig, Relay, RelayConfig};
 use service::Service;
 use service::lifecycle::Shutdown;
@@ -80,15 +82,24 @@ pub async fn run(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<()> 
 
     // Certificates for every node, once (the CA is kept across runs).
     let certs = data_dir.join("certs");
-    let mut names = Vec::new();
+    let mut wanted = Vec::new();
     for (region, ..) in regions {
-        names.push(relay_id(region));
-        names.extend((0..options.edges_per_region).map(|i| edge_id(region, i)));
+        wanted.push(CertFor::Node(Role::Relay, relay_id(region)));
+        wanted.extend(
+            (0..options.edges_per_region).map(|i| CertFor::Node(Role::Edge, edge_id(region, i))),
+        );
     }
-    let missing: Vec<String> = names
-        .iter()
-        .filter(|n| !certs.join(format!("{n}.key")).exists())
-        .cloned()
+    // Kept across runs, unless from before certificates named their node.
+    let missing: Vec<CertFor> = wanted
+        .into_iter()
+        .filter(|cert| {
+            let CertFor::Node(role, name) = cert else {
+                return true;
+            };
+            relay::tls::NodeTls::load(&relay::tls::TlsFiles::in_dir(&certs, name))
+                .and_then(|tls| tls.require_identity(*role, name))
+                .is_err()
+        })
         .collect();
     if !missing.is_empty() {
         relay::tls::write_dev_certs(&certs, &missing).context("cannot write dev certificates")?;

@@ -118,9 +118,22 @@ struct CertsArgs {
     /// Where to write `ca.pem`, `ca.key`, `<name>.pem`, `<name>.key`.
     #[arg(long, default_value = "certs")]
     out: PathBuf,
-    /// Node ids to issue certificates for (relays and edges).
-    #[arg(required = true)]
-    names: Vec<String>,
+    /// Relay node ids to issue certificates for (each names its node:
+    /// spiffe://cascade.internal/relay/ID, plus relay.cascade.internal).
+    #[arg(long = "relay", value_name = "ID", num_args = 1.., required_unless_present_any = ["edges", "webs", "roleless"])]
+    relays: Vec<String>,
+    /// Edge node ids to issue certificates for
+    /// (spiffe://cascade.internal/edge/ID).
+    #[arg(long = "edge", value_name = "ID", num_args = 1..)]
+    edges: Vec<String>,
+    /// Plain HTTPS server certificates for NAME and localhost (a
+    /// development TLS proxy in front of the API and edges); they cannot link.
+    #[arg(long = "web", value_name = "NAME", num_args = 1..)]
+    webs: Vec<String>,
+    /// Names without a role (the form before certificates named their
+    /// node): refused with a hint.
+    #[arg(hide = true)]
+    roleless: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -257,13 +270,33 @@ fn print_config(loaded: &Loaded<CascadeConfig>) -> ExitCode {
     reason = "the files written are the command's output"
 )]
 fn certs(args: &CertsArgs) -> anyhow::Result<()> {
-    for name in &args.names {
-        if let Err(rule) = service::config::node_id_problem(name) {
-            anyhow::bail!("node id {name:?}: use {rule}");
+    use relay::tls::CertFor;
+    use relay::tls::Role;
+    if let Some(name) = args.roleless.first() {
+        anyhow::bail!(
+            "{name:?} has no role: certificates name their node and role, so say \
+             `--relay {name}` or `--edge {name}` (or `--web {name}` for a TLS proxy)"
+        );
+    }
+    let mut wanted = Vec::new();
+    for (role, names) in [(Role::Relay, &args.relays), (Role::Edge, &args.edges)] {
+        for name in names {
+            wanted.push(CertFor::Node(role, name.clone()));
         }
     }
-    let written = relay::tls::write_dev_certs(&args.out, &args.names)
-        .context("cannot write the certificates")?;
+    wanted.extend(args.webs.iter().cloned().map(CertFor::Web));
+    let mut seen = std::collections::HashSet::new();
+    for cert in &wanted {
+        let name = cert.name();
+        if let Err(rule) = service::config::node_id_problem(name) {
+            anyhow::bail!("name {name:?}: use {rule}");
+        }
+        if !seen.insert(name) {
+            anyhow::bail!("{name:?} is named twice: each name is one pair of files");
+        }
+    }
+    let written =
+        relay::tls::write_dev_certs(&args.out, &wanted).context("cannot write the certificates")?;
     for path in written {
         println!("{}", path.display());
     }

@@ -273,6 +273,9 @@ impl RelayLink {
         metrics: &service::Metrics,
     ) -> Result<Self, RelayLinkError> {
         let tls = NodeTls::load(&config.tls)?;
+        // A certificate that names another node would have every link
+        // refused by the relay: say so at start, not in a redial loop.
+        tls.require_identity(Role::Edge, node)?;
         relay::metrics::record_certificate_expiry(metrics, tls.expiry());
         let timeout = Duration::from_millis(config.link_timeout_ms);
         let endpoint = link::endpoint(SocketAddr::new(ip, 0), &tls, timeout, false)?;

@@ -297,6 +297,7 @@ impl Service for Relay {
                 source,
             })?;
         let tls = NodeTls::load(&config.tls)?;
+        tls.require_identity(Role::Relay, &config.node_id)?;
         crate::metrics::record_certificate_expiry(&metrics, tls.expiry());
         let endpoint = link::endpoint(config.quic_listen, &tls, config.link_timeout(), true)?;
         let state = Arc::new(State {
@@ -376,7 +377,18 @@ impl Service for Relay {
                                 );
                                 serve_link(state, link, false).instrument(span).await;
                             }
-                            Err(error) => tracing::warn!(%remote, %error, "link refused"),
+                            Err(error) => {
+                                let reason = match error {
+                                    link::LinkError::Identity { .. } => "identity",
+                                    _ => "handshake",
+                                };
+                                state
+                                    .metrics
+                                    .links_refused
+                                    .with_label_values(&[reason])
+                                    .inc();
+                                tracing::warn!(%remote, %error, reason, "link refused");
+                            }
                         }
                     });
                 }

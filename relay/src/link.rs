@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use protocol::relay::{CodecError, Control, Hello};
+use protocol::relay::{CodecError, Control, Hello, Role};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::mpsc;
 
@@ -35,6 +35,19 @@ pub enum LinkError {
     /// The peer did not start with a hello.
     #[error("handshake: {0}")]
     Handshake(&'static str),
+    /// The peer's hello claims a node or role its certificate does not
+    /// carry (or a dialed peer is not a relay).
+    #[error("peer identity: hello claims {claimed}, certificate carries {certified}")]
+    Identity {
+        /// What the hello said.
+        claimed: String,
+        /// What the certificate names.
+        certified: String,
+    },
+    /// The peer closed the connection during the handshake and said why
+    /// (e.g. it refused our certificate's identity).
+    #[error("refused by the peer: {0}")]
+    Refused(String),
     /// The relay's name did not resolve.
     #[error(transparent)]
     Resolve(#[from] crate::addr::ResolveError),
@@ -124,13 +137,58 @@ async fn read_hello(reader: &mut ControlReader) -> Result<Hello, LinkError> {
         Ok(Ok(Some(Control::Hello(hello)))) => Ok(hello),
         Ok(Ok(Some(_))) => Err(LinkError::Handshake("first frame is not a hello")),
         Ok(Ok(None)) => Err(LinkError::Handshake("stream closed before the hello")),
+        Ok(Err(LinkError::Read(quinn::ReadError::ConnectionLost(
+            quinn::ConnectionError::ApplicationClosed(close),
+        )))) => Err(LinkError::Refused(format!(
+            "{} (code {})",
+            String::from_utf8_lossy(&close.reason),
+            close.error_code
+        ))),
         Ok(Err(e)) => Err(e),
     }
 }
 
+/// QUIC application close code for a link refused over its identity.
+pub const IDENTITY_REFUSED: u32 = 0x1d;
+
+/// The peer's hello must claim an identity its certificate carries (and,
+/// when dialed, be a relay: only relays accept links). A refusal closes
+/// the connection with [`IDENTITY_REFUSED`] so the other side sees why.
+fn check_identity(
+    connection: &Connection,
+    hello: &Hello,
+    want_relay: bool,
+) -> Result<(), LinkError> {
+    let certified = crate::tls::peer_identities(connection);
+    let claimed = crate::tls::NodeIdentity {
+        role: hello.role,
+        node: hello.node.clone(),
+    };
+    if certified.contains(&claimed) && (!want_relay || hello.role == Role::Relay) {
+        return Ok(());
+    }
+    connection.close(
+        IDENTITY_REFUSED.into(),
+        b"hello does not match the certificate",
+    );
+    let certified = if certified.is_empty() {
+        "no node identity".to_owned()
+    } else {
+        certified
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(LinkError::Identity {
+        claimed: claimed.to_string(),
+        certified,
+    })
+}
+
 /// Dials `addr` (resolving a name again each time, checking the
 /// certificate for `server_name`), opens the control stream and exchanges
-/// hellos.
+/// hellos. The peer must be a relay whose certificate names it.
 pub async fn dial(
     endpoint: &quinn::Endpoint,
     addr: &NodeAddr,
@@ -144,6 +202,7 @@ pub async fn dial(
     write_control(&mut send, &Control::Hello(hello.clone())).await?;
     let mut reader = ControlReader::new(recv);
     let peer = read_hello(&mut reader).await?;
+    check_identity(&connection, &peer, true)?;
     Ok(Link {
         connection,
         hello: peer,
@@ -153,7 +212,8 @@ pub async fn dial(
 }
 
 /// Accepts a dialed connection: the dialer opens the control stream and
-/// speaks first.
+/// speaks first, and its hello must match its certificate before we
+/// answer.
 pub async fn accept(incoming: quinn::Incoming, hello: &Hello) -> Result<Link, LinkError> {
     let connection = incoming.await?;
     let (mut send, recv) = tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi())
@@ -161,6 +221,7 @@ pub async fn accept(incoming: quinn::Incoming, hello: &Hello) -> Result<Link, Li
         .map_err(|_| LinkError::Handshake("no control stream within 5 s"))??;
     let mut reader = ControlReader::new(recv);
     let peer = read_hello(&mut reader).await?;
+    check_identity(&connection, &peer, false)?;
     write_control(&mut send, &Control::Hello(hello.clone())).await?;
     Ok(Link {
         connection,

@@ -157,6 +157,10 @@ pub struct RelayMetrics {
     pub nacks_forwarded: IntCounter,
     /// Call data messages sent on.
     pub data_messages_forwarded: IntCounter,
+    /// Incoming links refused before they came up, by reason (`identity`:
+    /// the hello claimed a node or role its certificate does not name;
+    /// `handshake`: TLS, a missing or malformed hello, a timeout).
+    pub links_refused: IntCounterVec,
 }
 
 impl RelayMetrics {
@@ -197,6 +201,18 @@ impl RelayMetrics {
                 "cascade_relay_data_messages_forwarded_total",
                 "Participants' data channel messages sent on to links (one per link).",
             ),
+            links_refused: {
+                let vec = counter_vec(
+                    metrics,
+                    "cascade_relay_links_refused_total",
+                    "Incoming links refused before they came up, by reason (identity: the hello does not match the certificate; handshake: TLS, hello or timeout).",
+                    &["reason"],
+                );
+                for reason in ["identity", "handshake"] {
+                    vec.with_label_values(&[reason]);
+                }
+                vec
+            },
         }
     }
 }

@@ -2,6 +2,12 @@
 //! certificate; both sides of a link present one and check the other's
 //! against the CA (mutual TLS 1.3, ALPN [`protocol::relay::ALPN`]).
 //!
+//! A certificate also says which node it speaks for: a URI SAN
+//! `spiffe://cascade.internal/<role>/<node id>` ([`identity_uri`]). Each side
+//! of a link checks that the peer's hello claims exactly an identity its
+//! certificate carries, so a cluster certificate cannot pose as another
+//! node (and displace its link) or an edge's as a relay.
+//!
 //! [`write_dev_certs`] (`cascade certs`) makes a development CA and node
 //! certificates, so a multi-region cluster starts without openssl.
 
@@ -9,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use protocol::relay::Role;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -22,6 +29,11 @@ use serde::{Deserialize, Serialize};
 /// The name every relay certificate carries besides its node id, and the
 /// server name dialers check unless told another.
 pub const RELAY_SERVER_NAME: &str = "relay.cascade.internal";
+/// The name every edge certificate carries besides its node id (edges only
+/// dial, so nothing checks it; it says what the certificate is for).
+pub const EDGE_NAME: &str = "edge.cascade.internal";
+/// The SPIFFE trust domain of node identities.
+pub const TRUST_DOMAIN: &str = "cascade.internal";
 /// Bytes of datagrams a link queues before it drops the oldest.
 pub const DATAGRAM_SEND_BUFFER: usize = 1 << 20;
 const CA_NAME: &str = "Cascade development CA";
@@ -54,6 +66,104 @@ pub enum TlsError {
     /// The client verifier could not be built.
     #[error("client verifier: {0}")]
     Verifier(String),
+    /// This node's own certificate does not name it: its peers would
+    /// refuse every link, so the node refuses to start.
+    #[error(
+        "the certificate does not name this node: it needs the URI SAN {expected} \
+         (it carries {}); issue one with `cascade certs --{} {}`",
+        if .found.is_empty() { "no node identity".to_owned() } else { .found.join(", ") },
+        role_name(*.role), .node
+    )]
+    NotThisNode {
+        /// The identity it must carry.
+        expected: String,
+        /// The identities it carries.
+        found: Vec<String>,
+        /// This node's role.
+        role: Role,
+        /// This node's id.
+        node: String,
+    },
+}
+
+/// `relay` or `edge`, as identities and `cascade certs` spell roles.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Edge => "edge",
+        Role::Relay => "relay",
+    }
+}
+
+/// The URI SAN that binds a certificate to one node:
+/// `spiffe://cascade.internal/<role>/<node id>`.
+pub fn identity_uri(role: Role, node: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/{}/{node}", role_name(role))
+}
+
+/// A node a certificate speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// Edge or relay.
+    pub role: Role,
+    /// Its node id.
+    pub node: String,
+}
+
+impl std::fmt::Display for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&identity_uri(self.role, &self.node))
+    }
+}
+
+fn parse_identity(uri: &str) -> Option<NodeIdentity> {
+    let path = uri.strip_prefix("spiffe://")?.strip_prefix(TRUST_DOMAIN)?;
+    let (role, node) = path.strip_prefix('/')?.split_once('/')?;
+    let role = match role {
+        "edge" => Role::Edge,
+        "relay" => Role::Relay,
+        _ => return None,
+    };
+    // Exactly one segment: no wildcards, no sub-paths.
+    if node.is_empty() || node.contains(['/', '*', '?', '#']) {
+        return None;
+    }
+    Some(NodeIdentity {
+        role,
+        node: node.to_owned(),
+    })
+}
+
+/// The node identities a DER certificate carries (its
+/// `spiffe://cascade.internal/...` URI SANs); empty when it carries none or
+/// does not parse.
+pub fn certificate_identities(der: &[u8]) -> Vec<NodeIdentity> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => parse_identity(uri),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The node identities of a link peer's (verified) leaf certificate.
+pub fn peer_identities(connection: &quinn::Connection) -> Vec<NodeIdentity> {
+    connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| {
+            chain
+                .first()
+                .map(|leaf| certificate_identities(leaf.as_ref()))
+        })
+        .unwrap_or_default()
 }
 
 /// Where a node's TLS files are (`[relay.tls]`, `[edge.relay.tls]`).
@@ -86,6 +196,7 @@ pub struct NodeTls {
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
     expiry: CertificateExpiry,
+    identities: Vec<NodeIdentity>,
 }
 
 /// When the loaded certificates stop being valid (Unix seconds), for the
@@ -179,11 +290,36 @@ impl NodeTls {
                 .ok_or_else(|| pem_error("CA: not a valid X.509 certificate".into()))?;
             ca = ca.min(lapses);
         }
+        let identities = certificate_identities(chain[0].as_ref());
         Ok(NodeTls {
             roots: Arc::new(roots),
             chain,
             key: Arc::new(key),
             expiry: CertificateExpiry { node, ca },
+            identities,
+        })
+    }
+
+    /// The node identities this node's certificate carries.
+    pub fn identities(&self) -> &[NodeIdentity] {
+        &self.identities
+    }
+
+    /// Fails unless the certificate names `node` in `role` (checked at
+    /// start: peers would refuse every link of a node whose does not).
+    pub fn require_identity(&self, role: Role, node: &str) -> Result<(), TlsError> {
+        let wanted = NodeIdentity {
+            role,
+            node: node.to_owned(),
+        };
+        if self.identities.contains(&wanted) {
+            return Ok(());
+        }
+        Err(TlsError::NotThisNode {
+            expected: wanted.to_string(),
+            found: self.identities.iter().map(ToString::to_string).collect(),
+            role,
+            node: node.to_owned(),
         })
     }
 
@@ -290,38 +426,87 @@ impl DevCa {
         self.key.serialize_pem()
     }
 
-    /// Issues a node certificate for `name` (client and server use);
-    /// returns (certificate PEM, key PEM).
-    pub fn issue(&self, name: &str) -> Result<(String, String), TlsError> {
-        let key = KeyPair::generate()?;
+    /// Issues the certificate of node `name` in `role`; returns
+    /// (certificate PEM, key PEM). It carries the node's identity URI, the
+    /// node id and the role's name (`relay.cascade.internal`, which dialers
+    /// check as the server name, or `edge.cascade.internal`) and
+    /// `localhost`. Relays serve and dial; edges only dial.
+    pub fn issue(&self, role: Role, name: &str) -> Result<(String, String), TlsError> {
+        let role_dns = match role {
+            Role::Relay => RELAY_SERVER_NAME,
+            Role::Edge => EDGE_NAME,
+        };
         let mut params = CertificateParams::new(vec![
             name.to_owned(),
-            RELAY_SERVER_NAME.to_owned(),
+            role_dns.to_owned(),
             "localhost".to_owned(),
         ])?;
+        params.subject_alt_names.push(SanType::URI(
+            identity_uri(role, name)
+                .try_into()
+                .map_err(rcgen::Error::from)?,
+        ));
+        params.extended_key_usages = match role {
+            Role::Relay => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            Role::Edge => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
+        self.sign(params, name)
+    }
+
+    /// Issues a plain TLS server certificate for `name` and `localhost`
+    /// (a development HTTPS proxy): no node identity, so it cannot link.
+    pub fn issue_web(&self, name: &str) -> Result<(String, String), TlsError> {
+        let mut params = CertificateParams::new(vec![name.to_owned(), "localhost".to_owned()])?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params, name)
+    }
+
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        name: &str,
+    ) -> Result<(String, String), TlsError> {
+        let key = KeyPair::generate()?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 
     /// A node's full identity, in memory (tests, `cascade dev`).
-    pub fn node_tls(&self, name: &str) -> Result<NodeTls, TlsError> {
-        let (cert, key) = self.issue(name)?;
+    pub fn node_tls(&self, role: Role, name: &str) -> Result<NodeTls, TlsError> {
+        let (cert, key) = self.issue(role, name)?;
         NodeTls::from_pem(self.pem.as_bytes(), cert.as_bytes(), key.as_bytes())
+    }
+}
+
+/// What `cascade certs` issues a certificate for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertFor {
+    /// A node of the cluster, by role and node id.
+    Node(Role, String),
+    /// A development HTTPS proxy (`localhost`).
+    Web(String),
+}
+
+impl CertFor {
+    /// The file stem (`<name>.pem`, `<name>.key`).
+    pub fn name(&self) -> &str {
+        match self {
+            CertFor::Node(_, name) | CertFor::Web(name) => name,
+        }
     }
 }
 
 /// Writes `ca.pem` (and `ca.key`) plus `<name>.pem` / `<name>.key` for each
 /// name into `dir`; an existing CA there is kept and signs the new
 /// certificates. Returns the files written.
-pub fn write_dev_certs(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, TlsError> {
+pub fn write_dev_certs(dir: &Path, certs: &[CertFor]) -> Result<Vec<PathBuf>, TlsError> {
     let file_error = |path: &Path| {
         let path = path.to_owned();
         move |source| TlsError::File { path, source }
@@ -352,9 +537,12 @@ pub fn write_dev_certs(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, Tls
         written.push(ca_key);
         ca
     };
-    for name in names {
-        let (cert, key) = ca.issue(name)?;
-        let files = TlsFiles::in_dir(dir, name);
+    for wanted in certs {
+        let (cert, key) = match wanted {
+            CertFor::Node(role, name) => ca.issue(*role, name)?,
+            CertFor::Web(name) => ca.issue_web(name)?,
+        };
+        let files = TlsFiles::in_dir(dir, wanted.name());
         std::fs::write(&files.cert, cert).map_err(file_error(&files.cert))?;
         write_private(&files.key, &key)?;
         written.push(files.cert);
@@ -420,14 +608,22 @@ mod tests {
     #[test]
     fn dev_certs_are_written_and_load_and_a_second_run_keeps_the_ca() {
         let dir = std::env::temp_dir().join(format!("cascade-certs-{}", uuid::Uuid::new_v4()));
-        let names = vec!["eu-relay".to_owned(), "eu-edge-1".to_owned()];
-        let written = write_dev_certs(&dir, &names).unwrap();
-        assert_eq!(written.len(), 6);
+        let certs = [
+            CertFor::Node(Role::Relay, "eu-relay".into()),
+            CertFor::Node(Role::Edge, "eu-edge-1".into()),
+            CertFor::Web("lb".into()),
+        ];
+        let written = write_dev_certs(&dir, &certs).unwrap();
+        assert_eq!(written.len(), 8);
         let ca_before = std::fs::read(dir.join("ca.pem")).unwrap();
-        for name in &names {
-            NodeTls::load(&TlsFiles::in_dir(&dir, name)).unwrap();
-        }
-        let written = write_dev_certs(&dir, &["us-relay".to_owned()]).unwrap();
+        let relay = NodeTls::load(&TlsFiles::in_dir(&dir, "eu-relay")).unwrap();
+        relay.require_identity(Role::Relay, "eu-relay").unwrap();
+        let edge = NodeTls::load(&TlsFiles::in_dir(&dir, "eu-edge-1")).unwrap();
+        edge.require_identity(Role::Edge, "eu-edge-1").unwrap();
+        let web = NodeTls::load(&TlsFiles::in_dir(&dir, "lb")).unwrap();
+        assert!(web.identities().is_empty(), "{:?}", web.identities());
+        let written =
+            write_dev_certs(&dir, &[CertFor::Node(Role::Relay, "us-relay".into())]).unwrap();
         assert_eq!(written.len(), 2, "the CA is kept");
         assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca_before);
         NodeTls::load(&TlsFiles::in_dir(&dir, "us-relay")).unwrap();
@@ -445,5 +641,71 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("missing.pem"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_certificate_names_exactly_the_node_and_role_it_was_issued_for() {
+        let ca = DevCa::generate().unwrap();
+        let edge = ca.node_tls(Role::Edge, "eu-edge-1").unwrap();
+        assert_eq!(
+            edge.identities(),
+            &[NodeIdentity {
+                role: Role::Edge,
+                node: "eu-edge-1".into()
+            }]
+        );
+        edge.require_identity(Role::Edge, "eu-edge-1").unwrap();
+        // Not another node, not the relay role.
+        let err = edge.require_identity(Role::Edge, "eu-edge-2").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("spiffe://cascade.internal/edge/eu-edge-2")
+                && text.contains("spiffe://cascade.internal/edge/eu-edge-1")
+                && text.contains("cascade certs --edge eu-edge-2"),
+            "{text}"
+        );
+        assert!(edge.require_identity(Role::Relay, "eu-edge-1").is_err());
+        let relay = ca.node_tls(Role::Relay, "eu-relay").unwrap();
+        relay.require_identity(Role::Relay, "eu-relay").unwrap();
+        assert!(relay.require_identity(Role::Edge, "eu-relay").is_err());
+        // A certificate from before identities (DNS names only) names no node.
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(vec!["eu-relay".to_owned(), RELAY_SERVER_NAME.to_owned()])
+                .unwrap();
+        let old = params
+            .signed_by(&key, &Issuer::from_params(&ca.params, &ca.key))
+            .unwrap();
+        let old = NodeTls::from_pem(
+            ca.cert_pem().as_bytes(),
+            old.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        assert!(old.identities().is_empty());
+        assert!(
+            old.require_identity(Role::Relay, "eu-relay")
+                .unwrap_err()
+                .to_string()
+                .contains("no node identity")
+        );
+    }
+
+    #[test]
+    fn only_well_formed_identity_uris_count() {
+        let ok = parse_identity("spiffe://cascade.internal/relay/us-relay").unwrap();
+        assert_eq!((ok.role, ok.node.as_str()), (Role::Relay, "us-relay"));
+        for bad in [
+            "spiffe://cascade.internal/relay/",
+            "spiffe://cascade.internal/relay/*",
+            "spiffe://cascade.internal/relay/a/b",
+            "spiffe://cascade.internal/admin/x",
+            "spiffe://other.internal/relay/x",
+            "spiffe://cascade.internalx/relay/x",
+            "https://cascade.internal/relay/x",
+            "spiffe://cascade.internal",
+        ] {
+            assert_eq!(parse_identity(bad), None, "{bad}");
+        }
     }
 }

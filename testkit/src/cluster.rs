@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use edge_node::relay_link::EdgeRelayConfig;
 use edge_node::{Edge, EdgeConfig};
-use relay::tls::TlsFiles;
+use protocol::relay::Role;
+use relay::tls::{CertFor, TlsFiles};
 use relay::{PeerConfig, Relay, RelayAddrs, RelayConfig};
 use service::Service;
 
@@ -19,11 +20,19 @@ pub struct CertDir {
 }
 
 impl CertDir {
-    /// A CA and one certificate per name.
-    pub fn new(names: &[&str]) -> Self {
+    /// A CA and one certificate per node, each naming its node and role.
+    pub fn new(relays: &[&str], edges: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("cascade-certs-{}", uuid::Uuid::new_v4()));
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        relay::tls::write_dev_certs(&dir, &names).expect("write development certificates");
+        let certs: Vec<CertFor> = relays
+            .iter()
+            .map(|n| CertFor::Node(Role::Relay, (*n).to_owned()))
+            .chain(
+                edges
+                    .iter()
+                    .map(|n| CertFor::Node(Role::Edge, (*n).to_owned())),
+            )
+            .collect();
+        relay::tls::write_dev_certs(&dir, &certs).expect("write development certificates");
         CertDir { dir }
     }
 

@@ -750,7 +750,7 @@ async fn cross_region_video_returns_to_every_page_after_a_relay_outage() {
     })
     .await
     .unwrap();
-    let certs = CertDir::new(&["eu-relay", "us-relay", "eu-edge", "us-edge"]);
+    let certs = CertDir::new(&["eu-relay", "us-relay"], &["eu-edge", "us-edge"]);
     let eu_relay = RunningRelay::start(relay_config(&certs, "eu-relay", "eu", 0, &[])).await;
     let us_port = testkit::cluster::free_udp_port();
     let config_path = crate::relay::write_us_relay_config(&certs, us_port, eu_relay.addrs.quic);

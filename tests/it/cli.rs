@@ -261,7 +261,20 @@ fn node_credentials_are_derived_from_the_cluster_secret() {
 fn certs_are_written_and_a_relay_without_its_files_says_which_one() {
     let dir = std::env::temp_dir().join(format!("cascade-cli-certs-{}", std::process::id()));
     let out = dir.to_str().unwrap();
-    let output = run(&["certs", "--out", out, "eu-relay", "eu-edge-1"], &[]);
+    let output = run(
+        &[
+            "certs",
+            "--out",
+            out,
+            "--relay",
+            "eu-relay",
+            "--edge",
+            "eu-edge-1",
+            "--web",
+            "lb",
+        ],
+        &[],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let listed = String::from_utf8_lossy(&output.stdout).into_owned();
     for file in [
@@ -270,16 +283,29 @@ fn certs_are_written_and_a_relay_without_its_files_says_which_one() {
         "eu-relay.pem",
         "eu-relay.key",
         "eu-edge-1.key",
+        "lb.pem",
     ] {
         assert!(dir.join(file).exists(), "{file} missing; printed {listed}");
     }
-    let bad = run(&["certs", "--out", out, "../escape"], &[]);
+    let bad = run(&["certs", "--out", out, "--edge", "../escape"], &[]);
     assert!(!bad.status.success());
     assert!(
-        stderr(&bad).contains("node id \"../escape\": use 1-64 of A-Z a-z 0-9"),
+        stderr(&bad).contains("name \"../escape\": use 1-64 of A-Z a-z 0-9"),
         "{}",
         stderr(&bad)
     );
+    // A name without a role (the form before certificates named their
+    // node) is refused with the usage, not issued as something.
+    let roleless = run(&["certs", "--out", out, "eu-relay-2"], &[]);
+    assert!(!roleless.status.success());
+    assert!(
+        stderr(&roleless).contains("--relay"),
+        "{}",
+        stderr(&roleless)
+    );
+    assert!(!dir.join("eu-relay-2.pem").exists());
+    let twice = run(&["certs", "--out", out, "--relay", "x", "--edge", "x"], &[]);
+    assert!(stderr(&twice).contains("named twice"), "{}", stderr(&twice));
 
     // A relay pointed at a key that is not there, or at a certificate in
     // place of its key, stops naming the file; nothing panics.
@@ -305,6 +331,31 @@ fn certs_are_written_and_a_relay_without_its_files_says_which_one() {
         assert!(err.contains(expected), "{err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+    // An edge's certificate does not make a relay.
+    let output = run(
+        &["relay"],
+        &[
+            ("CASCADE_RELAY__NODE_ID", "eu-relay"),
+            ("CASCADE_RELAY__LISTEN", "127.0.0.1:0"),
+            ("CASCADE_RELAY__QUIC_LISTEN", "127.0.0.1:0"),
+            ("CASCADE_RELAY__TLS__CA", ca.to_str().unwrap()),
+            (
+                "CASCADE_RELAY__TLS__CERT",
+                dir.join("eu-edge-1.pem").to_str().unwrap(),
+            ),
+            (
+                "CASCADE_RELAY__TLS__KEY",
+                dir.join("eu-edge-1.key").to_str().unwrap(),
+            ),
+        ],
+    );
+    let err = stderr(&output);
+    assert!(!output.status.success());
+    assert!(
+        err.contains("spiffe://cascade.internal/relay/eu-relay")
+            && err.contains("spiffe://cascade.internal/edge/eu-edge-1"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -155,7 +155,7 @@ fn exported(scrape: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn alerting_rules_name_only_metrics_the_services_export() {
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
-    let certs = CertDir::new(&["local-relay", "edge-m"]);
+    let certs = CertDir::new(&["local-relay"], &["edge-m"]);
     let relay = RunningRelay::start(relay_config(&certs, "local-relay", "local", 0, &[])).await;
     let edge = RunningEdge::start(edge_config(
         "edge-m",

@@ -18,7 +18,8 @@ use testkit::cluster::{
 use crate::edge::start_call;
 
 const SECRET: &str = control_plane::config::TEST_CLUSTER_SECRET;
-const NODES: [&str; 4] = ["eu-relay", "us-relay", "eu-edge", "us-edge"];
+const RELAYS: [&str; 2] = ["eu-relay", "us-relay"];
+const EDGES: [&str; 2] = ["eu-edge", "us-edge"];
 
 async fn two_region_app() -> TestApp {
     TestApp::spawn_with(Backend::Sqlite, |config| {
@@ -250,7 +251,7 @@ fn assert_every_frame_intact(subscribers: &[Bot]) -> usize {
 
 #[tokio::test]
 async fn a_publisher_in_eu_reaches_three_subscribers_in_us_crossing_once() {
-    let certs = CertDir::new(&NODES);
+    let certs = CertDir::new(&RELAYS, &EDGES);
     let mut us_relay = None;
     let s = scene(
         certs,
@@ -381,7 +382,7 @@ async fn a_relay_down_for_8_seconds_brings_every_subscriber_back_together() {
 }
 
 async fn killed_relay_restarted_after(outage: Duration) {
-    let certs = CertDir::new(&NODES);
+    let certs = CertDir::new(&RELAYS, &EDGES);
     let port = free_udp_port();
     let config_path = certs.dir.join("us-relay.toml");
     let s = scene(
@@ -460,7 +461,7 @@ async fn killed_relay_restarted_after(outage: Duration) {
 /// there, and every subscriber gets video again without doing anything.
 #[tokio::test]
 async fn an_edge_rehomes_to_the_regions_other_relay_when_its_relay_dies() {
-    let certs = CertDir::new(&["eu-relay", "us-relay", "us-relay-2", "eu-edge", "us-edge"]);
+    let certs = CertDir::new(&["eu-relay", "us-relay", "us-relay-2"], &EDGES);
     let port = free_udp_port();
     let fallback_port = free_udp_port();
     let mut second = None;
@@ -543,7 +544,7 @@ async fn an_edge_rehomes_to_the_regions_other_relay_when_its_relay_dies() {
 
 #[tokio::test]
 async fn media_crosses_a_wan_link_with_80ms_delay_and_2_percent_loss() {
-    let certs = CertDir::new(&NODES);
+    let certs = CertDir::new(&RELAYS, &EDGES);
     let probe = LatencyProbe::new();
     let mut parts = None;
     let s = scene(
@@ -625,7 +626,7 @@ async fn media_crosses_a_wan_link_with_80ms_delay_and_2_percent_loss() {
 
 #[tokio::test]
 async fn a_call_that_overflows_an_edge_cascades_through_the_regional_relay() {
-    let certs = CertDir::new(&["eu-relay", "eu-edge-a", "eu-edge-b"]);
+    let certs = CertDir::new(&["eu-relay"], &["eu-edge-a", "eu-edge-b"]);
     let app = two_region_app().await;
     let relay = RunningRelay::start(relay_config(&certs, "eu-relay", "eu", 0, &[])).await;
     let relay_at = Some((&certs, relay.addrs.quic));
@@ -692,7 +693,7 @@ async fn a_call_that_overflows_an_edge_cascades_through_the_regional_relay() {
 
 #[tokio::test]
 async fn relays_that_dial_each_other_keep_one_link() {
-    let certs = CertDir::new(&["eu-relay", "us-relay"]);
+    let certs = CertDir::new(&RELAYS, &[]);
     let (eu_port, us_port) = (free_udp_port(), free_udp_port());
     let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let eu = RunningRelay::start(relay_config(
@@ -743,7 +744,7 @@ async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn simulcast_layers_speakers_and_data_messages_work_across_regions() {
-    let certs = CertDir::new(&NODES);
+    let certs = CertDir::new(&RELAYS, &EDGES);
     let app = two_region_app().await;
     let eu_relay = RunningRelay::start(relay_config(&certs, "eu-relay", "eu", 0, &[])).await;
     let us_relay = RunningRelay::start(relay_config(
@@ -948,4 +949,177 @@ async fn simulcast_layers_speakers_and_data_messages_work_across_regions() {
     drop(publisher);
     eu_edge.stop().await;
     us_edge.stop().await;
+}
+
+/// Issue 17 item 8: a link's hello must claim the node and role its
+/// certificate names (URI SAN `spiffe://cascade.internal/<role>/<id>`),
+/// checked by both sides, so one cluster certificate cannot displace
+/// another node's link or pose as a relay.
+#[tokio::test]
+async fn a_link_whose_hello_is_not_its_certificate_is_refused_and_displaces_nothing() {
+    use protocol::relay::{Hello, Role};
+    use relay::link::{self, LinkError};
+    use relay::tls::{NodeTls, RELAY_SERVER_NAME};
+    use service::Service;
+
+    let certs = CertDir::new(&RELAYS, &["eu-edge", "eu-edge-mallory"]);
+    let relay = RunningRelay::start(relay_config(&certs, "eu-relay", "eu", 0, &[])).await;
+    let endpoint = |name: &str, serve: bool| {
+        let tls = NodeTls::load(&certs.files(name)).expect("certificate");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        link::endpoint(any, &tls, Duration::from_secs(5), serve).expect("endpoint")
+    };
+    let hello = |node: &str, role: Role| Hello {
+        node: node.into(),
+        region: "eu".into(),
+        role,
+    };
+    let relay_addr = relay::NodeAddr::from(relay.addrs.quic);
+
+    // The edge links with its own certificate.
+    let honest_endpoint = endpoint("eu-edge", false);
+    let honest = link::dial(
+        &honest_endpoint,
+        &relay_addr,
+        RELAY_SERVER_NAME,
+        &hello("eu-edge", Role::Edge),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the edge's own certificate links: {e}"));
+    assert_eq!(honest.hello.node, "eu-relay");
+
+    // Another valid cluster certificate: posing as that edge, as a relay,
+    // as itself in the relay role; a relay's certificate posing as another
+    // relay. Each is refused before the relay answers its hello.
+    let mallory = endpoint("eu-edge-mallory", false);
+    let other_relay = endpoint("us-relay", false);
+    for (from, claim) in [
+        (&mallory, hello("eu-edge", Role::Edge)),
+        (&mallory, hello("us-relay", Role::Relay)),
+        (&mallory, hello("eu-edge-mallory", Role::Relay)),
+        (&other_relay, hello("us-relay-2", Role::Relay)),
+    ] {
+        match link::dial(from, &relay_addr, RELAY_SERVER_NAME, &claim).await {
+            Ok(_) => panic!("{claim:?} linked with a certificate that does not name it"),
+            Err(error) => assert!(
+                error
+                    .to_string()
+                    .contains("hello does not match the certificate"),
+                "{claim:?}: {error}"
+            ),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        honest.connection.close_reason().is_none(),
+        "the honest link was displaced: {:?}",
+        honest.connection.close_reason()
+    );
+    let text = relay.metrics().await;
+    assert_eq!(metric(&text, "cascade_relay_links{role=\"edge\"}"), 1.0);
+    assert_eq!(metric(&text, "cascade_relay_links{role=\"relay\"}"), 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            "cascade_relay_links_established_total{role=\"edge\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "cascade_relay_links_refused_total{reason=\"identity\"}"
+        ),
+        4.0,
+        "{text}"
+    );
+    // The same certificate links as what it names.
+    let own = link::dial(
+        &mallory,
+        &relay_addr,
+        RELAY_SERVER_NAME,
+        &hello("eu-edge-mallory", Role::Edge),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("a certificate links as the node it names: {e}"));
+    let text = relay.metrics().await;
+    assert_eq!(metric(&text, "cascade_relay_links{role=\"edge\"}"), 2.0);
+    assert!(honest.connection.close_reason().is_none());
+
+    // The dialer checks the relay it reached the same way: a server with
+    // us-relay's certificate whose hello says eu-relay is refused.
+    let fake = endpoint("us-relay", true);
+    let fake_addr = fake.local_addr().expect("fake relay address");
+    let fake_hello = hello("eu-relay", Role::Relay);
+    let serving = tokio::spawn(async move {
+        let incoming = fake.accept().await.expect("a connection");
+        // Held until the dialer has judged its hello.
+        let accepted = link::accept(incoming, &fake_hello).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        (fake, accepted.is_ok())
+    });
+    match link::dial(
+        &honest_endpoint,
+        &fake_addr.into(),
+        RELAY_SERVER_NAME,
+        &hello("eu-edge", Role::Edge),
+    )
+    .await
+    {
+        Err(LinkError::Identity { claimed, certified }) => {
+            assert_eq!(claimed, "spiffe://cascade.internal/relay/eu-relay");
+            assert_eq!(certified, "spiffe://cascade.internal/relay/us-relay");
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("an edge linked to a relay posing as another"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+
+    // A node given another node's certificate does not start, and says
+    // what its certificate must name.
+    let wrong = relay::RelayConfig {
+        tls: certs.files("us-relay"),
+        ..relay_config(&certs, "eu-relay-2", "eu", 0, &[])
+    };
+    let Err(error) = relay::Relay::build(wrong).await else {
+        panic!("a relay started with another relay's certificate");
+    };
+    let error = error_chain(&error);
+    assert!(
+        error.contains("spiffe://cascade.internal/relay/eu-relay-2")
+            && error.contains("cascade certs --relay eu-relay-2"),
+        "{error}"
+    );
+    let mut wrong = edge_config(
+        "eu-edge-2",
+        "eu",
+        "http://127.0.0.1:9",
+        SECRET,
+        Some((&certs, relay.addrs.quic)),
+    );
+    if let Some(link) = wrong.relay.as_mut() {
+        link.tls = certs.files("eu-edge");
+    }
+    let Err(error) = edge_node::Edge::build(wrong).await else {
+        panic!("an edge started with another edge's certificate");
+    };
+    let error = error_chain(&error);
+    assert!(
+        error.contains("spiffe://cascade.internal/edge/eu-edge-2"),
+        "{error}"
+    );
+    drop((own, honest));
+    relay.stop().await;
+}
+
+/// An error and its sources, as the CLI prints them.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }

@@ -493,9 +493,11 @@ async fn direct_quic(certs: &CertDir, options: &RelayBenchOptions, rate: u64) ->
     let addr = server.local_addr().expect("server address");
     let accepting = tokio::spawn(async move {
         let incoming = server.accept().await.expect("a connection");
-        let l = link::accept(incoming, &hello("bench-direct-server"))
-            .await
-            .expect("accept");
+        let server_hello = Hello {
+            role: Role::Relay,
+            ..hello("bench-relay")
+        };
+        let l = link::accept(incoming, &server_hello).await.expect("accept");
         (server, l)
     });
     let client = bench_endpoint(certs, "bench-pub", false);
@@ -550,10 +552,10 @@ async fn direct_udp(options: &RelayBenchOptions, rate: u64) -> Measurement {
 /// Runs the benchmark.
 pub async fn run(options: &RelayBenchOptions) -> RelayBenchReport {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut names = vec!["bench-relay".to_owned(), "bench-pub".to_owned()];
-    names.extend((0..options.subscribers).map(|i| format!("bench-sub-{i}")));
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let certs = CertDir::new(&refs);
+    let mut edges = vec!["bench-pub".to_owned()];
+    edges.extend((0..options.subscribers).map(|i| format!("bench-sub-{i}")));
+    let refs: Vec<&str> = edges.iter().map(String::as_str).collect();
+    let certs = CertDir::new(&["bench-relay"], &refs);
     let lowest = options.rates.iter().copied().min().unwrap_or(1000);
     let direct_quic = direct_quic(&certs, options, lowest).await;
     let direct_udp = direct_udp(options, lowest).await;
