@@ -16,7 +16,7 @@ pub struct PeerConfig {
     /// Its QUIC address (`ip:port` or `host:port`, resolved at each dial).
     pub addr: NodeAddr,
     /// The name its certificate must carry (default
-    /// `relay.cascade.internal`, which `cascade certs` puts in every one).
+    /// `relay.cascade.internal`, which `cascade certs` puts in every relay's).
     #[serde(default = "default_server_name")]
     pub server_name: String,
 }

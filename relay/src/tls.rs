@@ -441,11 +441,9 @@ impl DevCa {
             role_dns.to_owned(),
             "localhost".to_owned(),
         ])?;
-        params.subject_alt_names.push(SanType::URI(
-            identity_uri(role, name)
-                .try_into()
-                .map_err(rcgen::Error::from)?,
-        ));
+        params
+            .subject_alt_names
+            .push(SanType::URI(identity_uri(role, name).try_into()?));
         params.extended_key_usages = match role {
             Role::Relay => vec![
                 ExtendedKeyUsagePurpose::ServerAuth,

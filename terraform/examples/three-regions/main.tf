@@ -27,15 +27,24 @@ locals {
       public_ip_cidr = "192.0.2.0/24"
     }
   }
+}
 
-  # One set of certificates for every region: the cluster CA and the relay
-  # and edge certificates, which all carry relay.cascade.internal.
+# Each region's link certificates, by node id (cascade-plan's node_ids):
+# `cascade certs --out certs --relay us-east-relay eu-west-relay
+# ap-south-relay --edge us-east-edge-0 us-east-edge-1 eu-west-edge-0
+# eu-west-edge-1 ap-south-edge-0`. A region's Secret holds only its own
+# nodes' keys.
+locals {
   relay_tls = {
-    ca         = file("${var.certs_dir}/ca.pem")
-    relay_cert = file("${var.certs_dir}/relay.pem")
-    relay_key  = sensitive(file("${var.certs_dir}/relay.key"))
-    edge_cert  = file("${var.certs_dir}/edge.pem")
-    edge_key   = sensitive(file("${var.certs_dir}/edge.key"))
+    for region, ids in module.plan.node_ids : region => {
+      ca = file("${var.certs_dir}/ca.pem")
+      nodes = {
+        for id in concat([ids.relay], ids.edges) : id => {
+          cert = file("${var.certs_dir}/${id}.pem")
+          key  = sensitive(file("${var.certs_dir}/${id}.key"))
+        }
+      }
+    }
   }
 }
 
@@ -62,7 +71,7 @@ module "us_east" {
   values         = module.plan.helm_values["us-east"]
   release_name   = module.plan.release_name
   cluster_secret = var.cluster_secret
-  relay_tls      = local.relay_tls
+  relay_tls      = local.relay_tls["us-east"]
   database_url   = var.database_url
   redis_url      = var.redis_url
   dns_zone_id    = var.route53_zone_id
@@ -80,7 +89,7 @@ module "eu_west" {
   values         = module.plan.helm_values["eu-west"]
   release_name   = module.plan.release_name
   cluster_secret = var.cluster_secret
-  relay_tls      = local.relay_tls
+  relay_tls      = local.relay_tls["eu-west"]
   dns_zone_id    = var.route53_zone_id
   dns_records    = module.plan.dns_records_by_region["eu-west"]
 }
@@ -96,7 +105,7 @@ module "ap_south" {
   values         = module.plan.helm_values["ap-south"]
   release_name   = module.plan.release_name
   cluster_secret = var.cluster_secret
-  relay_tls      = local.relay_tls
+  relay_tls      = local.relay_tls["ap-south"]
   dns_zone_id    = var.route53_zone_id
   dns_records    = module.plan.dns_records_by_region["ap-south"]
 }

@@ -52,7 +52,7 @@ variable "control_plane_ingress_ip" {
 }
 
 variable "certs_dir" {
-  description = "Directory of ca.pem, relay.pem, relay.key, edge.pem, edge.key (`cascade certs --out DIR relay edge`), relative to where terraform runs."
+  description = "Directory of ca.pem and each node's <node id>.pem/.key (`cascade certs --out DIR --relay <region>-relay ... --edge <region>-edge-<i> ...`; main.tf lists the command), relative to where terraform runs."
   type        = string
   default     = "certs"
 }

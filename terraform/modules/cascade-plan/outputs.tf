@@ -38,6 +38,16 @@ output "edge_hosts" {
   value       = local.edge_hosts
 }
 
+output "node_ids" {
+  description = "Each region's node ids ({relay, edges}): the chart names its relay <region>-relay and edge i <region>-edge-<i>, and each needs a link certificate of that name (`cascade certs --relay ... --edge ...`)."
+  value = {
+    for name, r in var.regions : name => {
+      relay = "${name}-relay"
+      edges = [for i in range(r.edge_count) : "${name}-edge-${i}"]
+    }
+  }
+}
+
 output "relay_peers" {
   description = "The relays each region's relay dials ({addr = \"ip:port\"}); every pair of regions appears once, dialed by the name that sorts first."
   value       = local.relay_peers

@@ -32,6 +32,18 @@ resource "kubernetes_namespace_v1" "cascade" {
 }
 
 locals {
+  # Every node the release runs needs a link certificate of its own (the
+  # chart's node ids; its defaults where the values leave them out).
+  needed_node_certs = concat(
+    try(var.values.relay.enabled, true) ? ["${local.region}-relay"] : [],
+    try(var.values.edge.enabled, true) ? [for i in range(try(var.values.edge.replicas, 2)) : "${local.region}-edge-${i}"] : [],
+  )
+  # Node ids are not secret; the certificates and keys stay sensitive.
+  # (A null relay_tls counts as complete: its own precondition reports it.)
+  missing_node_certs = sort(tolist(setsubtract(local.needed_node_certs, try(nonsensitive(keys(var.relay_tls.nodes)), local.needed_node_certs))))
+}
+
+locals {
   # The namespace the Secrets and the release go in, after it exists.
   namespace = var.create_namespace ? kubernetes_namespace_v1.cascade[0].metadata[0].name : var.namespace
 }
@@ -66,18 +78,20 @@ resource "kubernetes_secret_v1" "relay_tls" {
     labels    = local.labels
   }
   type = "Opaque"
-  data = var.relay_tls == null ? {} : {
-    "ca.pem"    = var.relay_tls.ca
-    "relay.pem" = var.relay_tls.relay_cert
-    "relay.key" = var.relay_tls.relay_key
-    "edge.pem"  = var.relay_tls.edge_cert
-    "edge.key"  = var.relay_tls.edge_key
-  }
+  data = var.relay_tls == null ? {} : merge(
+    { "ca.pem" = var.relay_tls.ca },
+    { for id, n in var.relay_tls.nodes : "${id}.pem" => n.cert },
+    { for id, n in var.relay_tls.nodes : "${id}.key" => n.key },
+  )
 
   lifecycle {
     precondition {
       condition     = var.relay_tls != null
       error_message = "relay_tls is required when manage_secrets is true."
+    }
+    precondition {
+      condition     = length(local.missing_node_certs) == 0
+      error_message = "relay_tls.nodes lacks the certificates of ${join(", ", local.missing_node_certs)} (each node of the region needs its own)."
     }
   }
 }

@@ -77,26 +77,24 @@ variable "cluster_secret" {
 }
 
 variable "relay_tls" {
-  description = "PEM of the cluster CA and of this region's relay and edge certificates and keys (`cascade certs --out DIR relay edge`; the certificates must carry relay.cascade.internal). Stored in the Secret tls.existingSecret as ca.pem, relay.pem, relay.key, edge.pem, edge.key."
+  description = "The cluster CA and this region's link certificates by node id: ca (PEM) and nodes = { \"<region>-relay\" = { cert, key }, \"<region>-edge-<i>\" = { cert, key } ... } (cascade-plan's node_ids; `cascade certs --relay <region>-relay --edge <region>-edge-0 ...`). Each certificate names its node (URI SAN spiffe://cascade.internal/<role>/<node id>). Stored in the Secret tls.existingSecret as ca.pem, <node id>.pem, <node id>.key."
   type = object({
-    ca         = string
-    relay_cert = string
-    relay_key  = string
-    edge_cert  = string
-    edge_key   = string
+    ca = string
+    nodes = map(object({
+      cert = string
+      key  = string
+    }))
   })
   default   = null
   sensitive = true
 
   validation {
-    condition = var.relay_tls == null || try(alltrue([
-      strcontains(var.relay_tls.ca, "-----BEGIN CERTIFICATE-----"),
-      strcontains(var.relay_tls.relay_cert, "-----BEGIN CERTIFICATE-----"),
-      strcontains(var.relay_tls.edge_cert, "-----BEGIN CERTIFICATE-----"),
-      strcontains(var.relay_tls.relay_key, "PRIVATE KEY-----"),
-      strcontains(var.relay_tls.edge_key, "PRIVATE KEY-----"),
-    ]), false)
-    error_message = "relay_tls must hold PEM: ca, relay_cert and edge_cert certificates, relay_key and edge_key private keys."
+    condition = var.relay_tls == null || try(alltrue(concat(
+      [strcontains(var.relay_tls.ca, "-----BEGIN CERTIFICATE-----")],
+      [for id, n in var.relay_tls.nodes : strcontains(n.cert, "-----BEGIN CERTIFICATE-----") && strcontains(n.key, "PRIVATE KEY-----")],
+      [for id, n in var.relay_tls.nodes : can(regex("^[A-Za-z0-9._-]{1,64}$", id))],
+    )), false)
+    error_message = "relay_tls must hold PEM: ca a certificate, and each node (by node id, 1-64 of A-Z a-z 0-9 . _ -) a cert and a private key."
   }
 }
 

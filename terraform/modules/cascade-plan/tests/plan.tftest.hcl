@@ -292,3 +292,22 @@ run "single_region" {
     error_message = "the only region runs the control plane"
   }
 }
+
+run "node_ids" {
+  command = plan
+
+  # Cluster-wide node ids (the chart's): pod names repeat in every region,
+  # node ids and their link certificates must not.
+  assert {
+    condition = output.node_ids == {
+      us-east  = { relay = "us-east-relay", edges = ["us-east-edge-0", "us-east-edge-1"] }
+      eu-west  = { relay = "eu-west-relay", edges = ["eu-west-edge-0", "eu-west-edge-1", "eu-west-edge-2"] }
+      ap-south = { relay = "ap-south-relay", edges = ["ap-south-edge-0"] }
+    }
+    error_message = "node ids: ${jsonencode(output.node_ids)}"
+  }
+  assert {
+    condition     = length(distinct(flatten([for r in values(output.node_ids) : concat([r.relay], r.edges)]))) == 3 + 6
+    error_message = "node ids repeat across regions"
+  }
+}
