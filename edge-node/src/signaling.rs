@@ -78,18 +78,10 @@ pub async fn upgrade(
 /// unlogged since: anyone can send garbage tokens, and a log line per
 /// attempt would let them flood the logs.
 fn log_refused_token(error: &dyn std::fmt::Display) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
-    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
-    let second = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if LAST_SECOND.swap(second, Ordering::Relaxed) == second {
-        UNLOGGED.fetch_add(1, Ordering::Relaxed);
-        return;
+    static THROTTLE: service::telemetry::LogThrottle = service::telemetry::LogThrottle::new();
+    if let Some(unlogged) = THROTTLE.admit() {
+        tracing::info!(%error, unlogged, "join token refused");
     }
-    let unlogged = UNLOGGED.swap(0, Ordering::Relaxed);
-    tracing::info!(%error, unlogged, "join token refused");
 }
 
 async fn send(socket: &mut WebSocket, signal: &ServerSignal) -> bool {

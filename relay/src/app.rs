@@ -387,7 +387,13 @@ impl Service for Relay {
                                     .links_refused
                                     .with_label_values(&[reason])
                                     .inc();
-                                tracing::warn!(%remote, %error, reason, "link refused");
+                                // Anyone who can reach the port can cause
+                                // this: the counter has every one.
+                                static THROTTLE: service::telemetry::LogThrottle =
+                                    service::telemetry::LogThrottle::new();
+                                if let Some(unlogged) = THROTTLE.admit() {
+                                    tracing::warn!(%remote, %error, reason, unlogged, "link refused");
+                                }
                             }
                         }
                     });

@@ -226,3 +226,58 @@ mod tests {
         assert!(defaults.problem_keys().is_empty());
     }
 }
+
+/// Lets a log line through at most once a second and counts what it held
+/// back, for events anyone on the network can cause (refused tokens,
+/// refused links): one line per attempt would let them flood the logs.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    last_second: std::sync::atomic::AtomicU64,
+    unlogged: std::sync::atomic::AtomicU64,
+}
+
+impl LogThrottle {
+    /// A throttle that lets the first event through.
+    pub const fn new() -> Self {
+        LogThrottle {
+            last_second: std::sync::atomic::AtomicU64::new(0),
+            unlogged: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to log an event now: `Some(n)` with the `n` events held back
+    /// since the last line, or `None` to stay quiet (counted).
+    pub fn admit(&self) -> Option<u64> {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.admit_at(second)
+    }
+
+    /// [`Self::admit`] at a given Unix second.
+    pub fn admit_at(&self, second: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        if self.last_second.swap(second, Ordering::Relaxed) == second {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.unlogged.swap(0, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod log_throttle_tests {
+    use super::LogThrottle;
+
+    #[test]
+    fn a_burst_logs_one_line_a_second_and_counts_the_rest() {
+        let throttle = LogThrottle::new();
+        let first: Vec<_> = (0..1000).map(|_| throttle.admit_at(100)).collect();
+        assert_eq!(first[0], Some(0));
+        assert!(first[1..].iter().all(Option::is_none));
+        // The next second's first event logs, saying 999 were held back.
+        assert_eq!(throttle.admit_at(101), Some(999));
+        assert_eq!(throttle.admit_at(101), None);
+        assert_eq!(throttle.admit_at(105), Some(1));
+    }
+}
