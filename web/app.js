@@ -194,6 +194,21 @@ client.on('message.created', (m) => {
 });
 client.on('message.updated', (m) => { upsertMessage(m); render(); });
 client.on('message.deleted', (m) => { upsertMessage(m); render(); });
+// A reaction event carries the emoji's new count, so applying it twice (the
+// REST answer and then the event) or on resume gives the same state.
+for (const type of ['reaction.added', 'reaction.removed']) {
+  client.on(type, (d) => {
+    const entry = state.messages.get(d.conversation_id);
+    const m = entry && entry.list.find((x) => x.id === d.message_id);
+    if (!m) return;
+    const before = (m.reactions || []).find((r) => r.emoji === d.emoji);
+    const reacted = d.user_id === client.me.id ? type === 'reaction.added' : !!(before && before.reacted);
+    const rest = (m.reactions || []).filter((r) => r.emoji !== d.emoji);
+    if (d.count > 0) rest.push({ emoji: d.emoji, count: d.count, reacted });
+    m.reactions = rest.sort((a, b) => (a.emoji < b.emoji ? -1 : a.emoji > b.emoji ? 1 : 0));
+    render();
+  });
+}
 client.on('read.updated', (d) => {
   const conv = state.conversations.get(d.conversation_id);
   if (conv && d.user_id === client.me.id) {

@@ -130,6 +130,11 @@ impl ApiClient {
             .await
     }
 
+    /// PUT (no body) as `user`.
+    pub async fn put(&self, path: &str, user: &TestUser) -> Reply {
+        self.call(Method::PUT, path, Some(&user.access), None).await
+    }
+
     /// DELETE as `user`.
     pub async fn delete(&self, path: &str, user: &TestUser) -> Reply {
         self.call(Method::DELETE, path, Some(&user.access), None)

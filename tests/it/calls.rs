@@ -1301,3 +1301,98 @@ async fn blocks_and_removals(app: TestApp) {
     assert_eq!(event["data"]["participant"]["user_id"], dave.id.to_string());
     assert_eq!(event["data"]["reason"], "removed");
 }
+
+both_backends_with!(
+    a_call_leaves_only_your_history_and_current_names_the_call_you_are_in,
+    history_removal_and_current,
+    |config| config.calls.ring_timeout_secs = 1
+);
+async fn history_removal_and_current(app: TestApp) {
+    let (alice, bob, mallory) = (
+        app.register("alice").await,
+        app.register("bob").await,
+        app.register("mallory").await,
+    );
+    let chat = app.direct(&alice, &bob).await;
+    let current = |user: &TestUser| {
+        let (app, user) = (&app, user.clone());
+        async move {
+            app.get("/v1/calls/current", &user).await.expect(200).body["call"]["id"]
+                .as_str()
+                .map(str::to_owned)
+        }
+    };
+    assert_eq!(current(&alice).await, None);
+
+    let call = id(&start(&app, &alice, &chat, "audio").await);
+    // The caller is in it while it rings; the callee is not yet.
+    assert_eq!(current(&alice).await.as_deref(), Some(call.as_str()));
+    assert_eq!(current(&bob).await, None);
+    let reply = app.delete(&format!("/v1/calls/{call}"), &alice).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.code()),
+        (409, "call_not_ended")
+    );
+    app.post(&format!("/v1/calls/{call}/accept"), &bob, json!({}))
+        .await
+        .expect(200);
+    assert_eq!(current(&bob).await.as_deref(), Some(call.as_str()));
+    app.post(&format!("/v1/calls/{call}/end"), &alice, json!({}))
+        .await
+        .expect(200);
+    assert_eq!(current(&alice).await, None);
+    assert_eq!(current(&bob).await, None);
+
+    // A missed one too, then Bob clears both from his history.
+    let missed = id(&start(&app, &alice, &chat, "video").await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app.get(&format!("/v1/calls/{missed}"), &bob).await.body["state"] != "ended" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids = |page: &serde_json::Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["call"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Both count as missed for Bob: he accepted the first but never joined.
+    assert_eq!(
+        app.get("/v1/calls/missed/count", &bob).await.body["count"],
+        2
+    );
+    let before = app.get("/v1/calls/stats", &bob).await.expect(200).body;
+    assert_eq!(before["total"]["calls"], 2);
+    // A stranger cannot touch it.
+    let reply = app.delete(&format!("/v1/calls/{call}"), &mallory).await;
+    assert_eq!(reply.status, 404);
+    for gone in [&call, &missed] {
+        app.delete(&format!("/v1/calls/{gone}"), &bob)
+            .await
+            .expect(204);
+    }
+    // Again: still gone, still 204.
+    app.delete(&format!("/v1/calls/{call}"), &bob)
+        .await
+        .expect(204);
+    let bobs = app.get("/v1/calls", &bob).await.expect(200).body;
+    assert!(ids(&bobs).is_empty(), "{bobs}");
+    assert_eq!(
+        app.get("/v1/calls/missed/count", &bob).await.body["count"],
+        0
+    );
+    let after = app.get("/v1/calls/stats", &bob).await.expect(200).body;
+    assert_eq!(after["total"]["calls"], 0, "{after}");
+    // Alice keeps hers.
+    let alices = app.get("/v1/calls", &alice).await.expect(200).body;
+    assert_eq!(ids(&alices), vec![missed.clone(), call.clone()]);
+    assert_eq!(
+        app.get("/v1/calls/stats", &alice).await.body["total"]["calls"],
+        2
+    );
+}

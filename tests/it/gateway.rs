@@ -901,3 +901,73 @@ async fn a_cursor_beyond_the_log_gets_resync_required() {
         "still live"
     );
 }
+
+both_backends!(reactions_arrive_live_and_on_resume, reactions_scenario);
+async fn reactions_scenario(app: TestApp) {
+    let (alice, bob, mallory) = (
+        app.register("alice").await,
+        app.register("bob").await,
+        app.register("mallory").await,
+    );
+    let chat = app.direct(&alice, &bob).await;
+    let sent = app.send(&chat, &alice, "lunch?").await;
+    let id = sent["id"].as_str().unwrap();
+    let (mut alices, _) = ws(addr(&app), &alice, None).await;
+    let (mut outsider, _) = ws(addr(&app), &mallory, None).await;
+    let path = |emoji: &str| format!("/v1/conversations/{chat}/messages/{id}/reactions/{emoji}");
+
+    // Bob reacts: alice's device sees who, what and the new count.
+    app.put(&path("👍"), &bob).await.expect(200);
+    let added = alices.expect("reaction.added", WAIT).await;
+    assert_eq!(added["data"]["message_id"], id);
+    assert_eq!(added["data"]["conversation_id"], chat.as_str());
+    assert_eq!(added["data"]["user_id"], bob.id.as_str());
+    assert_eq!(added["data"]["emoji"], "👍");
+    assert_eq!(added["data"]["count"], 1);
+    // A repeated PUT changes nothing and sends nothing.
+    app.put(&path("👍"), &bob).await.expect(200);
+    assert!(
+        alices.collect("reaction.added", QUIET).await.is_empty(),
+        "an idempotent repeat is not an event"
+    );
+    let cursor = added["cursor"].as_str().unwrap().to_owned();
+    alices.close().await;
+
+    // While alice is away: she reacts from another device, bob withdraws.
+    app.put(&path("👍"), &alice).await.expect(200);
+    app.delete(&path("👍"), &bob).await.expect(200);
+    app.delete(&path("👍"), &bob).await.expect(200);
+    let (mut resumed, _) = ws(addr(&app), &alice, Some(&cursor)).await;
+    let mut replayed = Vec::new();
+    while let Ok(Some(frame)) = resumed.next(QUIET).await {
+        if frame["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("reaction."))
+        {
+            replayed.push((
+                frame["type"].as_str().unwrap().to_owned(),
+                frame["data"]["user_id"].as_str().unwrap().to_owned(),
+                frame["data"]["count"].as_i64().unwrap(),
+            ));
+        }
+    }
+    assert_eq!(
+        replayed,
+        vec![
+            ("reaction.added".to_owned(), alice.id.clone(), 2),
+            ("reaction.removed".to_owned(), bob.id.clone(), 1),
+        ],
+        "the missed changes, in order, once each"
+    );
+    // A non-member heard none of it.
+    let mut leaked = Vec::new();
+    while let Ok(Some(frame)) = outsider.next(QUIET).await {
+        leaked.push(frame);
+    }
+    assert!(
+        leaked
+            .iter()
+            .all(|f| !f["type"].as_str().unwrap_or("").starts_with("reaction.")),
+        "{leaked:?}"
+    );
+}

@@ -613,3 +613,61 @@ async fn the_page_allows_only_the_cluster_and_is_never_framed() {
     assert_eq!(header(&api, "x-frame-options"), "DENY");
     assert_eq!(header(&api, "x-content-type-options"), "nosniff");
 }
+
+/// The first screen, in both modes, as a person sees it: only the fields
+/// of that mode are visible (the sign-in form once showed sign-up's
+/// E-mail field because a display rule beat `hidden`). Screenshots of
+/// both go to target/artifacts/web.
+#[tokio::test]
+async fn the_first_screen_shows_the_fields_of_its_mode_only() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let app = testkit::app::TestApp::spawn(testkit::app::Backend::Sqlite)
+        .await
+        .unwrap();
+    let page = browser.open_isolated(&app.url("/")).await;
+    browser.set_viewport(&page, 1024, 700).await;
+    wait_for(
+        &mut browser,
+        &page,
+        "!!document.querySelector('.auth form')",
+        Duration::from_secs(10),
+    )
+    .await;
+    // What is on screen: labels with a box that is not hidden, and the
+    // submit button's text.
+    let seen = "(() => ({ \
+        labels: [...document.querySelectorAll('.auth label')] \
+          .filter(l => l.checkVisibility() && l.getBoundingClientRect().height > 0) \
+          .map(l => l.firstChild.textContent.trim()), \
+        submit: document.querySelector('.auth [type=submit]').textContent, \
+        email_required: document.querySelector('input[name=email]').required }))()";
+    let login = browser.eval(&page, seen).await;
+    assert_eq!(
+        login,
+        serde_json::json!({"labels": ["Username or e-mail", "Password"], "submit": "Log in", "email_required": false}),
+        "sign-in shows no E-mail field"
+    );
+    std::fs::create_dir_all(artifacts()).unwrap();
+    browser
+        .screenshot(&page, &artifacts().join("first-screen-sign-in.png"))
+        .await;
+    browser.eval(&page, &click(".auth .switch")).await;
+    let register = browser.eval(&page, seen).await;
+    assert_eq!(
+        register["labels"],
+        serde_json::json!(["Username or e-mail", "E-mail", "Password"]),
+        "{register}"
+    );
+    assert_eq!(register["submit"], "Sign up");
+    assert_eq!(register["email_required"], true);
+    browser
+        .screenshot(&page, &artifacts().join("first-screen-sign-up.png"))
+        .await;
+    // And back.
+    browser.eval(&page, &click(".auth .switch")).await;
+    assert_eq!(browser.eval(&page, seen).await, login);
+    let complaints = browser.security_complaints(&page);
+    assert!(complaints.is_empty(), "{complaints:?}");
+}

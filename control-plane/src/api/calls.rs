@@ -121,6 +121,14 @@ pub struct MissedQuery {
     pub after: Option<Uuid>,
 }
 
+/// The call the caller is in now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CurrentCall {
+    /// The call (ringing as its caller, accepted or joined), or null when
+    /// the caller is in none.
+    pub call: Option<CallView>,
+}
+
 /// The missed-call count.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MissedCount {
@@ -458,6 +466,43 @@ pub async fn get(
 ) -> Result<Json<CallView>, ApiError> {
     state.visible_call(id, caller.user_id).await?;
     Ok(Json(state.call_view(id).await?))
+}
+
+/// Remove a call from the caller's own history (the other people keep
+/// theirs). Only an ended call; removing it again is a no-op.
+#[utoipa::path(delete, path = "/v1/calls/{id}", tag = "calls",
+    responses((status = 204, description = "gone from your history, missed count and stats"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove_from_history(
+    state: AppState,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let call = state.visible_call(id, caller.user_id).await?;
+    if call.state != CallState::Ended {
+        return Err(ApiError::conflict(
+            "call_not_ended",
+            "a call leaves your history once it has ended",
+        ));
+    }
+    // A member who was never rung (joined the group later) has no entry.
+    if !state.store.hide_call(id, caller.user_id).await? {
+        return Err(ApiError::not_found("no such call in your history"));
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// The call the caller is in now: ringing as its caller, accepted or
+/// joined (a person is in at most one).
+#[utoipa::path(get, path = "/v1/calls/current", tag = "calls",
+    responses((status = 200, body = CurrentCall)), security(("bearer" = [])))]
+pub async fn current(state: AppState, caller: Caller) -> Result<Json<CurrentCall>, ApiError> {
+    let call = match state.store.current_call(caller.user_id).await? {
+        Some(id) => Some(state.call_view(id).await?),
+        None => None,
+    };
+    Ok(Json(CurrentCall { call }))
 }
 
 /// The callee answers a direct call (`call.accepted`). While in another

@@ -59,6 +59,45 @@ pub fn message_deleted(message: &Message) -> NewEvent {
 }
 
 #[derive(Serialize)]
+struct ReactionChange<'a> {
+    conversation_id: Uuid,
+    message_id: Uuid,
+    user_id: Uuid,
+    emoji: &'a str,
+    /// How many people have this reaction on the message now.
+    count: i64,
+}
+
+/// `reaction.added` or `reaction.removed`, to the conversation's members
+/// (appended only when the reaction changed), rendered with the count the
+/// store computes in its transaction.
+pub fn reaction_changed(
+    conversation: Uuid,
+    message: Uuid,
+    user: Uuid,
+    emoji: &str,
+    added: bool,
+) -> impl Fn(i64) -> NewEvent + Send + Sync + 'static {
+    // Owned: the store holds the renderer across its transaction.
+    let emoji = emoji.to_owned();
+    move |count| {
+        let data = ReactionChange {
+            conversation_id: conversation,
+            message_id: message,
+            user_id: user,
+            emoji: &emoji,
+            count,
+        };
+        let kind = if added {
+            "reaction.added"
+        } else {
+            "reaction.removed"
+        };
+        render(Some(conversation), None, kind, &data)
+    }
+}
+
+#[derive(Serialize)]
 struct MemberChange {
     conversation_id: Uuid,
     user_id: Uuid,

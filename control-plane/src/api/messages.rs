@@ -458,6 +458,13 @@ pub async fn add_reaction(
             caller.user_id,
             &emoji,
             MAX_REACTIONS_PER_USER,
+            &super::events::reaction_changed(
+                conversation_id,
+                message_id,
+                caller.user_id,
+                &emoji,
+                true,
+            ),
             now(),
         )
         .await?
@@ -491,7 +498,19 @@ pub async fn remove_reaction(
     let message = state.message_in(conversation_id, message_id).await?;
     state
         .store
-        .remove_reaction(message_id, caller.user_id, &emoji)
+        .remove_reaction(
+            message_id,
+            caller.user_id,
+            &emoji,
+            &super::events::reaction_changed(
+                conversation_id,
+                message_id,
+                caller.user_id,
+                &emoji,
+                false,
+            ),
+            now(),
+        )
         .await?;
     Ok(Json(state.message_view(&message, caller.user_id).await?))
 }

@@ -118,6 +118,13 @@ pub trait CallStore: Send + Sync + 'static {
     async fn missed_calls(&self, user: Uuid, after: Option<Uuid>) -> StoreResult<i64>;
     /// `user`'s ended calls grouped by kind and their outcome for the user.
     async fn call_stats(&self, user: Uuid) -> StoreResult<Vec<CallStatsRow>>;
+    /// Removes an ended `call` from `user`'s history (history, missed
+    /// count and stats skip it; the other people keep theirs). Whether
+    /// `user` had it.
+    async fn hide_call(&self, call: Uuid, user: Uuid) -> StoreResult<bool>;
+    /// The call `user` is in now (ringing as its caller, accepted or
+    /// joined: the one the busy rule holds them to), if any.
+    async fn current_call(&self, user: Uuid) -> StoreResult<Option<Uuid>>;
 
     /// Calls still ringing whose deadline is at or before `now_us`.
     async fn due_ringing_calls(&self, now_us: i64, limit: i64) -> StoreResult<Vec<Uuid>>;
@@ -427,7 +434,7 @@ macro_rules! call_store {
                     ", ",
                     user_outcome!(),
                     " AS user_outcome FROM call_users cu JOIN calls c ON c.id = cu.call_id \
-                     WHERE cu.user_id = $1 AND ($2 IS NULL OR c.id < $2) \
+                     WHERE cu.user_id = $1 AND NOT cu.hidden AND ($2 IS NULL OR c.id < $2) \
                      ORDER BY c.id DESC LIMIT $3"
                 ))
                 .bind(user)
@@ -449,7 +456,7 @@ macro_rules! call_store {
                     "SELECT COUNT(*) FROM (SELECT ",
                     user_outcome!(),
                     " AS o FROM call_users cu JOIN calls c ON c.id = cu.call_id \
-                     WHERE cu.user_id = $1 AND c.initiator_id <> $1 \
+                     WHERE cu.user_id = $1 AND NOT cu.hidden AND c.initiator_id <> $1 \
                        AND ($2 IS NULL OR c.id > $2)) t WHERE t.o = 'missed'"
                 ))
                 .bind(user)
@@ -464,7 +471,7 @@ macro_rules! call_store {
                      FROM (SELECT c.kind AS kind, c.duration_ms AS duration_ms, ",
                     user_outcome!(),
                     " AS o FROM call_users cu JOIN calls c ON c.id = cu.call_id \
-                     WHERE cu.user_id = $1 AND c.state = 'ended') t \
+                     WHERE cu.user_id = $1 AND NOT cu.hidden AND c.state = 'ended') t \
                      GROUP BY t.kind, t.o ORDER BY t.kind, t.o"
                 ))
                 .bind(user)
@@ -481,6 +488,26 @@ macro_rules! call_store {
                         })
                     })
                     .collect())
+            }
+
+            async fn hide_call(&self, call: Uuid, user: Uuid) -> StoreResult<bool> {
+                let hidden = sqlx::query(
+                    "UPDATE call_users SET hidden = TRUE WHERE call_id = $1 AND user_id = $2",
+                )
+                .bind(call)
+                .bind(user)
+                .execute(&self.pool)
+                .await?;
+                Ok(hidden.rows_affected() > 0)
+            }
+
+            async fn current_call(&self, user: Uuid) -> StoreResult<Option<Uuid>> {
+                Ok(
+                    sqlx::query_scalar("SELECT call_id FROM call_locks WHERE user_id = $1")
+                        .bind(user)
+                        .fetch_optional(&self.pool)
+                        .await?,
+                )
             }
 
             async fn due_ringing_calls(&self, now_us: i64, limit: i64) -> StoreResult<Vec<Uuid>> {

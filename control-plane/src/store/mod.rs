@@ -264,18 +264,29 @@ pub trait Store: CallStore + Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> StoreResult<Message>;
     /// Adds `user`'s reaction `emoji` to `message` (idempotent) unless they
-    /// already have `max_per_user` other reactions on it. Whether the
-    /// reaction is there now.
+    /// already have `max_per_user` other reactions on it, appending
+    /// `event(count)` (the emoji's count after the change) in the same
+    /// transaction when it was added now. Whether the reaction is there
+    /// now.
     async fn add_reaction(
         &self,
         message: Uuid,
         user: Uuid,
         emoji: &str,
         max_per_user: i64,
+        event: &RenderReactionEvent,
         now: OffsetDateTime,
     ) -> StoreResult<bool>;
-    /// Removes a reaction (idempotent).
-    async fn remove_reaction(&self, message: Uuid, user: Uuid, emoji: &str) -> StoreResult<()>;
+    /// Removes a reaction (idempotent), appending `event(count)` when there
+    /// was one to remove.
+    async fn remove_reaction(
+        &self,
+        message: Uuid,
+        user: Uuid,
+        emoji: &str,
+        event: &RenderReactionEvent,
+        now: OffsetDateTime,
+    ) -> StoreResult<()>;
     /// Reaction counts of the messages whose sequence numbers lie in
     /// `seqs` (inclusive), and whether `viewer` reacted.
     async fn reactions(

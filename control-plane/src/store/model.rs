@@ -461,6 +461,10 @@ impl StoredEvent {
 /// the `Store` trait object without boxing.
 pub type RenderMessageEvent = fn(&Message) -> NewEvent;
 
+/// Renders a reaction's event from the emoji's count on the message after
+/// the change, which only the transaction knows.
+pub type RenderReactionEvent = dyn Fn(i64) -> NewEvent + Send + Sync;
+
 /// Renders the event for a member added inside a transaction.
 pub type RenderMemberEvent = fn(conversation: Uuid, user: Uuid) -> NewEvent;
 

@@ -1167,8 +1167,10 @@ macro_rules! sql_store {
                 user: Uuid,
                 emoji: &str,
                 max_per_user: i64,
+                event: &RenderReactionEvent,
                 now: OffsetDateTime,
             ) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
                 // The cap is checked in the same statement (two racing
                 // requests may pass it together: a soft cap by one).
                 let added = sqlx::query(
@@ -1182,9 +1184,19 @@ macro_rules! sql_store {
                 .bind(emoji)
                 .bind(now)
                 .bind(max_per_user)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
                 if added.rows_affected() > 0 {
+                    // Others see it live and on resume, with the count.
+                    let count: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM reactions WHERE message_id = $1 AND emoji = $2",
+                    )
+                    .bind(message)
+                    .bind(emoji)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    append_events!(tx, &[event(count)], now);
+                    tx.commit().await?;
                     return Ok(true);
                 }
                 let there: Option<i32> = sqlx::query_scalar(
@@ -1193,20 +1205,41 @@ macro_rules! sql_store {
                 .bind(message)
                 .bind(user)
                 .bind(emoji)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(there.is_some())
             }
 
-            async fn remove_reaction(&self, message: Uuid, user: Uuid, emoji: &str) -> StoreResult<()> {
-                sqlx::query(
+            async fn remove_reaction(
+                &self,
+                message: Uuid,
+                user: Uuid,
+                emoji: &str,
+                event: &RenderReactionEvent,
+                now: OffsetDateTime,
+            ) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                let removed = sqlx::query(
                     "DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3",
                 )
                 .bind(message)
                 .bind(user)
                 .bind(emoji)
-                .execute(&self.pool)
-                .await?;
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if removed > 0 {
+                    let count: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM reactions WHERE message_id = $1 AND emoji = $2",
+                    )
+                    .bind(message)
+                    .bind(emoji)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    append_events!(tx, &[event(count)], now);
+                }
+                tx.commit().await?;
                 Ok(())
             }
 
