@@ -41,6 +41,8 @@ pub struct ControlPlane {
     readiness: Readiness,
     dependencies: Dependencies,
     drain_timeout: Duration,
+    blobs: crate::attachments::Blobs,
+    attachments: crate::attachments::AttachmentsConfig,
 }
 
 /// Where a running control plane can be reached.
@@ -76,6 +78,9 @@ pub enum StartError {
     /// The HTTP server failed while serving.
     #[error("serving HTTP failed")]
     Serve(#[source] std::io::Error),
+    /// The attachment store could not be opened.
+    #[error("cannot open the attachment store")]
+    Attachments(#[source] crate::attachments::BlobError),
 }
 
 impl Service for ControlPlane {
@@ -182,6 +187,8 @@ impl Service for ControlPlane {
         ));
         let gateway_handle = gateway.clone();
         let tokens_handle = tokens.clone();
+        let blobs = crate::attachments::Blobs::open(&config.attachments, &config.data_dir)
+            .map_err(StartError::Attachments)?;
         let state = AppState::new(Shared {
             store: dependencies.store.clone(),
             passwords: Passwords::new(&config.auth).map_err(StartError::Passwords)?,
@@ -191,6 +198,7 @@ impl Service for ControlPlane {
             limiter_errors,
             gateway,
             calls: calls.clone(),
+            blobs: blobs.clone(),
         });
         let router = router(&config, state, bus, metrics, readiness.clone());
         let http = HttpServer::bind(config.listen)
@@ -216,6 +224,8 @@ impl Service for ControlPlane {
             readiness,
             dependencies,
             drain_timeout: config.drain_timeout(),
+            blobs,
+            attachments: config.attachments.clone(),
         })
     }
 
@@ -228,6 +238,12 @@ impl Service for ControlPlane {
     async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
         let hub = tokio::spawn(self.hub.run(shutdown.clone()));
         let sweeper = tokio::spawn(self.calls.clone().run_sweeper(shutdown.clone()));
+        tokio::spawn(crate::attachments::run_sweeper(
+            self.store.clone(),
+            self.blobs.clone(),
+            self.attachments.clone(),
+            shutdown.clone(),
+        ));
         if self.tokens.ring().policy().is_some() {
             tokio::spawn(rotate_keys(
                 self.tokens.clone(),
@@ -264,7 +280,11 @@ pub fn router(
     metrics: Metrics,
     readiness: Readiness,
 ) -> Router {
-    let (api, openapi) = api::routes();
+    // The multipart envelope around the largest upload.
+    let upload_limit = usize::try_from(config.attachments.largest())
+        .unwrap_or(usize::MAX)
+        .saturating_add(64 << 10);
+    let (api, openapi) = api::routes(upload_limit);
     let api_origins: Vec<String> = config
         .api_origins
         .iter()

@@ -41,6 +41,8 @@ pub struct ControlPlaneConfig {
     pub calls: crate::calls::config::CallsConfig,
     /// The credential nodes use on the internal API.
     pub cluster: crate::calls::config::ClusterConfig,
+    /// `[control_plane.attachments]`: where uploads are kept, size limits.
+    pub attachments: crate::attachments::AttachmentsConfig,
     /// Origins (`https://a.example`) of every replica or load balancer the
     /// web client may use, in the order it tries them when one stops
     /// answering. They are written into the page and allowed cross-origin
@@ -255,6 +257,7 @@ impl Default for ControlPlaneConfig {
             gateway: crate::gateway::GatewayConfig::default(),
             calls: crate::calls::config::CallsConfig::default(),
             cluster: crate::calls::config::ClusterConfig::default(),
+            attachments: crate::attachments::AttachmentsConfig::default(),
             api_origins: Vec::new(),
         }
     }
@@ -305,6 +308,10 @@ impl ControlPlaneConfig {
         config.calls.heartbeat_interval_secs = 1;
         // Test edges listen on loopback ports chosen at start (and restart).
         config.calls.edge_origins = vec!["ws://127.0.0.1:*".into()];
+        // Each test's uploads in a directory of its own.
+        config.attachments.dir = Some(
+            std::env::temp_dir().join(format!("cascade-attachments-{}", uuid::Uuid::new_v4())),
+        );
         // Tests and benchmarks register, send and connect far more than a
         // person; the tests of the limits set their own.
         let plenty = Quota::new(1_000_000, 60);
@@ -357,6 +364,7 @@ impl Validate for ControlPlaneConfig {
         v.section("gateway", &self.gateway);
         v.section("calls", &self.calls);
         v.section("cluster", &self.cluster);
+        v.section("attachments", &self.attachments);
     }
 }
 
@@ -501,7 +509,7 @@ impl Validate for RedisConfig {
     }
 }
 
-fn check_range(v: &mut Validator, key: &str, value: u64, min: u64, max: u64) {
+pub(crate) fn check_range(v: &mut Validator, key: &str, value: u64, min: u64, max: u64) {
     if !(min..=max).contains(&value) {
         v.invalid(key, format!("must be between {min} and {max}"));
     }

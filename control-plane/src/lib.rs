@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod app;
+pub mod attachments;
 pub mod auth;
 pub mod calls;
 pub mod config;

@@ -130,6 +130,69 @@ impl ApiClient {
             .await
     }
 
+    /// `POST /v1/attachments` as `user`: a multipart form with `kind` and a
+    /// `file` part named `name` with `content_type` (when given).
+    pub async fn upload(
+        &self,
+        user: &TestUser,
+        kind: &str,
+        name: &str,
+        content_type: Option<&str>,
+        bytes: &[u8],
+    ) -> Reply {
+        let boundary = format!("cascade-{}", uuid::Uuid::new_v4().simple());
+        let mut body = Vec::new();
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"kind\"\r\n\r\n{kind}\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            )
+            .as_bytes(),
+        );
+        if let Some(content_type) = content_type {
+            body.extend_from_slice(format!("Content-Type: {content_type}\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let response = self
+            .http
+            .post(self.url("/v1/attachments"))
+            .bearer_auth(&user.access)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        Self::reply(response).await
+    }
+
+    /// GET raw bytes as `user`: status, headers, body.
+    pub async fn get_bytes(
+        &self,
+        path: &str,
+        user: &TestUser,
+    ) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&user.access)
+            .send()
+            .await
+            .expect("request sent");
+        let (status, headers) = (response.status(), response.headers().clone());
+        let bytes = response.bytes().await.expect("response body").to_vec();
+        (status, headers, bytes)
+    }
+
     /// PUT (no body) as `user`.
     pub async fn put(&self, path: &str, user: &TestUser) -> Reply {
         self.call(Method::PUT, path, Some(&user.access), None).await

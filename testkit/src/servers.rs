@@ -5,6 +5,14 @@
 pub const DATABASE_URL_VAR: &str = "TEST_DATABASE_URL";
 /// Environment variable with a Redis URL tests may write to.
 pub const REDIS_URL_VAR: &str = "TEST_REDIS_URL";
+/// Environment variable with the URL of an S3-protocol server (any
+/// credentials; tests create their own buckets).
+pub const S3_URL_VAR: &str = "TEST_S3_URL";
+
+/// The S3 server URL for tests, if configured (see [`required_or_skip`]).
+pub fn s3_url() -> Option<String> {
+    url_from(S3_URL_VAR)
+}
 
 /// The Postgres URL for tests, if configured (see [`required_or_skip`]).
 pub fn postgres_url() -> Option<String> {

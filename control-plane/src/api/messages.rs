@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::conversations::page_limit;
 use super::wire::{
-    EditMessage, MarkRead, MessageList, MessageView, MessagesQuery, ReactionView, ReadState,
-    SendMessage,
+    EditMessage, MarkRead, MessageKind, MessageList, MessageView, MessagesQuery, ReactionView,
+    ReadState, SendMessage,
 };
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, now};
 use crate::error::{ApiError, ErrorBody};
@@ -23,6 +23,14 @@ const MAX_CLIENT_ID_CHARS: usize = 64;
 const MAX_EMOJI_CHARS: usize = 16;
 /// Different reactions one person may leave on one message.
 const MAX_REACTIONS_PER_USER: i64 = 20;
+
+/// A caption of an image, file or voice message: may be empty.
+fn check_caption(state: &AppState, body: &str) -> Result<(), ApiError> {
+    if body.is_empty() {
+        return Ok(());
+    }
+    check_body(state, body)
+}
 
 fn check_body(state: &AppState, body: &str) -> Result<(), ApiError> {
     let max = state.config.limits.max_message_chars as usize;
@@ -162,6 +170,47 @@ impl AppState {
         Ok(())
     }
 
+    /// The upload a message of `kind` takes: the caller's own, not yet
+    /// sent, of the matching kind; with the metadata the message shows.
+    async fn pending_attachment(
+        &self,
+        kind: MessageKind,
+        id: Option<Uuid>,
+        me: Uuid,
+    ) -> Result<Option<(Uuid, String)>, ApiError> {
+        let invalid = |message: &str| ApiError::invalid("invalid_attachment", message.to_owned());
+        let (wanted, id) = match (kind.attachment_kind(), id) {
+            (None, None) => return Ok(None),
+            (None, Some(_)) => return Err(invalid("a text message has no attachment_id")),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "an image, file or voice message needs attachment_id",
+                ));
+            }
+            (Some(wanted), Some(id)) => (wanted, id),
+        };
+        let row = self
+            .store
+            .attachment(id)
+            .await?
+            .filter(|a| a.owner_id == Some(me) && a.deleted_at.is_none())
+            .ok_or_else(|| invalid("no such upload of yours"))?;
+        if row.message_id.is_some() {
+            return Err(invalid("that upload was already sent"));
+        }
+        if row.kind != wanted.as_str() {
+            return Err(invalid(&format!(
+                "that upload is a {}, not a {}",
+                row.kind,
+                wanted.as_str()
+            )));
+        }
+        let view = super::wire::AttachmentView::new(&row);
+        // Our own type always serializes.
+        let json = serde_json::to_string(&view).unwrap_or_default();
+        Ok(Some((id, json)))
+    }
+
     async fn message_in(&self, conversation: Uuid, message: Uuid) -> Result<Message, ApiError> {
         self.store
             .message(conversation, message)
@@ -291,7 +340,14 @@ pub async fn send(
             state.config.rate_limits.messages_per_user,
         )
         .await?;
-    check_body(&state, &body.body)?;
+    if body.kind == MessageKind::Text {
+        check_body(&state, &body.body)?;
+    } else {
+        check_caption(&state, &body.body)?;
+    }
+    let attachment = state
+        .pending_attachment(body.kind, body.attachment_id, caller.user_id)
+        .await?;
     if let Some(id) = &body.client_message_id
         && (id.is_empty()
             || id.chars().count() > MAX_CLIENT_ID_CHARS
@@ -327,11 +383,20 @@ pub async fn send(
                 client_message_id: body.client_message_id,
                 body: body.body,
                 reply_to: body.reply_to,
+                kind: body.kind.as_str().to_owned(),
+                attachment,
                 now: now(),
             },
             super::events::message_created,
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // Another message took the upload meanwhile.
+            crate::store::StoreError::Conflict("attachment") => {
+                ApiError::invalid("invalid_attachment", "that upload was already sent")
+            }
+            other => other.into(),
+        })?;
     // A message just stored has no reactions yet: skip that query.
     let view = if created {
         MessageView::new(&message, Vec::new())
@@ -416,10 +481,21 @@ pub async fn delete(
             "only the author or a group admin can delete a message",
         ));
     }
-    let deleted = state
+    let (deleted, attachments) = state
         .store
         .delete_message(message_id, super::events::message_deleted, now())
         .await?;
+    // Its blobs go now; what fails here the sweep retries.
+    for id in attachments {
+        match state.blobs.delete(id).await {
+            Ok(()) => {
+                if let Err(error) = state.store.forget_attachment(id).await {
+                    tracing::warn!(attachment = %id, %error, "attachment row kept for the sweep");
+                }
+            }
+            Err(error) => tracing::warn!(attachment = %id, %error, "attachment left for the sweep"),
+        }
+    }
     Ok(Json(MessageView::new(&deleted, Vec::new())))
 }
 

@@ -7,6 +7,7 @@
 
 mod accounts;
 mod admin;
+pub mod attachments;
 pub mod calls;
 mod contacts;
 mod conversations;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub gateway: crate::gateway::Gateway,
     /// Calls: registry, placement, join tokens.
     pub calls: Arc<crate::calls::Calls>,
+    /// The object store of attachments.
+    pub blobs: crate::attachments::Blobs,
 }
 
 impl AppState {
@@ -265,8 +268,10 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The API routes and their OpenAPI document.
-pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+/// The API routes and their OpenAPI document. Uploads may be up to
+/// `upload_limit` bytes (other bodies: `max_body_bytes`).
+pub fn routes(upload_limit: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa_axum::router::UtoipaMethodRouterExt;
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(accounts::register))
         .routes(routes!(accounts::login))
@@ -295,6 +300,11 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messages::edit, messages::delete))
         .routes(routes!(messages::add_reaction, messages::remove_reaction))
         .routes(routes!(messages::mark_read))
+        .routes(
+            routes!(attachments::upload).layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
+        )
+        .routes(routes!(attachments::download))
+        .routes(routes!(attachments::thumbnail))
         .routes(routes!(admin::audit_log))
         .routes(routes!(calls::history, calls::start))
         .routes(routes!(calls::missed_count))

@@ -404,6 +404,104 @@ pub struct MessageView {
     pub deleted_at: Option<OffsetDateTime>,
     /// Reactions by emoji.
     pub reactions: Vec<ReactionView>,
+    /// `text`, `image`, `file` or `voice`.
+    pub kind: MessageKind,
+    /// The attached image, file or voice message (`null` for text and
+    /// once deleted). Download it from `GET /v1/attachments/{id}`.
+    pub attachment: Option<AttachmentView>,
+}
+
+/// What a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// Text only.
+    #[default]
+    Text,
+    /// A picture (with an optional caption in `body`).
+    Image,
+    /// A file.
+    File,
+    /// A voice message.
+    Voice,
+}
+
+impl MessageKind {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Text => "text",
+            MessageKind::Image => "image",
+            MessageKind::File => "file",
+            MessageKind::Voice => "voice",
+        }
+    }
+
+    /// From the stored spelling (unknown ones read as text).
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "image" => MessageKind::Image,
+            "file" => MessageKind::File,
+            "voice" => MessageKind::Voice,
+            _ => MessageKind::Text,
+        }
+    }
+
+    /// The attachment kind this message kind needs.
+    pub fn attachment_kind(self) -> Option<crate::attachments::AttachmentKind> {
+        use crate::attachments::AttachmentKind;
+        match self {
+            MessageKind::Text => None,
+            MessageKind::Image => Some(AttachmentKind::Image),
+            MessageKind::File => Some(AttachmentKind::File),
+            MessageKind::Voice => Some(AttachmentKind::Voice),
+        }
+    }
+}
+
+/// An uploaded image, file or voice message.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AttachmentView {
+    /// Id: `GET /v1/attachments/{id}` downloads it.
+    pub id: Uuid,
+    /// `image`, `file` or `voice`.
+    pub kind: crate::attachments::AttachmentKind,
+    /// The file name.
+    pub name: String,
+    /// The content type found in its bytes (not the client's claim).
+    pub content_type: String,
+    /// Size in bytes.
+    pub size_bytes: i64,
+    /// Image width in pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<i32>,
+    /// Image height in pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<i32>,
+    /// Voice message length in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// Whether `GET /v1/attachments/{id}/thumbnail` has a small preview
+    /// (images).
+    pub has_thumbnail: bool,
+}
+
+impl AttachmentView {
+    /// From a stored row.
+    pub fn new(row: &crate::store::Attachment) -> Self {
+        AttachmentView {
+            id: row.id,
+            kind: crate::attachments::AttachmentKind::parse(&row.kind)
+                .unwrap_or(crate::attachments::AttachmentKind::File),
+            name: row.name.clone(),
+            content_type: row.content_type.clone(),
+            size_bytes: row.size_bytes,
+            width: row.width,
+            height: row.height,
+            duration_ms: row.duration_ms,
+            has_thumbnail: row.thumbnail,
+        }
+    }
 }
 
 impl MessageView {
@@ -421,6 +519,12 @@ impl MessageView {
             edited_at: message.edited_at,
             deleted_at: message.deleted_at,
             reactions,
+            kind: MessageKind::parse(&message.kind),
+            // Written by us from an AttachmentView: it parses.
+            attachment: message
+                .attachment
+                .as_deref()
+                .and_then(|json| serde_json::from_str(json).ok()),
         }
     }
 }
@@ -450,8 +554,16 @@ impl From<&ReactionCount> for ReactionView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
-    /// Text.
+    /// Text (a caption, possibly empty, for image, file and voice).
+    #[serde(default)]
     pub body: String,
+    /// `text` (the default), `image`, `file` or `voice`; the latter need
+    /// `attachment_id`.
+    #[serde(default)]
+    pub kind: MessageKind,
+    /// An upload of yours (`POST /v1/attachments`) not yet sent, of the
+    /// message's kind.
+    pub attachment_id: Option<Uuid>,
     /// Idempotency key: a retry with the same key returns the first message.
     pub client_message_id: Option<String>,
     /// Id of a message in this conversation being replied to.

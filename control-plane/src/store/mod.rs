@@ -256,13 +256,30 @@ pub trait Store: CallStore + Send + Sync + 'static {
         render: RenderMessageEvent,
         now: OffsetDateTime,
     ) -> StoreResult<Message>;
-    /// Soft-deletes: clears the text, keeps the tombstone, drops reactions.
+    /// Soft-deletes: clears the text and attachment, keeps the tombstone,
+    /// drops reactions, marks its attachments for removal. Returns the
+    /// tombstone and those attachments' ids.
     async fn delete_message(
         &self,
         id: Uuid,
         render: RenderMessageEvent,
         now: OffsetDateTime,
-    ) -> StoreResult<Message>;
+    ) -> StoreResult<(Message, Vec<Uuid>)>;
+    /// Records an upload (pending until a message claims it).
+    async fn create_attachment(&self, attachment: &Attachment) -> StoreResult<()>;
+    /// An attachment row.
+    async fn attachment(&self, id: Uuid) -> StoreResult<Option<Attachment>>;
+    /// Attachments whose blobs must go (their message was deleted, or no
+    /// message took them and they were uploaded before `pending_before`),
+    /// marked deleted at `now` so no message can take them any more.
+    async fn claim_attachments_to_sweep(
+        &self,
+        pending_before: OffsetDateTime,
+        now: OffsetDateTime,
+        limit: i64,
+    ) -> StoreResult<Vec<Uuid>>;
+    /// Drops an attachment row (after its blob is gone).
+    async fn forget_attachment(&self, id: Uuid) -> StoreResult<()>;
     /// Adds `user`'s reaction `emoji` to `message` (idempotent) unless they
     /// already have `max_per_user` other reactions on it, appending
     /// `event(count)` (the emoji's count after the change) in the same

@@ -296,6 +296,11 @@ pub struct NewMessage {
     pub body: String,
     /// Message replied to (same conversation, checked by the caller).
     pub reply_to: Option<Uuid>,
+    /// `text`, `image`, `file` or `voice`.
+    pub kind: String,
+    /// The sender's pending upload this message takes, with the metadata
+    /// snapshot (JSON) the message shows.
+    pub attachment: Option<(Uuid, String)>,
     /// When sent.
     pub now: OffsetDateTime,
 }
@@ -322,6 +327,44 @@ pub struct Message {
     /// Last edit.
     pub edited_at: Option<OffsetDateTime>,
     /// When deleted (tombstone).
+    pub deleted_at: Option<OffsetDateTime>,
+    /// `text`, `image`, `file` or `voice`.
+    pub kind: String,
+    /// The attachment's metadata (JSON, as the API shows it); None for
+    /// text and once deleted.
+    pub attachment: Option<String>,
+}
+
+/// An uploaded attachment.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Attachment {
+    /// Its id (UUIDv7); the blob's key.
+    pub id: Uuid,
+    /// Who uploaded it (None once their account is gone).
+    pub owner_id: Option<Uuid>,
+    /// `image`, `file` or `voice`.
+    pub kind: String,
+    /// The file name as uploaded (sanitised).
+    pub name: String,
+    /// The sniffed content type.
+    pub content_type: String,
+    /// Size of the bytes.
+    pub size_bytes: i64,
+    /// Image width, pixels.
+    pub width: Option<i32>,
+    /// Image height, pixels.
+    pub height: Option<i32>,
+    /// Voice duration.
+    pub duration_ms: Option<i64>,
+    /// Whether a thumbnail was stored.
+    pub thumbnail: bool,
+    /// The message that holds it (None while pending).
+    pub message_id: Option<Uuid>,
+    /// That message's conversation.
+    pub conversation_id: Option<Uuid>,
+    /// When uploaded.
+    pub created_at: OffsetDateTime,
+    /// When its message was deleted (blob due for removal).
     pub deleted_at: Option<OffsetDateTime>,
 }
 

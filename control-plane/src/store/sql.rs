@@ -59,7 +59,7 @@ macro_rules! session_cols {
 
 macro_rules! message_cols {
     () => {
-        "id, conversation_id, seq, author_id, client_message_id, body, reply_to, created_at, edited_at, deleted_at"
+        "id, conversation_id, seq, author_id, client_message_id, body, reply_to, created_at, edited_at, deleted_at, kind, attachment"
     };
 }
 
@@ -82,7 +82,8 @@ macro_rules! summary_select {
                 lm.id AS lm_id, lm.seq AS lm_seq, lm.author_id AS lm_author_id, \
                 lm.client_message_id AS lm_client_message_id, lm.body AS lm_body, \
                 lm.reply_to AS lm_reply_to, lm.created_at AS lm_created_at, \
-                lm.edited_at AS lm_edited_at, lm.deleted_at AS lm_deleted_at \
+                lm.edited_at AS lm_edited_at, lm.deleted_at AS lm_deleted_at, \
+                lm.kind AS lm_kind, lm.attachment AS lm_attachment \
          FROM members m \
          JOIN conversations c ON c.id = m.conversation_id \
          LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = c.last_seq "
@@ -105,6 +106,8 @@ struct SummaryRow {
     lm_created_at: Option<OffsetDateTime>,
     lm_edited_at: Option<OffsetDateTime>,
     lm_deleted_at: Option<OffsetDateTime>,
+    lm_kind: Option<String>,
+    lm_attachment: Option<String>,
 }
 
 impl From<SummaryRow> for ConversationSummary {
@@ -121,6 +124,8 @@ impl From<SummaryRow> for ConversationSummary {
                 created_at,
                 edited_at: row.lm_edited_at,
                 deleted_at: row.lm_deleted_at,
+                kind: row.lm_kind.unwrap_or_else(|| "text".to_owned()),
+                attachment: row.lm_attachment,
             }),
             _ => None,
         };
@@ -1026,8 +1031,8 @@ macro_rules! sql_store {
                 }
                 let stored = sqlx::query_as::<_, Message>(concat!(
                     "INSERT INTO messages (id, conversation_id, seq, author_id, client_message_id, \
-                     body, reply_to, created_at, edited_at, deleted_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL) RETURNING ",
+                     body, reply_to, created_at, edited_at, deleted_at, kind, attachment) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, $9, $10) RETURNING ",
                     message_cols!()
                 ))
                 .bind(message.id)
@@ -1038,8 +1043,29 @@ macro_rules! sql_store {
                 .bind(&message.body)
                 .bind(message.reply_to)
                 .bind(message.now)
+                .bind(&message.kind)
+                .bind(message.attachment.as_ref().map(|a| &a.1))
                 .fetch_one(&mut *tx)
                 .await?;
+                // The attachment becomes this message's, if it is still
+                // the sender's own pending upload (not sent, not swept).
+                if let Some((attachment, _)) = &message.attachment {
+                    let claimed = sqlx::query(
+                        "UPDATE attachments SET message_id = $1, conversation_id = $2 \
+                         WHERE id = $3 AND owner_id = $4 AND message_id IS NULL AND deleted_at IS NULL",
+                    )
+                    .bind(message.id)
+                    .bind(message.conversation_id)
+                    .bind(attachment)
+                    .bind(message.author_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if claimed == 0 {
+                        tx.rollback().await?;
+                        return Err(StoreError::Conflict("attachment"));
+                    }
+                }
                 // The sender has read everything up to their own message.
                 sqlx::query(
                     "UPDATE members SET last_read_seq = $3 \
@@ -1140,10 +1166,11 @@ macro_rules! sql_store {
                 id: Uuid,
                 render: RenderMessageEvent,
                 now: OffsetDateTime,
-            ) -> StoreResult<Message> {
+            ) -> StoreResult<(Message, Vec<Uuid>)> {
                 let mut tx = self.pool.begin().await?;
                 let message = sqlx::query_as::<_, Message>(concat!(
-                    "UPDATE messages SET body = NULL, deleted_at = COALESCE(deleted_at, $2) \
+                    "UPDATE messages SET body = NULL, attachment = NULL, \
+                     deleted_at = COALESCE(deleted_at, $2) \
                      WHERE id = $1 RETURNING ",
                     message_cols!()
                 ))
@@ -1156,9 +1183,85 @@ macro_rules! sql_store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                // Its attachments are due for removal (the caller removes
+                // the blobs at once; the sweep retries what fails).
+                let attachments: Vec<Uuid> = sqlx::query_scalar(
+                    "UPDATE attachments SET deleted_at = $2 \
+                     WHERE message_id = $1 AND deleted_at IS NULL RETURNING id",
+                )
+                .bind(id)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
                 append_events!(tx, &[render(&message)], now);
                 tx.commit().await?;
-                Ok(message)
+                Ok((message, attachments))
+            }
+
+            async fn create_attachment(&self, attachment: &Attachment) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO attachments (id, owner_id, kind, name, content_type, size_bytes, \
+                     width, height, duration_ms, thumbnail, message_id, conversation_id, created_at, deleted_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $11, NULL)",
+                )
+                .bind(attachment.id)
+                .bind(attachment.owner_id)
+                .bind(&attachment.kind)
+                .bind(&attachment.name)
+                .bind(&attachment.content_type)
+                .bind(attachment.size_bytes)
+                .bind(attachment.width)
+                .bind(attachment.height)
+                .bind(attachment.duration_ms)
+                .bind(attachment.thumbnail)
+                .bind(attachment.created_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn attachment(&self, id: Uuid) -> StoreResult<Option<Attachment>> {
+                Ok(sqlx::query_as::<_, Attachment>(
+                    "SELECT id, owner_id, kind, name, content_type, size_bytes, width, height, \
+                     duration_ms, thumbnail, message_id, conversation_id, created_at, deleted_at \
+                     FROM attachments WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn claim_attachments_to_sweep(
+                &self,
+                pending_before: OffsetDateTime,
+                now: OffsetDateTime,
+                limit: i64,
+            ) -> StoreResult<Vec<Uuid>> {
+                // Marked deleted in the same statement that picks them, with
+                // the condition checked again on each row: a send that
+                // claimed an upload meanwhile wins, and a claimed upload is
+                // never swept (a send needs deleted_at IS NULL).
+                Ok(sqlx::query_scalar(
+                    "UPDATE attachments SET deleted_at = COALESCE(deleted_at, $2) \
+                     WHERE id IN (SELECT id FROM attachments \
+                                  WHERE deleted_at IS NOT NULL OR (message_id IS NULL AND created_at < $1) \
+                                  ORDER BY created_at LIMIT $3) \
+                       AND (deleted_at IS NOT NULL OR (message_id IS NULL AND created_at < $1)) \
+                     RETURNING id",
+                )
+                .bind(pending_before)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn forget_attachment(&self, id: Uuid) -> StoreResult<()> {
+                sqlx::query("DELETE FROM attachments WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn add_reaction(

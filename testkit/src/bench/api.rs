@@ -132,6 +132,8 @@ pub async fn run(options: &ApiBenchOptions) -> Vec<Measurement> {
                         client_message_id: Some(format!("store-{worker}-{i}")),
                         body: format!("message {i} from {worker}"),
                         reply_to: None,
+                        kind: "text".into(),
+                        attachment: None,
                         now: control_plane::store::now_utc(),
                     };
                     s.send_message(&message, control_plane::api::events::message_created)
@@ -165,6 +167,8 @@ pub async fn run(options: &ApiBenchOptions) -> Vec<Measurement> {
                         client_message_id: None,
                         body: format!("history {i}"),
                         reply_to: None,
+                        kind: "text".into(),
+                        attachment: None,
                         now: control_plane::store::now_utc(),
                     },
                     control_plane::api::events::message_created,

@@ -2,6 +2,7 @@
 //! in-memory SQLite and against a fresh Postgres database.
 
 mod accounts;
+mod attachments;
 mod conversations;
 mod errors;
 mod messages;
