@@ -32,6 +32,11 @@ const state = {
   error: '',
   // The gateway is down and being reconnected (shown on the chat).
   offline: false,
+  // Attachment elements by attachment id, reused across renders so an
+  // image does not flicker and a playing voice message keeps playing.
+  media: new Map(),
+  // The voice recorder while recording: { recorder, chunks, conv }.
+  recording: null,
 };
 window.cascadeState = state;
 window.cascadeClient = client;
@@ -707,8 +712,9 @@ function renderMessage(m, conv) {
     render();
   };
   const thumbs = (m.reactions || []).find((r) => r.emoji === '👍');
-  return h('article', { class: `msg${mine ? ' mine' : ''}${deleted ? ' deleted' : ''}`, 'data-seq': m.seq, 'data-id': m.id },
-    h('div', { class: 'body' }, deleted ? 'message deleted' : m.body),
+  return h('article', { class: `msg${mine ? ' mine' : ''}${deleted ? ' deleted' : ''}`, 'data-seq': m.seq, 'data-id': m.id, 'data-kind': m.kind || 'text' },
+    !deleted ? renderAttachment(m.attachment) : null,
+    deleted || m.body || !m.attachment ? h('div', { class: 'body' }, deleted ? 'message deleted' : m.body) : null,
     h('div', { class: 'meta' },
       h('span', {}, userName(m.author_id)),
       h('time', { datetime: m.created_at }, new Date(m.created_at).toLocaleTimeString()),
@@ -727,6 +733,80 @@ function renderMessage(m, conv) {
         render();
       } }, 'Delete') : null,
       mine && readers.length ? h('span', { class: 'read' }, `seen by ${readers.map((r) => userName(r.user.id)).join(', ')}`) : null));
+}
+
+function formatSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+// An image (its thumbnail, then the full picture on click), a voice
+// message with a player, or a file card that downloads with the name.
+function renderAttachment(a) {
+  if (!a) return null;
+  if (state.media.has(a.id)) return state.media.get(a.id);
+  let el;
+  if (a.kind === 'image') {
+    const img = h('img', { class: 'attachment-image', alt: a.name, 'data-attachment': a.id,
+      width: Math.min(320, a.width || 320) });
+    client.attachmentUrl(a.id, a.has_thumbnail).then((url) => { img.src = url; }).catch(() => { img.alt = `${a.name} (unavailable)`; });
+    el = h('a', { class: 'attachment', href: '#', 'aria-label': `Open image ${a.name}`, onclick: async (e) => {
+      e.preventDefault();
+      window.open(await client.attachmentUrl(a.id), '_blank', 'noopener');
+    } }, img);
+  } else if (a.kind === 'voice') {
+    const seconds = Math.round((a.duration_ms || 0) / 1000);
+    const audio = h('audio', { controls: true, preload: 'metadata', 'data-attachment': a.id, 'aria-label': `Voice message, ${seconds} seconds` });
+    client.attachmentUrl(a.id).then((url) => { audio.src = url; }).catch(() => {});
+    el = h('div', { class: 'attachment voice' }, audio, h('span', {}, `${seconds} s`));
+  } else {
+    el = h('a', { class: 'attachment file-card', href: '#', 'data-attachment': a.id, 'aria-label': `Download ${a.name}`, onclick: async (e) => {
+      e.preventDefault();
+      const link = h('a', { href: await client.attachmentUrl(a.id), download: a.name });
+      link.click();
+    } }, h('strong', {}, a.name), h('span', {}, formatSize(a.size_bytes)));
+  }
+  state.media.set(a.id, el);
+  return el;
+}
+
+const IMAGE_TYPES = ['image/png', 'image/jpeg', 'image/gif', 'image/webp'];
+
+// Uploads `file` and sends it to `convId` as an image, file or voice
+// message (the server checks the bytes; a mislabelled file is refused).
+async function sendAttachment(convId, file, kind) {
+  const sendKind = kind || (IMAGE_TYPES.includes(file.type) ? 'image' : 'file');
+  const uploaded = await client.upload(sendKind, file, file.name);
+  const m = await client.api('POST', `/v1/conversations/${convId}/messages`,
+    { kind: sendKind, attachment_id: uploaded.id, body: '', client_message_id: crypto.randomUUID() });
+  upsertMessage(m);
+  render();
+  scrollToBottom();
+}
+
+async function toggleRecording(convId) {
+  if (state.recording) {
+    state.recording.recorder.stop();
+    return;
+  }
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  const type = ['audio/webm;codecs=opus', 'audio/ogg;codecs=opus', 'audio/mp4'].find((t) => MediaRecorder.isTypeSupported(t));
+  const recorder = new MediaRecorder(stream, type ? { mimeType: type } : {});
+  const chunks = [];
+  recorder.ondataavailable = (e) => { if (e.data.size) chunks.push(e.data); };
+  recorder.onstop = async () => {
+    stream.getTracks().forEach((t) => t.stop());
+    state.recording = null;
+    render();
+    const mime = recorder.mimeType || type || 'audio/webm';
+    const ext = mime.includes('ogg') ? 'ogg' : mime.includes('mp4') ? 'm4a' : 'webm';
+    const blob = new Blob(chunks, { type: mime.split(';')[0] });
+    await sendAttachment(convId, new File([blob], `voice.${ext}`, { type: blob.type }), 'voice').catch(showError);
+  };
+  recorder.start(250);
+  state.recording = { recorder, conv: convId };
+  render();
 }
 
 function renderChat() {
@@ -759,13 +839,26 @@ function renderChat() {
       scrollToBottom();
       document.querySelector('.composer input').focus();
     } catch (ex) { showError(ex); }
-  } }, input, h('button', { class: 'primary', type: 'submit' }, state.editing ? 'Save' : 'Send'));
+  } }, input,
+  h('input', { type: 'file', class: 'attach-input', hidden: true, multiple: true, 'aria-label': 'Attach files', onchange: async (e) => {
+    for (const file of [...e.target.files]) await sendAttachment(conv.id, file).catch(showError);
+    e.target.value = '';
+  } }),
+  h('button', { type: 'button', class: 'attach', 'aria-label': 'Attach a file or image', onclick: () => document.querySelector('.attach-input').click() }, 'Attach'),
+  h('button', { type: 'button', class: `record${state.recording ? ' recording' : ''}`, 'aria-label': state.recording ? 'Stop recording and send' : 'Record a voice message',
+    onclick: () => toggleRecording(conv.id).catch(showError) }, state.recording ? 'Stop' : 'Record'),
+  h('button', { class: 'primary', type: 'submit' }, state.editing ? 'Save' : 'Send'));
   const box = h('div', { class: 'messages', role: 'log', 'aria-label': 'Messages', onscroll: async (e) => {
     if (e.target.scrollTop === 0 && entry.hasMore) await olderMessages(conv.id);
   } },
   entry.hasMore ? h('button', { class: 'older', onclick: () => olderMessages(conv.id) }, 'Load older messages') : null,
   entry.list.map((m) => renderMessage(m, conv)));
-  return h('section', { class: 'chat', 'aria-label': title(conv) },
+  return h('section', { class: 'chat', 'aria-label': title(conv),
+    ondragover: (e) => { e.preventDefault(); },
+    ondrop: async (e) => {
+      e.preventDefault();
+      for (const file of [...(e.dataTransfer ? e.dataTransfer.files : [])]) await sendAttachment(conv.id, file).catch(showError);
+    } },
     h('header', {}, h('h1', {}, title(conv)),
       h('button', { 'aria-label': 'Start audio call', disabled: !!state.call, onclick: () => startCall('audio') }, 'Audio call'),
       h('button', { 'aria-label': 'Start video call', disabled: !!state.call, onclick: () => startCall('video') }, 'Video call')),

@@ -158,6 +158,52 @@ export class Cascade {
     }
   }
 
+  /**
+   * Uploads a Blob/File as an attachment of `kind` (`image`, `file`,
+   * `voice`); the attachment view (docs/api.md, Attachments).
+   */
+  async upload(kind, file, name) {
+    const send = async (token) => {
+      const form = new FormData();
+      form.append('kind', kind);
+      form.append('file', file, name || file.name || 'file');
+      const response = await fetch(`${this.base}/v1/attachments`, {
+        method: 'POST', headers: { authorization: `Bearer ${token}` }, body: form,
+      });
+      const json = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        const err = json.error || {};
+        throw new ApiError(response.status, err.code, err.message);
+      }
+      return json;
+    };
+    try {
+      return await send(await this.accessToken());
+    } catch (e) {
+      if (e.status !== 401 || !this.tokens) throw e;
+      return send(await this.accessToken(true));
+    }
+  }
+
+  /**
+   * An attachment's bytes (or its thumbnail) as an object URL for <img>,
+   * <audio> or a download link; cached per path. Downloads need the access
+   * token, which an <img src> cannot carry.
+   */
+  async attachmentUrl(id, thumbnail = false) {
+    const path = `/v1/attachments/${id}${thumbnail ? '/thumbnail' : ''}`;
+    this.objectUrls = this.objectUrls || new Map();
+    if (!this.objectUrls.has(path)) {
+      this.objectUrls.set(path, (async () => {
+        const response = await fetch(this.base + path, { headers: { authorization: `Bearer ${await this.accessToken()}` } });
+        if (!response.ok) throw new ApiError(response.status, 'download_failed', `download failed (${response.status})`);
+        return URL.createObjectURL(await response.blob());
+      })());
+      this.objectUrls.get(path).catch(() => this.objectUrls.delete(path));
+    }
+    return this.objectUrls.get(path);
+  }
+
   async request(method, path, body, token) {
     const headers = {};
     if (body !== undefined) headers['content-type'] = 'application/json';

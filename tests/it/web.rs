@@ -671,3 +671,144 @@ async fn the_first_screen_shows_the_fields_of_its_mode_only() {
     let complaints = browser.security_complaints(&page);
     assert!(complaints.is_empty(), "{complaints:?}");
 }
+
+/// Issue 18: attach an image on one page and see its thumbnail on the
+/// other; record a voice message with the fake microphone and play it.
+#[tokio::test]
+async fn an_image_and_a_voice_message_reach_the_other_page() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let app = testkit::app::TestApp::spawn(testkit::app::Backend::Sqlite)
+        .await
+        .unwrap();
+    let alice = browser.open_isolated(&app.url("/")).await;
+    let bob = browser.open_isolated(&app.url("/")).await;
+    sign_up(&mut browser, &alice, "alice").await;
+    sign_up(&mut browser, &bob, "bob").await;
+    let bob_id = browser.eval(&bob, "cascadeClient.me.id").await;
+    // A direct conversation, opened on both pages.
+    browser
+        .eval(
+            &alice,
+            &format!(
+                "cascadeClient.api('POST', '/v1/conversations', {{kind: 'direct', user_id: {bob_id}}}).then(c => c.id)"
+            ),
+        )
+        .await;
+    // Both pages learn of it live (conversation.updated).
+    for page in [&alice, &bob] {
+        wait_for(
+            &mut browser,
+            page,
+            "!!document.querySelector('.conversations li[data-id]')",
+            Duration::from_secs(10),
+        )
+        .await;
+        browser
+            .eval(page, &click(".conversations li[data-id]"))
+            .await;
+        wait_for(
+            &mut browser,
+            page,
+            "!!document.querySelector('.composer .attach-input')",
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+
+    // Alice attaches a picture through the file input (a red 200x100 PNG
+    // drawn on a canvas).
+    browser
+        .eval(
+            &alice,
+            "(async () => { const c = document.createElement('canvas'); c.width = 200; c.height = 100; \
+             const g = c.getContext('2d'); g.fillStyle = '#e00000'; g.fillRect(0, 0, 200, 100); \
+             const blob = await new Promise(r => c.toBlob(r, 'image/png')); \
+             const dt = new DataTransfer(); dt.items.add(new File([blob], 'red.png', {type: 'image/png'})); \
+             const input = document.querySelector('.attach-input'); input.files = dt.files; \
+             input.dispatchEvent(new Event('change')); return true; })()",
+        )
+        .await;
+    // Bob's page shows the thumbnail, loaded, and red.
+    wait_for(
+        &mut browser,
+        &bob,
+        "(() => { const i = document.querySelector('.msg[data-kind=image] img'); return !!i && i.complete && i.naturalWidth > 0; })()",
+        Duration::from_secs(10),
+    )
+    .await;
+    let pixel = browser
+        .eval(
+            &bob,
+            "(() => { const i = document.querySelector('.msg[data-kind=image] img'); const c = document.createElement('canvas'); \
+             c.width = i.naturalWidth; c.height = i.naturalHeight; const g = c.getContext('2d'); g.drawImage(i, 0, 0); \
+             return [...g.getImageData(5, 5, 1, 1).data]; })()",
+        )
+        .await;
+    let rgb: Vec<i64> = pixel
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert!(
+        rgb[0] > 200 && rgb[1] < 40 && rgb[2] < 40,
+        "the thumbnail is the red picture: {rgb:?}"
+    );
+    std::fs::create_dir_all(artifacts()).unwrap();
+    browser
+        .screenshot(&bob, &artifacts().join("image-message.png"))
+        .await;
+
+    // Alice records two seconds from the fake microphone and sends it.
+    browser.eval(&alice, &click(".composer .record")).await;
+    wait_for(
+        &mut browser,
+        &alice,
+        "!!document.querySelector('.composer .record.recording')",
+        Duration::from_secs(5),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    browser.eval(&alice, &click(".composer .record")).await;
+    // Bob's page has the voice message with its duration, and it plays.
+    wait_for(
+        &mut browser,
+        &bob,
+        "(() => { const a = document.querySelector('.msg[data-kind=voice] audio'); return !!a && !!a.src; })()",
+        Duration::from_secs(10),
+    )
+    .await;
+    let duration_ms = browser
+        .eval(
+            &bob,
+            "cascadeState.messages.get(cascadeState.active).list.find(m => m.kind === 'voice').attachment.duration_ms",
+        )
+        .await;
+    let duration_ms = duration_ms.as_i64().unwrap();
+    eprintln!("voice message: {duration_ms} ms as the server read it");
+    assert!(
+        (1500..=4000).contains(&duration_ms),
+        "recorded ~2 s: {duration_ms} ms"
+    );
+    // As a click on the player would (a user gesture: autoplay rules).
+    let played = browser
+        .eval_as_user(
+            &bob,
+            "(async () => { const a = document.querySelector('.msg[data-kind=voice] audio'); \
+             try { await a.play(); } catch (e) { return 'play: ' + e; } \
+             return {ready: a.readyState, error: a.error && a.error.code}; })()",
+        )
+        .await;
+    eprintln!("voice message playback: {played}");
+    wait_for(
+        &mut browser,
+        &bob,
+        "document.querySelector('.msg[data-kind=voice] audio').currentTime > 0.5",
+        Duration::from_secs(10),
+    )
+    .await;
+    let complaints = browser.security_complaints(&bob);
+    assert!(complaints.is_empty(), "{complaints:?}");
+}

@@ -142,7 +142,7 @@ fn family_of_name(name: &str) -> Family {
         Some("pdf") => Family::Pdf,
         Some("zip") => Family::Zip,
         Some("txt" | "md" | "csv" | "log") => Family::Text,
-        Some("exe" | "dll" | "elf" | "bin" | "sh" | "app" | "so" | "dylib") => Family::Executable,
+        Some("exe" | "dll" | "elf" | "sh" | "app" | "so" | "dylib") => Family::Executable,
         _ => Family::Other,
     }
 }
@@ -221,7 +221,9 @@ pub fn inspect(
         ),
     ] {
         let compatible = match (family, found) {
-            (Family::Other, _) => true,
+            // Claims of nothing in particular, or of a program, promise no
+            // safe type: any bytes may carry them.
+            (Family::Other | Family::Executable, _) => true,
             // Recorders label WebM/MP4 audio as video and the reverse.
             (Family::Audio | Family::Video, Family::Audio | Family::Video) => true,
             // Text is whatever UTF-8 says; a .txt may be sniffed as text.
@@ -586,9 +588,15 @@ pub(crate) mod tests {
                 "{refused}"
             );
         }
-        // An executable named as one is a file like any other.
-        let ok = inspect(AttachmentKind::File, "tool.bin", None, &elf).unwrap();
+        // An executable named as one is a file like any other, and so are
+        // opaque bytes under any name that promises no safe type.
+        let ok = inspect(AttachmentKind::File, "tool.exe", None, &elf).unwrap();
         assert_eq!(ok.content_type, "application/x-executable");
+        let opaque = [0u8, 1, 2, 255, 254];
+        for name in ["data.bin", "setup.exe", "archive.7z", "noext"] {
+            let ok = inspect(AttachmentKind::File, name, None, &opaque).unwrap();
+            assert_eq!(ok.content_type, "application/octet-stream", "{name}");
+        }
         // An image upload must decode.
         let truncated = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
         assert_eq!(

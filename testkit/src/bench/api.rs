@@ -216,8 +216,76 @@ pub async fn run(options: &ApiBenchOptions) -> Vec<Measurement> {
     // Conversation list with unread counts.
     let list = |_: usize, _: u64| "/v1/conversations?limit=20".to_owned();
     results.push(authed_get(&app, &users, options, "GET conversation list (API)", list).await);
+
+    // Attachments: a 10 MiB file up and down (the filesystem store, in
+    // the test's own directory). Fewer workers: each request moves 10 MiB.
+    let file: Arc<Vec<u8>> = Arc::new((0..ATTACHMENT_BYTES).map(|i| (i % 251) as u8).collect());
+    let movers = options.clients.clamp(1, 4);
+    let (a, u, f) = (app.clone(), users.clone(), file.clone());
+    results.push(
+        closed_loop(
+            "POST 10 MiB attachment (API)",
+            movers,
+            options.duration.min(Duration::from_secs(5)),
+            move |worker, _| {
+                let (a, u, f) = (a.clone(), u.clone(), f.clone());
+                async move {
+                    a.upload(&u[worker], "file", "data.bin", None, &f)
+                        .await
+                        .status
+                        == 201
+                }
+            },
+        )
+        .await,
+    );
+    let uploaded = app
+        .upload(&users[0], "file", "data.bin", None, &file)
+        .await
+        .expect(201);
+    let sent = app
+        .post(
+            &format!("/v1/conversations/{}/messages", conversations[0]),
+            &users[0],
+            json!({"kind": "file", "attachment_id": uploaded.body["id"]}),
+        )
+        .await
+        .expect(201);
+    let download = format!(
+        "/v1/attachments/{}",
+        sent.body["attachment"]["id"]
+            .as_str()
+            .expect("attachment id")
+    );
+    let (a, u) = (app.clone(), users.clone());
+    results.push(
+        closed_loop(
+            "GET 10 MiB attachment (API)",
+            movers,
+            options.duration,
+            move |worker, _| {
+                let (a, u, path) = (a.clone(), u.clone(), download.clone());
+                async move {
+                    let request = a.http.get(a.url(&path)).bearer_auth(&u[worker].access);
+                    match request.send().await {
+                        Ok(r) if r.status() == 200 => {
+                            r.bytes().await.is_ok_and(|b| b.len() == ATTACHMENT_BYTES)
+                        }
+                        _ => false,
+                    }
+                }
+            },
+        )
+        .await,
+    );
+    if let Some(dir) = &app.config.attachments.dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     results
 }
+
+/// The attachment the upload and download workloads move.
+const ATTACHMENT_BYTES: usize = 10 << 20;
 
 /// A closed-loop workload of authenticated GETs: worker `w`'s `i`th request
 /// goes to `path(w, i)` with user `w`'s token and must answer 200.
