@@ -273,6 +273,12 @@ pub async fn list(
     ApiQuery(query): ApiQuery<MessagesQuery>,
 ) -> Result<Json<MessageList>, ApiError> {
     state.member_of(conversation_id, caller.user_id).await?;
+    if query.q.is_some() {
+        return Err(ApiError::bad_request(
+            "use_search",
+            "to search messages use GET /v1/messages/search?q=...&conversation_id=...",
+        ));
+    }
     let limit = page_limit(query.limit)?;
     // One extra row tells whether there is more.
     let (page, newer) = match (query.before, query.after) {
@@ -311,6 +317,54 @@ pub async fn list(
         .message_views(conversation_id, &messages, caller.user_id)
         .await?;
     Ok(Json(MessageList { messages, has_more }))
+}
+
+/// Longest search text.
+const MAX_SEARCH_CHARS: usize = 200;
+
+/// Full-text search over the messages of your conversations (or of one):
+/// newest first, with the matching passage. Nobody else's conversations
+/// are searched; deleted messages never match.
+#[utoipa::path(get, path = "/v1/messages/search", tag = "messages",
+    params(super::wire::MessageSearchQuery),
+    responses((status = 200, body = super::wire::SearchResults), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn search(
+    state: AppState,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<super::wire::MessageSearchQuery>,
+) -> Result<Json<super::wire::SearchResults>, ApiError> {
+    let text = query.q.trim();
+    if text.is_empty() || text.chars().count() > MAX_SEARCH_CHARS || text.contains('\0') {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("q must be 1-{MAX_SEARCH_CHARS} characters"),
+        ));
+    }
+    if let Some(conversation) = query.conversation_id {
+        state.member_of(conversation, caller.user_id).await?;
+    }
+    let limit = page_limit(query.limit)?;
+    let mut found = state
+        .store
+        .search_messages(
+            caller.user_id,
+            text,
+            query.conversation_id,
+            query.before,
+            limit + 1,
+        )
+        .await?;
+    let more = found.len() as i64 > limit;
+    found.truncate(limit as usize);
+    let next_before = more.then(|| found.last().map(|h| h.message.id)).flatten();
+    let mut hits = Vec::with_capacity(found.len());
+    for hit in found {
+        let message = state.message_view(&hit.message, caller.user_id).await?;
+        let snippet = super::wire::snippet_parts(hit.snippet.as_deref().unwrap_or_default());
+        hits.push(super::wire::SearchHitView { message, snippet });
+    }
+    Ok(Json(super::wire::SearchResults { hits, next_before }))
 }
 
 /// Send a message. With `client_message_id`, a retry returns the message

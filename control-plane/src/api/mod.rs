@@ -300,6 +300,7 @@ pub fn routes(upload_limit: usize) -> (Router<AppState>, utoipa::openapi::OpenAp
         .routes(routes!(messages::edit, messages::delete))
         .routes(routes!(messages::add_reaction, messages::remove_reaction))
         .routes(routes!(messages::mark_read))
+        .routes(routes!(messages::search))
         .routes(
             routes!(attachments::upload).layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
         )

@@ -588,6 +588,82 @@ pub struct MessagesQuery {
     pub before: Option<i64>,
     /// Newer than this `seq`.
     pub after: Option<i64>,
+    /// Not a filter here: text search is `GET /v1/messages/search` (given,
+    /// this answers 400 `use_search` rather than ignoring it).
+    pub q: Option<String>,
+}
+
+/// `GET /v1/messages/search?q=&conversation_id=&limit=&before=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MessageSearchQuery {
+    /// The words to find (all of them; Postgres also takes "quoted
+    /// phrases", `or` and `-word`). 1–200 characters.
+    pub q: String,
+    /// Only this conversation (yours).
+    pub conversation_id: Option<Uuid>,
+    /// 1–100 (default 50).
+    pub limit: Option<i64>,
+    /// Older than this message id (the previous page's `next_before`).
+    pub before: Option<Uuid>,
+}
+
+/// A part of a search passage; `hit` parts matched the query.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SnippetPart {
+    /// The text.
+    pub text: String,
+    /// Whether it matched.
+    pub hit: bool,
+}
+
+/// A message found by search.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SearchHitView {
+    /// The message (as in its conversation).
+    pub message: MessageView,
+    /// The passage around the matches, in parts (render `hit` parts
+    /// highlighted; the text is plain, never markup).
+    pub snippet: Vec<SnippetPart>,
+}
+
+/// A page of search results, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SearchResults {
+    /// The hits.
+    pub hits: Vec<SearchHitView>,
+    /// Pass as `before` for the next page; absent on the last.
+    pub next_before: Option<Uuid>,
+}
+
+/// Splits a stored snippet (hits between \x02 and \x03) into parts.
+pub fn snippet_parts(snippet: &str) -> Vec<SnippetPart> {
+    let mut parts = Vec::new();
+    let mut hit = false;
+    let mut text = String::new();
+    for c in snippet.chars() {
+        let marker = match c {
+            '\u{2}' => Some(true),
+            '\u{3}' => Some(false),
+            _ => None,
+        };
+        match marker {
+            Some(starts) => {
+                if !text.is_empty() {
+                    parts.push(SnippetPart {
+                        text: std::mem::take(&mut text),
+                        hit,
+                    });
+                }
+                hit = starts;
+            }
+            None => text.push(c),
+        }
+    }
+    if !text.is_empty() {
+        parts.push(SnippetPart { text, hit });
+    }
+    parts
 }
 
 /// A page of messages in ascending `seq`.

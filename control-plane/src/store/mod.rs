@@ -265,6 +265,17 @@ pub trait Store: CallStore + Send + Sync + 'static {
         render: RenderMessageEvent,
         now: OffsetDateTime,
     ) -> StoreResult<(Message, Vec<Uuid>)>;
+    /// Messages of `user`'s conversations (or of one) whose text matches
+    /// `text`, newest first, older than the message `before`; deleted
+    /// messages never match.
+    async fn search_messages(
+        &self,
+        user: Uuid,
+        text: &str,
+        conversation: Option<Uuid>,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> StoreResult<Vec<SearchHit>>;
     /// Records an upload (pending until a message claims it).
     async fn create_attachment(&self, attachment: &Attachment) -> StoreResult<()>;
     /// An attachment row.

@@ -335,6 +335,17 @@ pub struct Message {
     pub attachment: Option<String>,
 }
 
+/// A message found by search, with the matching passage: the hits are
+/// between `\x02` and `\x03`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SearchHit {
+    /// The message.
+    #[sqlx(flatten)]
+    pub message: Message,
+    /// The passage around the hits.
+    pub snippet: Option<String>,
+}
+
 /// An uploaded attachment.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Attachment {

@@ -229,7 +229,7 @@ macro_rules! append_events {
 /// transaction id that may still commit: events at or above it are not
 /// final yet (see `migrations/postgres/0002_events.sql`).
 macro_rules! sql_store {
-    ($store:ident, $watermark:literal) => {
+    ($store:ident, $watermark:literal, $search:expr, $search_terms:expr) => {
         #[async_trait]
         impl Store for $store {
             async fn ping(&self) -> StoreResult<()> {
@@ -1198,12 +1198,33 @@ macro_rules! sql_store {
                 Ok((message, attachments))
             }
 
+            async fn search_messages(
+                &self,
+                user: Uuid,
+                text: &str,
+                conversation: Option<Uuid>,
+                before: Option<Uuid>,
+                limit: i64,
+            ) -> StoreResult<Vec<SearchHit>> {
+                let Some(terms) = $search_terms(text) else {
+                    return Ok(Vec::new());
+                };
+                Ok(sqlx::query_as::<_, SearchHit>($search)
+                    .bind(user)
+                    .bind(terms)
+                    .bind(conversation)
+                    .bind(before)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
             async fn create_attachment(&self, attachment: &Attachment) -> StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO attachments (id, owner_id, kind, name, content_type, size_bytes, \
-                     width, height, duration_ms, thumbnail, message_id, conversation_id, created_at, deleted_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $11, NULL)",
-                )
+                sqlx::query(concat!(
+                    "INSERT INTO attachments (",
+                    attachment_cols!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $11, NULL)"
+                ))
                 .bind(attachment.id)
                 .bind(attachment.owner_id)
                 .bind(&attachment.kind)
@@ -1221,11 +1242,11 @@ macro_rules! sql_store {
             }
 
             async fn attachment(&self, id: Uuid) -> StoreResult<Option<Attachment>> {
-                Ok(sqlx::query_as::<_, Attachment>(
-                    "SELECT id, owner_id, kind, name, content_type, size_bytes, width, height, \
-                     duration_ms, thumbnail, message_id, conversation_id, created_at, deleted_at \
-                     FROM attachments WHERE id = $1",
-                )
+                Ok(sqlx::query_as::<_, Attachment>(concat!(
+                    "SELECT ",
+                    attachment_cols!(),
+                    " FROM attachments WHERE id = $1"
+                ))
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?)
@@ -1540,9 +1561,80 @@ macro_rules! sql_store {
     };
 }
 
+/// The columns of an attachment row, in [`Attachment`]'s order.
+macro_rules! attachment_cols {
+    () => {
+        "id, owner_id, kind, name, content_type, size_bytes, width, height, \
+         duration_ms, thumbnail, message_id, conversation_id, created_at, deleted_at"
+    };
+}
+
+/// The columns of a message joined as `m`.
+macro_rules! message_cols_m {
+    () => {
+        "m.id, m.conversation_id, m.seq, m.author_id, m.client_message_id, m.body, m.reply_to, \
+         m.created_at, m.edited_at, m.deleted_at, m.kind, m.attachment"
+    };
+}
+
+/// Postgres search: the caller's text as a web-search query (quotes,
+/// `or`, `-word`), headlines with \x02/\x03 around the hits.
+const PG_SEARCH: &str = concat!(
+    "SELECT ",
+    message_cols_m!(),
+    ", ts_headline('simple', m.body, q, 'StartSel=' || chr(2) || ', StopSel=' || chr(3) || \
+       ', MaxFragments=2, MaxWords=18, MinWords=6, FragmentDelimiter=\" … \"') AS snippet \
+     FROM messages m \
+     JOIN members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = $1, \
+     websearch_to_tsquery('simple', $2) q \
+     WHERE m.search @@ q AND m.deleted_at IS NULL \
+       AND ($3 IS NULL OR m.conversation_id = $3) AND ($4 IS NULL OR m.id < $4) \
+     ORDER BY m.id DESC LIMIT $5"
+);
+
+/// SQLite search: FTS5 over the same rows, snippets with \x02/\x03.
+const SQLITE_SEARCH: &str = concat!(
+    "SELECT ",
+    message_cols_m!(),
+    ", snippet(messages_fts, 0, char(2), char(3), ' … ', 16) AS snippet \
+     FROM messages_fts JOIN messages m ON m.rowid = messages_fts.rowid \
+     JOIN members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = $1 \
+     WHERE messages_fts MATCH $2 AND m.deleted_at IS NULL \
+       AND ($3 IS NULL OR m.conversation_id = $3) AND ($4 IS NULL OR m.id < $4) \
+     ORDER BY m.id DESC LIMIT $5"
+);
+
+/// Postgres parses the caller's text itself (websearch_to_tsquery never
+/// fails on input).
+fn pg_search_terms(text: &str) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// FTS5 has a query language of its own: each word becomes a quoted
+/// string (quotes doubled), all of them required, so no input is a syntax
+/// error or an operator.
+fn sqlite_search_terms(text: &str) -> Option<String> {
+    let terms: Vec<String> = text
+        .split_whitespace()
+        // A word of punctuation alone has no token to find (and would be
+        // an empty phrase).
+        .filter(|word| word.chars().any(char::is_alphanumeric))
+        .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" "))
+}
+
 sql_store!(
     PgStore,
-    "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint)"
+    "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint)",
+    PG_SEARCH,
+    pg_search_terms
 );
 // SQLite serialises writers: every committed event is final.
-sql_store!(SqliteStore, "9223372036854775807");
+sql_store!(
+    SqliteStore,
+    "9223372036854775807",
+    SQLITE_SEARCH,
+    sqlite_search_terms
+);

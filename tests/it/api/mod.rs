@@ -6,3 +6,4 @@ mod attachments;
 mod conversations;
 mod errors;
 mod messages;
+mod search;
