@@ -172,23 +172,7 @@ async fn log_in(browser: &mut Browser, page: &Page, user: &TestUser) {
         .eval(page, &type_into("input[name=password]", &user.password))
         .await;
     browser.eval(page, &click(".auth [type=submit]")).await;
-    wait_for(
-        browser,
-        page,
-        "!!document.querySelector('.conversations li[data-id]')",
-        Duration::from_secs(10),
-    )
-    .await;
-    browser
-        .eval(page, &click(".conversations li[data-id]"))
-        .await;
-    wait_for(
-        browser,
-        page,
-        "!!document.querySelector('.composer input')",
-        Duration::from_secs(5),
-    )
-    .await;
+    crate::web::open_first_conversation(browser, page).await;
 }
 
 /// Installs `__mark()` (remember the current peer connection), `__back()`

@@ -94,6 +94,28 @@ async fn sign_up(browser: &mut Browser, page: &Page, name: &str) {
     .await;
 }
 
+/// Waits for the conversation list, opens the first conversation and
+/// waits for its composer.
+pub(crate) async fn open_first_conversation(browser: &mut Browser, page: &Page) {
+    wait_for(
+        browser,
+        page,
+        "!!document.querySelector('.conversations li[data-id]')",
+        Duration::from_secs(10),
+    )
+    .await;
+    browser
+        .eval(page, &click(".conversations li[data-id]"))
+        .await;
+    wait_for(
+        browser,
+        page,
+        "!!document.querySelector('.composer input')",
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
 pub(crate) async fn send(browser: &mut Browser, page: &Page, text: &str) {
     browser
         .eval(page, &type_into(".composer input", text))
@@ -698,23 +720,7 @@ async fn an_image_and_a_voice_message_reach_the_other_page() {
         .await;
     // Both pages learn of it live (conversation.updated).
     for page in [&alice, &bob] {
-        wait_for(
-            &mut browser,
-            page,
-            "!!document.querySelector('.conversations li[data-id]')",
-            Duration::from_secs(10),
-        )
-        .await;
-        browser
-            .eval(page, &click(".conversations li[data-id]"))
-            .await;
-        wait_for(
-            &mut browser,
-            page,
-            "!!document.querySelector('.composer .attach-input')",
-            Duration::from_secs(5),
-        )
-        .await;
+        open_first_conversation(&mut browser, page).await;
     }
 
     // Alice attaches a picture through the file input (a red 200x100 PNG

@@ -541,14 +541,7 @@ pub async fn delete(
         .await?;
     // Its blobs go now; what fails here the sweep retries.
     for id in attachments {
-        match state.blobs.delete(id).await {
-            Ok(()) => {
-                if let Err(error) = state.store.forget_attachment(id).await {
-                    tracing::warn!(attachment = %id, %error, "attachment row kept for the sweep");
-                }
-            }
-            Err(error) => tracing::warn!(attachment = %id, %error, "attachment left for the sweep"),
-        }
+        crate::attachments::remove(&*state.store, &state.blobs, id).await;
     }
     Ok(Json(MessageView::new(&deleted, Vec::new())))
 }

@@ -315,15 +315,26 @@ pub async fn sweep_once(
     };
     let mut removed = 0;
     for id in due {
-        // Blob first: a row without a blob is harmless, the reverse leaks.
-        if let Err(error) = blobs.delete(id).await {
-            tracing::warn!(attachment = %id, %error, "attachment sweep: blob not removed");
-            continue;
-        }
-        match store.forget_attachment(id).await {
-            Ok(()) => removed += 1,
-            Err(error) => tracing::warn!(attachment = %id, %error, "attachment sweep: row kept"),
+        if remove(store, blobs, id).await {
+            removed += 1;
         }
     }
     removed
+}
+
+/// Removes an attachment claimed for removal: its blob, then its row
+/// (a row without a blob is harmless, the reverse would leak). Whether
+/// both went; what did not is left for the next sweep.
+pub async fn remove(store: &dyn crate::store::Store, blobs: &Blobs, id: Uuid) -> bool {
+    if let Err(error) = blobs.delete(id).await {
+        tracing::warn!(attachment = %id, %error, "attachment blob kept for the sweep");
+        return false;
+    }
+    match store.forget_attachment(id).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(attachment = %id, %error, "attachment row kept for the sweep");
+            false
+        }
+    }
 }
