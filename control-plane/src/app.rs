@@ -43,6 +43,7 @@ pub struct ControlPlane {
     drain_timeout: Duration,
     blobs: crate::attachments::Blobs,
     attachments: crate::attachments::AttachmentsConfig,
+    push: Option<crate::notifications::push::PushWorker>,
 }
 
 /// Where a running control plane can be reached.
@@ -78,6 +79,9 @@ pub enum StartError {
     /// The HTTP server failed while serving.
     #[error("serving HTTP failed")]
     Serve(#[source] std::io::Error),
+    /// The Web Push key could not be loaded or created.
+    #[error("cannot load the Web Push (VAPID) key")]
+    Vapid(#[source] crate::notifications::push::VapidError),
     /// The attachment store could not be opened.
     #[error("cannot open the attachment store")]
     Attachments(#[source] crate::attachments::BlobError),
@@ -185,6 +189,30 @@ impl Service for ControlPlane {
             config.calls.clone(),
             crate::calls::metrics::CallMetrics::new(&metrics),
         ));
+        let notifier =
+            crate::notifications::Notifier::new(dependencies.store.clone(), metrics.registry());
+        let vapid = if config.push.enabled {
+            Some(Arc::new(
+                crate::notifications::push::load_vapid(
+                    dependencies.store.as_ref(),
+                    &config.push.subject,
+                )
+                .await
+                .map_err(StartError::Vapid)?,
+            ))
+        } else {
+            None
+        };
+        let push = vapid.clone().map(|vapid| {
+            crate::notifications::push::PushWorker::new(
+                dependencies.store.clone(),
+                gateway.presence.clone(),
+                vapid,
+                config.push.clone(),
+                notifier.wake_handle(),
+                crate::notifications::push::PushMetrics::new(metrics.registry()),
+            )
+        });
         let gateway_handle = gateway.clone();
         let tokens_handle = tokens.clone();
         let blobs = crate::attachments::Blobs::open(&config.attachments, &config.data_dir)
@@ -199,6 +227,8 @@ impl Service for ControlPlane {
             gateway,
             calls: calls.clone(),
             blobs: blobs.clone(),
+            notifier,
+            vapid,
         });
         let router = router(&config, state, bus, metrics, readiness.clone());
         let http = HttpServer::bind(config.listen)
@@ -226,6 +256,7 @@ impl Service for ControlPlane {
             drain_timeout: config.drain_timeout(),
             blobs,
             attachments: config.attachments.clone(),
+            push,
         })
     }
 
@@ -244,6 +275,9 @@ impl Service for ControlPlane {
             self.attachments.clone(),
             shutdown.clone(),
         ));
+        if let Some(push) = self.push {
+            tokio::spawn(push.run(shutdown.clone()));
+        }
         if self.tokens.ring().policy().is_some() {
             tokio::spawn(rotate_keys(
                 self.tokens.clone(),

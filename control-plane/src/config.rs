@@ -43,6 +43,8 @@ pub struct ControlPlaneConfig {
     pub cluster: crate::calls::config::ClusterConfig,
     /// `[control_plane.attachments]`: where uploads are kept, size limits.
     pub attachments: crate::attachments::AttachmentsConfig,
+    /// `[control_plane.push]`: Web Push to browsers that are offline.
+    pub push: crate::notifications::push::PushConfig,
     /// Origins (`https://a.example`) of every replica or load balancer the
     /// web client may use, in the order it tries them when one stops
     /// answering. They are written into the page and allowed cross-origin
@@ -258,6 +260,7 @@ impl Default for ControlPlaneConfig {
             calls: crate::calls::config::CallsConfig::default(),
             cluster: crate::calls::config::ClusterConfig::default(),
             attachments: crate::attachments::AttachmentsConfig::default(),
+            push: crate::notifications::push::PushConfig::default(),
             api_origins: Vec::new(),
         }
     }
@@ -324,6 +327,10 @@ impl ControlPlaneConfig {
             websockets_per_user: plenty,
             max_open_websockets_per_user: 10_000,
         };
+        // The tests' push service listens on loopback over plain HTTP.
+        config.push.endpoint_hosts = vec!["127.0.0.1".into()];
+        config.push.allow_http = true;
+        config.push.poll_interval_ms = 100;
         config
     }
 }
@@ -365,6 +372,7 @@ impl Validate for ControlPlaneConfig {
         v.section("calls", &self.calls);
         v.section("cluster", &self.cluster);
         v.section("attachments", &self.attachments);
+        v.section("push", &self.push);
     }
 }
 

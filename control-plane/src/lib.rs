@@ -33,6 +33,7 @@ pub mod config;
 pub mod dependencies;
 pub mod error;
 pub mod gateway;
+pub mod notifications;
 pub mod placement;
 pub mod ratelimit;
 pub mod store;

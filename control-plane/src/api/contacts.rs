@@ -59,7 +59,7 @@ pub async fn request(
 ) -> Result<Json<ContactState>, ApiError> {
     let me = caller.user_id;
     check_other(&state, me, other).await?;
-    let view = change(&state, me, other, |mine, theirs| {
+    let (view, requested) = change(&state, me, other, |mine, theirs| {
         Ok(match (mine, theirs) {
             (Some(Blocked), _) => {
                 return Err(ApiError::conflict(
@@ -75,6 +75,16 @@ pub async fn request(
         })
     })
     .await?;
+    if requested && let Some(from) = state.store.user(me).await? {
+        state
+            .notifier
+            .send(vec![crate::notifications::contact_request(
+                other,
+                &from,
+                now(),
+            )])
+            .await;
+    }
     Ok(Json(ContactState::new(other, view)))
 }
 
@@ -83,19 +93,20 @@ pub async fn request(
 const ATTEMPTS: usize = 5;
 
 /// Reads both sides, lets `decide` choose the new views, and writes them
-/// if nothing changed meanwhile. Returns the caller's new view.
+/// if nothing changed meanwhile. Returns the caller's new view and whether
+/// the other side's view became `Incoming` now (a new request for them).
 async fn change(
     state: &AppState,
     me: Uuid,
     other: Uuid,
     decide: impl Fn(Option<ContactStatus>, Option<ContactStatus>) -> Result<Views, ApiError>,
-) -> Result<Option<ContactStatus>, ApiError> {
+) -> Result<(Option<ContactStatus>, bool), ApiError> {
     for _ in 0..ATTEMPTS {
         let mine = state.store.contact(me, other).await?;
         let theirs = state.store.contact(other, me).await?;
         let views = decide(mine, theirs)?;
         if views == (mine, theirs) {
-            return Ok(views.0);
+            return Ok((views.0, false));
         }
         // Each side whose view changed hears about it (on all its devices).
         let mut events = Vec::new();
@@ -110,7 +121,8 @@ async fn change(
             .set_contact_pair(me, other, (mine, theirs), views, &events, now())
             .await?
         {
-            return Ok(views.0);
+            let requested = views.1 == Some(Incoming) && theirs != Some(Incoming);
+            return Ok((views.0, requested));
         }
     }
     Err(ApiError::conflict(
@@ -146,7 +158,7 @@ pub async fn update(
             format!("unknown action {action:?}; use accept, decline, block, unblock or remove"),
         ));
     }
-    let view = change(&state, me, other, |mine, theirs| {
+    let (view, _) = change(&state, me, other, |mine, theirs| {
         let no_request = || ApiError::not_found("no contact request from this user");
         Ok(match action {
             "accept" => match mine {

@@ -246,6 +246,7 @@ pub async fn create(
                 .store
                 .create_group(&conversation, me, &members, &events)
                 .await?;
+            state.notify_added(me, &conversation, &members).await?;
             let view = state.conversation_view(conversation.id, me).await?;
             Ok((StatusCode::CREATED, Json(view)))
         }
@@ -381,6 +382,9 @@ pub async fn add_members(
         }
         other => other?,
     };
+    state
+        .notify_added(caller.user_id, &conversation, &added)
+        .await?;
     for user in &added {
         state
             .audit(
@@ -507,4 +511,24 @@ pub async fn set_role(
         )
         .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+impl AppState {
+    /// Notifies the people `by` just added to `group` (after the change
+    /// committed: see `notifications`).
+    async fn notify_added(
+        &self,
+        by: Uuid,
+        group: &Conversation,
+        added: &[Uuid],
+    ) -> Result<(), ApiError> {
+        if added.is_empty() {
+            return Ok(());
+        }
+        if let Some(by) = self.store.user(by).await? {
+            let notes = crate::notifications::added_to_group(added, &by, group, now());
+            self.notifier.send(notes).await;
+        }
+        Ok(())
+    }
 }

@@ -415,18 +415,18 @@ pub async fn send(
     state
         .check_not_blocked(&conversation, caller.user_id)
         .await?;
-    if let Some(reply_to) = body.reply_to
-        && state
-            .store
-            .message(conversation_id, reply_to)
-            .await?
-            .is_none()
-    {
-        return Err(ApiError::invalid(
-            "invalid_reply_to",
-            "reply_to is not a message of this conversation",
-        ));
-    }
+    let replied_author = match body.reply_to {
+        Some(reply_to) => match state.store.message(conversation_id, reply_to).await? {
+            Some(replied) => replied.author_id,
+            None => {
+                return Err(ApiError::invalid(
+                    "invalid_reply_to",
+                    "reply_to is not a message of this conversation",
+                ));
+            }
+        },
+        None => None,
+    };
     let (message, created) = state
         .store
         .send_message(
@@ -451,6 +451,12 @@ pub async fn send(
             }
             other => other.into(),
         })?;
+    // Also for a send repeated by client id: the dedupe key makes it one
+    // notification, and a first attempt that failed after storing the
+    // message still notifies.
+    state
+        .notify_message(&message, caller.user_id, replied_author)
+        .await?;
     // A message just stored has no reactions yet: skip that query.
     let view = if created {
         MessageView::new(&message, Vec::new())
@@ -662,6 +668,30 @@ pub async fn mark_read(
         )
         .await?;
     Ok(Json(ReadState { last_read_seq }))
+}
+
+impl AppState {
+    /// Notifies the people a message mentions or replies to.
+    async fn notify_message(
+        &self,
+        message: &crate::store::Message,
+        author: Uuid,
+        replied_author: Option<Uuid>,
+    ) -> Result<(), ApiError> {
+        let mentions = message.body.as_deref().is_some_and(|b| b.contains('@'));
+        let replies_to_other = replied_author.is_some_and(|a| a != author);
+        if !mentions && !replies_to_other {
+            return Ok(());
+        }
+        let Some(author) = self.store.user(author).await? else {
+            return Ok(());
+        };
+        let members = self.store.members(message.conversation_id).await?;
+        let notes =
+            crate::notifications::for_message(message, &author, &members, replied_author, now());
+        self.notifier.send(notes).await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod internal;
 
 pub use internal::node_credential;
 mod messages;
+pub mod notifications;
 mod presence;
 pub mod wire;
 
@@ -64,6 +65,10 @@ pub struct Shared {
     pub calls: Arc<crate::calls::Calls>,
     /// The object store of attachments.
     pub blobs: crate::attachments::Blobs,
+    /// Writes notifications and wakes the push worker.
+    pub notifier: crate::notifications::Notifier,
+    /// The Web Push key (None: push is off).
+    pub vapid: Option<Arc<crate::notifications::webpush::Vapid>>,
 }
 
 impl AppState {
@@ -246,6 +251,7 @@ pub fn now() -> OffsetDateTime {
         (name = "conversations", description = "Direct and group conversations"),
         (name = "messages", description = "Messages, reactions, read pointers"),
         (name = "calls", description = "Calls, their participants, history and regions"),
+        (name = "notifications", description = "The notification feed and Web Push subscriptions"),
         (name = "admin", description = "Site administration"),
     )
 )]
@@ -307,6 +313,11 @@ pub fn routes(upload_limit: usize) -> (Router<AppState>, utoipa::openapi::OpenAp
         .routes(routes!(attachments::download))
         .routes(routes!(attachments::thumbnail))
         .routes(routes!(admin::audit_log))
+        .routes(routes!(notifications::list))
+        .routes(routes!(notifications::mark_read))
+        .routes(routes!(notifications::key))
+        .routes(routes!(notifications::subscribe))
+        .routes(routes!(notifications::unsubscribe))
         .routes(routes!(calls::history, calls::start))
         .routes(routes!(calls::missed_count))
         .routes(routes!(calls::stats))

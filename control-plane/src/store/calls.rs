@@ -62,6 +62,39 @@ macro_rules! user_outcome {
     };
 }
 
+/// In transaction `$tx`, after call `$call` ended: notifies everyone whose
+/// outcome of it is `missed` (see `user_outcome!`) and evaluates to the
+/// notifications stored. The call id is the dedupe key, so a call is one
+/// missed-call notification per person however it ended.
+macro_rules! missed_call_notifications {
+    ($tx:ident, $call:expr, $now:expr) => {{
+        let missed: Vec<(Uuid, Uuid, Option<Uuid>, Option<String>, Option<String>)> =
+            sqlx::query_as(concat!(
+                "SELECT cu.user_id, c.conversation_id, c.initiator_id, u.username, u.display_name \
+                 FROM call_users cu JOIN calls c ON c.id = cu.call_id \
+                 LEFT JOIN users u ON u.id = c.initiator_id WHERE cu.call_id = $1 AND ",
+                user_outcome!(),
+                " = 'missed'"
+            ))
+            .bind($call)
+            .fetch_all(&mut *$tx)
+            .await?;
+        let notes: Vec<Notification> = missed
+            .into_iter()
+            .map(|(user, conversation, caller, username, display_name)| {
+                let mut note = Notification::new(user, NotificationKind::MissedCall, $now);
+                note.actor_id = caller;
+                note.actor_name = display_name.filter(|d| !d.is_empty()).or(username);
+                note.conversation_id = Some(conversation);
+                note.call_id = Some($call);
+                note.dedupe_key = Some(format!("call:{}", $call));
+                note
+            })
+            .collect();
+        insert_notifications!($tx, &notes, $now)
+    }};
+}
+
 /// The rules `update_call` applies (`calls::lifecycle::decide` with the
 /// action bound).
 pub type DecideCall<'a> =
@@ -392,6 +425,10 @@ macro_rules! call_store {
                     .await?;
                 }
                 append_events!(tx, &change.events, now);
+                let mut change = change;
+                if change.call.as_ref().is_some_and(|c| c.state == CallState::Ended) {
+                    change.notified = missed_call_notifications!(tx, id, now);
+                }
                 tx.commit().await?;
                 Ok(Ok(change))
             }

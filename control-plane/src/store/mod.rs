@@ -15,14 +15,21 @@
 //!   uniqueness rule is [`StoreError::Conflict`]; everything else is
 //!   [`StoreError::Backend`] and is never shown to clients.
 
-// `sql` first: its macros (`append_events!`) are used by `calls`.
+// `sql` first: its macros (`append_events!`) are used by the others.
 #[macro_use]
 mod sql;
-mod calls;
+#[macro_use]
 mod model;
+// Before `calls`: its `insert_notifications!` records missed calls.
+#[macro_use]
+mod notifications;
+mod calls;
 mod open;
 
 pub use calls::CallStore;
+pub use notifications::{
+    Notification, NotificationKind, NotificationStore, PushOutcome, PushSubscription,
+};
 
 pub use model::*;
 pub use open::{OpenError, open};
@@ -60,7 +67,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything the control plane keeps durably.
 #[async_trait]
-pub trait Store: CallStore + Send + Sync + 'static {
+pub trait Store: CallStore + NotificationStore + Send + Sync + 'static {
     /// Answers when the database can run a trivial query (readiness).
     async fn ping(&self) -> StoreResult<()>;
 

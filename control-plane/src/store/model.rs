@@ -107,8 +107,8 @@ pub struct SigningKeyRecord {
 #[derive(Debug, thiserror::Error)]
 #[error("unknown {kind} {value:?} in the database")]
 pub struct UnknownValue {
-    kind: &'static str,
-    value: String,
+    pub(super) kind: &'static str,
+    pub(super) value: String,
 }
 
 macro_rules! text_enum {
@@ -715,6 +715,9 @@ pub struct CallChange {
     pub insert: Option<Participant>,
     /// Replace this live session's node and media state (matched by id).
     pub update: Option<Participant>,
+    /// Missed-call notifications the store wrote when the call ended
+    /// (filled in by the store; for the push worker and tests).
+    pub notified: Vec<super::Notification>,
     /// Events to append.
     pub events: Vec<NewEvent>,
 }

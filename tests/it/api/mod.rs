@@ -6,4 +6,5 @@ mod attachments;
 mod conversations;
 mod errors;
 mod messages;
+mod notifications;
 mod search;
