@@ -37,6 +37,11 @@ const state = {
   media: new Map(),
   // The voice recorder while recording: { recorder, chunks, conv }.
   recording: null,
+  // The notification feed (newest first), its unread count, and whether
+  // the bell's list is open.
+  notifications: [],
+  unreadNotifications: 0,
+  bellOpen: false,
 };
 window.cascadeState = state;
 window.cascadeClient = client;
@@ -114,6 +119,25 @@ async function loadContacts() {
 async function loadHistory() {
   const page = await client.api('GET', '/v1/calls?limit=5');
   state.history = page.items;
+}
+
+async function loadNotifications() {
+  const page = await client.api('GET', '/v1/notifications?limit=30');
+  state.notifications = page.notifications;
+  state.unreadNotifications = page.unread_count;
+}
+
+// What a notification says, in words.
+function notificationText(n) {
+  const who = n.actor_name || 'Someone';
+  switch (n.kind) {
+    case 'missed_call': return `Missed call from ${who}`;
+    case 'contact_request': return `${who} wants to connect`;
+    case 'added_to_group': return `${who} added you to ${n.excerpt || 'a group'}`;
+    case 'mention': return `${who} mentioned you: ${n.excerpt || ''}`;
+    case 'reply': return `${who} replied: ${n.excerpt || ''}`;
+    default: return `${who}: ${n.excerpt || n.kind}`;
+  }
 }
 
 async function loadPresence() {
@@ -231,6 +255,24 @@ for (const type of ['conversation.updated', 'member.added', 'member.removed']) {
 for (const type of ['contact.request', 'contact.updated']) {
   client.on(type, () => loadContacts().then(render).catch(showError));
 }
+client.on('notification.created', (n) => {
+  if (state.notifications.some((x) => x.id === n.id)) return; // replayed
+  state.notifications.unshift(n);
+  state.unreadNotifications += 1;
+  // The tab is in the background: the system shows it (if allowed).
+  if (document.hidden && 'Notification' in window && Notification.permission === 'granted') {
+    try { new Notification('Cascade', { body: notificationText(n), tag: n.id }); } catch { /* not allowed here */ }
+  }
+  render();
+});
+client.on('notification.read', (d) => {
+  state.unreadNotifications = d.unread_count;
+  const now = new Date().toISOString();
+  for (const n of state.notifications) {
+    if (!n.read_at && (!d.ids || d.ids.includes(n.id))) n.read_at = now;
+  }
+  render();
+});
 client.on('presence', (d) => { state.presence.set(d.user_id, d.status); render(); });
 client.on('typing', (d) => {
   if (d.user_id === client.me.id) return;
@@ -685,9 +727,36 @@ function renderSidebar() {
     } },
     h('option', { value: '' }, 'nearest (measured)'),
     state.regions.map((r) => h('option', { value: r.name, selected: r.name === state.region }, r.name))));
+  const unread = state.unreadNotifications;
+  const bell = h('button', { class: 'bell', 'aria-expanded': state.bellOpen ? 'true' : 'false',
+    'aria-label': unread ? `Notifications, ${unread} unread` : 'Notifications',
+    onclick: () => {
+      state.bellOpen = !state.bellOpen;
+      // Asked on a click, as browsers require: system notifications for
+      // when this tab is in the background.
+      if ('Notification' in window && Notification.permission === 'default') Notification.requestPermission().catch(() => {});
+      render();
+    } }, '🔔', unread ? h('span', { class: 'badge unread bell-count' }, unread) : null);
+  const feed = state.bellOpen ? h('section', { class: 'notifications', 'aria-label': 'Notifications' },
+    h('button', { 'aria-label': 'Mark all notifications read', disabled: !unread, onclick: async () => {
+      const r = await client.api('POST', '/v1/notifications/read', {}).catch(showError);
+      if (r) { state.unreadNotifications = r.unread_count; await loadNotifications(); render(); }
+    } }, 'Mark all read'),
+    h('ul', {}, state.notifications.length ? state.notifications.map((n) => h('li', {
+      class: n.read_at ? 'read' : 'unread', 'data-kind': n.kind, tabindex: 0, role: 'button',
+      onclick: async () => {
+        if (!n.read_at) {
+          const r = await client.api('POST', '/v1/notifications/read', { ids: [n.id] }).catch(showError);
+          if (r) { n.read_at = new Date().toISOString(); state.unreadNotifications = r.unread_count; }
+        }
+        state.bellOpen = false;
+        if (n.conversation_id && state.conversations.has(n.conversation_id)) await openConversation(n.conversation_id).catch(showError);
+        render();
+      } }, notificationText(n))) : h('li', {}, 'Nothing yet'))) : null;
   return h('nav', { class: 'sidebar', 'aria-label': 'Contacts and conversations' },
-    h('div', { class: 'me' }, presenceDot(me.id), h('strong', {}, me.display_name || me.username),
+    h('div', { class: 'me' }, presenceDot(me.id), h('strong', {}, me.display_name || me.username), bell,
       h('button', { 'aria-label': 'Log out', onclick: async () => { await client.logout(); render(); } }, 'Log out')),
+    feed,
     regions,
     search, results,
     h('section', {}, h('h2', {}, 'Contacts'), contacts),
@@ -915,7 +984,7 @@ function render() {
 }
 
 async function refreshAll() {
-  await Promise.all([loadConversations(), loadContacts(), loadPresence(), loadHistory()]);
+  await Promise.all([loadConversations(), loadContacts(), loadPresence(), loadHistory(), loadNotifications()]);
   for (const convId of state.messages.keys()) await loadMessages(convId);
   render();
 }

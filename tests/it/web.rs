@@ -818,3 +818,79 @@ async fn an_image_and_a_voice_message_reach_the_other_page() {
     let complaints = browser.security_complaints(&bob);
     assert!(complaints.is_empty(), "{complaints:?}");
 }
+
+/// Issue 18: a call Bob did not answer shows on his bell as one unread
+/// notification, live, and stays there after a reload until he reads it.
+#[tokio::test]
+async fn the_bell_counts_a_missed_call() {
+    let Some(mut browser) = Browser::launch().await else {
+        return;
+    };
+    let app = testkit::app::TestApp::spawn(testkit::app::Backend::Sqlite)
+        .await
+        .unwrap();
+    let alice = browser.open_isolated(&app.url("/")).await;
+    let bob = browser.open_isolated(&app.url("/")).await;
+    sign_up(&mut browser, &alice, "alice").await;
+    sign_up(&mut browser, &bob, "bob").await;
+    let bob_id = browser.eval(&bob, "cascadeClient.me.id").await;
+    let bell = "document.querySelector('.bell').getAttribute('aria-label')";
+    assert_eq!(browser.eval(&bob, bell).await, "Notifications");
+    // Alice rings Bob and gives up before he answers.
+    browser
+        .eval(
+            &alice,
+            &format!(
+                "(async () => {{ const c = await cascadeClient.api('POST', '/v1/conversations', {{kind: 'direct', user_id: {bob_id}}}); \
+                 const call = await cascadeClient.api('POST', '/v1/calls', {{conversation_id: c.id, kind: 'audio'}}); \
+                 await cascadeClient.api('POST', `/v1/calls/${{call.id}}/cancel`); return call.id; }})()"
+            ),
+        )
+        .await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "document.querySelector('.bell').getAttribute('aria-label') === 'Notifications, 1 unread'",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        browser
+            .eval(&bob, "document.querySelector('.bell-count').textContent")
+            .await,
+        "1"
+    );
+    // Stored, not just live: a reload shows the same count.
+    browser.eval(&bob, "location.reload(); true").await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "!!document.querySelector('.bell') && document.querySelector('.bell').getAttribute('aria-label') === 'Notifications, 1 unread'",
+        Duration::from_secs(10),
+    )
+    .await;
+    // Opening the bell lists it; reading it clears the count.
+    browser
+        .eval(&bob, "document.querySelector('.bell').click(); true")
+        .await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "(() => { const li = document.querySelector('.notifications li[data-kind=missed_call]'); return !!li && li.textContent === 'Missed call from alice'; })()",
+        Duration::from_secs(5),
+    )
+    .await;
+    browser
+        .eval(
+            &bob,
+            "document.querySelector('.notifications li[data-kind=missed_call]').click(); true",
+        )
+        .await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "document.querySelector('.bell').getAttribute('aria-label') === 'Notifications' && !document.querySelector('.bell-count')",
+        Duration::from_secs(5),
+    )
+    .await;
+}
