@@ -694,13 +694,10 @@ async fn the_first_screen_shows_the_fields_of_its_mode_only() {
     assert!(complaints.is_empty(), "{complaints:?}");
 }
 
-/// Issue 18: attach an image on one page and see its thumbnail on the
-/// other; record a voice message with the fake microphone and play it.
-#[tokio::test]
-async fn an_image_and_a_voice_message_reach_the_other_page() {
-    let Some(mut browser) = Browser::launch().await else {
-        return;
-    };
+/// A browser (None where Chromium cannot run), a control plane on SQLite,
+/// and two isolated pages signed up as alice and bob.
+async fn alice_and_bob() -> Option<(Browser, testkit::app::TestApp, Page, Page)> {
+    let mut browser = Browser::launch().await?;
     let app = testkit::app::TestApp::spawn(testkit::app::Backend::Sqlite)
         .await
         .unwrap();
@@ -708,6 +705,16 @@ async fn an_image_and_a_voice_message_reach_the_other_page() {
     let bob = browser.open_isolated(&app.url("/")).await;
     sign_up(&mut browser, &alice, "alice").await;
     sign_up(&mut browser, &bob, "bob").await;
+    Some((browser, app, alice, bob))
+}
+
+/// Issue 18: attach an image on one page and see its thumbnail on the
+/// other; record a voice message with the fake microphone and play it.
+#[tokio::test]
+async fn an_image_and_a_voice_message_reach_the_other_page() {
+    let Some((mut browser, _app, alice, bob)) = alice_and_bob().await else {
+        return;
+    };
     let bob_id = browser.eval(&bob, "cascadeClient.me.id").await;
     // A direct conversation, opened on both pages.
     browser
@@ -823,16 +830,9 @@ async fn an_image_and_a_voice_message_reach_the_other_page() {
 /// notification, live, and stays there after a reload until he reads it.
 #[tokio::test]
 async fn the_bell_counts_a_missed_call() {
-    let Some(mut browser) = Browser::launch().await else {
+    let Some((mut browser, _app, alice, bob)) = alice_and_bob().await else {
         return;
     };
-    let app = testkit::app::TestApp::spawn(testkit::app::Backend::Sqlite)
-        .await
-        .unwrap();
-    let alice = browser.open_isolated(&app.url("/")).await;
-    let bob = browser.open_isolated(&app.url("/")).await;
-    sign_up(&mut browser, &alice, "alice").await;
-    sign_up(&mut browser, &bob, "bob").await;
     let bob_id = browser.eval(&bob, "cascadeClient.me.id").await;
     let bell = "document.querySelector('.bell').getAttribute('aria-label')";
     assert_eq!(browser.eval(&bob, bell).await, "Notifications");

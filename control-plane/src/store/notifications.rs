@@ -462,23 +462,7 @@ macro_rules! notification_store {
                 &self,
                 candidate: &SigningKeyRecord,
             ) -> StoreResult<SigningKeyRecord> {
-                sqlx::query(
-                    "INSERT INTO signing_keys (purpose, kid, private_pkcs8, public_key, created_at) \
-                     VALUES ('vapid', $1, $2, $3, $4) ON CONFLICT (purpose) DO NOTHING",
-                )
-                .bind(&candidate.kid)
-                .bind(&candidate.private_pkcs8)
-                .bind(&candidate.public_key)
-                .bind(candidate.created_at)
-                .execute(&self.pool)
-                .await?;
-                sqlx::query_as::<_, SigningKeyRecord>(
-                    "SELECT kid, private_pkcs8, public_key, created_at \
-                     FROM signing_keys WHERE purpose = 'vapid'",
-                )
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or(StoreError::NotFound)
+                first_key!(self.pool, "vapid", candidate)
             }
         }
     };

@@ -225,6 +225,34 @@ macro_rules! append_events {
     };
 }
 
+/// The stored key of `$purpose` in `signing_keys`, inserting `$candidate`
+/// if there is none: one row per purpose, whichever replica inserts first
+/// wins, and every replica then reads that same row.
+macro_rules! first_key {
+    ($pool:expr, $purpose:literal, $candidate:expr) => {{
+        let candidate: &SigningKeyRecord = $candidate;
+        sqlx::query(
+            "INSERT INTO signing_keys (purpose, kid, private_pkcs8, public_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (purpose) DO NOTHING",
+        )
+        .bind($purpose)
+        .bind(&candidate.kid)
+        .bind(&candidate.private_pkcs8)
+        .bind(&candidate.public_key)
+        .bind(candidate.created_at)
+        .execute(&$pool)
+        .await?;
+        sqlx::query_as::<_, SigningKeyRecord>(
+            "SELECT kid, private_pkcs8, public_key, created_at \
+             FROM signing_keys WHERE purpose = $1",
+        )
+        .bind($purpose)
+        .fetch_optional(&$pool)
+        .await?
+        .ok_or(StoreError::NotFound)
+    }};
+}
+
 /// Implements [`Store`] for `$store`. `$watermark` is SQL for the oldest
 /// transaction id that may still commit: events at or above it are not
 /// final yet (see `migrations/postgres/0002_events.sql`).
@@ -474,25 +502,7 @@ macro_rules! sql_store {
             }
 
             async fn signing_key(&self, candidate: &SigningKeyRecord) -> StoreResult<SigningKeyRecord> {
-                // One row per purpose: whichever replica inserts first wins,
-                // and every replica then reads that same row.
-                sqlx::query(
-                    "INSERT INTO signing_keys (purpose, kid, private_pkcs8, public_key, created_at) \
-                     VALUES ('access', $1, $2, $3, $4) ON CONFLICT (purpose) DO NOTHING",
-                )
-                .bind(&candidate.kid)
-                .bind(&candidate.private_pkcs8)
-                .bind(&candidate.public_key)
-                .bind(candidate.created_at)
-                .execute(&self.pool)
-                .await?;
-                sqlx::query_as::<_, SigningKeyRecord>(
-                    "SELECT kid, private_pkcs8, public_key, created_at \
-                     FROM signing_keys WHERE purpose = 'access'",
-                )
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or(StoreError::NotFound)
+                first_key!(self.pool, "access", candidate)
             }
 
             async fn ring_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
