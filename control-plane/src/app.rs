@@ -44,6 +44,8 @@ pub struct ControlPlane {
     blobs: crate::attachments::Blobs,
     attachments: crate::attachments::AttachmentsConfig,
     push: Option<crate::notifications::push::PushWorker>,
+    /// Subscribed before the listener opens, so no revocation is missed.
+    revocations: tokio::sync::broadcast::Receiver<crate::gateway::bus::BusMessage>,
 }
 
 /// Where a running control plane can be reached.
@@ -230,6 +232,7 @@ impl Service for ControlPlane {
             notifier,
             vapid,
         });
+        let revocations = bus.subscribe();
         let router = router(&config, state, bus, metrics, readiness.clone());
         let http = HttpServer::bind(config.listen)
             .await
@@ -257,6 +260,7 @@ impl Service for ControlPlane {
             blobs,
             attachments: config.attachments.clone(),
             push,
+            revocations,
         })
     }
 
@@ -278,6 +282,11 @@ impl Service for ControlPlane {
         if let Some(push) = self.push {
             tokio::spawn(push.run(shutdown.clone()));
         }
+        tokio::spawn(refuse_revoked_logins(
+            self.tokens.clone(),
+            self.revocations,
+            shutdown.clone(),
+        ));
         if self.tokens.ring().policy().is_some() {
             tokio::spawn(rotate_keys(
                 self.tokens.clone(),
@@ -458,6 +467,28 @@ async fn load_ring(
         return Err(RingError::Store(StoreError::NotFound));
     }
     Ok(KeyRing::rotating(keys, policy))
+}
+
+/// Refuses the access tokens of logins other replicas revoked (logout,
+/// password change, account deletion) as their bus messages arrive.
+async fn refuse_revoked_logins(
+    tokens: Tokens,
+    mut messages: tokio::sync::broadcast::Receiver<crate::gateway::bus::BusMessage>,
+    shutdown: Shutdown,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            message = messages.recv() => match message {
+                Ok(crate::gateway::bus::BusMessage::Revoked { families, .. }) => tokens.revoke(families),
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            },
+        }
+    }
 }
 
 /// Every replica: re-reads the key ring, adds the next key when it is due

@@ -45,6 +45,8 @@ pub struct ControlPlaneConfig {
     pub attachments: crate::attachments::AttachmentsConfig,
     /// `[control_plane.push]`: Web Push to browsers that are offline.
     pub push: crate::notifications::push::PushConfig,
+    /// `[control_plane.terms]`: the terms people accept at sign-up.
+    pub terms: TermsConfig,
     /// Origins (`https://a.example`) of every replica or load balancer the
     /// web client may use, in the order it tries them when one stops
     /// answering. They are written into the page and allowed cross-origin
@@ -102,6 +104,41 @@ impl Default for AuthConfig {
             max_failed_logins_per_address: 50,
             login_window_secs: 15 * 60,
             client_address_header: None,
+        }
+    }
+}
+
+/// `[control_plane.terms]`: sign-up records which version of the terms
+/// (and privacy notice) each person accepted, and when. Change `version`
+/// when the text changes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TermsConfig {
+    /// The current version; a sign-up must name it in `accepted_terms`.
+    pub version: String,
+    /// Where people read them (shown beside the sign-up checkbox).
+    pub url: Option<String>,
+}
+
+impl Default for TermsConfig {
+    fn default() -> Self {
+        TermsConfig {
+            version: "2026-12-01".to_owned(),
+            url: None,
+        }
+    }
+}
+
+impl Validate for TermsConfig {
+    fn validate(&self, v: &mut Validator) {
+        let version = self.version.trim();
+        if version.is_empty() || version.len() > 64 || version.chars().any(char::is_control) {
+            v.invalid("version", "must be 1-64 printable characters");
+        }
+        if let Some(url) = &self.url
+            && !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
+        {
+            v.invalid("url", "must be an http(s) URL or a path on this site");
         }
     }
 }
@@ -167,6 +204,12 @@ pub struct RateLimitsConfig {
     pub call_joins_per_user: Quota,
     /// WebSocket connections opened per user.
     pub websockets_per_user: Quota,
+    /// Data exports (`POST /v1/me/export`) per user: each reads all
+    /// their rows and blobs, and checks the password.
+    pub exports_per_user: Quota,
+    /// Account deletion attempts (`DELETE /v1/me`) per user: each checks
+    /// the password (wrong ones also count as failed logins).
+    pub erasures_per_user: Quota,
     /// WebSocket connections one user may hold open at once on one
     /// replica.
     pub max_open_websockets_per_user: u32,
@@ -181,6 +224,8 @@ impl Default for RateLimitsConfig {
             calls_per_user: Quota::new(20, 60),
             call_joins_per_user: Quota::new(60, 60),
             websockets_per_user: Quota::new(60, 60),
+            exports_per_user: Quota::new(3, 3600),
+            erasures_per_user: Quota::new(5, 3600),
             max_open_websockets_per_user: 20,
         }
     }
@@ -195,6 +240,8 @@ impl Validate for RateLimitsConfig {
             ("calls_per_user", self.calls_per_user),
             ("call_joins_per_user", self.call_joins_per_user),
             ("websockets_per_user", self.websockets_per_user),
+            ("exports_per_user", self.exports_per_user),
+            ("erasures_per_user", self.erasures_per_user),
         ] {
             check_range(
                 v,
@@ -261,6 +308,7 @@ impl Default for ControlPlaneConfig {
             cluster: crate::calls::config::ClusterConfig::default(),
             attachments: crate::attachments::AttachmentsConfig::default(),
             push: crate::notifications::push::PushConfig::default(),
+            terms: TermsConfig::default(),
             api_origins: Vec::new(),
         }
     }
@@ -325,6 +373,8 @@ impl ControlPlaneConfig {
             calls_per_user: plenty,
             call_joins_per_user: plenty,
             websockets_per_user: plenty,
+            exports_per_user: plenty,
+            erasures_per_user: plenty,
             max_open_websockets_per_user: 10_000,
         };
         // The tests' push service listens on loopback over plain HTTP.
@@ -373,6 +423,7 @@ impl Validate for ControlPlaneConfig {
         v.section("cluster", &self.cluster);
         v.section("attachments", &self.attachments);
         v.section("push", &self.push);
+        v.section("terms", &self.terms);
     }
 }
 

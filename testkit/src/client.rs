@@ -204,7 +204,7 @@ impl ApiClient {
             .await
     }
 
-    /// Registers `username` with a strong password.
+    /// Registers `username` with a strong password, accepting the terms.
     pub async fn register(&self, username: &str) -> TestUser {
         let password = format!("{username}-Plum-Ferry-Quartz-91");
         let reply = self
@@ -216,6 +216,7 @@ impl ApiClient {
                     "username": username,
                     "email": format!("{username}@example.com"),
                     "password": password,
+                    "accepted_terms": terms_version(),
                 })),
             )
             .await
@@ -293,4 +294,9 @@ impl ApiClient {
         .expect(201)
         .body
     }
+}
+
+/// The terms version a sign-up must accept (the default configuration's).
+pub fn terms_version() -> String {
+    control_plane::config::TermsConfig::default().version
 }

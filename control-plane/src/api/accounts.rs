@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::wire::{
     ChangePasswordRequest, LoginRequest, LogoutQuery, MeView, RefreshRequest, RegisterRequest,
-    SearchQuery, Session, Tokens, UpdateMeRequest, UserList, UserView,
+    SearchQuery, Session, TermsView, Tokens, UpdateMeRequest, UserList, UserView,
 };
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, ClientAddr, now};
 use crate::auth::tokens::{hash_refresh_token, new_refresh_token};
@@ -141,6 +141,7 @@ impl AppState {
         self.store
             .user(caller.user_id)
             .await?
+            .filter(|user| user.deleted_at.is_none())
             .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))
     }
 
@@ -148,7 +149,7 @@ impl AppState {
     /// its limit. Counted before the password check, so parallel guesses
     /// cannot all get in before the first failure is recorded. Fails open
     /// (counted and logged) when the limiter's backend is down.
-    async fn count_attempt(&self, keys: &LoginKeys) -> Result<(), ApiError> {
+    pub(crate) async fn count_attempt(&self, keys: &LoginKeys) -> Result<(), ApiError> {
         let auth = &self.config.auth;
         let window = Duration::from_secs(auth.login_window_secs);
         let mut wait: Option<Duration> = None;
@@ -174,7 +175,7 @@ impl AppState {
     /// A successful attempt: the account's counter starts over; the address
     /// only gets this attempt back (one good password must not reopen
     /// guessing at other accounts from there).
-    async fn attempt_succeeded(&self, keys: &LoginKeys) {
+    pub(crate) async fn attempt_succeeded(&self, keys: &LoginKeys) {
         if let Err(error) = self.limiter.reset(&keys.account).await {
             self.limiter_failed(&error);
         }
@@ -185,14 +186,24 @@ impl AppState {
         }
     }
 
-    /// Closes the revoked logins' WebSockets on every replica.
-    fn close_sockets(&self, user: Uuid, family: Option<Uuid>, except: Option<Uuid>) {
+    /// Ends revoked logins everywhere at once: their access tokens are
+    /// refused from now on (here at once, on the other replicas when the
+    /// bus message arrives) and their WebSockets close.
+    pub(crate) fn end_logins(
+        &self,
+        user: Uuid,
+        family: Option<Uuid>,
+        except: Option<Uuid>,
+        families: Vec<Uuid>,
+    ) {
+        self.tokens.revoke(families.iter().copied());
         let bus = self.gateway.bus.clone();
         tokio::spawn(async move {
             bus.publish(crate::gateway::bus::BusMessage::Revoked {
                 user,
                 family,
                 except,
+                families,
             })
             .await;
         });
@@ -228,7 +239,7 @@ impl AppState {
 }
 
 /// The rate-limit keys of one login attempt.
-struct LoginKeys {
+pub(crate) struct LoginKeys {
     /// Per account: its id if it exists, else a digest of the login text
     /// (bounded size; and once the account exists, guesses at `alice` and
     /// `alice@example.com` land on one counter).
@@ -238,7 +249,7 @@ struct LoginKeys {
 }
 
 impl LoginKeys {
-    fn new(user: Option<&User>, login: &str, ip: Option<std::net::IpAddr>) -> Self {
+    pub(crate) fn new(user: Option<&User>, login: &str, ip: Option<std::net::IpAddr>) -> Self {
         let account = match user {
             Some(user) => format!("login:account:{}", user.id),
             None => {
@@ -299,6 +310,16 @@ pub async fn register(
             )
             .await?;
     }
+    let terms = &state.config.terms;
+    if body.accepted_terms.as_deref().map(str::trim) != Some(terms.version.as_str()) {
+        return Err(ApiError::invalid(
+            "terms_not_accepted",
+            format!(
+                "accept the terms of service (version {}) to sign up: send accepted_terms",
+                terms.version
+            ),
+        ));
+    }
     let username = normalize_username(&body.username)?;
     let email = normalize_email(&body.email)?;
     let display_name = check_display_name(
@@ -326,6 +347,10 @@ pub async fn register(
         is_admin: false,
         created_at: now,
         updated_at: now,
+        avatar_id: None,
+        terms_version: Some(terms.version.clone()),
+        terms_accepted_at: Some(now),
+        deleted_at: None,
     };
     match state.store.create_user(&user).await {
         Ok(()) => {}
@@ -472,6 +497,7 @@ pub async fn refresh(
         ))),
         Rotation::Reused { user_id, family_id } => {
             let revoked = state.store.revoke_family(family_id, now).await?;
+            state.end_logins(user_id, Some(family_id), None, vec![family_id]);
             state
                 .audit(
                     Some(user_id),
@@ -496,9 +522,9 @@ pub async fn refresh(
     }
 }
 
-/// Revoke this login's refresh tokens (or every login with `?all=true`).
-/// Access tokens already issued stay valid until they expire
-/// (`access_token_ttl_secs`, 15 minutes by default).
+/// End this login (or every login with `?all=true`): its refresh tokens
+/// are revoked, its access tokens refused from now on, its WebSockets
+/// closed.
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
     params(LogoutQuery),
     responses((status = 204, description = "Logged out"), (status = 401, body = ErrorBody)),
@@ -511,14 +537,19 @@ pub async fn logout(
 ) -> Result<StatusCode, ApiError> {
     let now = now();
     let all = query.all.unwrap_or(false);
-    let revoked = if all {
-        state
+    let families = if all {
+        let mut families = state
             .store
             .revoke_user_sessions(caller.user_id, None, now)
-            .await?
+            .await?;
+        // Its refresh tokens may be gone while its access token lives.
+        families.push(caller.family_id);
+        families
     } else {
-        state.store.revoke_family(caller.family_id, now).await?
+        state.store.revoke_family(caller.family_id, now).await?;
+        vec![caller.family_id]
     };
+    let revoked = families.len();
     state
         .audit(
             Some(caller.user_id),
@@ -529,7 +560,7 @@ pub async fn logout(
         )
         .await;
     let family = if all { None } else { Some(caller.family_id) };
-    state.close_sockets(caller.user_id, family, None);
+    state.end_logins(caller.user_id, family, None, families);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -549,22 +580,10 @@ pub async fn change_password(
     ClientAddr(ip): ClientAddr,
     ApiJson(body): ApiJson<ChangePasswordRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let user = state.caller_user(caller).await?;
     // Guessing the current password here counts like failed logins.
-    let keys = LoginKeys::new(Some(&user), &user.username, ip);
-    state.count_attempt(&keys).await?;
-    if !state
-        .passwords
-        .verify(&body.current_password, Some(&user.password_hash))
-        .await
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "invalid_credentials",
-            "the current password is wrong",
-        ));
-    }
-    state.attempt_succeeded(&keys).await;
+    let user = state
+        .reauthenticate(caller, ip, &body.current_password)
+        .await?;
     state
         .passwords
         .check_policy(
@@ -579,10 +598,11 @@ pub async fn change_password(
         .map_err(|e| ApiError::internal(&e))?;
     let now = now();
     state.store.set_password_hash(user.id, &hash, now).await?;
-    let revoked = state
+    let families = state
         .store
         .revoke_user_sessions(user.id, Some(caller.family_id), now)
         .await?;
+    let revoked = families.len();
     state
         .audit(
             Some(user.id),
@@ -592,8 +612,18 @@ pub async fn change_password(
             serde_json::json!({ "revoked_sessions": revoked }),
         )
         .await;
-    state.close_sockets(user.id, None, Some(caller.family_id));
+    state.end_logins(user.id, None, Some(caller.family_id), families);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The terms a sign-up accepts (no sign-in needed).
+#[utoipa::path(get, path = "/v1/terms", tag = "auth",
+    responses((status = 200, body = TermsView)))]
+pub async fn terms(state: AppState) -> Json<TermsView> {
+    Json(TermsView {
+        version: state.config.terms.version.clone(),
+        url: state.config.terms.url.clone(),
+    })
 }
 
 /// The caller's account.
@@ -633,10 +663,48 @@ pub async fn update_me(
         }
         profile.status_text = status.to_owned();
     }
+    if body.avatar_url.is_some() && body.avatar_id.is_some() {
+        return Err(ApiError::invalid(
+            "invalid_avatar",
+            "send avatar_id or avatar_url, not both",
+        ));
+    }
     if let Some(avatar) = &body.avatar_url {
         profile.avatar_url = avatar.as_deref().map(check_avatar_url).transpose()?;
     }
-    let updated = state.store.update_profile(user.id, &profile, now()).await?;
+    let now = now();
+    // An uploaded avatar goes first: a URL or `null` releases it, an
+    // upload takes its place.
+    let avatar = match (&body.avatar_id, &body.avatar_url) {
+        (Some(id), _) => Some(*id),
+        (None, Some(_)) if user.avatar_id.is_some() => Some(None),
+        _ => None,
+    };
+    if let Some(avatar) = avatar {
+        let (_, replaced) = match state.store.set_avatar(user.id, avatar, now).await {
+            Err(StoreError::NotFound) => {
+                return Err(ApiError::invalid(
+                    "invalid_avatar",
+                    "avatar_id must be an image you uploaded and have not sent",
+                ));
+            }
+            other => other?,
+        };
+        if let Some(old) = replaced {
+            crate::attachments::remove(
+                &*state.store,
+                &state.blobs,
+                old,
+                Some(user.id),
+                "avatar_replaced",
+            )
+            .await;
+        }
+    }
+    if body.avatar_id.is_some() {
+        profile.avatar_url = None;
+    }
+    let updated = state.store.update_profile(user.id, &profile, now).await?;
     Ok(Json((&updated).into()))
 }
 

@@ -312,3 +312,45 @@ pub async fn thumbnail(
     };
     Ok(serve(&row, bytes, content_type, true))
 }
+
+/// A user's uploaded avatar (its thumbnail when it has one): any signed-in
+/// user may see it, like the rest of a profile. The URL in `avatar_url`
+/// names the upload (`?v=`), so a new avatar is a new URL and this one may
+/// be cached.
+#[utoipa::path(get, path = "/v1/users/{user_id}/avatar", tag = "users",
+    responses((status = 200, description = "The image"), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn avatar(
+    state: AppState,
+    _caller: Caller,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> Result<Response, ApiError> {
+    let missing = || ApiError::not_found("no avatar");
+    let user = state.store.user(user_id).await?.ok_or_else(missing)?;
+    let id = user
+        .avatar_id
+        .filter(|_| user.deleted_at.is_none())
+        .ok_or_else(missing)?;
+    let row = state.store.attachment(id).await?.ok_or_else(missing)?;
+    if row.deleted_at.is_some() {
+        return Err(missing());
+    }
+    let bytes = state
+        .blobs
+        .get(id, row.thumbnail)
+        .await
+        .map_err(|_| missing())?;
+    let content_type = if !row.thumbnail {
+        row.content_type.clone()
+    } else if bytes.starts_with(b"\x89PNG") {
+        "image/png".to_owned()
+    } else {
+        "image/jpeg".to_owned()
+    };
+    let mut response = serve(&row, bytes, &content_type, true);
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=86400, immutable"),
+    );
+    Ok(response)
+}

@@ -14,7 +14,7 @@ use axum::Json;
 use uuid::Uuid;
 
 use super::wire::{ContactAction, ContactList, ContactState, ContactView, ContactsQuery};
-use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, now};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, ClientAddr, now};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::ContactStatus::{self, Accepted, Blocked, Incoming, Outgoing};
 
@@ -55,6 +55,7 @@ pub async fn list(
 pub async fn request(
     state: AppState,
     caller: Caller,
+    ClientAddr(ip): ClientAddr,
     ApiPath(other): ApiPath<Uuid>,
 ) -> Result<Json<ContactState>, ApiError> {
     let me = caller.user_id;
@@ -75,6 +76,20 @@ pub async fn request(
         })
     })
     .await?;
+    let action = if view == Some(Accepted) {
+        "contact.accepted"
+    } else {
+        "contact.requested"
+    };
+    state
+        .audit(
+            Some(me),
+            action,
+            Some(("user", other.to_string())),
+            ip,
+            serde_json::json!({}),
+        )
+        .await;
     if requested && let Some(from) = state.store.user(me).await? {
         state
             .notifier
@@ -146,6 +161,7 @@ type Views = (Option<ContactStatus>, Option<ContactStatus>);
 pub async fn update(
     state: AppState,
     caller: Caller,
+    ClientAddr(ip): ClientAddr,
     ApiPath(other): ApiPath<Uuid>,
     ApiJson(body): ApiJson<ContactAction>,
 ) -> Result<Json<ContactState>, ApiError> {
@@ -185,6 +201,22 @@ pub async fn update(
         })
     })
     .await?;
+    let audited = match action {
+        "accept" => "contact.accepted",
+        "decline" => "contact.declined",
+        "remove" => "contact.removed",
+        "block" => "contact.blocked",
+        _ => "contact.unblocked",
+    };
+    state
+        .audit(
+            Some(me),
+            audited,
+            Some(("user", other.to_string())),
+            ip,
+            serde_json::json!({}),
+        )
+        .await;
     Ok(Json(ContactState::new(other, view)))
 }
 

@@ -13,7 +13,7 @@ use super::wire::{
     EditMessage, MarkRead, MessageKind, MessageList, MessageView, MessagesQuery, ReactionView,
     ReadState, SendMessage,
 };
-use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, now};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Caller, ClientAddr, now};
 use crate::error::{ApiError, ErrorBody};
 use crate::store::{Conversation, ConversationKind, Message, MessagePage, NewMessage, Role};
 
@@ -530,6 +530,7 @@ pub async fn edit(
 pub async fn delete(
     state: AppState,
     caller: Caller,
+    ClientAddr(ip): ClientAddr,
     ApiPath((conversation_id, message_id)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<Json<MessageView>, ApiError> {
     let (conversation, member) = state.member_of(conversation_id, caller.user_id).await?;
@@ -545,9 +546,29 @@ pub async fn delete(
         .store
         .delete_message(message_id, super::events::message_deleted, now())
         .await?;
+    state
+        .audit(
+            Some(caller.user_id),
+            "message.deleted",
+            Some(("message", message_id.to_string())),
+            ip,
+            serde_json::json!({
+                "conversation_id": conversation_id,
+                "author_id": message.author_id,
+                "attachments": attachments.len(),
+            }),
+        )
+        .await;
     // Its blobs go now; what fails here the sweep retries.
     for id in attachments {
-        crate::attachments::remove(&*state.store, &state.blobs, id).await;
+        crate::attachments::remove(
+            &*state.store,
+            &state.blobs,
+            id,
+            Some(caller.user_id),
+            "message_deleted",
+        )
+        .await;
     }
     Ok(Json(MessageView::new(&deleted, Vec::new())))
 }

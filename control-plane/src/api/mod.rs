@@ -17,6 +17,7 @@ mod internal;
 pub use internal::node_credential;
 mod messages;
 pub mod notifications;
+mod own_data;
 mod presence;
 pub mod wire;
 
@@ -106,20 +107,7 @@ impl AppState {
         ip: Option<IpAddr>,
         details: serde_json::Value,
     ) {
-        let (target_type, target_id) = match target {
-            Some((kind, id)) => (Some(kind.to_owned()), Some(id)),
-            None => (None, None),
-        };
-        let entry = AuditEntry {
-            id: Uuid::now_v7(),
-            at: crate::store::now_utc(),
-            actor_id: actor,
-            action: action.to_owned(),
-            target_type,
-            target_id,
-            ip: ip.map(|ip| ip.to_string()),
-            details: details.to_string(),
-        };
+        let entry = AuditEntry::new(actor, action, target, ip.map(|ip| ip.to_string()), &details);
         if let Err(error) = self.store.audit(&entry).await {
             tracing::error!(%error, action, "could not write the audit log");
         }
@@ -284,7 +272,10 @@ pub fn routes(upload_limit: usize) -> (Router<AppState>, utoipa::openapi::OpenAp
         .routes(routes!(accounts::refresh))
         .routes(routes!(accounts::logout))
         .routes(routes!(accounts::change_password))
-        .routes(routes!(accounts::me, accounts::update_me))
+        .routes(routes!(accounts::terms))
+        .routes(routes!(accounts::me, accounts::update_me, own_data::erase))
+        .routes(routes!(own_data::export))
+        .routes(routes!(attachments::avatar))
         .routes(routes!(accounts::search_users))
         .routes(routes!(accounts::user))
         .routes(routes!(presence::list))

@@ -22,18 +22,31 @@ pub struct UserView {
     pub display_name: String,
     /// Free text.
     pub status_text: String,
-    /// Avatar URL.
+    /// Avatar: `/v1/users/{id}/avatar?v=...` for an uploaded one (fetch
+    /// it with the bearer token), else the http(s) URL they gave.
     pub avatar_url: Option<String>,
+    /// The account was erased: show "Deleted user".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 impl From<&User> for UserView {
     fn from(user: &User) -> Self {
+        let avatar_url = match user.avatar_id {
+            Some(avatar) => Some(format!(
+                "/v1/users/{}/avatar?v={}",
+                user.id,
+                avatar.simple()
+            )),
+            None => user.avatar_url.clone(),
+        };
         UserView {
             id: user.id,
             username: user.username.clone(),
             display_name: user.display_name.clone(),
             status_text: user.status_text.clone(),
-            avatar_url: user.avatar_url.clone(),
+            avatar_url,
+            deleted: user.deleted_at.is_some(),
         }
     }
 }
@@ -51,6 +64,14 @@ pub struct MeView {
     /// Registration time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The uploaded avatar's attachment id.
+    pub avatar_id: Option<Uuid>,
+    /// The terms version accepted at sign-up (None: before consent was
+    /// recorded).
+    pub terms_version: Option<String>,
+    /// When.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub terms_accepted_at: Option<OffsetDateTime>,
 }
 
 impl From<&User> for MeView {
@@ -60,6 +81,9 @@ impl From<&User> for MeView {
             email: user.email.clone(),
             is_admin: user.is_admin,
             created_at: user.created_at,
+            avatar_id: user.avatar_id,
+            terms_version: user.terms_version.clone(),
+            terms_accepted_at: user.terms_accepted_at,
         }
     }
 }
@@ -76,6 +100,18 @@ pub struct RegisterRequest {
     pub password: String,
     /// Defaults to the username.
     pub display_name: Option<String>,
+    /// The terms version the person accepted (`GET /v1/terms`); sign-up
+    /// is refused without the current one.
+    pub accepted_terms: Option<String>,
+}
+
+/// `GET /v1/terms`: what a sign-up accepts.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TermsView {
+    /// The current version: send it as `accepted_terms`.
+    pub version: String,
+    /// Where to read them.
+    pub url: Option<String>,
 }
 
 /// `POST /v1/auth/login`.
@@ -136,7 +172,9 @@ pub struct LogoutQuery {
     pub all: Option<bool>,
 }
 
-/// `PATCH /v1/me`: absent fields stay, `null` clears the avatar.
+/// `PATCH /v1/me`: absent fields stay; `avatar_id` (an image uploaded with
+/// `POST /v1/attachments`, not sent) or `avatar_url` sets the avatar, and
+/// `null` in either clears it.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMeRequest {
@@ -148,6 +186,10 @@ pub struct UpdateMeRequest {
     #[serde(default, deserialize_with = "crate::api::double_option")]
     #[schema(value_type = Option<String>)]
     pub avatar_url: Option<Option<String>>,
+    /// An uploaded image of the caller's as the avatar (`null` clears).
+    #[serde(default, deserialize_with = "crate::api::double_option")]
+    #[schema(value_type = Option<Uuid>)]
+    pub avatar_id: Option<Option<Uuid>>,
 }
 
 /// `GET /v1/users?q=`.

@@ -315,7 +315,7 @@ pub async fn sweep_once(
     };
     let mut removed = 0;
     for id in due {
-        if remove(store, blobs, id).await {
+        if remove(store, blobs, id, None, "swept").await {
             removed += 1;
         }
     }
@@ -323,15 +323,34 @@ pub async fn sweep_once(
 }
 
 /// Removes an attachment claimed for removal: its blob, then its row
-/// (a row without a blob is harmless, the reverse would leak). Whether
-/// both went; what did not is left for the next sweep.
-pub async fn remove(store: &dyn crate::store::Store, blobs: &Blobs, id: Uuid) -> bool {
+/// (a row without a blob is harmless, the reverse would leak), and audits
+/// it (`attachment.deleted`, by `actor` for `reason`). Whether both went;
+/// what did not is left for the next sweep.
+pub async fn remove(
+    store: &dyn crate::store::Store,
+    blobs: &Blobs,
+    id: Uuid,
+    actor: Option<Uuid>,
+    reason: &'static str,
+) -> bool {
     if let Err(error) = blobs.delete(id).await {
         tracing::warn!(attachment = %id, %error, "attachment blob kept for the sweep");
         return false;
     }
     match store.forget_attachment(id).await {
-        Ok(()) => true,
+        Ok(()) => {
+            let entry = crate::store::AuditEntry::new(
+                actor,
+                "attachment.deleted",
+                Some(("attachment", id.to_string())),
+                None,
+                &serde_json::json!({ "reason": reason }),
+            );
+            if let Err(error) = store.audit(&entry).await {
+                tracing::error!(%error, "could not write the audit log");
+            }
+            true
+        }
         Err(error) => {
             tracing::warn!(attachment = %id, %error, "attachment row kept for the sweep");
             false

@@ -129,6 +129,39 @@ pub struct Tokens {
     ring: std::sync::Arc<std::sync::RwLock<KeyRing>>,
     access_ttl: time::Duration,
     validation: Validation,
+    revoked: std::sync::Arc<RevokedLogins>,
+}
+
+/// Logins revoked while access tokens issued under them may still be
+/// unexpired: a token of one of them is refused at once instead of at its
+/// expiry. Each family is kept one access-token lifetime (no token of it
+/// can outlive that), so the set stays as small as the revocations of the
+/// last `access_ttl`. Fed by this replica's own revocations and, through
+/// the gateway bus, by the other replicas' (a replica that misses a bus
+/// message honours the token until it expires, as before).
+#[derive(Debug, Default)]
+pub struct RevokedLogins {
+    families: std::sync::Mutex<std::collections::HashMap<Uuid, std::time::Instant>>,
+}
+
+impl RevokedLogins {
+    /// Refuses `families`' access tokens from now until `keep` from now.
+    pub fn insert(&self, families: impl IntoIterator<Item = Uuid>, keep: std::time::Duration) {
+        let now = std::time::Instant::now();
+        let until = now + keep;
+        let mut map = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, expires| *expires > now);
+        for family in families {
+            map.insert(family, until);
+        }
+    }
+
+    /// Whether `family` was revoked (and its tokens may still be alive).
+    pub fn contains(&self, family: Uuid) -> bool {
+        let map = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&family)
+            .is_some_and(|expires| *expires > std::time::Instant::now())
+    }
 }
 
 impl Tokens {
@@ -146,7 +179,18 @@ impl Tokens {
             ring: std::sync::Arc::new(std::sync::RwLock::new(ring)),
             access_ttl: time::Duration::try_from(access_ttl).unwrap_or(time::Duration::minutes(15)),
             validation,
+            revoked: std::sync::Arc::default(),
         }
+    }
+
+    /// Refuses the access tokens of `families` from now on (they were
+    /// revoked in the store).
+    pub fn revoke(&self, families: impl IntoIterator<Item = Uuid>) {
+        // Leeway: a token is accepted a few seconds past its `exp`.
+        let keep = std::time::Duration::from_secs(
+            u64::try_from(self.access_ttl.whole_seconds()).unwrap_or(0) + 60,
+        );
+        self.revoked.insert(families, keep);
     }
 
     /// Seconds an access token lives.
@@ -189,7 +233,14 @@ impl Tokens {
             .ok_or_else(|| {
                 jsonwebtoken::errors::Error::from(jsonwebtoken::errors::ErrorKind::InvalidSignature)
             })?;
-        Ok(jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &self.validation)?.claims)
+        let claims =
+            jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &self.validation)?.claims;
+        if self.revoked.contains(claims.sid) {
+            return Err(TokenError(
+                jsonwebtoken::errors::ErrorKind::InvalidToken.into(),
+            ));
+        }
+        Ok(claims)
     }
 
     /// A copy of the key ring (for the rotation task).

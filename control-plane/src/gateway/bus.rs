@@ -47,6 +47,10 @@ pub enum BusMessage {
         family: Option<Uuid>,
         /// ... except this one.
         except: Option<Uuid>,
+        /// The revoked logins, whose access tokens every replica refuses
+        /// from now on (absent from replicas older than this field).
+        #[serde(default)]
+        families: Vec<Uuid>,
     },
     /// A user's aggregate presence changed.
     Presence {

@@ -282,7 +282,7 @@ impl HubTask {
                             self.send(conn, &presence);
                         }
                     }
-                    Ok(BusMessage::Revoked { user, family, except }) => {
+                    Ok(BusMessage::Revoked { user, family, except, .. }) => {
                         let revoked: Vec<ConnId> = self
                             .conns
                             .iter()

@@ -25,11 +25,13 @@ mod model;
 mod notifications;
 mod calls;
 mod open;
+mod own_data;
 
 pub use calls::CallStore;
 pub use notifications::{
     Notification, NotificationKind, NotificationStore, PushOutcome, PushSubscription,
 };
+pub use own_data::{DELETED_USER_NAME, Erasure, ErasureEvents, OwnDataStore, OwnReaction};
 
 pub use model::*;
 pub use open::{OpenError, open};
@@ -67,7 +69,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything the control plane keeps durably.
 #[async_trait]
-pub trait Store: CallStore + NotificationStore + Send + Sync + 'static {
+pub trait Store: CallStore + NotificationStore + OwnDataStore + Send + Sync + 'static {
     /// Answers when the database can run a trivial query (readiness).
     async fn ping(&self) -> StoreResult<()>;
 
@@ -90,6 +92,16 @@ pub trait Store: CallStore + NotificationStore + Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> StoreResult<User>;
     /// Replaces the password hash.
+    /// Makes `avatar` (one of `user`'s own unsent image uploads) their
+    /// avatar, or clears it with `None`; the uploaded avatar it replaces is
+    /// marked for removal and its id returned. `NotFound`: not such an
+    /// upload of theirs.
+    async fn set_avatar(
+        &self,
+        user: Uuid,
+        avatar: Option<Uuid>,
+        now: OffsetDateTime,
+    ) -> StoreResult<(User, Option<Uuid>)>;
     async fn set_password_hash(&self, id: Uuid, hash: &str, now: OffsetDateTime)
     -> StoreResult<()>;
     /// Grants or withdraws site administration.
@@ -114,12 +126,13 @@ pub trait Store: CallStore + NotificationStore + Send + Sync + 'static {
     /// Revokes every token of a family (one login). Returns how many were live.
     async fn revoke_family(&self, family_id: Uuid, now: OffsetDateTime) -> StoreResult<u64>;
     /// Revokes every session of a user except (optionally) one family.
+    /// Returns the families (logins) that had live tokens.
     async fn revoke_user_sessions(
         &self,
         user_id: Uuid,
         except_family: Option<Uuid>,
         now: OffsetDateTime,
-    ) -> StoreResult<u64>;
+    ) -> StoreResult<Vec<Uuid>>;
 
     /// The token signing key shared by all replicas: inserts `candidate` if
     /// there is none yet, and returns whichever key is stored.

@@ -22,7 +22,7 @@ pub struct User {
     pub display_name: String,
     /// Free text ("in a meeting").
     pub status_text: String,
-    /// An http(s) URL, if set.
+    /// An http(s) URL, if set (an uploaded avatar, `avatar_id`, wins).
     pub avatar_url: Option<String>,
     /// Site administrator (may read the audit log).
     pub is_admin: bool,
@@ -30,6 +30,17 @@ pub struct User {
     pub created_at: OffsetDateTime,
     /// Last profile or password change.
     pub updated_at: OffsetDateTime,
+    /// The uploaded image shown as their avatar (an attachment of kind
+    /// `avatar`).
+    pub avatar_id: Option<Uuid>,
+    /// The terms version accepted at sign-up (None: from before consent
+    /// was recorded).
+    pub terms_version: Option<String>,
+    /// When they accepted it.
+    pub terms_accepted_at: Option<OffsetDateTime>,
+    /// When the account was erased (`DELETE /v1/me`): every personal field
+    /// above is then a placeholder.
+    pub deleted_at: Option<OffsetDateTime>,
 }
 
 /// The fields a user may edit about themselves.
@@ -435,6 +446,32 @@ pub struct AuditEntry {
     pub ip: Option<String>,
     /// JSON object with details.
     pub details: String,
+}
+
+impl AuditEntry {
+    /// A new entry at the current time.
+    pub fn new(
+        actor: Option<Uuid>,
+        action: &str,
+        target: Option<(&str, String)>,
+        ip: Option<String>,
+        details: &serde_json::Value,
+    ) -> Self {
+        let (target_type, target_id) = match target {
+            Some((kind, id)) => (Some(kind.to_owned()), Some(id)),
+            None => (None, None),
+        };
+        AuditEntry {
+            id: Uuid::now_v7(),
+            at: OffsetDateTime::now_utc(),
+            actor_id: actor,
+            action: action.to_owned(),
+            target_type,
+            target_id,
+            ip,
+            details: details.to_string(),
+        }
+    }
 }
 
 /// A position in the event log: events are ordered by the writing

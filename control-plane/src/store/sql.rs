@@ -44,10 +44,12 @@ fn violated(error: &sqlx::Error) -> String {
 /// Columns of `users`, bare or qualified with `u.`.
 macro_rules! user_cols {
     () => {
-        "id, username, email, password_hash, display_name, status_text, avatar_url, is_admin, created_at, updated_at"
+        "id, username, email, password_hash, display_name, status_text, avatar_url, is_admin, created_at, updated_at, \
+         avatar_id, terms_version, terms_accepted_at, deleted_at"
     };
     (u) => {
-        "u.id, u.username, u.email, u.password_hash, u.display_name, u.status_text, u.avatar_url, u.is_admin, u.created_at, u.updated_at"
+        "u.id, u.username, u.email, u.password_hash, u.display_name, u.status_text, u.avatar_url, u.is_admin, u.created_at, u.updated_at, \
+         u.avatar_id, u.terms_version, u.terms_accepted_at, u.deleted_at"
     };
 }
 
@@ -225,6 +227,87 @@ macro_rules! append_events {
     };
 }
 
+/// Removes `$user` from `$conversation` inside the transaction `$tx`: an
+/// owner who leaves hands the group to an admin (else the longest member),
+/// and the last one out deletes it. `false`: not a member. A concurrent
+/// change of the heir's membership is `Conflict("owner")` (roll back).
+macro_rules! leave_conversation {
+    ($tx:ident, $conversation:expr, $user:expr) => {{
+        let conversation: Uuid = $conversation;
+        let user: Uuid = $user;
+        // Lock the conversation so two departures cannot both pick
+        // the other as heir and leave the group without an owner.
+        sqlx::query("UPDATE conversations SET last_seq = last_seq WHERE id = $1")
+            .bind(conversation)
+            .execute(&mut *$tx)
+            .await?;
+        let role: Option<String> = sqlx::query_scalar(
+            "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2 RETURNING role",
+        )
+        .bind(conversation)
+        .bind(user)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        match role {
+            None => false,
+            Some(role) => {
+                if Role::parse(&role) == Some(Role::Owner) {
+                    let heir: Option<Uuid> = sqlx::query_scalar(
+                        "SELECT user_id FROM members WHERE conversation_id = $1 \
+                         ORDER BY CASE role WHEN 'admin' THEN 0 ELSE 1 END, joined_at LIMIT 1",
+                    )
+                    .bind(conversation)
+                    .fetch_optional(&mut *$tx)
+                    .await?;
+                    match heir {
+                        Some(heir) => {
+                            let promoted = sqlx::query(
+                                "UPDATE members SET role = 'owner' \
+                                 WHERE conversation_id = $1 AND user_id = $2",
+                            )
+                            .bind(conversation)
+                            .bind(heir)
+                            .execute(&mut *$tx)
+                            .await?;
+                            if promoted.rows_affected() != 1 {
+                                return Err(StoreError::Conflict("owner"));
+                            }
+                        }
+                        None => {
+                            sqlx::query("DELETE FROM conversations WHERE id = $1")
+                                .bind(conversation)
+                                .execute(&mut *$tx)
+                                .await?;
+                        }
+                    }
+                }
+                true
+            }
+        }
+    }};
+}
+
+/// Appends one audit entry through `$executor`.
+macro_rules! insert_audit {
+    ($executor:expr, $entry:expr) => {{
+        let entry: &AuditEntry = $entry;
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, actor_id, action, target_type, target_id, ip, details) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(entry.id)
+        .bind(entry.at)
+        .bind(entry.actor_id)
+        .bind(&entry.action)
+        .bind(&entry.target_type)
+        .bind(&entry.target_id)
+        .bind(&entry.ip)
+        .bind(&entry.details)
+        .execute($executor)
+        .await?;
+    }};
+}
+
 /// The stored key of `$purpose` in `signing_keys`, inserting `$candidate`
 /// if there is none: one row per purpose, whichever replica inserts first
 /// wins, and every replica then reads that same row.
@@ -268,8 +351,9 @@ macro_rules! sql_store {
             async fn create_user(&self, user: &User) -> StoreResult<()> {
                 let result = sqlx::query(
                     "INSERT INTO users (id, username, email, password_hash, display_name, \
-                     status_text, avatar_url, is_admin, created_at, updated_at, search_name) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                     status_text, avatar_url, is_admin, created_at, updated_at, search_name, \
+                     terms_version, terms_accepted_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .bind(user.id)
                 .bind(&user.username)
@@ -282,6 +366,8 @@ macro_rules! sql_store {
                 .bind(user.created_at)
                 .bind(user.updated_at)
                 .bind(search_name(&user.display_name))
+                .bind(&user.terms_version)
+                .bind(user.terms_accepted_at)
                 .execute(&self.pool)
                 .await;
                 match result {
@@ -312,7 +398,7 @@ macro_rules! sql_store {
                 Ok(sqlx::query_as::<_, User>(concat!(
                     "SELECT ",
                     user_cols!(),
-                    " FROM users WHERE username = $1 OR email = $1"
+                    " FROM users WHERE (username = $1 OR email = $1) AND deleted_at IS NULL"
                 ))
                 .bind(login)
                 .fetch_optional(&self.pool)
@@ -324,8 +410,8 @@ macro_rules! sql_store {
                 Ok(sqlx::query_as::<_, User>(concat!(
                     "SELECT ",
                     user_cols!(),
-                    " FROM users WHERE username LIKE $1 ESCAPE '\\' \
-                       OR search_name LIKE $1 ESCAPE '\\' \
+                    " FROM users WHERE (username LIKE $1 ESCAPE '\\' \
+                       OR search_name LIKE $1 ESCAPE '\\') AND deleted_at IS NULL \
                      ORDER BY username LIMIT $2"
                 ))
                 .bind(pattern)
@@ -354,6 +440,62 @@ macro_rules! sql_store {
                 .fetch_optional(&self.pool)
                 .await?
                 .ok_or(StoreError::NotFound)
+            }
+
+            async fn set_avatar(
+                &self,
+                user: Uuid,
+                avatar: Option<Uuid>,
+                now: OffsetDateTime,
+            ) -> StoreResult<(User, Option<Uuid>)> {
+                let mut tx = self.pool.begin().await?;
+                let current: Option<Uuid> =
+                    sqlx::query_scalar("SELECT avatar_id FROM users WHERE id = $1 AND deleted_at IS NULL")
+                        .bind(user)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .ok_or(StoreError::NotFound)?;
+                if let Some(id) = avatar
+                    && current != Some(id)
+                {
+                    // Kind 'avatar' from now on: no message can take it and
+                    // the orphan sweep passes it by. The row lock orders this
+                    // against a concurrent send or sweep of the same upload.
+                    let taken = sqlx::query(
+                        "UPDATE attachments SET kind = 'avatar' \
+                         WHERE id = $1 AND owner_id = $2 AND kind = 'image' \
+                           AND message_id IS NULL AND deleted_at IS NULL",
+                    )
+                    .bind(id)
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?;
+                    if taken.rows_affected() != 1 {
+                        tx.rollback().await?;
+                        return Err(StoreError::NotFound);
+                    }
+                }
+                let replaced = current.filter(|old| Some(*old) != avatar);
+                if let Some(old) = replaced {
+                    sqlx::query("UPDATE attachments SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                        .bind(old)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let updated = sqlx::query_as::<_, User>(concat!(
+                    "UPDATE users SET avatar_id = $2, \
+                     avatar_url = CASE WHEN $2 IS NULL THEN avatar_url ELSE NULL END, \
+                     updated_at = $3 WHERE id = $1 RETURNING ",
+                    user_cols!()
+                ))
+                .bind(user)
+                .bind(avatar)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok((updated, replaced))
             }
 
             async fn set_password_hash(
@@ -487,18 +629,20 @@ macro_rules! sql_store {
                 user_id: Uuid,
                 except_family: Option<Uuid>,
                 now: OffsetDateTime,
-            ) -> StoreResult<u64> {
-                let done = sqlx::query(
+            ) -> StoreResult<Vec<Uuid>> {
+                let mut families: Vec<Uuid> = sqlx::query_scalar(
                     "UPDATE sessions SET revoked_at = $2 \
                      WHERE user_id = $1 AND revoked_at IS NULL \
-                       AND ($3 IS NULL OR family_id <> $3)",
+                       AND ($3 IS NULL OR family_id <> $3) RETURNING family_id",
                 )
                 .bind(user_id)
                 .bind(now)
                 .bind(except_family)
-                .execute(&self.pool)
+                .fetch_all(&self.pool)
                 .await?;
-                Ok(done.rows_affected())
+                families.sort_unstable();
+                families.dedup();
+                Ok(families)
             }
 
             async fn signing_key(&self, candidate: &SigningKeyRecord) -> StoreResult<SigningKeyRecord> {
@@ -933,53 +1077,9 @@ macro_rules! sql_store {
                 now: OffsetDateTime,
             ) -> StoreResult<bool> {
                 let mut tx = self.pool.begin().await?;
-                // Lock the conversation so two departures cannot both pick
-                // the other as heir and leave the group without an owner.
-                sqlx::query("UPDATE conversations SET last_seq = last_seq WHERE id = $1")
-                    .bind(conversation)
-                    .execute(&mut *tx)
-                    .await?;
-                let role: Option<String> = sqlx::query_scalar(
-                    "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2 RETURNING role",
-                )
-                .bind(conversation)
-                .bind(user)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(role) = role else {
+                if !leave_conversation!(tx, conversation, user) {
                     tx.rollback().await?;
                     return Ok(false);
-                };
-                if Role::parse(&role) == Some(Role::Owner) {
-                    let heir: Option<Uuid> = sqlx::query_scalar(
-                        "SELECT user_id FROM members WHERE conversation_id = $1 \
-                         ORDER BY CASE role WHEN 'admin' THEN 0 ELSE 1 END, joined_at LIMIT 1",
-                    )
-                    .bind(conversation)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    match heir {
-                        Some(heir) => {
-                            let promoted = sqlx::query(
-                                "UPDATE members SET role = 'owner' \
-                                 WHERE conversation_id = $1 AND user_id = $2",
-                            )
-                            .bind(conversation)
-                            .bind(heir)
-                            .execute(&mut *tx)
-                            .await?;
-                            if promoted.rows_affected() != 1 {
-                                tx.rollback().await?;
-                                return Err(StoreError::Conflict("owner"));
-                            }
-                        }
-                        None => {
-                            sqlx::query("DELETE FROM conversations WHERE id = $1")
-                                .bind(conversation)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                    }
                 }
                 append_events!(tx, events, now);
                 tx.commit().await?;
@@ -1062,7 +1162,8 @@ macro_rules! sql_store {
                 if let Some((attachment, _)) = &message.attachment {
                     let claimed = sqlx::query(
                         "UPDATE attachments SET message_id = $1, conversation_id = $2 \
-                         WHERE id = $3 AND owner_id = $4 AND message_id IS NULL AND deleted_at IS NULL",
+                         WHERE id = $3 AND owner_id = $4 AND message_id IS NULL AND deleted_at IS NULL \
+                           AND kind <> 'avatar'",
                     )
                     .bind(message.id)
                     .bind(message.conversation_id)
@@ -1275,9 +1376,11 @@ macro_rules! sql_store {
                 Ok(sqlx::query_scalar(
                     "UPDATE attachments SET deleted_at = COALESCE(deleted_at, $2) \
                      WHERE id IN (SELECT id FROM attachments \
-                                  WHERE deleted_at IS NOT NULL OR (message_id IS NULL AND created_at < $1) \
+                                  WHERE deleted_at IS NOT NULL \
+                                     OR (message_id IS NULL AND kind <> 'avatar' AND created_at < $1) \
                                   ORDER BY created_at LIMIT $3) \
-                       AND (deleted_at IS NOT NULL OR (message_id IS NULL AND created_at < $1)) \
+                       AND (deleted_at IS NOT NULL \
+                            OR (message_id IS NULL AND kind <> 'avatar' AND created_at < $1)) \
                      RETURNING id",
                 )
                 .bind(pending_before)
@@ -1540,20 +1643,7 @@ macro_rules! sql_store {
             }
 
             async fn audit(&self, entry: &AuditEntry) -> StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO audit_log (id, at, actor_id, action, target_type, target_id, ip, details) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(entry.id)
-                .bind(entry.at)
-                .bind(entry.actor_id)
-                .bind(&entry.action)
-                .bind(&entry.target_type)
-                .bind(&entry.target_id)
-                .bind(&entry.ip)
-                .bind(&entry.details)
-                .execute(&self.pool)
-                .await?;
+                insert_audit!(&self.pool, entry);
                 Ok(())
             }
 

@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde_json::json;
 use testkit::app::{Backend, TestApp};
 use testkit::both_backends;
+use testkit::client::terms_version as terms;
 
 both_backends!(
     register_login_and_profile,
@@ -49,14 +50,14 @@ async fn register_login_and_profile_scenario(app: TestApp) {
     // Unique case-insensitively; e-mail unique too.
     let taken = app
         .call(Method::POST, "/v1/auth/register", None, Some(json!({
-            "username": "Alice", "email": "other@example.com", "password": "plum-ferry-quartz-91"
+            "username": "Alice", "email": "other@example.com", "password": "plum-ferry-quartz-91", "accepted_terms": terms()
         })))
         .await
         .expect(409);
     assert_eq!(taken.code(), "username_taken");
     let email_taken = app
         .call(Method::POST, "/v1/auth/register", None, Some(json!({
-            "username": "alice2", "email": "ALICE@example.com", "password": "plum-ferry-quartz-91"
+            "username": "alice2", "email": "ALICE@example.com", "password": "plum-ferry-quartz-91", "accepted_terms": terms()
         })))
         .await
         .expect(409);
@@ -65,23 +66,23 @@ async fn register_login_and_profile_scenario(app: TestApp) {
     // Weak and malformed input.
     for (body, code) in [
         (
-            json!({"username": "bob", "email": "bob@example.com", "password": "password123"}),
+            json!({"username": "bob", "email": "bob@example.com", "password": "password123", "accepted_terms": terms()}),
             "weak_password",
         ),
         (
-            json!({"username": "bob", "email": "bob@example.com", "password": "short"}),
+            json!({"username": "bob", "email": "bob@example.com", "password": "short", "accepted_terms": terms()}),
             "weak_password",
         ),
         (
-            json!({"username": "bob", "email": "bob@example.com", "password": "bob@example.com!"}),
+            json!({"username": "bob", "email": "bob@example.com", "password": "bob@example.com!", "accepted_terms": terms()}),
             "weak_password",
         ),
         (
-            json!({"username": "b!", "email": "bob@example.com", "password": "plum-ferry-quartz-91"}),
+            json!({"username": "b!", "email": "bob@example.com", "password": "plum-ferry-quartz-91", "accepted_terms": terms()}),
             "invalid_username",
         ),
         (
-            json!({"username": "bob", "email": "bob@", "password": "plum-ferry-quartz-91"}),
+            json!({"username": "bob", "email": "bob@", "password": "plum-ferry-quartz-91", "accepted_terms": terms()}),
             "invalid_email",
         ),
     ] {
@@ -243,15 +244,38 @@ async fn logout_scenario(app: TestApp) {
         .await
         .expect(200);
 
-    // Logout everywhere.
+    // A logged-out login's access token is refused at once, not at its
+    // expiry.
+    app.call(Method::GET, "/v1/me", Some(&second_access), None)
+        .await
+        .expect(401);
+
+    // Logout everywhere: this login's and the others' access tokens stop
+    // working now.
+    let fresh = app
+        .login("alice", "lantern-orbit-meadow-42")
+        .await
+        .expect(200);
+    let fresh_access = fresh.body["tokens"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.call(Method::GET, "/v1/me", Some(&alice.access), None)
+        .await
+        .expect(200);
     app.call(
         Method::POST,
         "/v1/auth/logout?all=true",
-        Some(&second_access),
+        Some(&fresh_access),
         None,
     )
     .await
     .expect(204);
+    for token in [&fresh_access, &alice.access] {
+        app.call(Method::GET, "/v1/me", Some(token), None)
+            .await
+            .expect(401);
+    }
     let fourth = app
         .login("alice", "lantern-orbit-meadow-42")
         .await
@@ -533,7 +557,7 @@ async fn quotas_scenario(app: &TestApp) {
         async move {
             http.post(url)
                 .header("x-forwarded-for", address)
-                .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": "plum-ferry-quartz-91"}))
+                .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": "plum-ferry-quartz-91", "accepted_terms": terms()}))
                 .send()
                 .await
                 .unwrap()

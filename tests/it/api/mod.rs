@@ -7,4 +7,5 @@ mod conversations;
 mod errors;
 mod messages;
 mod notifications;
+mod own_data;
 mod search;
