@@ -42,6 +42,22 @@ const state = {
   notifications: [],
   unreadNotifications: 0,
   bellOpen: false,
+  // GET /v1/terms: what signing up accepts.
+  terms: null,
+  // The profile and own-data panel, and what it last said.
+  profileOpen: false,
+  profileNote: '',
+  profileDraft: {},
+  confirmDelete: false,
+  // The last export downloaded (its size; the browser test reads it).
+  lastExport: null,
+  // Microphones and cameras (enumerateDevices) and the chosen ones.
+  devices: { audioinput: [], videoinput: [] },
+  mic: localStorage.getItem('cascade.mic') || '',
+  camera: localStorage.getItem('cascade.camera') || '',
+  // Message search: the query, its hits, and the next page's cursor.
+  search: null,
+  searchDraft: null,
 };
 window.cascadeState = state;
 window.cascadeClient = client;
@@ -68,6 +84,17 @@ function userName(id) {
   if (client.me && id === client.me.id) return 'You';
   const u = state.users.get(id);
   return u ? (u.display_name || u.username) : 'Someone';
+}
+
+// A round picture of `user` (their initial until it loads, or without
+// one). Uploaded avatars are fetched with the access token.
+function avatar(user, large = false) {
+  const name = (user && (user.display_name || user.username)) || '?';
+  const el = h('span', { class: `avatar${large ? ' large' : ''}`, 'aria-hidden': 'true' }, name.trim().charAt(0).toUpperCase());
+  client.avatarUrl(user).then((url) => {
+    if (url) el.replaceChildren(h('img', { src: url, alt: '' }));
+  }).catch(() => {});
+  return el;
 }
 
 function rememberUsers(list) {
@@ -369,7 +396,11 @@ async function joinCall(call) {
     region: state.region || null,
     video: call.kind === 'video',
     probes: state.region ? [] : await regionProbes(),
+    audioDevice: state.mic || undefined,
+    videoDevice: state.camera || undefined,
   });
+  // Names appear once the browser has granted a device.
+  await loadDevices().catch(() => {});
   state.call = { id: call.id, kind: call.kind, session, tiles: new Map(), quality: '', hands: new Set(), handUp: false };
   session.onTrack = () => renderCall();
   session.onSpeakers = () => renderCall();
@@ -524,10 +555,22 @@ function renderCall() {
           endCallView();
           client.api('GET', `/v1/calls/${id}`).catch(() => {});
         } }, 'Hang up'),
+        h('span', { class: 'in-call-devices' }),
         h('span', { class: 'quality' }, `Connection: ${state.call.quality || 'connecting'}`)));
     document.body.append(view);
   }
   view.querySelector('.where').textContent = session.edge ? `${session.edge.region} · ${session.edge.id}` : '';
+  const pickers = view.querySelector('.in-call-devices');
+  const shown = `${state.devices.audioinput.map((d) => d.deviceId).join()}|${state.devices.videoinput.map((d) => d.deviceId).join()}`;
+  if (pickers.dataset.shown !== shown) {
+    pickers.dataset.shown = shown;
+    const swap = (kind) => async (id) => {
+      try { await session.switchDevice(kind, id || undefined); } catch (e) { showError(e); }
+    };
+    pickers.replaceChildren(
+      devicePicker('audioinput', session.deviceOf('audio'), swap('audio')),
+      state.call.kind === 'video' ? devicePicker('videoinput', session.deviceOf('video'), swap('video')) : '');
+  }
   const reconnecting = !!session.rejoining;
   view.classList.toggle('reconnecting', reconnecting);
   let notice = view.querySelector('.call-notice');
@@ -633,11 +676,17 @@ function renderAuth() {
     h('label', {}, 'Username or e-mail', h('input', { name: 'login', autocomplete: 'username', required: true })),
     h('label', { class: 'only-register', hidden: true }, 'E-mail', h('input', { name: 'email', type: 'email', autocomplete: 'email' })),
     h('label', {}, 'Password', h('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: true })),
+    h('label', { class: 'only-register terms', hidden: true },
+      h('span', { class: 'terms-text' }, 'I accept the terms of service'),
+      h('input', { type: 'checkbox', name: 'accept_terms' })),
     h('button', { class: 'primary', type: 'submit' }, 'Log in'),
     h('button', { type: 'button', class: 'switch', onclick: () => {
       mode = mode === 'login' ? 'register' : 'login';
-      form.querySelector('.only-register').hidden = mode === 'login';
-      form.querySelector('.only-register input').required = mode === 'register';
+      for (const el of form.querySelectorAll('.only-register')) {
+        el.hidden = mode === 'login';
+        el.querySelector('input').required = mode === 'register';
+      }
+      if (mode === 'register') loadTerms(form).catch(() => {});
       form.querySelector('[type=submit]').textContent = mode === 'login' ? 'Log in' : 'Sign up';
       form.querySelector('.switch').textContent = mode === 'login' ? 'New here? Sign up' : 'Have an account? Log in';
     } }, 'New here? Sign up'),
@@ -647,7 +696,11 @@ function renderAuth() {
     const data = Object.fromEntries(new FormData(form));
     try {
       if (mode === 'login') await client.login(data.login, data.password);
-      else await client.register({ username: data.login, email: data.email, password: data.password });
+      else {
+        const terms = await loadTerms(form);
+        await client.register({ username: data.login, email: data.email, password: data.password,
+          accepted_terms: data.accept_terms ? terms.version : undefined });
+      }
       state.error = '';
       await start();
     } catch (ex) {
@@ -655,6 +708,17 @@ function renderAuth() {
     }
   });
   app.replaceChildren(h('div', { class: 'auth' }, form));
+}
+
+// The terms a sign-up accepts, named (and linked) beside the checkbox.
+async function loadTerms(form) {
+  if (!state.terms) state.terms = await client.request('GET', '/v1/terms');
+  const text = form.querySelector('.terms-text');
+  const { version, url } = state.terms;
+  text.replaceChildren('I accept the ',
+    url ? h('a', { href: url, target: '_blank', rel: 'noopener' }, 'terms of service') : 'terms of service',
+    ` (version ${version})`);
+  return state.terms;
 }
 
 function presenceDot(userId) {
@@ -703,7 +767,8 @@ function renderSidebar() {
       return h('li', { tabindex: 0, role: 'button', 'aria-label': `Chat with ${name}`,
         onclick: () => openDirect(c.user.id).catch(showError),
         onkeydown: (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); openDirect(c.user.id).catch(showError); } } },
-      presenceDot(c.user.id), name);
+      presenceDot(c.user.id), avatar(c.user), h('span', {}, name,
+        c.user.status_text ? h('small', { class: 'status-text' }, c.user.status_text) : null));
     }));
   const convs = [...state.conversations.values()].sort((a, b) => b.last_activity_at.localeCompare(a.last_activity_at));
   const list = h('ul', { class: 'conversations', 'aria-label': 'Conversations' },
@@ -717,6 +782,7 @@ function renderSidebar() {
         onclick: () => openConversation(c.id).catch(showError),
         onkeydown: (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); openConversation(c.id).catch(showError); } } },
       c.kind === 'direct' && other ? presenceDot(other) : null,
+      c.kind === 'direct' && other ? avatar(state.users.get(other)) : null,
       name,
       c.unread_count ? h('span', { class: 'badge unread' }, c.unread_count) : null);
     }));
@@ -754,11 +820,17 @@ function renderSidebar() {
         render();
       } }, notificationText(n))) : h('li', {}, 'Nothing yet'))) : null;
   return h('nav', { class: 'sidebar', 'aria-label': 'Contacts and conversations' },
-    h('div', { class: 'me' }, presenceDot(me.id), h('strong', {}, me.display_name || me.username), bell,
+    h('div', { class: 'me' }, presenceDot(me.id), avatar(me), h('strong', {}, me.display_name || me.username), bell,
+      h('button', { class: 'profile-toggle', 'aria-expanded': state.profileOpen ? 'true' : 'false', 'aria-label': 'Your profile and data',
+        onclick: () => { state.profileOpen = !state.profileOpen; state.profileNote = ''; state.profileDraft = {}; state.confirmDelete = false; render(); } }, 'Profile'),
       h('button', { 'aria-label': 'Log out', onclick: async () => { await client.logout(); render(); } }, 'Log out')),
+    me.status_text ? h('p', { class: 'my-status' }, me.status_text) : null,
     feed,
+    state.profileOpen ? renderProfile() : null,
     regions,
+    renderDevicePickers(),
     search, results,
+    renderMessageSearch(),
     h('section', {}, h('h2', {}, 'Contacts'), contacts),
     h('section', {}, h('h2', {}, 'Conversations'), list),
     h('section', {}, h('h2', {}, 'Recent calls'),
@@ -769,6 +841,138 @@ function renderSidebar() {
           return h('li', { 'data-call': call.id },
             `${call.kind} call · ${conv ? title(conv) : ''} · ${outcome || call.state}${secs ? ` · ${secs} s` : ''}`);
         }))));
+}
+
+// Your profile (name, status, picture) and your data (export, erasure).
+function renderProfile() {
+  const me = client.me;
+  // What is typed survives the re-renders live events cause.
+  const draft = state.profileDraft;
+  const keep = (e) => { draft[e.target.name] = e.target.value; };
+  const saveMe = (updated) => {
+    client.me = updated;
+    client.storage.setItem('cascade.me', JSON.stringify(updated));
+    state.users.set(updated.id, updated);
+  };
+  const profile = h('form', { class: 'profile', 'aria-label': 'Your profile', onsubmit: async (e) => {
+    e.preventDefault();
+    const data = new FormData(profile);
+    try {
+      const patch = { display_name: data.get('display_name'), status_text: data.get('status_text') };
+      const file = draft.avatar;
+      if (file) patch.avatar_id = (await client.upload('image', file, file.name)).id;
+      saveMe(await client.api('PATCH', '/v1/me', patch));
+      state.profileDraft = { password: draft.password };
+      state.profileNote = 'Profile saved';
+      render();
+    } catch (ex) { showError(ex); }
+  } },
+  h('h2', {}, 'Profile'),
+  avatar(me, true),
+  h('label', {}, 'Display name', h('input', { name: 'display_name', value: draft.display_name ?? me.display_name, required: true, maxlength: 64, oninput: keep })),
+  h('label', {}, 'Status', h('input', { name: 'status_text', value: draft.status_text ?? (me.status_text || ''), maxlength: 140, placeholder: 'In a meeting', oninput: keep })),
+  h('label', {}, 'Picture', h('input', { type: 'file', name: 'avatar', accept: 'image/png,image/jpeg,image/gif,image/webp',
+    onchange: (e) => { draft.avatar = e.target.files[0]; } }),
+  draft.avatar ? h('small', {}, draft.avatar.name) : null),
+  me.avatar_url ? h('button', { type: 'button', 'aria-label': 'Remove picture', onclick: async () => {
+    const updated = await client.api('PATCH', '/v1/me', { avatar_id: null }).catch(showError);
+    if (updated) { saveMe(updated); render(); }
+  } }, 'Remove picture') : null,
+  h('button', { class: 'primary', type: 'submit' }, 'Save profile'),
+  h('p', { class: 'profile-note', role: 'status' }, state.profileNote));
+  const password = () => draft.password || '';
+  const ownData = h('form', { class: 'own-data', 'aria-label': 'Your data', onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      const blob = await client.exportData(password());
+      state.lastExport = { size: blob.size, blob };
+      const link = h('a', { href: URL.createObjectURL(blob), download: `cascade-export-${me.username}.zip` });
+      link.click();
+      state.profileNote = 'Your data was downloaded';
+      render();
+    } catch (ex) { showError(ex); }
+  } },
+  h('h2', {}, 'Your data'),
+  h('p', {}, me.terms_version ? `You accepted the terms of service (version ${me.terms_version}).` : 'No acceptance of the terms is recorded.'),
+  h('label', {}, 'Password', h('input', { type: 'password', name: 'password', autocomplete: 'current-password', required: true, value: draft.password || '', oninput: keep })),
+  h('button', { type: 'submit', class: 'export' }, 'Download my data'),
+  state.confirmDelete
+    ? h('div', { class: 'confirm-delete', role: 'alertdialog', 'aria-label': 'Delete your account' },
+      h('p', {}, 'This erases your account: your messages show as deleted, your files and contacts go. It cannot be undone.'),
+      h('button', { type: 'button', class: 'danger really-delete', onclick: async () => {
+        try {
+          await client.deleteAccount(password());
+          state.profileDraft = {};
+          state.profileOpen = false;
+          state.confirmDelete = false;
+          state.error = 'Your account was deleted.';
+          render();
+        } catch (ex) { showError(ex); }
+      } }, 'Yes, delete my account'),
+      h('button', { type: 'button', onclick: () => { state.confirmDelete = false; render(); } }, 'Keep it'))
+    : h('button', { type: 'button', class: 'danger delete-account', onclick: () => {
+      if (!ownData.reportValidity()) return;
+      state.confirmDelete = true;
+      render();
+    } }, 'Delete my account'));
+  return h('section', { class: 'profile-panel', 'aria-label': 'Profile and data' }, profile, ownData);
+}
+
+// Microphones and cameras to call with (and to switch to during a call).
+async function loadDevices() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) return;
+  const all = await navigator.mediaDevices.enumerateDevices();
+  state.devices = {
+    audioinput: all.filter((d) => d.kind === 'audioinput' && d.deviceId),
+    videoinput: all.filter((d) => d.kind === 'videoinput' && d.deviceId),
+  };
+}
+
+function devicePicker(kind, chosen, onchange) {
+  const label = kind === 'audioinput' ? 'Microphone' : 'Camera';
+  const list = state.devices[kind];
+  return h('label', { class: `device ${kind}` }, `${label} `,
+    h('select', { 'aria-label': label, onchange: (e) => onchange(e.target.value) },
+      h('option', { value: '' }, 'default'),
+      list.map((d, i) => h('option', { value: d.deviceId, selected: d.deviceId === chosen }, d.label || `${label} ${i + 1}`))));
+}
+
+function renderDevicePickers() {
+  return h('section', { class: 'devices', 'aria-label': 'Call devices' },
+    devicePicker('audioinput', state.mic, (id) => { state.mic = id; localStorage.setItem('cascade.mic', id); }),
+    devicePicker('videoinput', state.camera, (id) => { state.camera = id; localStorage.setItem('cascade.camera', id); }));
+}
+
+// Full-text search over the messages of your conversations.
+async function searchMessages(q, more = false) {
+  const before = more && state.search ? `&before=${state.search.next}` : '';
+  const page = await client.api('GET', `/v1/messages/search?q=${encodeURIComponent(q)}&limit=20${before}`);
+  const hits = more && state.search ? [...state.search.hits, ...page.hits] : page.hits;
+  state.search = { q, hits, next: page.next_before || null };
+  render();
+}
+
+function renderMessageSearch() {
+  const form = h('form', { role: 'search', class: 'message-search', onsubmit: (e) => {
+    e.preventDefault();
+    const q = e.target.q.value.trim();
+    if (!q) { state.search = null; render(); return; }
+    searchMessages(q).catch(showError);
+  } },
+  h('label', {}, 'Search messages ', h('input', { name: 'q', value: state.searchDraft ?? (state.search ? state.search.q : ''), 'aria-label': 'Search messages',
+    oninput: (e) => { state.searchDraft = e.target.value; } })),
+  h('button', { type: 'submit' }, 'Find'));
+  if (!state.search) return form;
+  const { hits, next, q } = state.search;
+  return h('section', { class: 'search-results', 'aria-label': 'Message search' }, form,
+    h('ul', { 'aria-label': 'Messages found' }, hits.length ? hits.map((hit) => {
+      const conv = state.conversations.get(hit.message.conversation_id);
+      return h('li', { tabindex: 0, role: 'button', 'data-id': hit.message.id,
+        onclick: () => { state.search = null; openConversation(hit.message.conversation_id).catch(showError); } },
+      h('span', { class: 'where' }, `${conv ? title(conv) : ''} · ${userName(hit.message.author_id)}`),
+      h('span', { class: 'snippet' }, hit.snippet.map((part) => (part.hit ? h('mark', {}, part.text) : part.text))));
+    }) : h('li', {}, `Nothing found for “${q}”`)),
+    next ? h('button', { type: 'button', onclick: () => searchMessages(q, true).catch(showError) }, 'More results') : null);
 }
 
 function renderMessage(m, conv) {
@@ -785,6 +989,7 @@ function renderMessage(m, conv) {
     !deleted ? renderAttachment(m.attachment) : null,
     deleted || m.body || !m.attachment ? h('div', { class: 'body' }, deleted ? 'message deleted' : m.body) : null,
     h('div', { class: 'meta' },
+      m.author_id && !mine ? avatar(state.users.get(m.author_id)) : null,
       h('span', {}, userName(m.author_id)),
       h('time', { datetime: m.created_at }, new Date(m.created_at).toLocaleTimeString()),
       m.edited_at && !deleted ? h('span', {}, '(edited)') : null,
@@ -994,6 +1199,7 @@ async function start() {
     if (!client.me) client.me = await client.api('GET', '/v1/me');
     const regions = await client.api('GET', '/v1/regions');
     state.regions = regions.regions;
+    await loadDevices().catch(() => {});
     await refreshAll();
     client.connect();
     const params = new URLSearchParams(location.hash.slice(1));
@@ -1002,6 +1208,10 @@ async function start() {
     if (e.status === 401) await client.logout();
     showError(e);
   }
+}
+
+if (navigator.mediaDevices) {
+  navigator.mediaDevices.addEventListener('devicechange', () => loadDevices().then(render).catch(() => {}));
 }
 
 document.addEventListener('visibilitychange', () => {

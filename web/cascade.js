@@ -110,8 +110,9 @@ export class Cascade {
     this.storage.setItem('cascade.tokens', JSON.stringify(this.tokens));
   }
 
-  async register({ username, email, password, display_name }) {
-    const session = await this.request('POST', '/v1/auth/register', { username, email, password, display_name }, false);
+  /** `accepted_terms`: the version of `GET /v1/terms` the person accepted. */
+  async register({ username, email, password, display_name, accepted_terms }) {
+    const session = await this.request('POST', '/v1/auth/register', { username, email, password, display_name, accepted_terms }, false);
     this.saveSession(session);
     return session.user;
   }
@@ -124,10 +125,36 @@ export class Cascade {
 
   async logout() {
     try { await this.api('POST', '/v1/auth/logout'); } catch (_) { /* gone already */ }
+    this.forget();
+  }
+
+  /** Drops this tab's session (tokens, profile, cursor). */
+  forget() {
     this.disconnect();
     this.tokens = null;
     this.me = null;
     for (const k of ['cascade.tokens', 'cascade.me', 'cascade.cursor']) this.storage.removeItem(k);
+  }
+
+  /** Everything the service keeps about the caller, as a ZIP Blob
+   * (`POST /v1/me/export`; needs the password again). */
+  async exportData(password) {
+    const response = await fetch(`${this.base}/v1/me/export`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${await this.accessToken()}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ password }),
+    });
+    if (!response.ok) {
+      const err = (await response.json().catch(() => ({}))).error || {};
+      throw new ApiError(response.status, err.code, err.message);
+    }
+    return response.blob();
+  }
+
+  /** Erases the account (`DELETE /v1/me`), then forgets this session. */
+  async deleteAccount(password) {
+    await this.api('DELETE', '/v1/me', { password });
+    this.forget();
   }
 
   /** A fresh access token (refreshed when near expiry; one refresh at a time). */
@@ -191,7 +218,19 @@ export class Cascade {
    * token, which an <img src> cannot carry.
    */
   async attachmentUrl(id, thumbnail = false) {
-    const path = `/v1/attachments/${id}${thumbnail ? '/thumbnail' : ''}`;
+    return this.blobUrl(`/v1/attachments/${id}${thumbnail ? '/thumbnail' : ''}`);
+  }
+
+  /** A user's avatar as a URL for <img>: an uploaded one (a path of ours,
+   * fetched with the token), else the URL they gave; null without one. */
+  async avatarUrl(user) {
+    const url = user && user.avatar_url;
+    if (!url) return null;
+    return url.startsWith('/v1/') ? this.blobUrl(url) : url;
+  }
+
+  /** The bytes at one of our authenticated paths as an object URL. */
+  async blobUrl(path) {
     this.objectUrls = this.objectUrls || new Map();
     if (!this.objectUrls.has(path)) {
       this.objectUrls.set(path, (async () => {
@@ -316,8 +355,9 @@ export class Cascade {
   }
 
   /** Joins call `callId`: see {@link CallSession}. */
-  async joinCall(callId, { region, video = true, audio = true, probes } = {}) {
-    const session = new CallSession(this, callId, { region, video, audio, probes });
+  /** `audioDevice`, `videoDevice`: `deviceId`s from `enumerateDevices` (none: the default). */
+  async joinCall(callId, { region, video = true, audio = true, probes, audioDevice, videoDevice } = {}) {
+    const session = new CallSession(this, callId, { region, video, audio, probes, audioDevice, videoDevice });
     await session.start();
     return session;
   }
@@ -388,12 +428,43 @@ export class CallSession {
   async start() {
     const { video, audio } = this.options;
     const join = await this.requestJoin(null);
-    // 960×540: enough for three simulcast layers (240, 480 and 960 wide).
     this.stream = await navigator.mediaDevices.getUserMedia({
-      audio,
-      video: video ? { width: 960, height: 540 } : false,
+      audio: audio ? this.constraints('audio') : false,
+      video: video ? this.constraints('video') : false,
     });
     await this.connect(join);
+  }
+
+  /** getUserMedia constraints for `kind`, on the chosen device if any. */
+  constraints(kind, deviceId = this.options[`${kind}Device`]) {
+    const device = deviceId ? { deviceId: { exact: deviceId } } : {};
+    // 960×540: enough for three simulcast layers (240, 480 and 960 wide).
+    return kind === 'video' ? { width: 960, height: 540, ...device } : (deviceId ? device : true);
+  }
+
+  /** The device (`deviceId`) this session captures `kind` from now. */
+  deviceOf(kind) {
+    const track = this.stream && this.stream.getTracks().find((t) => t.kind === kind);
+    return track ? track.getSettings().deviceId : null;
+  }
+
+  /**
+   * Switches this device's microphone or camera during the call: the new
+   * track replaces the old one in the same sender (no renegotiation), and
+   * keeps its muted state.
+   */
+  async switchDevice(kind, deviceId) {
+    const old = this.stream.getTracks().find((t) => t.kind === kind);
+    if (!old) throw new Error(`this call sends no ${kind}`);
+    const fresh = await navigator.mediaDevices.getUserMedia({ [kind]: this.constraints(kind, deviceId) });
+    const track = fresh.getTracks()[0];
+    track.enabled = !this.muted[kind];
+    const sender = this.pc && this.pc.getSenders().find((x) => x.track === old);
+    if (sender) await sender.replaceTrack(track);
+    this.stream.removeTrack(old);
+    this.stream.addTrack(track);
+    old.stop();
+    this.options[`${kind}Device`] = deviceId;
   }
 
   /** The edge this device is on (`{id, region}`). */

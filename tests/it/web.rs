@@ -84,6 +84,17 @@ async fn sign_up(browser: &mut Browser, page: &Page, name: &str) {
     browser
         .eval(page, &type_into("input[name=password]", PASSWORD))
         .await;
+    // The terms checkbox names the version it accepts.
+    wait_for(
+        browser,
+        page,
+        "document.querySelector('.auth .terms-text').textContent.includes('(version ')",
+        Duration::from_secs(10),
+    )
+    .await;
+    browser
+        .eval(page, &click(".auth input[name=accept_terms]"))
+        .await;
     browser.eval(page, &click(".auth [type=submit]")).await;
     wait_for(
         browser,
@@ -485,6 +496,37 @@ async fn two_people_sign_up_chat_and_call_across_regions_in_a_browser() {
     )
     .await;
 
+    // Alice switches her microphone during the call (the in-call picker):
+    // the same sender carries the new device, and Bob keeps hearing her.
+    let switched = wait_for(
+        &mut browser,
+        &alice,
+        "(() => { const s = document.querySelector('.call .in-call-devices select[aria-label=Microphone]'); \
+         if (!s) return false; const now = window.cascadeState.call.session.deviceOf('audio'); \
+         const other = [...s.options].find(o => o.value && o.value !== now); if (!other) return false; \
+         s.value = other.value; s.dispatchEvent(new Event('change')); return { from: now, to: other.value }; })()",
+        Duration::from_secs(10),
+    )
+    .await;
+    let to = switched["to"].as_str().unwrap().to_owned();
+    wait_for(
+        &mut browser,
+        &alice,
+        &format!(
+            "(() => {{ const s = window.cascadeState.call.session; return s.deviceOf('audio') === {to:?} && \
+             s.pc.getSenders().some(x => x.track && x.track.kind === 'audio' && x.track.getSettings().deviceId === {to:?}); }})()"
+        ),
+        Duration::from_secs(10),
+    )
+    .await;
+    let before_switch = call_stats(&mut browser, &bob).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_switch = call_stats(&mut browser, &bob).await;
+    assert!(
+        after_switch["audioBytes"].as_f64() > before_switch["audioBytes"].as_f64(),
+        "audio keeps arriving after the switch: {before_switch} → {after_switch}"
+    );
+
     // The relays carried it across regions.
     let relay_metrics = dev.ready["relay_metrics"]
         .as_str()
@@ -676,14 +718,35 @@ async fn the_first_screen_shows_the_fields_of_its_mode_only() {
         .screenshot(&page, &artifacts().join("first-screen-sign-in.png"))
         .await;
     browser.eval(&page, &click(".auth .switch")).await;
+    wait_for(
+        &mut browser,
+        &page,
+        "document.querySelector('.auth .terms-text').textContent.includes('(version ')",
+        Duration::from_secs(10),
+    )
+    .await;
     let register = browser.eval(&page, seen).await;
+    let terms = format!(
+        "I accept the terms of service (version {})",
+        testkit::client::terms_version()
+    );
     assert_eq!(
         register["labels"],
-        serde_json::json!(["Username or e-mail", "E-mail", "Password"]),
+        serde_json::json!(["Username or e-mail", "E-mail", "Password", terms]),
         "{register}"
     );
     assert_eq!(register["submit"], "Sign up");
     assert_eq!(register["email_required"], true);
+    // Signing up without ticking it is refused by the form.
+    assert_eq!(
+        browser
+            .eval(
+                &page,
+                "document.querySelector('.auth input[name=accept_terms]').required"
+            )
+            .await,
+        true
+    );
     browser
         .screenshot(&page, &artifacts().join("first-screen-sign-up.png"))
         .await;
@@ -891,6 +954,173 @@ async fn the_bell_counts_a_missed_call() {
         &bob,
         "document.querySelector('.bell').getAttribute('aria-label') === 'Notifications' && !document.querySelector('.bell-count')",
         Duration::from_secs(5),
+    )
+    .await;
+}
+
+/// Issue 18 items 4, 6 and 7 in the browser: Bob edits his profile and
+/// picture and Alice sees them; Alice finds his message by searching; Bob
+/// downloads his data and deletes his account, and Alice's page shows his
+/// message as deleted.
+#[tokio::test]
+async fn a_profile_search_export_and_account_deletion_in_the_browser() {
+    let Some((mut browser, _app, alice, bob)) = alice_and_bob().await else {
+        return;
+    };
+    // Bob: name, status and a blue picture, from the profile panel.
+    browser.eval(&bob, &click(".profile-toggle")).await;
+    browser
+        .eval(
+            &bob,
+            &type_into(".profile input[name=display_name]", "Bobby B"),
+        )
+        .await;
+    browser
+        .eval(
+            &bob,
+            &type_into(".profile input[name=status_text]", "at lunch"),
+        )
+        .await;
+    browser
+        .eval(
+            &bob,
+            "(async () => { const c = document.createElement('canvas'); c.width = 120; c.height = 120; \
+             const g = c.getContext('2d'); g.fillStyle = '#0000e0'; g.fillRect(0, 0, 120, 120); \
+             const blob = await new Promise(r => c.toBlob(r, 'image/png')); \
+             const dt = new DataTransfer(); dt.items.add(new File([blob], 'me.png', {type: 'image/png'})); \
+             const input = document.querySelector('.profile input[name=avatar]'); input.files = dt.files; \
+             input.dispatchEvent(new Event('change')); return true; })()",
+        )
+        .await;
+    browser.eval(&bob, &click(".profile [type=submit]")).await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "document.querySelector('.profile-note').textContent === 'Profile saved' && \
+         !!document.querySelector('.me .avatar img') && document.querySelector('.me strong').textContent === 'Bobby B'",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // A conversation; Bob writes; Alice sees his name, status and picture.
+    let bob_id = browser.eval(&bob, "cascadeClient.me.id").await;
+    browser
+        .eval(
+            &alice,
+            &format!(
+                "cascadeClient.api('POST', '/v1/conversations', {{kind: 'direct', user_id: {bob_id}}}).then(c => c.id)"
+            ),
+        )
+        .await;
+    for page in [&alice, &bob] {
+        open_first_conversation(&mut browser, page).await;
+    }
+    browser
+        .eval(
+            &bob,
+            &type_into(".composer input[name=body]", "lunch plans for friday"),
+        )
+        .await;
+    browser.eval(&bob, &click(".composer [type=submit]")).await;
+    wait_for(
+        &mut browser,
+        &alice,
+        "(() => { const m = [...document.querySelectorAll('.msg')].find(m => m.textContent.includes('lunch plans')); \
+         const i = m && m.querySelector('.meta .avatar img'); \
+         return !!i && i.complete && i.naturalWidth > 0 && m.textContent.includes('Bobby B'); })()",
+        Duration::from_secs(10),
+    )
+    .await;
+    let pixel = browser
+        .eval(
+            &alice,
+            "(() => { const i = document.querySelector('.msg .meta .avatar img'); const c = document.createElement('canvas'); \
+             c.width = i.naturalWidth; c.height = i.naturalHeight; const g = c.getContext('2d'); g.drawImage(i, 0, 0); \
+             return [...g.getImageData(3, 3, 1, 1).data]; })()",
+        )
+        .await;
+    assert!(
+        pixel[2].as_i64().unwrap() > 200 && pixel[0].as_i64().unwrap() < 40,
+        "Alice sees Bob's blue picture: {pixel}"
+    );
+    assert_eq!(
+        browser
+            .eval(
+                &alice,
+                &format!("cascadeState.users.get({bob_id}).status_text")
+            )
+            .await,
+        "at lunch"
+    );
+
+    // Alice searches her messages and gets the hit, highlighted.
+    browser
+        .eval(
+            &alice,
+            &type_into(".message-search input[name=q]", "friday"),
+        )
+        .await;
+    browser
+        .eval(&alice, &click(".message-search [type=submit]"))
+        .await;
+    wait_for(
+        &mut browser,
+        &alice,
+        "(() => { const li = document.querySelector('.search-results li[data-id]'); \
+         return !!li && li.querySelector('mark').textContent.toLowerCase() === 'friday' && li.textContent.includes('lunch plans'); })()",
+        Duration::from_secs(10),
+    )
+    .await;
+    std::fs::create_dir_all(artifacts()).unwrap();
+    browser
+        .screenshot(&alice, &artifacts().join("profile-and-search.png"))
+        .await;
+
+    // Bob downloads his data: a ZIP.
+    browser
+        .eval(&bob, &type_into(".own-data input[name=password]", PASSWORD))
+        .await;
+    browser.eval(&bob, &click(".own-data .export")).await;
+    let magic = wait_for(
+        &mut browser,
+        &bob,
+        "(async () => { const e = window.cascadeState.lastExport; if (!e) return false; \
+         const head = new Uint8Array(await e.blob.slice(0, 2).arrayBuffer()); return String.fromCharCode(...head); })()",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(magic, "PK", "the export is a ZIP archive");
+
+    // Bob deletes his account (asked twice), and is signed out.
+    browser
+        .eval(&bob, &type_into(".own-data input[name=password]", PASSWORD))
+        .await;
+    browser
+        .eval(&bob, &click(".own-data .delete-account"))
+        .await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "!!document.querySelector('.confirm-delete .really-delete')",
+        Duration::from_secs(5),
+    )
+    .await;
+    browser
+        .eval(&bob, &click(".confirm-delete .really-delete"))
+        .await;
+    wait_for(
+        &mut browser,
+        &bob,
+        "!!document.querySelector('.auth form') && document.querySelector('.auth .error').textContent === 'Your account was deleted.'",
+        Duration::from_secs(10),
+    )
+    .await;
+    // On Alice's page his message turns into a tombstone, live.
+    wait_for(
+        &mut browser,
+        &alice,
+        "(() => { const m = document.querySelector('.msg.deleted'); return !!m && !document.querySelector('.messages').textContent.includes('lunch plans'); })()",
+        Duration::from_secs(10),
     )
     .await;
 }
