@@ -940,7 +940,7 @@ async fn the_bell_counts_a_missed_call() {
         &mut browser,
         &bob,
         "(() => { const li = document.querySelector('.notifications li[data-kind=missed_call]'); return !!li && li.textContent === 'Missed call from alice'; })()",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
     )
     .await;
     browser
@@ -953,7 +953,7 @@ async fn the_bell_counts_a_missed_call() {
         &mut browser,
         &bob,
         "document.querySelector('.bell').getAttribute('aria-label') === 'Notifications' && !document.querySelector('.bell-count')",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
     )
     .await;
 }
@@ -1102,7 +1102,7 @@ async fn a_profile_search_export_and_account_deletion_in_the_browser() {
         &mut browser,
         &bob,
         "!!document.querySelector('.confirm-delete .really-delete')",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
     )
     .await;
     browser

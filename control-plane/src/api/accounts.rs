@@ -145,6 +145,16 @@ impl AppState {
             .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))
     }
 
+    /// Whether `id` is a live account (not unknown, not erased): what a
+    /// contact request, a direct conversation or a group may name.
+    pub async fn account_exists(&self, id: Uuid) -> Result<bool, ApiError> {
+        Ok(self
+            .store
+            .user(id)
+            .await?
+            .is_some_and(|user| user.deleted_at.is_none()))
+    }
+
     /// Counts a login attempt against every key; `Err(429)` if any is over
     /// its limit. Counted before the password check, so parallel guesses
     /// cannot all get in before the first failure is recorded. Fails open

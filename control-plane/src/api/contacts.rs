@@ -229,7 +229,7 @@ async fn check_other(state: &AppState, me: Uuid, other: Uuid) -> Result<(), ApiE
     if me == other {
         return Err(ApiError::invalid("self_contact", "you cannot add yourself"));
     }
-    if state.store.user(other).await?.is_none() {
+    if !state.account_exists(other).await? {
         return Err(ApiError::not_found("no such user"));
     }
     Ok(())

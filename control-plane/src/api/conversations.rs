@@ -87,7 +87,7 @@ impl AppState {
     /// was blocked by them): a group must not become a way around a block.
     async fn addable_users(&self, adder: Uuid, ids: &[Uuid]) -> Result<(), ApiError> {
         for id in ids {
-            if self.store.user(*id).await?.is_none() {
+            if !self.account_exists(*id).await? {
                 return Err(ApiError::invalid("unknown_user", format!("no user {id}")));
             }
             if self.blocked_between(adder, *id).await? {
@@ -178,7 +178,7 @@ pub async fn create(
                     "a direct conversation needs another person",
                 ));
             }
-            if state.store.user(user_id).await?.is_none() {
+            if !state.account_exists(user_id).await? {
                 return Err(ApiError::not_found("no such user"));
             }
             if state.blocked_between(me, user_id).await? {

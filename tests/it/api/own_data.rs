@@ -458,6 +458,17 @@ async fn own_data_scenario(app: TestApp) {
             "blob {id} removed"
         );
     }
+    // Nobody can start anything new with the erased account.
+    app.post(&format!("/v1/contacts/{}", alice.id), &bob, json!({}))
+        .await
+        .expect(404);
+    app.post(
+        "/v1/conversations",
+        &bob,
+        json!({"kind": "direct", "user_id": alice.id}),
+    )
+    .await
+    .expect(404);
     // The name is free again, for someone else.
     let new_alice = app.register("alice").await;
     assert_ne!(new_alice.id, alice.id);
