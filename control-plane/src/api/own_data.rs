@@ -337,7 +337,10 @@ fn zip_archive(
     request_body = PasswordCheck,
     responses(
         (status = 200, description = "`application/zip`: `export.json` (schema `Export`), `README.txt`, `attachments/<id>-<name>`", content_type = "application/zip"),
+        (status = 400, body = ErrorBody, description = "`malformed_json`"),
         (status = 403, body = ErrorBody, description = "`invalid_credentials`"),
+        (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "`invalid_body`"),
         (status = 429, body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -412,7 +415,10 @@ fn contact_removed(to: Uuid, about: Uuid) -> crate::store::NewEvent {
     request_body = PasswordCheck,
     responses(
         (status = 204, description = "Erased"),
+        (status = 400, body = ErrorBody, description = "`malformed_json`"),
         (status = 403, body = ErrorBody, description = "`invalid_credentials`"),
+        (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "`invalid_body`"),
         (status = 429, body = ErrorBody),
     ),
     security(("bearer" = [])))]
