@@ -245,6 +245,7 @@ impl Service for Edge {
                     gone: gone_tx.clone(),
                     metrics: w.metrics,
                     relay: relay.as_ref().map(|r| r.worker_relay()),
+                    batch_sends: config.batch_sends,
                 },
                 workers_stop.clone().wait(),
             );

@@ -32,6 +32,13 @@ pub struct EdgeConfig {
     pub public_url: Option<String>,
     /// Media workers, each with its own socket and calls (0: one per core).
     pub workers: usize,
+    /// Send each pass's datagrams as UDP GSO runs per destination
+    /// (`quinn-udp`) instead of one `sendto` each. Off by default: str0m
+    /// paces a subscriber's packets one per timeout, so a run can only be
+    /// formed by holding packets to the end of the pass, which delays them
+    /// past the send time str0m's bandwidth estimation recorded
+    /// (docs/benchmarks.md, issue 19).
+    pub batch_sends: bool,
     /// Participants this node accepts in all.
     pub capacity: u32,
     /// Participants one call may have on this node.
@@ -70,6 +77,7 @@ impl Default for EdgeConfig {
             public_ip: None,
             public_url: None,
             workers: 0,
+            batch_sends: false,
             capacity: 500,
             max_participants_per_call: 100,
             connect_timeout_secs: 10,

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod registration;
 pub mod relay_client;
 pub mod relay_link;
+pub mod send_batch;
 pub mod signaling;
 pub mod worker;
 

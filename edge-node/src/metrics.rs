@@ -44,6 +44,10 @@ pub struct EdgeMetrics {
     pub worker_cpu: CounterVec,
     /// How late a worker's timer fired, seconds.
     pub loop_lag: Histogram,
+    /// Send calls the media workers made (each carries one datagram, or
+    /// several to one destination with UDP GSO): datagrams sent over this
+    /// is the batching factor.
+    pub send_calls: IntCounter,
 }
 
 impl EdgeMetrics {
@@ -181,6 +185,10 @@ impl EdgeMetrics {
             estimates,
             worker_cpu,
             loop_lag,
+            send_calls: counter(
+                "cascade_edge_send_calls_total",
+                "UDP send calls made by the media workers (one datagram each, or a GSO run of several to one destination).",
+            ),
         }
     }
 

@@ -17,12 +17,18 @@ use uuid::Uuid;
 
 use crate::relay_client::CallData;
 use crate::relay_link::{RelayCommand, RelayEvent, WorkerRelay};
+use crate::send_batch::SendBatch;
 use sfu::{
     CloseReason, JoinError, Output, PeerId, PeerInfo, Sfu, SfuConfig, SfuEvent, Signal, SignalError,
 };
 
 /// Most datagrams read from the socket before the core's output is sent.
 const RECEIVE_BURST: usize = 32;
+/// Datagrams one `recvmmsg` reads (each buffer may hold several with GRO).
+const RECEIVE_BATCH: usize = 8;
+/// The largest datagram a participant sends (what a buffer holds without
+/// GRO; with it, one buffer holds `gro_segments` of them).
+const MAX_DATAGRAM: usize = 2048;
 
 /// What a signaling session asks of its worker.
 pub enum Command {
@@ -211,6 +217,8 @@ pub struct Worker {
     pub metrics: crate::metrics::EdgeMetrics,
     /// The relay link, if the edge has one.
     pub relay: Option<WorkerRelay>,
+    /// GSO runs per destination (`EdgeConfig::batch_sends`).
+    pub batch_sends: bool,
 }
 
 /// Runs a worker until `stop` resolves or every sender is gone.
@@ -226,6 +234,7 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
         gone,
         metrics,
         relay,
+        batch_sends,
     } = worker;
     let socket = match UdpSocket::from_std(socket) {
         Ok(socket) => socket,
@@ -251,14 +260,26 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
     let mut layers = [0i64; 4];
     let mut signals: HashMap<PeerId, mpsc::Sender<ServerSignal>> = HashMap::new();
     let mut sessions: HashMap<PeerId, Uuid> = HashMap::new();
-    let mut buf = vec![0u8; 2048];
+    // The socket's batched sends (UDP GSO where the kernel has it; else
+    // one datagram per call, as before).
+    let udp = match quinn_udp::UdpSocketState::new((&socket).into()) {
+        Ok(state) => Some(state),
+        Err(error) => {
+            tracing::warn!(%error, "media socket: no batched sends, one datagram per call");
+            None
+        }
+    };
+    let mut batch = SendBatch::default();
+    let mut receive = ReceiveBuffers::new(udp.as_ref());
     tokio::pin!(stop);
     loop {
         // Out with everything the core produced; it then says when to wake.
         let wake = loop {
             match sfu.poll_output() {
                 Output::Timeout(at) => break at,
+                Output::Transmit(t) if batch_sends => batch.push(t.destination, t.contents),
                 Output::Transmit(t) => {
+                    metrics.send_calls.inc();
                     if let Err(error) = socket.send_to(&t.contents, t.destination).await {
                         tracing::debug!(%error, destination = %t.destination, "send failed");
                     }
@@ -308,6 +329,9 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                 }
             }
         };
+        if !batch.is_empty() {
+            send_batch(&socket, udp.as_ref(), &mut batch, &metrics).await;
+        }
         let now = Instant::now();
         // A timer already due runs at once: the runtime's timer would round
         // it up to its next millisecond tick.
@@ -320,19 +344,12 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
         } else {
             handled_overdue = false;
             tokio::select! {
-                received = socket.recv_from(&mut buf) => {
-                    if let Ok((n, source)) = received {
-                        let now = Instant::now();
-                        sfu.handle_receive(now, source, &buf[..n]);
-                        // The rest of the burst (a video frame is several
-                        // packets) before the core is polled: it sends what
-                        // the burst wrote to each subscriber in one go.
-                        for _ in 1..RECEIVE_BURST {
-                            match socket.try_recv_from(&mut buf) {
-                                Ok((n, source)) => sfu.handle_receive(now, source, &buf[..n]),
-                                Err(_) => break,
-                            };
-                        }
+                readable = socket.readable() => {
+                    if readable.is_ok() {
+                        // A burst (a video frame is several packets) before
+                        // the core is polled: it sends what the burst wrote
+                        // to each subscriber in one go.
+                        receive_burst(&socket, udp.as_ref(), &mut receive, &mut sfu);
                     }
                 }
                 () = tokio::time::sleep_until(wake.into()) => {
@@ -431,6 +448,112 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
     metrics.participants.sub(participants);
     metrics.tracks.sub(tracks);
     metrics.subscriptions.sub(subscriptions);
+}
+
+/// Where a worker reads datagrams: `RECEIVE_BATCH` buffers for one
+/// `recvmmsg`, each big enough for what GRO may coalesce into it (the
+/// kernel truncates what does not fit).
+struct ReceiveBuffers {
+    buffers: Vec<Vec<u8>>,
+    meta: Vec<quinn_udp::RecvMeta>,
+}
+
+impl ReceiveBuffers {
+    fn new(udp: Option<&quinn_udp::UdpSocketState>) -> Self {
+        let (count, size) = match udp {
+            Some(state) => (RECEIVE_BATCH, MAX_DATAGRAM * state.gro_segments().max(1)),
+            None => (1, MAX_DATAGRAM),
+        };
+        ReceiveBuffers {
+            buffers: vec![vec![0u8; size]; count],
+            meta: vec![quinn_udp::RecvMeta::default(); count],
+        }
+    }
+}
+
+/// Reads up to [`RECEIVE_BURST`] datagrams that are already waiting into
+/// the core (batched with `recvmmsg`, GRO runs cut at their stride).
+fn receive_burst(
+    socket: &UdpSocket,
+    udp: Option<&quinn_udp::UdpSocketState>,
+    receive: &mut ReceiveBuffers,
+    sfu: &mut Sfu,
+) {
+    let now = Instant::now();
+    let mut taken = 0;
+    while taken < RECEIVE_BURST {
+        let Some(state) = udp else {
+            let buffer = &mut receive.buffers[0];
+            match socket.try_recv_from(buffer) {
+                Ok((n, source)) => {
+                    sfu.handle_receive(now, source, &buffer[..n]);
+                    taken += 1;
+                    continue;
+                }
+                Err(_) => return,
+            }
+        };
+        let read = {
+            let mut slices: Vec<std::io::IoSliceMut<'_>> = receive
+                .buffers
+                .iter_mut()
+                .map(|b| std::io::IoSliceMut::new(b))
+                .collect();
+            socket.try_io(tokio::io::Interest::READABLE, || {
+                state.recv(socket.into(), &mut slices, &mut receive.meta)
+            })
+        };
+        let Ok(count) = read else {
+            return;
+        };
+        for (meta, buffer) in receive.meta.iter().zip(&receive.buffers).take(count) {
+            let stride = if meta.stride == 0 {
+                meta.len
+            } else {
+                meta.stride
+            };
+            for datagram in buffer[..meta.len].chunks(stride.max(1)) {
+                sfu.handle_receive(now, meta.addr, datagram);
+                taken += 1;
+            }
+        }
+    }
+}
+
+/// Sends one pass's datagrams, regrouped into GSO runs per destination.
+async fn send_batch(
+    socket: &UdpSocket,
+    udp: Option<&quinn_udp::UdpSocketState>,
+    batch: &mut SendBatch,
+    metrics: &crate::metrics::EdgeMetrics,
+) {
+    batch.seal(udp.map_or(1, quinn_udp::UdpSocketState::max_gso_segments));
+    for run in batch.runs() {
+        let contents = &batch.buffer()[run.bytes.clone()];
+        metrics.send_calls.inc();
+        let sent = match udp {
+            Some(state) => {
+                let transmit = quinn_udp::Transmit {
+                    destination: run.destination,
+                    ecn: None,
+                    contents,
+                    segment_size: run.segment,
+                    src_ip: None,
+                };
+                // `send` logs (rate-limited) and swallows what is not
+                // "try again"; that one waits for the socket.
+                socket
+                    .async_io(tokio::io::Interest::WRITABLE, || {
+                        state.send(socket.into(), &transmit)
+                    })
+                    .await
+            }
+            None => socket.send_to(contents, run.destination).await.map(drop),
+        };
+        if let Err(error) = sent {
+            tracing::debug!(%error, destination = %run.destination, "send failed");
+        }
+    }
 }
 
 /// What receivers get on their data channel for a data message (the

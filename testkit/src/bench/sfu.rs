@@ -87,8 +87,11 @@ pub struct SfuBenchReport {
     pub direct_udp: Measurement,
     /// The edge's steps.
     pub edge: Vec<SfuStep>,
-    /// The raw forwarder's steps.
+    /// The raw forwarder's steps (one `sendto` per datagram).
     pub raw: Vec<SfuStep>,
+    /// The batched raw forwarder's steps (a frame's datagrams to one
+    /// subscriber in one UDP GSO send).
+    pub raw_batched: Vec<SfuStep>,
     /// The edge's resident memory with no participant, bytes.
     pub edge_idle_rss: u64,
     /// Frame body bytes used (delta frames).
@@ -354,8 +357,10 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
     let frame_bytes = delta_body + 11;
     let direct_udp = raw_direct(frame_bytes, options.step).await;
     let mut raw = Vec::new();
+    let mut raw_batched = Vec::new();
     for &n in &options.subscribers {
-        raw.push(raw_step(n, frame_bytes, options.step).await);
+        raw.push(raw_step(n, frame_bytes, options.step, false).await);
+        raw_batched.push(raw_step(n, frame_bytes, options.step, true).await);
     }
 
     SfuBenchReport {
@@ -363,6 +368,7 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         direct_udp,
         edge: edge_steps,
         raw,
+        raw_batched,
         edge_idle_rss,
         delta_body,
     }
@@ -454,7 +460,9 @@ async fn raw_direct(frame_bytes: usize, step: Duration) -> Measurement {
     m
 }
 
-/// The physical floor: recv a datagram, send a copy to every subscriber.
+/// The physical floor: recv a datagram, send a copy to every subscriber
+/// (`batched`: hold a frame's video datagrams until its last one, then
+/// send each subscriber the frame in one UDP GSO send, as the edge does).
 pub(super) struct RawForwarder {
     pub(super) addr: SocketAddr,
     /// `/proc/self/task/<tid>/stat` of its thread.
@@ -468,7 +476,7 @@ pub(super) struct RawForwarder {
 pub(super) const RAW_SUBSCRIBE: u8 = 0xff;
 
 impl RawForwarder {
-    pub(super) fn spawn() -> RawForwarder {
+    pub(super) fn spawn(batched: bool) -> RawForwarder {
         let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind the raw forwarder");
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
@@ -487,6 +495,19 @@ impl RawForwarder {
             let _ = tid_tx.send(format!("/proc/{me}/stat"));
             let mut subscribers: Vec<SocketAddr> = Vec::new();
             let mut buf = vec![0u8; 2048];
+            let gso = batched
+                .then(|| quinn_udp::UdpSocketState::new((&socket).into()).ok())
+                .flatten()
+                .filter(|state| state.max_gso_segments() > 1);
+            if batched && gso.is_none() {
+                eprintln!(
+                    "raw forwarder: this kernel has no UDP GSO; the batched path sends one datagram per call"
+                );
+            }
+            // A frame's video datagrams so far (batched mode), and their
+            // sizes.
+            let mut frame: Vec<u8> = Vec::new();
+            let mut sizes: Vec<usize> = Vec::new();
             while !stopping.load(Ordering::Relaxed) {
                 let Ok((n, source)) = socket.recv_from(&mut buf) else {
                     continue;
@@ -495,6 +516,33 @@ impl RawForwarder {
                     if !subscribers.contains(&source) {
                         subscribers.push(source);
                     }
+                    continue;
+                }
+                let video = buf[0] == 1;
+                if let (Some(state), true) = (&gso, video) {
+                    frame.extend_from_slice(&buf[..n]);
+                    sizes.push(n);
+                    if buf[1] == 0 {
+                        continue;
+                    }
+                    // The frame is complete: one send per subscriber (the
+                    // datagrams are RAW_CHUNK long but the last).
+                    let segment = sizes[0];
+                    for to in &subscribers {
+                        let transmit = quinn_udp::Transmit {
+                            destination: *to,
+                            ecn: None,
+                            contents: &frame,
+                            segment_size: (sizes.len() > 1).then_some(segment),
+                            src_ip: None,
+                        };
+                        if state.send((&socket).into(), &transmit).is_ok() {
+                            counted.fetch_add(sizes.len() as u64, Ordering::Relaxed);
+                            counted_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    frame.clear();
+                    sizes.clear();
                     continue;
                 }
                 for to in &subscribers {
@@ -522,8 +570,8 @@ impl Drop for RawForwarder {
     }
 }
 
-async fn raw_step(n: usize, frame_bytes: usize, step: Duration) -> SfuStep {
-    let forwarder = RawForwarder::spawn();
+async fn raw_step(n: usize, frame_bytes: usize, step: Duration, batched: bool) -> SfuStep {
+    let forwarder = RawForwarder::spawn(batched);
     let probe = LatencyProbe::new();
     let frames = Arc::new(AtomicU64::new(0));
     let mut receivers = Vec::new();
@@ -568,7 +616,7 @@ async fn raw_step(n: usize, frame_bytes: usize, step: Duration) -> SfuStep {
     let expected = (secs * 1000.0 / 33.0) * n as f64;
     let forwarder_cpu = cpu_after - cpu_before;
     SfuStep {
-        path: "raw UDP",
+        path: if batched { "raw UDP, GSO" } else { "raw UDP" },
         subscribers: n,
         sent_per_sec: sent as f64 / secs,
         mean_datagram_bytes: bytes as f64 / (sent.max(1)) as f64,
@@ -602,25 +650,36 @@ pub fn markdown(report: &SfuBenchReport) -> String {
         ms(report.direct_udp.p99),
     );
     out.push_str(
-        "| path | subscribers | datagrams out/s | mean bytes | forwarder CPU | datagrams/s per core | edge ÷ raw per core | frame p50 ms | p99 ms | added p50 ms | added p99 ms | delivered | RSS MiB | load generator CPU |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| path | subscribers | datagrams out/s | mean bytes | forwarder CPU | datagrams/s per core | edge ÷ raw per core | edge ÷ raw GSO per core | frame p50 ms | p99 ms | added p50 ms | added p99 ms | delivered | RSS MiB | load generator CPU |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for (edge, raw) in report.edge.iter().zip(&report.raw) {
-        for (step, base) in [(edge, &report.direct_webrtc), (raw, &report.direct_udp)] {
-            let ratio = if step.path.starts_with("edge") && raw.per_core() > 0.0 {
-                format!("{:.3}", edge.per_core() / raw.per_core())
-            } else {
-                String::new()
-            };
+    let ratio = |edge: &SfuStep, raw: Option<&SfuStep>| match raw {
+        Some(raw) if raw.per_core() > 0.0 => format!("{:.3}", edge.per_core() / raw.per_core()),
+        _ => String::new(),
+    };
+    for (i, edge) in report.edge.iter().enumerate() {
+        let (raw, batched) = (report.raw.get(i), report.raw_batched.get(i));
+        let rows = [
+            Some((
+                edge,
+                &report.direct_webrtc,
+                ratio(edge, raw),
+                ratio(edge, batched),
+            )),
+            raw.map(|r| (r, &report.direct_udp, String::new(), String::new())),
+            batched.map(|r| (r, &report.direct_udp, String::new(), String::new())),
+        ];
+        for (step, base, to_raw, to_batched) in rows.into_iter().flatten() {
             out.push_str(&format!(
-                "| {} | {} | {:.0} | {:.0} | {:.1} % | {:.0} | {} | {} | {} | {} | {} | {:.1} % | {:.1} | {:.0} % |\n",
+                "| {} | {} | {:.0} | {:.0} | {:.1} % | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} % | {:.1} | {:.0} % |\n",
                 step.path,
                 step.subscribers,
                 step.sent_per_sec,
                 step.mean_datagram_bytes,
                 step.cpu_share * 100.0,
                 step.per_core(),
-                ratio,
+                to_raw,
+                to_batched,
                 ms(step.latency.p50),
                 ms(step.latency.p99),
                 added(step.latency.p50, base.p50),
