@@ -771,6 +771,49 @@ async fn alice_and_bob() -> Option<(Browser, testkit::app::TestApp, Page, Page)>
     Some((browser, app, alice, bob))
 }
 
+/// `a` opens a direct conversation with `b`; both pages learn of it live
+/// (`conversation.updated`) and open it. Returns `b`'s id (JSON).
+async fn open_direct(browser: &mut Browser, a: &Page, b: &Page) -> Value {
+    let b_id = browser.eval(b, "cascadeClient.me.id").await;
+    browser
+        .eval(
+            a,
+            &format!(
+                "cascadeClient.api('POST', '/v1/conversations', {{kind: 'direct', user_id: {b_id}}}).then(c => c.id)"
+            ),
+        )
+        .await;
+    for page in [a, b] {
+        open_first_conversation(browser, page).await;
+    }
+    b_id
+}
+
+/// Picks a picture in the file input at `selector` the way a user does
+/// (then `change`): a PNG of one `color`, drawn on a canvas.
+async fn choose_picture(
+    browser: &mut Browser,
+    page: &Page,
+    selector: &str,
+    color: &str,
+    (width, height): (u32, u32),
+    name: &str,
+) {
+    browser
+        .eval(
+            page,
+            &format!(
+                "(async () => {{ const c = document.createElement('canvas'); c.width = {width}; c.height = {height}; \
+                 const g = c.getContext('2d'); g.fillStyle = {color:?}; g.fillRect(0, 0, {width}, {height}); \
+                 const blob = await new Promise(r => c.toBlob(r, 'image/png')); \
+                 const dt = new DataTransfer(); dt.items.add(new File([blob], {name:?}, {{type: 'image/png'}})); \
+                 const input = document.querySelector({selector:?}); input.files = dt.files; \
+                 input.dispatchEvent(new Event('change')); return true; }})()"
+            ),
+        )
+        .await;
+}
+
 /// Issue 18: attach an image on one page and see its thumbnail on the
 /// other; record a voice message with the fake microphone and play it.
 #[tokio::test]
@@ -778,34 +821,19 @@ async fn an_image_and_a_voice_message_reach_the_other_page() {
     let Some((mut browser, _app, alice, bob)) = alice_and_bob().await else {
         return;
     };
-    let bob_id = browser.eval(&bob, "cascadeClient.me.id").await;
-    // A direct conversation, opened on both pages.
-    browser
-        .eval(
-            &alice,
-            &format!(
-                "cascadeClient.api('POST', '/v1/conversations', {{kind: 'direct', user_id: {bob_id}}}).then(c => c.id)"
-            ),
-        )
-        .await;
-    // Both pages learn of it live (conversation.updated).
-    for page in [&alice, &bob] {
-        open_first_conversation(&mut browser, page).await;
-    }
+    open_direct(&mut browser, &alice, &bob).await;
 
     // Alice attaches a picture through the file input (a red 200x100 PNG
     // drawn on a canvas).
-    browser
-        .eval(
-            &alice,
-            "(async () => { const c = document.createElement('canvas'); c.width = 200; c.height = 100; \
-             const g = c.getContext('2d'); g.fillStyle = '#e00000'; g.fillRect(0, 0, 200, 100); \
-             const blob = await new Promise(r => c.toBlob(r, 'image/png')); \
-             const dt = new DataTransfer(); dt.items.add(new File([blob], 'red.png', {type: 'image/png'})); \
-             const input = document.querySelector('.attach-input'); input.files = dt.files; \
-             input.dispatchEvent(new Event('change')); return true; })()",
-        )
-        .await;
+    choose_picture(
+        &mut browser,
+        &alice,
+        ".attach-input",
+        "#e00000",
+        (200, 100),
+        "red.png",
+    )
+    .await;
     // Bob's page shows the thumbnail, loaded, and red.
     wait_for(
         &mut browser,
@@ -981,17 +1009,15 @@ async fn a_profile_search_export_and_account_deletion_in_the_browser() {
             &type_into(".profile input[name=status_text]", "at lunch"),
         )
         .await;
-    browser
-        .eval(
-            &bob,
-            "(async () => { const c = document.createElement('canvas'); c.width = 120; c.height = 120; \
-             const g = c.getContext('2d'); g.fillStyle = '#0000e0'; g.fillRect(0, 0, 120, 120); \
-             const blob = await new Promise(r => c.toBlob(r, 'image/png')); \
-             const dt = new DataTransfer(); dt.items.add(new File([blob], 'me.png', {type: 'image/png'})); \
-             const input = document.querySelector('.profile input[name=avatar]'); input.files = dt.files; \
-             input.dispatchEvent(new Event('change')); return true; })()",
-        )
-        .await;
+    choose_picture(
+        &mut browser,
+        &bob,
+        ".profile input[name=avatar]",
+        "#0000e0",
+        (120, 120),
+        "me.png",
+    )
+    .await;
     browser.eval(&bob, &click(".profile [type=submit]")).await;
     wait_for(
         &mut browser,
@@ -1003,18 +1029,7 @@ async fn a_profile_search_export_and_account_deletion_in_the_browser() {
     .await;
 
     // A conversation; Bob writes; Alice sees his name, status and picture.
-    let bob_id = browser.eval(&bob, "cascadeClient.me.id").await;
-    browser
-        .eval(
-            &alice,
-            &format!(
-                "cascadeClient.api('POST', '/v1/conversations', {{kind: 'direct', user_id: {bob_id}}}).then(c => c.id)"
-            ),
-        )
-        .await;
-    for page in [&alice, &bob] {
-        open_first_conversation(&mut browser, page).await;
-    }
+    let bob_id = open_direct(&mut browser, &alice, &bob).await;
     browser
         .eval(
             &bob,

@@ -162,6 +162,20 @@ impl AppState {
         Ok(user)
     }
 
+    /// The prologue of an action on one's own data: counted against the
+    /// action's per-user `quota`, then the password checked again.
+    async fn recheck(
+        &self,
+        action: &'static str,
+        quota: crate::config::Quota,
+        caller: Caller,
+        ip: Option<std::net::IpAddr>,
+        password: &str,
+    ) -> Result<crate::store::User, ApiError> {
+        self.throttle(action, caller.user_id, quota).await?;
+        self.reauthenticate(caller, ip, password).await
+    }
+
     /// Gathers `user`'s export and its attachments' bytes.
     async fn gather_export(
         &self,
@@ -350,14 +364,10 @@ pub async fn export(
     ClientAddr(ip): ClientAddr,
     ApiJson(body): ApiJson<PasswordCheck>,
 ) -> Result<Response, ApiError> {
-    state
-        .throttle(
-            "exports",
-            caller.user_id,
-            state.config.rate_limits.exports_per_user,
-        )
+    let quota = state.config.rate_limits.exports_per_user;
+    let user = state
+        .recheck("exports", quota, caller, ip, &body.password)
         .await?;
-    let user = state.reauthenticate(caller, ip, &body.password).await?;
     let (export, files) = state.gather_export(&user).await?;
     let zipped = tokio::task::spawn_blocking(move || zip_archive(&export, &files))
         .await
@@ -428,14 +438,10 @@ pub async fn erase(
     ClientAddr(ip): ClientAddr,
     ApiJson(body): ApiJson<PasswordCheck>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .throttle(
-            "erasures",
-            caller.user_id,
-            state.config.rate_limits.erasures_per_user,
-        )
+    let quota = state.config.rate_limits.erasures_per_user;
+    let user = state
+        .recheck("erasures", quota, caller, ip, &body.password)
         .await?;
-    let user = state.reauthenticate(caller, ip, &body.password).await?;
     // Out of any group call first (its devices are told to leave), while
     // the membership that finds the call still exists.
     for conversation in state.store.conversation_ids(user.id).await? {
