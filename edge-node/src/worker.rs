@@ -494,11 +494,11 @@ fn receive_burst(
             }
         };
         let read = {
-            let mut slices: Vec<std::io::IoSliceMut<'_>> = receive
-                .buffers
-                .iter_mut()
-                .map(|b| std::io::IoSliceMut::new(b))
-                .collect();
+            // On the stack: no allocation per read.
+            let mut buffers = receive.buffers.iter_mut();
+            let mut slices: [std::io::IoSliceMut<'_>; RECEIVE_BATCH] = std::array::from_fn(|_| {
+                std::io::IoSliceMut::new(buffers.next().map_or(&mut [][..], |b| b.as_mut_slice()))
+            });
             socket.try_io(tokio::io::Interest::READABLE, || {
                 state.recv(socket.into(), &mut slices, &mut receive.meta)
             })

@@ -250,6 +250,20 @@ impl ApiClient {
         .await
     }
 
+    /// Makes `a` and `b` contacts: `a` asks, `b` accepts.
+    pub async fn make_contacts(&self, a: &TestUser, b: &TestUser) {
+        self.post(&format!("/v1/contacts/{}", b.id), a, json!({}))
+            .await
+            .expect(200);
+        self.patch(
+            &format!("/v1/contacts/{}", a.id),
+            b,
+            json!({"action": "accept"}),
+        )
+        .await
+        .expect(200);
+    }
+
     /// A direct conversation between `a` and `b`; returns its id.
     pub async fn direct(&self, a: &TestUser, b: &TestUser) -> String {
         let reply = self

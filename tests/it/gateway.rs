@@ -473,16 +473,7 @@ async fn ephemeral_scenario(app: TestApp) {
     );
     let chat = app.direct(&alice, &bob).await;
     // Presence needs consent: an accepted contact (or a shared group).
-    app.post(&format!("/v1/contacts/{}", bob.id), &alice, json!({}))
-        .await
-        .expect(200);
-    app.patch(
-        &format!("/v1/contacts/{}", alice.id),
-        &bob,
-        json!({"action": "accept"}),
-    )
-    .await
-    .expect(200);
+    app.make_contacts(&alice, &bob).await;
     // Mallory opens a direct conversation with alice on her own (anyone
     // may): that is not consent, she sees nothing of alice's presence.
     app.direct(&mallory, &alice).await;
@@ -789,16 +780,7 @@ async fn presence_is_back_right_after_redis_comes_back_empty() {
     let alice = api.register("alice").await;
     let bob = api.register("bob").await;
     // Presence is for accepted contacts.
-    api.post(&format!("/v1/contacts/{}", bob.id), &alice, json!({}))
-        .await
-        .expect(200);
-    api.patch(
-        &format!("/v1/contacts/{}", alice.id),
-        &bob,
-        json!({"action": "accept"}),
-    )
-    .await
-    .expect(200);
+    api.make_contacts(&alice, &bob).await;
     wait_ready(&api).await;
     let (_alice_online, _) = ws(a.http_addr(), &alice, None).await;
     let status = || async {

@@ -183,69 +183,52 @@ impl AppState {
     ) -> Result<(Export, Vec<(String, bytes::Bytes)>), ApiError> {
         let store = &self.store;
         let contacts = store.contacts(user.id, None).await?;
-        let mut conversations = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = store.conversations(user.id, cursor, PAGE).await?;
-            let full = page.len() as i64 == PAGE;
-            cursor = page.last().map(|s| ActivityCursor {
+        let conversations = every_page(
+            |cursor| store.conversations(user.id, cursor, PAGE),
+            |s| ActivityCursor {
                 activity_us: s.conversation.last_activity_us,
                 id: s.conversation.id,
-            });
-            conversations.extend(page.into_iter().map(|s| {
-                ExportedConversation {
-                    id: s.conversation.id,
-                    kind: s.conversation.kind.as_str().to_owned(),
-                    name: s.conversation.name.clone(),
-                    role: match s.member.role {
-                        Role::Owner => "owner",
-                        Role::Admin => "admin",
-                        Role::Member => "member",
-                    }
-                    .to_owned(),
-                    joined_at: s.member.joined_at,
-                }
-            }));
-            if !full {
-                break;
+            },
+        )
+        .await?
+        .into_iter()
+        .map(|s| ExportedConversation {
+            id: s.conversation.id,
+            kind: s.conversation.kind.as_str().to_owned(),
+            name: s.conversation.name.clone(),
+            role: match s.member.role {
+                Role::Owner => "owner",
+                Role::Admin => "admin",
+                Role::Member => "member",
             }
-        }
-        let mut messages = Vec::new();
-        let mut after = None;
-        loop {
-            let page = store.authored_messages(user.id, after, PAGE).await?;
-            after = page.last().map(|m| m.id);
-            let full = page.len() as i64 == PAGE;
-            messages.extend(page.iter().map(|m| MessageView::new(m, Vec::new())));
-            if !full {
-                break;
-            }
-        }
-        let mut calls = Vec::new();
-        let mut before = None;
-        loop {
-            let page = store.call_history(user.id, before, PAGE).await?;
-            before = page.last().map(|e| e.call.id);
-            let full = page.len() as i64 == PAGE;
-            calls.extend(page.iter().map(|e| HistoryItem {
-                call: CallView::new(&e.call),
-                outcome: e.outcome.map(CallOutcome::as_str),
-            }));
-            if !full {
-                break;
-            }
-        }
-        let mut notifications = Vec::new();
-        let mut before = None;
-        loop {
-            let page = store.notifications(user.id, false, before, PAGE).await?;
-            before = page.last().map(|n| n.id);
-            let full = page.len() as i64 == PAGE;
-            notifications.extend(page);
-            if !full {
-                break;
-            }
-        }
+            .to_owned(),
+            joined_at: s.member.joined_at,
+        })
+        .collect();
+        let messages = every_page(
+            |after| store.authored_messages(user.id, after, PAGE),
+            |m| m.id,
+        )
+        .await?
+        .iter()
+        .map(|m| MessageView::new(m, Vec::new()))
+        .collect();
+        let calls = every_page(
+            |before| store.call_history(user.id, before, PAGE),
+            |e| e.call.id,
+        )
+        .await?
+        .iter()
+        .map(|e| HistoryItem {
+            call: CallView::new(&e.call),
+            outcome: e.outcome.map(CallOutcome::as_str),
+        })
+        .collect();
+        let notifications = every_page(
+            |before| store.notifications(user.id, false, before, PAGE),
+            |n| n.id,
+        )
+        .await?;
         let mut files = Vec::new();
         let mut attachments = Vec::new();
         for row in store.own_attachments(user.id).await? {
@@ -313,6 +296,28 @@ impl AppState {
             security_log,
         };
         Ok((export, files))
+    }
+}
+
+/// Every row of a paged store query: `page(cursor)` returns up to [`PAGE`]
+/// rows after `cursor`; `cursor_of` names the cursor after a row.
+async fn every_page<T, C, Fut>(
+    mut page: impl FnMut(Option<C>) -> Fut,
+    cursor_of: impl Fn(&T) -> C,
+) -> Result<Vec<T>, ApiError>
+where
+    Fut: std::future::Future<Output = crate::store::StoreResult<Vec<T>>>,
+{
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let rows = page(cursor.take()).await?;
+        let full = rows.len() as i64 == PAGE;
+        cursor = rows.last().map(&cursor_of);
+        all.extend(rows);
+        if !full {
+            return Ok(all);
+        }
     }
 }
 

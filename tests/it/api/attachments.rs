@@ -2,7 +2,6 @@
 //! store, and on an S3-protocol server (the one scripts/test starts): the
 //! same scenario each time.
 
-use std::io::Cursor;
 use std::time::Duration;
 
 use control_plane::ControlPlaneConfig;
@@ -68,12 +67,7 @@ async fn on_s3() {
 }
 
 fn png(width: u32, height: u32) -> Vec<u8> {
-    let picture = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x * 7 % 256) as u8, (y * 3 % 256) as u8, 200])
-    });
-    let mut out = Cursor::new(Vec::new());
-    picture.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    super::png(width, height, 200)
 }
 
 /// The store the control plane uses, opened the same way, to see what it

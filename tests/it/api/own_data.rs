@@ -3,6 +3,8 @@
 //! entries they leave.
 
 use std::io::{Cursor, Read};
+
+use super::png;
 use std::time::Duration;
 
 use control_plane::attachments::Blobs;
@@ -21,15 +23,6 @@ fn on_disk(config: &mut control_plane::ControlPlaneConfig) {
             std::env::temp_dir().join(format!("cascade-own-data-{}.db", uuid::Uuid::new_v4()));
         config.database.url = Some(format!("sqlite://{}?mode=rwc", path.display()));
     }
-}
-
-fn png(width: u32, height: u32, shade: u8) -> Vec<u8> {
-    let picture = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x % 256) as u8, (y % 256) as u8, shade])
-    });
-    let mut out = Cursor::new(Vec::new());
-    picture.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
 }
 
 async fn upload_image(app: &TestApp, user: &TestUser, bytes: &[u8]) -> String {
@@ -242,16 +235,7 @@ async fn own_data_scenario(app: TestApp) {
     let bob = app.register("bob").await;
     let carol = app.register("carol").await;
     let blobs = Blobs::open(&app.config.attachments, &app.config.data_dir).unwrap();
-    app.post(&format!("/v1/contacts/{}", bob.id), &alice, json!({}))
-        .await
-        .expect(200);
-    app.patch(
-        &format!("/v1/contacts/{}", alice.id),
-        &bob,
-        json!({"action": "accept"}),
-    )
-    .await
-    .expect(200);
+    app.make_contacts(&alice, &bob).await;
     let direct = app.direct(&alice, &bob).await;
     let secret = app.send(&direct, &alice, "alice's secret plan").await;
     let reply = app.send(&direct, &bob, "bob's reply only").await;
