@@ -352,6 +352,10 @@ impl ControlPlaneConfig {
         config.database.url = Some("sqlite::memory:".into());
         config.auth.argon2_memory_kib = 1024;
         config.auth.argon2_iterations = 1;
+        // Every test's client is 127.0.0.1, and Redis keeps the per-address
+        // count across tests and runs (a 15-minute window): the tests of
+        // the login limit count per account, with names of their own.
+        config.auth.max_failed_logins_per_address = 1_000_000;
         // Nodes in tests register with this; sweeps run often so ring
         // timeouts and dead nodes are noticed within a test's patience.
         config.cluster.secret = Some(TEST_CLUSTER_SECRET.to_owned());
