@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::config::EdgeConfig;
+use crate::mesh::{Mesh, MeshCommand, MeshFrame, Placement, PlaceError, Spread};
 use crate::registration::ControlPlaneLink;
 use crate::worker::{self, WorkerHandle, WorkerShared};
 use sfu::SfuConfig;
@@ -63,6 +64,8 @@ pub struct Inner {
     pub link: Arc<ControlPlaneLink>,
     /// The media workers.
     pub workers: Vec<WorkerHandle>,
+    /// How calls spread over them.
+    pub mesh: Arc<Mesh>,
     draining: AtomicBool,
 }
 
@@ -75,13 +78,18 @@ impl std::ops::Deref for EdgeState {
 }
 
 impl EdgeState {
-    /// The worker a call is pinned to (every participant of a call on this
-    /// node shares one core, so forwarding never crosses threads).
-    pub fn worker_for(&self, call: Uuid) -> &WorkerHandle {
+    /// A call's home worker: all its sessions share that core until it has
+    /// `spread_calls_above` of them ([`crate::mesh`]).
+    pub fn home_worker(&self, call: Uuid) -> usize {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         call.hash(&mut hasher);
-        let index = (hasher.finish() % self.workers.len().max(1) as u64) as usize;
-        &self.workers[index]
+        (hasher.finish() % self.workers.len().max(1) as u64) as usize
+    }
+
+    /// Places a new session of `call` on a worker; the place is held until
+    /// the returned value is dropped.
+    pub fn place(&self, call: Uuid, session: Uuid) -> Result<Placement, PlaceError> {
+        Placement::new(&self.mesh, call, session, self.home_worker(call))
     }
 
     /// Whether the node is shutting down (no new sessions).
@@ -104,7 +112,14 @@ struct PendingWorker {
     commands: mpsc::Receiver<worker::Command>,
     relay_commands: mpsc::UnboundedReceiver<crate::relay_link::RelayCommand>,
     shared: Arc<WorkerShared>,
+    mesh_commands: mpsc::UnboundedReceiver<MeshCommand>,
+    mesh_frames: mpsc::Receiver<MeshFrame>,
 }
+
+/// Frames of other workers' tracks a worker may have waiting (a frame per
+/// track and layer, not per subscriber: a few hundred milliseconds of a
+/// large call's media).
+const MESH_FRAME_QUEUE: usize = 512;
 
 /// One edge node, bound and ready to run.
 pub struct Edge {
@@ -147,6 +162,7 @@ impl Service for Edge {
         };
         let mut workers = Vec::new();
         let mut pending = Vec::new();
+        let (mut mesh_control, mut mesh_frames) = (Vec::new(), Vec::new());
         for i in 0..config.worker_count() {
             let port = if config.media_port == 0 {
                 0
@@ -162,6 +178,10 @@ impl Service for Edge {
             let advertised = SocketAddr::new(config.public_ip.unwrap_or(local.ip()), local.port());
             let (tx, rx) = mpsc::channel(256);
             let (relay_tx, relay_rx) = mpsc::unbounded_channel();
+            let (mesh_tx, mesh_rx) = mpsc::unbounded_channel::<MeshCommand>();
+            let (frames_tx, frames_rx) = mpsc::channel::<MeshFrame>(MESH_FRAME_QUEUE);
+            mesh_control.push(mesh_tx);
+            mesh_frames.push(frames_tx);
             let shared = Arc::new(WorkerShared::default());
             workers.push(WorkerHandle {
                 commands: tx,
@@ -176,11 +196,23 @@ impl Service for Edge {
                 commands: rx,
                 relay_commands: relay_rx,
                 shared,
+                mesh_commands: mesh_rx,
+                mesh_frames: frames_rx,
             });
         }
+        let mesh = Arc::new(Mesh::new(
+            Spread::new(
+                workers.len(),
+                config.spread_calls_above,
+                config.max_participants_per_call,
+            ),
+            mesh_control,
+            mesh_frames,
+        ));
         let state = EdgeState(Arc::new(Inner {
             link: Arc::new(ControlPlaneLink::new(&config)),
             workers,
+            mesh: mesh.clone(),
             draining: AtomicBool::new(false),
         }));
         let readiness = Readiness::new(Vec::new());
@@ -246,6 +278,9 @@ impl Service for Edge {
                     metrics: w.metrics,
                     relay: relay.as_ref().map(|r| r.worker_relay()),
                     batch_sends: config.batch_sends,
+                    mesh: state.mesh.clone(),
+                    mesh_commands: w.mesh_commands,
+                    mesh_frames: w.mesh_frames,
                 },
                 workers_stop.clone().wait(),
             );

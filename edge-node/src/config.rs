@@ -39,6 +39,11 @@ pub struct EdgeConfig {
     /// past the send time str0m's bandwidth estimation recorded
     /// (docs/benchmarks.md, issue 19).
     pub batch_sends: bool,
+    /// A call's sessions stay on its home worker (one core) up to this
+    /// many; later ones go to the least loaded worker, so a large call uses
+    /// every core. Media of its tracks then crosses workers once per frame
+    /// and worker, not per subscriber.
+    pub spread_calls_above: usize,
     /// Participants this node accepts in all.
     pub capacity: u32,
     /// Participants one call may have on this node.
@@ -78,6 +83,7 @@ impl Default for EdgeConfig {
             public_url: None,
             workers: 0,
             batch_sends: false,
+            spread_calls_above: 50,
             capacity: 500,
             max_participants_per_call: 100,
             connect_timeout_secs: 10,
@@ -143,6 +149,9 @@ impl Validate for EdgeConfig {
         }
         if !(1..=1_000_000).contains(&self.capacity) {
             v.invalid("capacity", "must be between 1 and 1000000");
+        }
+        if self.spread_calls_above == 0 {
+            v.invalid("spread_calls_above", "must be at least 1");
         }
         if !(2..=10_000).contains(&self.max_participants_per_call) {
             v.invalid("max_participants_per_call", "must be between 2 and 10000");

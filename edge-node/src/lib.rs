@@ -14,6 +14,7 @@
 pub mod app;
 pub mod config;
 pub mod join_token;
+pub mod mesh;
 pub mod metrics;
 pub mod registration;
 pub mod relay_client;

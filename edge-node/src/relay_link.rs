@@ -171,7 +171,7 @@ fn encode_packet(packet: &RelayPacket) -> Vec<u8> {
     RtpHeader {
         payload_type: if packet.video { 96 } else { 111 },
         marker: packet.frame_end,
-        sequence: packet.seq,
+        sequence: packet.seq as u16,
         timestamp: packet.time,
         ssrc: packet.alias,
         // RFC 6464's level is -dBov: str0m reads it as a negative number.

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::app::EdgeState;
+use crate::mesh::PlaceError;
 use crate::worker::{Command, TrackChange, WorkerHandle};
 use sfu::{PeerId, PeerInfo};
 
@@ -182,7 +183,16 @@ fn error(code: &str, message: impl Into<String>) -> ServerSignal {
 
 /// One participant's signaling session.
 async fn session(mut socket: WebSocket, state: EdgeState, info: PeerInfo) {
-    let worker = state.worker_for(info.call);
+    // Held for the session's life: the worker's place for it.
+    let placement = match state.place(info.call, info.session) {
+        Ok(placement) => placement,
+        Err(PlaceError::CallFull(max)) => {
+            let refused = sfu::JoinError::CallFull(max);
+            refuse(socket, refused.code(), refused.to_string()).await;
+            return;
+        }
+    };
+    let worker = &state.workers[placement.worker];
     // The offer comes first.
     let (offer, sources) = match tokio::time::timeout(OFFER_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<ClientSignal>(&text) {

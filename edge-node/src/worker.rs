@@ -15,6 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::mesh::{Exports, Mesh, MeshCommand, MeshFrame, MeshTrack, is_mesh_key};
 use crate::relay_client::CallData;
 use crate::relay_link::{RelayCommand, RelayEvent, WorkerRelay};
 use crate::send_batch::SendBatch;
@@ -219,6 +220,12 @@ pub struct Worker {
     pub relay: Option<WorkerRelay>,
     /// GSO runs per destination (`EdgeConfig::batch_sends`).
     pub batch_sends: bool,
+    /// The node's workers, for calls spread over them.
+    pub mesh: Arc<Mesh>,
+    /// What other workers ask of this one.
+    pub mesh_commands: mpsc::UnboundedReceiver<MeshCommand>,
+    /// Frames of other workers' tracks.
+    pub mesh_frames: mpsc::Receiver<MeshFrame>,
 }
 
 /// Runs a worker until `stop` resolves or every sender is gone.
@@ -235,7 +242,16 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
         metrics,
         relay,
         batch_sends,
+        mesh,
+        mut mesh_commands,
+        mut mesh_frames,
     } = worker;
+    let mut spread = Spreading {
+        index,
+        mesh,
+        exports: Exports::default(),
+        relay_tracks: HashMap::new(),
+    };
     let socket = match UdpSocket::from_std(socket) {
         Ok(socket) => socket,
         Err(error) => {
@@ -297,6 +313,16 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                         r.uplink.send_packet(packet);
                     }
                 }
+                Output::Export(packet) => {
+                    let track = packet.track;
+                    let exported = spread.exports.packet(&spread.mesh, packet);
+                    if exported.dropped > 0 {
+                        metrics.mesh_frames_dropped.inc_by(exported.dropped as u64);
+                    }
+                    if exported.keyframe_needed {
+                        sfu.relay_keyframe_request(Instant::now(), track);
+                    }
+                }
                 Output::Data(message) => {
                     let data = CallData {
                         call: message.call,
@@ -314,9 +340,15 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                         false,
                         envelope.as_bytes(),
                     );
+                    for worker in spread.mesh.spread().others(data.call, index) {
+                        spread.mesh.tell(worker, MeshCommand::Data(data.clone()));
+                    }
                     relay_event(&relay, RelayEvent::Data(data));
                 }
                 Output::Event(event) => {
+                    let Some(event) = spread.event(&mut sfu, &relay, event) else {
+                        continue;
+                    };
                     on_event(
                         event,
                         index,
@@ -390,9 +422,13 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                             tracing::info!(%session, "session revoked by the control plane");
                         }
                     }
-                    Some(Command::Relay(command)) => relay_command(&mut sfu, command),
+                    Some(Command::Relay(command)) => spread.relay_command(&mut sfu, command),
                 },
-                Some(command) = relay_commands.recv() => relay_command(&mut sfu, command),
+                Some(command) = relay_commands.recv() => spread.relay_command(&mut sfu, command),
+                Some(command) = mesh_commands.recv() => spread.command(&mut sfu, command),
+                Some(frame) = mesh_frames.recv() => {
+                    sfu.remote_packets(Instant::now(), frame.key, &frame.packets, frame.after_gap);
+                }
                 _ = cpu_tick.tick() => {
                     if let Some(cpu) = thread_cpu_secs() {
                         cpu_counter.inc_by((cpu - cpu_seen).max(0.0));
@@ -732,37 +768,254 @@ fn relay_event(relay: &Option<WorkerRelay>, event: RelayEvent) {
     }
 }
 
-fn relay_command(sfu: &mut Sfu, command: RelayCommand) {
-    let now = Instant::now();
-    match command {
-        RelayCommand::AddRemoteTrack {
-            key,
-            call,
-            kind,
-            source,
-            user,
-            device,
-            layers,
-        } => {
-            sfu.add_remote_track(now, key, call, kind, source, user, device, layers);
+/// This worker's part in calls spread over the node's workers
+/// ([`crate::mesh`]): its tracks' exports, and the relay's tracks it
+/// shares with the others.
+struct Spreading {
+    index: usize,
+    mesh: Arc<Mesh>,
+    exports: Exports,
+    /// Tracks the relay gave this worker, by the relay's key: the other
+    /// workers of their call get them from here.
+    relay_tracks: HashMap<u32, sfu::TrackId>,
+}
+
+impl Spreading {
+    /// Acts on what the mesh must hear of an event; returns the event
+    /// when the rest of the shell (the relay, heartbeats) must hear it too.
+    fn event(
+        &mut self,
+        sfu: &mut Sfu,
+        relay: &Option<WorkerRelay>,
+        event: SfuEvent,
+    ) -> Option<SfuEvent> {
+        let index = self.index;
+        let now = Instant::now();
+        match event {
+            SfuEvent::CallActive(call) => {
+                let imports = {
+                    let mut spread = self.mesh.spread();
+                    let (relay_home, imports) = spread.call_active(index, call);
+                    // Under the lock: the relay hears of the call's
+                    // workers in the order the mesh changed.
+                    if relay_home {
+                        relay_event(relay, RelayEvent::CallActive { worker: index, call });
+                    }
+                    imports
+                };
+                for track in imports {
+                    self.import(sfu, now, track);
+                }
+                None
+            }
+            SfuEvent::CallIdle(call) => {
+                let idle = {
+                    let mut spread = self.mesh.spread();
+                    let idle = spread.call_idle(index, call);
+                    if idle.was_relay_home {
+                        relay_event(relay, RelayEvent::CallIdle(call));
+                        if let Some(worker) = idle.new_relay_home {
+                            relay_event(relay, RelayEvent::CallActive { worker, call });
+                        }
+                    }
+                    idle
+                };
+                for (origin, track, key) in idle.unsubscribe {
+                    let layers = 0;
+                    self.mesh.tell(origin, MeshCommand::Layers { track, to: index, key, layers });
+                }
+                for (key, track, workers) in idle.removed {
+                    self.exports.forget(track);
+                    self.relay_tracks.retain(|_, t| *t != track);
+                    for worker in workers {
+                        self.mesh.tell(worker, MeshCommand::Remove(key));
+                    }
+                }
+                None
+            }
+            SfuEvent::TrackPublished {
+                track,
+                call,
+                kind,
+                source,
+                user,
+                ref device,
+                layers,
+                ..
+            } => {
+                let announce = MeshTrack {
+                    key: 0,
+                    origin: index,
+                    track,
+                    call,
+                    kind,
+                    source,
+                    user,
+                    device: device.clone(),
+                    layers,
+                    muted: false,
+                };
+                self.publish(track, announce);
+                Some(event)
+            }
+            SfuEvent::TrackEnded(track) => {
+                self.unpublish(track);
+                Some(event)
+            }
+            SfuEvent::TrackMuted { track, muted } => {
+                self.muted(track, muted);
+                Some(event)
+            }
+            SfuEvent::RemoteLayers { key, layers } if is_mesh_key(key) => {
+                if let Some((origin, track)) = self.mesh.spread().origin(key) {
+                    self.mesh.tell(origin, MeshCommand::Layers { track, to: index, key, layers });
+                }
+                None
+            }
+            SfuEvent::RemoteKeyframeRequest { key, .. } if is_mesh_key(key) => {
+                if let Some((origin, track)) = self.mesh.spread().origin(key) {
+                    self.mesh.tell(origin, MeshCommand::Keyframe(track));
+                }
+                None
+            }
+            event => Some(event),
         }
-        RelayCommand::RemoveRemoteTrack(key) => sfu.remove_remote_track(now, key),
-        RelayCommand::RemoteMuted { key, muted } => sfu.set_remote_muted(now, key, muted),
-        RelayCommand::RemoteFrame {
-            key,
-            packets,
-            after_gap,
-        } => sfu.remote_packets(now, key, &packets, after_gap),
-        RelayCommand::Subscribed {
-            track,
-            alias,
-            layers,
-        } => sfu.set_relay_subscribed(now, track, alias, layers),
-        RelayCommand::KeyframeRequest(track) => sfu.relay_keyframe_request(now, track),
-        RelayCommand::Data(data) => {
-            if data.payload.len() <= sfu::MAX_DATA_MESSAGE {
+    }
+
+    /// Adds another worker's track to this core, and asks for every layer
+    /// of it until the core says which it needs (as the relay does).
+    fn import(&mut self, sfu: &mut Sfu, now: Instant, t: MeshTrack) {
+        let added = sfu.add_remote_track(
+            now,
+            t.key,
+            t.call,
+            t.kind,
+            t.source,
+            t.user,
+            t.device.clone(),
+            t.layers,
+        );
+        if !added {
+            return;
+        }
+        if t.muted {
+            sfu.set_remote_muted(now, t.key, true);
+        }
+        let layers = ((1u16 << t.layers.clamp(1, 7)) - 1) as u8;
+        let (track, to, key) = (t.track, self.index, t.key);
+        self.mesh.tell(t.origin, MeshCommand::Layers { track, to, key, layers });
+    }
+
+    /// A track of this worker (its participant's or the relay's) joined
+    /// its call: the other workers of the call add it.
+    fn publish(&mut self, track: sfu::TrackId, announce: MeshTrack) {
+        let (announce, workers) = self.mesh.spread().track_added(self.index, track, announce);
+        for worker in workers {
+            self.mesh.tell(worker, MeshCommand::Add(announce.clone()));
+        }
+    }
+
+    fn unpublish(&mut self, track: sfu::TrackId) {
+        self.exports.forget(track);
+        let ended = self.mesh.spread().track_ended(self.index, track);
+        if let Some((key, workers)) = ended {
+            for worker in workers {
+                self.mesh.tell(worker, MeshCommand::Remove(key));
+            }
+        }
+    }
+
+    fn muted(&mut self, track: sfu::TrackId, muted: bool) {
+        let changed = self.mesh.spread().track_muted(self.index, track, muted);
+        if let Some((key, workers)) = changed {
+            for worker in workers {
+                self.mesh.tell(worker, MeshCommand::Muted { key, muted });
+            }
+        }
+    }
+
+    /// What another worker asks.
+    fn command(&mut self, sfu: &mut Sfu, command: MeshCommand) {
+        let now = Instant::now();
+        match command {
+            MeshCommand::Add(track) => self.import(sfu, now, track),
+            MeshCommand::Remove(key) => sfu.remove_remote_track(now, key),
+            MeshCommand::Muted { key, muted } => sfu.set_remote_muted(now, key, muted),
+            MeshCommand::Layers { track, to, key, layers } => {
+                let all = self.exports.set(track, to, key, layers);
+                sfu.set_export_layers(now, track, all);
+            }
+            MeshCommand::Keyframe(track) => sfu.relay_keyframe_request(now, track),
+            MeshCommand::Data(data) => {
                 let envelope = data_envelope(&data);
                 sfu.deliver_data(now, data.call, None, false, envelope.as_bytes());
+            }
+        }
+    }
+
+    /// What the relay link asks.
+    fn relay_command(&mut self, sfu: &mut Sfu, command: RelayCommand) {
+        let now = Instant::now();
+        match command {
+            RelayCommand::AddRemoteTrack {
+                key,
+                call,
+                kind,
+                source,
+                user,
+                device,
+                layers,
+            } => {
+                let known = self.relay_tracks.contains_key(&key);
+                let added = sfu.add_remote_track(now, key, call, kind, source, user, device.clone(), layers);
+                if let (false, true, Some(id)) = (known, added, sfu.remote_track_id(key)) {
+                    self.relay_tracks.insert(key, id);
+                    let announce = MeshTrack {
+                        key: 0,
+                        origin: self.index,
+                        track: id,
+                        call,
+                        kind,
+                        source,
+                        user,
+                        device,
+                        layers,
+                        muted: false,
+                    };
+                    self.publish(id, announce);
+                }
+            }
+            RelayCommand::RemoveRemoteTrack(key) => {
+                sfu.remove_remote_track(now, key);
+                if let Some(id) = self.relay_tracks.remove(&key) {
+                    self.unpublish(id);
+                }
+            }
+            RelayCommand::RemoteMuted { key, muted } => {
+                sfu.set_remote_muted(now, key, muted);
+                if let Some(id) = self.relay_tracks.get(&key).copied() {
+                    self.muted(id, muted);
+                }
+            }
+            RelayCommand::RemoteFrame {
+                key,
+                packets,
+                after_gap,
+            } => sfu.remote_packets(now, key, &packets, after_gap),
+            RelayCommand::Subscribed {
+                track,
+                alias,
+                layers,
+            } => sfu.set_relay_subscribed(now, track, alias, layers),
+            RelayCommand::KeyframeRequest(track) => sfu.relay_keyframe_request(now, track),
+            RelayCommand::Data(data) => {
+                if data.payload.len() <= sfu::MAX_DATA_MESSAGE {
+                    let envelope = data_envelope(&data);
+                    sfu.deliver_data(now, data.call, None, false, envelope.as_bytes());
+                    for worker in self.mesh.spread().others(data.call, self.index) {
+                        self.mesh.tell(worker, MeshCommand::Data(data.clone()));
+                    }
+                }
             }
         }
     }

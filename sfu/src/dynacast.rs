@@ -70,6 +70,10 @@ impl crate::Sfu {
             let highest = 7 - t.relay_layers.leading_zeros() as usize;
             top = top.max(Some(highest.min(count - 1)));
         }
+        if t.export_layers != 0 {
+            let highest = 7 - t.export_layers.leading_zeros() as usize;
+            top = top.max(Some(highest.min(count - 1)));
+        }
         let top = top.unwrap_or(0);
         ((1u16 << (top + 1)) - 1) as u8
     }

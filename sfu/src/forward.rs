@@ -203,15 +203,16 @@ impl crate::Sfu {
         }
         let (call, codec) = (t.call, t.codec);
         let video = t.kind == MediaKind::Video;
-        if let Some(alias) = t.relay_alias
-            && t.relay_layers & (1 << packet.layer.min(7)) != 0
-        {
-            self.out.push_back(Output::Relay(RelayPacket {
+        let bit = 1 << packet.layer.min(7);
+        let to_relay = t.relay_alias.filter(|_| t.relay_layers & bit != 0);
+        let exported = t.export_layers & bit != 0;
+        if to_relay.is_some() || exported {
+            let relay_packet = RelayPacket {
                 track,
-                alias,
+                alias: to_relay.unwrap_or(0),
                 video,
                 layer: packet.layer as u8,
-                seq: packet.position.seq as u16,
+                seq: packet.position.seq,
                 time: packet.position.time,
                 // A relay frame ends on the marker (video) or with the
                 // packet (audio, one frame each).
@@ -220,7 +221,15 @@ impl crate::Sfu {
                 keyframe: packet.keyframe && video,
                 audio_level: packet.exts.audio_level,
                 payload: packet.payload.clone(),
-            }));
+            };
+            match (to_relay.is_some(), exported) {
+                (true, true) => {
+                    self.out.push_back(Output::Export(relay_packet.clone()));
+                    self.out.push_back(Output::Relay(relay_packet));
+                }
+                (true, false) => self.out.push_back(Output::Relay(relay_packet)),
+                _ => self.out.push_back(Output::Export(relay_packet)),
+            }
         }
         if started && video {
             // A layer began (or came back): subscribers may want it.

@@ -303,6 +303,10 @@ pub(crate) struct Track {
     /// The layers the relay wants of a local track it subscribed to (bit
     /// per layer).
     pub relay_layers: u8,
+    /// The layers other media workers of this node want of it, for their
+    /// participants of the same call (bit per layer; the shell knows which
+    /// worker wants which): they come out as [`Output::Export`].
+    pub export_layers: u8,
     /// What its publisher (or, for a remote track, the relay) was told to
     /// send.
     pub demand: dynacast::Demand,
@@ -341,6 +345,7 @@ impl Track {
             speech: speakers::detects(kind, Source::default_for(kind))
                 .then(speakers::Activity::default),
             relay_layers: 0,
+            export_layers: 0,
             demand: dynacast::Demand::default(),
         }
     }
@@ -376,8 +381,9 @@ pub struct RelayPacket {
     pub video: bool,
     /// Its simulcast layer (0 for a single-layer track).
     pub layer: u8,
-    /// The publisher's sequence number.
-    pub seq: u16,
+    /// The publisher's extended sequence number (the relay link carries
+    /// its low 16 bits).
+    pub seq: u64,
     /// The publisher's RTP timestamp.
     pub time: u32,
     /// The last packet of a frame (every audio packet is a frame).
@@ -570,6 +576,10 @@ pub enum Output {
     Event(SfuEvent),
     /// Send a packet of a local track to the relay.
     Relay(RelayPacket),
+    /// Hand a packet of a track (local or from the relay) to the other
+    /// media workers of this node that subscribed to its layer
+    /// ([`Sfu::set_export_layers`]); its `alias` means nothing here.
+    Export(RelayPacket),
     /// A participant sent a data message: wrap it, give it back to
     /// [`Sfu::deliver_data`] for the others here, and send it to the relay
     /// for the other edges.

@@ -177,7 +177,30 @@ impl crate::Sfu {
         self.process(now);
     }
 
-    /// A subscriber behind the relay asks for a keyframe of a local track.
+    /// Other media workers of this node want `layers` (bit per layer; 0:
+    /// none) of a track, local or remote, for their participants of its
+    /// call. Layers new to them start with a keyframe.
+    pub fn set_export_layers(&mut self, now: Instant, track: TrackId, layers: u8) {
+        self.last_now = now;
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        let added = layers & !t.export_layers;
+        t.export_layers = layers;
+        for layer in (0..MAX_LAYERS).filter(|i| added & (1 << i) != 0) {
+            self.request_keyframe(track, Some(layer), now, true);
+        }
+        self.process(now);
+    }
+
+    /// The id here of the remote track the relay (or another worker) calls
+    /// `key`.
+    pub fn remote_track_id(&self, key: u32) -> Option<TrackId> {
+        self.remote_tracks.get(&key).copied()
+    }
+
+    /// A subscriber behind the relay (or on another worker) asks for a
+    /// keyframe of a track.
     pub fn relay_keyframe_request(&mut self, now: Instant, track: TrackId) {
         self.last_now = now;
         self.stats.keyframe_requests_received += 1;

@@ -104,6 +104,7 @@ struct World {
     events: Vec<SfuEvent>,
     /// Packets the core gave the relay.
     relay: Vec<RelayPacket>,
+    exported: Vec<RelayPacket>,
     /// Bottlenecks towards clients, by their address.
     bottlenecks: std::collections::HashMap<SocketAddr, Bottleneck>,
     /// Datagrams in flight through a bottleneck: when they arrive.
@@ -133,6 +134,7 @@ impl World {
             call: Uuid::now_v7(),
             events: Vec::new(),
             relay: Vec::new(),
+            exported: Vec::new(),
             bottlenecks: Default::default(),
             in_flight: Vec::new(),
             data: Vec::new(),
@@ -244,6 +246,7 @@ impl World {
                     }
                     Output::Event(event) => self.events.push(event),
                     Output::Relay(packet) => self.relay.push(packet),
+                    Output::Export(packet) => self.exported.push(packet),
                     Output::Data(message) => {
                         // The shell's part: an envelope naming the sender.
                         moved = true;
@@ -973,7 +976,7 @@ fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_packets() {
     );
     let packets = std::mem::take(&mut world.relay);
     assert!(packets.iter().all(|p| p.alias == 3 && p.video));
-    let seqs: Vec<u16> = packets.iter().map(|p| p.seq).collect();
+    let seqs: Vec<u16> = packets.iter().map(|p| p.seq as u16).collect();
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
         "the publisher's own, consecutive sequence numbers"
@@ -1710,6 +1713,51 @@ fn layers_nobody_needs_are_paused_at_the_publisher_and_come_back_when_asked() {
         world.relay.iter().all(|p| p.layer == 0 || !p.video),
         "q only"
     );
+}
+
+#[test]
+fn other_workers_get_the_layers_they_want_and_the_publisher_keeps_sending_them() {
+    let mut world = World::new(SfuConfig::default());
+    let publisher = world.join_with(true, true).unwrap();
+    world.run(Duration::from_millis(500));
+    let told = |world: &World| {
+        world.clients[publisher]
+            .encodings
+            .last()
+            .map(|(_, a)| a.clone())
+    };
+    assert_eq!(told(&world), Some(vec!["q".to_owned()]), "alone: q only");
+    assert!(world.exported.is_empty(), "nobody else wants it");
+    let video = world
+        .sfu
+        .tracks
+        .iter()
+        .find(|(_, t)| t.kind == MediaKind::Video)
+        .map(|(id, _)| *id)
+        .unwrap();
+    // Another worker has a viewer of f: f goes to it, and the publisher
+    // is told to send every layer up to it, starting with a keyframe.
+    let before = world.clients[publisher].keyframe_requests;
+    world.sfu.set_export_layers(world.now, video, 0b100);
+    world.run(Duration::from_millis(500));
+    assert_eq!(
+        told(&world),
+        Some(["q", "h", "f"].map(String::from).to_vec())
+    );
+    assert!(world.clients[publisher].keyframe_requests > before);
+    let video_packets: Vec<&RelayPacket> = world.exported.iter().filter(|p| p.video).collect();
+    assert!(!video_packets.is_empty());
+    assert!(video_packets.iter().all(|p| p.layer == 2 && p.track == video), "f only");
+    assert!(video_packets.iter().any(|p| p.keyframe && p.frame_start));
+    assert!(world.relay.is_empty(), "the relay did not subscribe");
+    // It wants nothing any more: nothing goes, and the layers pause
+    // after the hold.
+    world.sfu.set_export_layers(world.now, video, 0);
+    world.run(Duration::from_millis(100));
+    world.exported.clear();
+    world.run(Duration::from_secs(6));
+    assert!(world.exported.is_empty());
+    assert_eq!(told(&world), Some(vec!["q".to_owned()]));
 }
 
 #[test]

@@ -166,6 +166,8 @@ pub struct BotReport {
     pub channel_open: bool,
     /// The close frame the edge ended signaling with (code, reason).
     pub closed: Option<(u16, String)>,
+    /// The media address the edge's answer named (its worker's socket).
+    pub edge_media: Option<SocketAddr>,
 }
 
 impl BotReport {
@@ -173,6 +175,19 @@ impl BotReport {
     pub fn video_frames(&self) -> usize {
         self.received.values().next().map_or(0, Vec::len)
     }
+}
+
+/// The address of an SDP's first UDP candidate
+/// (`a=candidate:<foundation> <component> udp <priority> <ip> <port> typ ...`).
+fn answer_candidate(sdp: &str) -> Option<SocketAddr> {
+    sdp.lines().find_map(|line| {
+        let fields: Vec<&str> = line.strip_prefix("a=candidate:")?.split_whitespace().collect();
+        if !fields.get(2)?.eq_ignore_ascii_case("udp") {
+            return None;
+        }
+        let ip: std::net::IpAddr = fields.get(4)?.parse().ok()?;
+        Some(SocketAddr::new(ip, fields.get(5)?.parse().ok()?))
+    })
 }
 
 /// A running bot.
@@ -542,19 +557,14 @@ impl Bot {
                 }
             }
         };
+        let edge_media = answer_candidate(&answer);
         let answer = SdpAnswer::from_sdp_string(&answer).map_err(|e| BotError(e.to_string()))?;
         rtc.sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| BotError(e.to_string()))?;
-        Ok(Bot::spawn(
-            rtc,
-            socket,
-            local,
-            video,
-            audio,
-            options,
-            Some(ws),
-        ))
+        let bot = Bot::spawn(rtc, socket, local, video, audio, options, Some(ws));
+        bot.report.lock().unwrap_or_else(|e| e.into_inner()).edge_media = edge_media;
+        Ok(bot)
     }
 
     /// Two bots connected to each other with no server between them (both
@@ -638,8 +648,21 @@ impl Bot {
     /// Asks for at most layer `max` (`q`, `h`, `f`) of the first video it
     /// receives (`layers` on signaling); false while it receives none yet.
     pub fn request_layer(&self, max: &str) -> bool {
+        self.request_layer_where(max, |_| true)
+    }
+
+    /// [`Bot::request_layer`] for the video of one user.
+    pub fn request_layer_of(&self, user: &str, max: &str) -> bool {
+        self.request_layer_where(max, |t| t.user_id.to_string() == user)
+    }
+
+    fn request_layer_where(&self, max: &str, wanted: impl Fn(&TrackInfo) -> bool) -> bool {
         let report = self.report();
-        let Some(video) = report.tracks.iter().find(|t| t.kind == "video") else {
+        let Some(video) = report
+            .tracks
+            .iter()
+            .find(|t| t.kind == "video" && wanted(t))
+        else {
             return false;
         };
         self.signals

@@ -860,3 +860,191 @@ async fn leaving_over_rest_or_ending_the_call_closes_the_edge_sessions() {
     wait_metric(&edge, "cascade_edge_participants 0").await;
     eprintln!("edge sessions closed {after_leave:?} after leave, {after_end:?} after end");
 }
+
+/// Frames of the first video track a bot receives from `user`, checked:
+/// intact, starting on a keyframe, none missing after the first (a layer
+/// switch may repeat the frame it happens at).
+fn assert_video_from(bot: &Bot, user: &TestUser, what: &str) {
+    let report = bot.report();
+    assert_eq!(report.corrupt, 0, "{what}: payloads arrive byte for byte");
+    let mid = report
+        .tracks
+        .iter()
+        .find(|t| t.kind == "video" && t.user_id.to_string() == user.id)
+        .map(|t| t.mid.clone())
+        .unwrap_or_else(|| panic!("{what}: no video track of {}: {:?}", user.id, report.tracks));
+    let mut counters = report
+        .received
+        .get(&mid)
+        .unwrap_or_else(|| panic!("{what}: nothing received on {mid}"))
+        .clone();
+    assert_eq!(report.first_was_keyframe.get(&mid), Some(&true), "{what}: starts on a keyframe");
+    counters.dedup();
+    assert!(counters.len() > 30, "{what}: {} frames", counters.len());
+    let first = counters[0];
+    let expected: Vec<u32> = (first..first + counters.len() as u32).collect();
+    assert_eq!(counters, expected, "{what}: every frame after the first, in order");
+}
+
+/// One call over two workers (past `spread_calls_above` its sessions go
+/// to the other worker): video and audio cross between the workers' cores
+/// both ways, each subscriber gets the simulcast layer it asked for
+/// whichever worker it is on, data messages reach everyone once, and a
+/// publisher who leaves is gone from both workers.
+#[tokio::test]
+async fn one_call_spreads_over_two_workers_and_media_crosses_between_them() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let edge = start_edge_configured(&app, "edge-spread", |config| {
+        config.workers = 2;
+        config.spread_calls_above = 1;
+    })
+    .await;
+    let owner = app.register("spreader").await;
+    let members = [
+        app.register("second").await,
+        app.register("third").await,
+        app.register("fourth").await,
+    ];
+    let refs: Vec<&TestUser> = members.iter().collect();
+    let group = app.group(&owner, "spread", &refs).await;
+    let call = start_call(&app, &owner, &group, "video").await;
+
+    // A simulcast publisher with a data channel, then a second publisher
+    // and two viewers; the edge places them on alternating workers.
+    let mut options = BotOptions::new(true);
+    options.simulcast = true;
+    options.data_channel = true;
+    let first = Bot::join_with(&join(&app, &owner, &call).await, options)
+        .await
+        .expect("first publisher");
+    let mut options = BotOptions::new(true);
+    options.data_channel = true;
+    let second = Bot::join_with(&join(&app, &members[0], &call).await, options)
+        .await
+        .expect("second publisher");
+    let mut viewers = Vec::new();
+    for user in &members[1..] {
+        let mut options = BotOptions::new(false);
+        options.data_channel = true;
+        viewers.push(
+            Bot::join_with(&join(&app, user, &call).await, options)
+                .await
+                .expect("viewer"),
+        );
+    }
+    let worker_of = |bot: &Bot| bot.report().edge_media.expect("the answer names a candidate");
+    assert_eq!(edge.addrs.media.len(), 2);
+    assert_ne!(worker_of(&first), worker_of(&second), "the call spread");
+    assert_ne!(worker_of(&viewers[0]), worker_of(&viewers[1]));
+    assert!([&first, &second, &viewers[0], &viewers[1]]
+        .iter()
+        .all(|b| edge.addrs.media.contains(&worker_of(b))));
+
+    // The viewer on the other worker wants the small layer; the one on the
+    // publisher's worker gets the full one.
+    super::relay::until("the viewer never saw the video", Duration::from_secs(10), || {
+        viewers[1].request_layer_of(&owner.id, "q")
+    })
+    .await;
+    let layer_of = |bot: &Bot, user: &TestUser| {
+        let report = bot.report();
+        let mid = report
+            .tracks
+            .iter()
+            .find(|t| t.kind == "video" && t.user_id.to_string() == user.id)
+            .map(|t| t.mid.clone());
+        report
+            .layers
+            .iter()
+            .find(|l| Some(&l.mid) == mid.as_ref())
+            .and_then(|l| l.layer.clone())
+            .unwrap_or_default()
+    };
+    super::relay::until("q and f never arrived", Duration::from_secs(15), || {
+        layer_of(&viewers[1], &owner) == "q" && layer_of(&viewers[0], &owner) == "f"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (bot, what) in [
+        (&second, "second publisher"),
+        (&viewers[0], "viewer of f, the publisher's worker"),
+        (&viewers[1], "viewer of q, the other worker"),
+    ] {
+        assert_video_from(bot, &owner, what);
+        assert!(bot.report().audio_packets > 40, "{what}: audio too");
+    }
+    for (bot, what) in [
+        (&first, "first publisher"),
+        (&viewers[0], "viewer on the first worker"),
+        (&viewers[1], "viewer on the second worker"),
+    ] {
+        assert_video_from(bot, &members[0], what);
+    }
+
+    // Data messages: from each worker, to everyone else once.
+    super::relay::until("data channels never opened", Duration::from_secs(10), || {
+        [&first, &second, &viewers[0], &viewers[1]]
+            .iter()
+            .all(|b| b.report().channel_open)
+    })
+    .await;
+    first.send_data("from the first worker");
+    second.send_data("from the second worker");
+    let count = |bot: &Bot, text: &str| {
+        bot.report()
+            .data
+            .iter()
+            .filter(|m| m.text.as_deref() == Some(text))
+            .count()
+    };
+    super::relay::until("data messages never arrived", Duration::from_secs(10), || {
+        count(&second, "from the first worker") == 1
+            && count(&first, "from the second worker") == 1
+            && viewers.iter().all(|v| {
+                count(v, "from the first worker") == 1 && count(v, "from the second worker") == 1
+            })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&first, "from the first worker"), 0, "not echoed");
+    assert!(viewers.iter().all(|v| count(v, "from the first worker") == 1), "once");
+
+    // The first publisher leaves: its tracks leave both workers' sessions,
+    // and the second publisher's video still reaches everyone.
+    first.leave().await;
+    super::relay::until("the first publisher's tracks stayed", Duration::from_secs(10), || {
+        [&second, &viewers[0], &viewers[1]]
+            .iter()
+            .all(|b| b.report().tracks.iter().all(|t| t.user_id.to_string() != owner.id))
+    })
+    .await;
+    let before = viewers[0].report().received.values().map(Vec::len).sum::<usize>();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after = viewers[0].report().received.values().map(Vec::len).sum::<usize>();
+    assert!(after > before, "the second publisher's video still arrives");
+
+    let metrics = reqwest::get(format!("http://{}/metrics", edge.addrs.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(value("cascade_edge_participants"), 3.0);
+    assert_eq!(value("cascade_edge_mesh_frames_dropped_total"), 0.0);
+    for bot in viewers {
+        bot.leave().await;
+    }
+    second.leave().await;
+    edge.stop.trigger();
+    tokio::time::timeout(Duration::from_secs(10), edge.task)
+        .await
+        .expect("the edge stops")
+        .unwrap()
+        .unwrap();
+}

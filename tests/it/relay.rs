@@ -734,7 +734,7 @@ async fn relays_that_dial_each_other_keep_one_link() {
 }
 
 /// Waits until `done` holds for the bots' reports, or fails saying `what`.
-async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "{what}");
@@ -763,14 +763,18 @@ async fn simulcast_layers_speakers_and_data_messages_work_across_regions() {
         Some((&certs, eu_relay.addrs.quic)),
     ))
     .await;
-    let us_edge = RunningEdge::start(edge_config(
+    // us spreads the call over two workers (one viewer on each): the
+    // relay's tracks reach one worker and cross to the other.
+    let mut us_config = edge_config(
         "us-edge",
         "us",
         &app.url(""),
         SECRET,
         Some((&certs, us_relay.addrs.quic)),
-    ))
-    .await;
+    );
+    us_config.workers = 1;
+    us_config.spread_calls_above = 1;
+    let us_edge = RunningEdge::start(us_config).await;
     wait_registered(&app, &["eu-edge", "us-edge"]).await;
     let owner = app.register("speaker").await;
     let members = [app.register("small").await, app.register("large").await];
@@ -793,6 +797,11 @@ async fn simulcast_layers_speakers_and_data_messages_work_across_regions() {
         assert_eq!(joined["edge"]["id"], "us-edge");
         viewers.push(Bot::join(&joined, false).await.expect("viewer"));
     }
+    assert_eq!(
+        viewers[0].report().edge_media,
+        viewers[1].report().edge_media,
+        "the us viewers are on different workers"
+    );
     until(
         "the small viewer never saw the video",
         Duration::from_secs(10),
@@ -818,7 +827,7 @@ async fn simulcast_layers_speakers_and_data_messages_work_across_regions() {
         small.last_frame_bytes,
         large.last_frame_bytes
     );
-    for report in [&small, &large] {
+    for (report, which) in [(&small, "small"), (&large, "large")] {
         assert_eq!(report.corrupt, 0);
         let mut counters = report.received.values().next().expect("video").clone();
         assert!(counters.len() > 20, "{} frames", counters.len());
@@ -828,7 +837,7 @@ async fn simulcast_layers_speakers_and_data_messages_work_across_regions() {
         counters.dedup();
         let first = counters[0];
         let expected: Vec<u32> = (first..first + counters.len() as u32).collect();
-        assert_eq!(counters, expected);
+        assert_eq!(counters, expected, "the {which} tile's frames");
     }
 
     // The eu speaker is the dominant speaker in us too (its levels crossed
