@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::config::EdgeConfig;
-use crate::mesh::{Mesh, MeshCommand, MeshFrame, Placement, PlaceError, Spread};
+use crate::mesh::{Mesh, MeshCommand, MeshFrame, PlaceError, Placement, Spread};
 use crate::registration::ControlPlaneLink;
 use crate::worker::{self, WorkerHandle, WorkerShared};
 use sfu::SfuConfig;

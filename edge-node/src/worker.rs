@@ -799,7 +799,13 @@ impl Spreading {
                     // Under the lock: the relay hears of the call's
                     // workers in the order the mesh changed.
                     if relay_home {
-                        relay_event(relay, RelayEvent::CallActive { worker: index, call });
+                        relay_event(
+                            relay,
+                            RelayEvent::CallActive {
+                                worker: index,
+                                call,
+                            },
+                        );
                     }
                     imports
                 };
@@ -822,7 +828,15 @@ impl Spreading {
                 };
                 for (origin, track, key) in idle.unsubscribe {
                     let layers = 0;
-                    self.mesh.tell(origin, MeshCommand::Layers { track, to: index, key, layers });
+                    self.mesh.tell(
+                        origin,
+                        MeshCommand::Layers {
+                            track,
+                            to: index,
+                            key,
+                            layers,
+                        },
+                    );
                 }
                 for (key, track, workers) in idle.removed {
                     self.exports.forget(track);
@@ -868,7 +882,15 @@ impl Spreading {
             }
             SfuEvent::RemoteLayers { key, layers } if is_mesh_key(key) => {
                 if let Some((origin, track)) = self.mesh.spread().origin(key) {
-                    self.mesh.tell(origin, MeshCommand::Layers { track, to: index, key, layers });
+                    self.mesh.tell(
+                        origin,
+                        MeshCommand::Layers {
+                            track,
+                            to: index,
+                            key,
+                            layers,
+                        },
+                    );
                 }
                 None
             }
@@ -903,7 +925,15 @@ impl Spreading {
         }
         let layers = ((1u16 << t.layers.clamp(1, 7)) - 1) as u8;
         let (track, to, key) = (t.track, self.index, t.key);
-        self.mesh.tell(t.origin, MeshCommand::Layers { track, to, key, layers });
+        self.mesh.tell(
+            t.origin,
+            MeshCommand::Layers {
+                track,
+                to,
+                key,
+                layers,
+            },
+        );
     }
 
     /// A track of this worker (its participant's or the relay's) joined
@@ -941,7 +971,12 @@ impl Spreading {
             MeshCommand::Add(track) => self.import(sfu, now, track),
             MeshCommand::Remove(key) => sfu.remove_remote_track(now, key),
             MeshCommand::Muted { key, muted } => sfu.set_remote_muted(now, key, muted),
-            MeshCommand::Layers { track, to, key, layers } => {
+            MeshCommand::Layers {
+                track,
+                to,
+                key,
+                layers,
+            } => {
                 let all = self.exports.set(track, to, key, layers);
                 sfu.set_export_layers(now, track, all);
             }
@@ -967,7 +1002,16 @@ impl Spreading {
                 layers,
             } => {
                 let known = self.relay_tracks.contains_key(&key);
-                let added = sfu.add_remote_track(now, key, call, kind, source, user, device.clone(), layers);
+                let added = sfu.add_remote_track(
+                    now,
+                    key,
+                    call,
+                    kind,
+                    source,
+                    user,
+                    device.clone(),
+                    layers,
+                );
                 if let (false, true, Some(id)) = (known, added, sfu.remote_track_id(key)) {
                     self.relay_tracks.insert(key, id);
                     let announce = MeshTrack {

@@ -59,6 +59,12 @@ impl crate::Sfu {
         if source.is_video() == (kind == MediaKind::Video) {
             track.set_source(source);
         }
+        // The shell subscribes to every layer of a new remote track until
+        // told otherwise: fewer are told after the hold, not at once (the
+        // subscribers here may not have their sessions' m-lines yet, and
+        // an early "the lowest only" would cut another worker's or
+        // edge's viewers off their layer).
+        track.demand.told = Some(((1u16 << track.layers.len()) - 1) as u8);
         self.tracks.insert(id, track);
         self.remote_tracks.insert(key, id);
         tracing::debug!(track = id, key, ?kind, "remote track added");
@@ -186,6 +192,12 @@ impl crate::Sfu {
             return;
         };
         let added = layers & !t.export_layers;
+        if layers & !t.export_layers == 0 && t.export_layers & !layers != 0 {
+            // Fewer layers: the other worker held its subscribers' demand
+            // for the dynacast hold already; holding again here would
+            // double how long an unwanted layer keeps crossing the relay.
+            t.demand.fewer_since = Some(now.checked_sub(crate::dynacast::HOLD).unwrap_or(now));
+        }
         t.export_layers = layers;
         for layer in (0..MAX_LAYERS).filter(|i| added & (1 << i) != 0) {
             self.request_keyframe(track, Some(layer), now, true);

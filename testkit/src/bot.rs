@@ -181,7 +181,10 @@ impl BotReport {
 /// (`a=candidate:<foundation> <component> udp <priority> <ip> <port> typ ...`).
 fn answer_candidate(sdp: &str) -> Option<SocketAddr> {
     sdp.lines().find_map(|line| {
-        let fields: Vec<&str> = line.strip_prefix("a=candidate:")?.split_whitespace().collect();
+        let fields: Vec<&str> = line
+            .strip_prefix("a=candidate:")?
+            .split_whitespace()
+            .collect();
         if !fields.get(2)?.eq_ignore_ascii_case("udp") {
             return None;
         }
@@ -563,7 +566,10 @@ impl Bot {
             .accept_answer(pending, answer)
             .map_err(|e| BotError(e.to_string()))?;
         let bot = Bot::spawn(rtc, socket, local, video, audio, options, Some(ws));
-        bot.report.lock().unwrap_or_else(|e| e.into_inner()).edge_media = edge_media;
+        bot.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .edge_media = edge_media;
         Ok(bot)
     }
 

@@ -878,12 +878,19 @@ fn assert_video_from(bot: &Bot, user: &TestUser, what: &str) {
         .get(&mid)
         .unwrap_or_else(|| panic!("{what}: nothing received on {mid}"))
         .clone();
-    assert_eq!(report.first_was_keyframe.get(&mid), Some(&true), "{what}: starts on a keyframe");
+    assert_eq!(
+        report.first_was_keyframe.get(&mid),
+        Some(&true),
+        "{what}: starts on a keyframe"
+    );
     counters.dedup();
     assert!(counters.len() > 30, "{what}: {} frames", counters.len());
     let first = counters[0];
     let expected: Vec<u32> = (first..first + counters.len() as u32).collect();
-    assert_eq!(counters, expected, "{what}: every frame after the first, in order");
+    assert_eq!(
+        counters, expected,
+        "{what}: every frame after the first, in order"
+    );
 }
 
 /// One call over two workers (past `spread_calls_above` its sessions go
@@ -932,19 +939,27 @@ async fn one_call_spreads_over_two_workers_and_media_crosses_between_them() {
                 .expect("viewer"),
         );
     }
-    let worker_of = |bot: &Bot| bot.report().edge_media.expect("the answer names a candidate");
+    let worker_of = |bot: &Bot| {
+        bot.report()
+            .edge_media
+            .expect("the answer names a candidate")
+    };
     assert_eq!(edge.addrs.media.len(), 2);
     assert_ne!(worker_of(&first), worker_of(&second), "the call spread");
     assert_ne!(worker_of(&viewers[0]), worker_of(&viewers[1]));
-    assert!([&first, &second, &viewers[0], &viewers[1]]
-        .iter()
-        .all(|b| edge.addrs.media.contains(&worker_of(b))));
+    assert!(
+        [&first, &second, &viewers[0], &viewers[1]]
+            .iter()
+            .all(|b| edge.addrs.media.contains(&worker_of(b)))
+    );
 
     // The viewer on the other worker wants the small layer; the one on the
     // publisher's worker gets the full one.
-    super::relay::until("the viewer never saw the video", Duration::from_secs(10), || {
-        viewers[1].request_layer_of(&owner.id, "q")
-    })
+    super::relay::until(
+        "the viewer never saw the video",
+        Duration::from_secs(10),
+        || viewers[1].request_layer_of(&owner.id, "q"),
+    )
     .await;
     let layer_of = |bot: &Bot, user: &TestUser| {
         let report = bot.report();
@@ -982,11 +997,15 @@ async fn one_call_spreads_over_two_workers_and_media_crosses_between_them() {
     }
 
     // Data messages: from each worker, to everyone else once.
-    super::relay::until("data channels never opened", Duration::from_secs(10), || {
-        [&first, &second, &viewers[0], &viewers[1]]
-            .iter()
-            .all(|b| b.report().channel_open)
-    })
+    super::relay::until(
+        "data channels never opened",
+        Duration::from_secs(10),
+        || {
+            [&first, &second, &viewers[0], &viewers[1]]
+                .iter()
+                .all(|b| b.report().channel_open)
+        },
+    )
     .await;
     first.send_data("from the first worker");
     second.send_data("from the second worker");
@@ -997,30 +1016,57 @@ async fn one_call_spreads_over_two_workers_and_media_crosses_between_them() {
             .filter(|m| m.text.as_deref() == Some(text))
             .count()
     };
-    super::relay::until("data messages never arrived", Duration::from_secs(10), || {
-        count(&second, "from the first worker") == 1
-            && count(&first, "from the second worker") == 1
-            && viewers.iter().all(|v| {
-                count(v, "from the first worker") == 1 && count(v, "from the second worker") == 1
-            })
-    })
+    super::relay::until(
+        "data messages never arrived",
+        Duration::from_secs(10),
+        || {
+            count(&second, "from the first worker") == 1
+                && count(&first, "from the second worker") == 1
+                && viewers.iter().all(|v| {
+                    count(v, "from the first worker") == 1
+                        && count(v, "from the second worker") == 1
+                })
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(count(&first, "from the first worker"), 0, "not echoed");
-    assert!(viewers.iter().all(|v| count(v, "from the first worker") == 1), "once");
+    assert!(
+        viewers
+            .iter()
+            .all(|v| count(v, "from the first worker") == 1),
+        "once"
+    );
 
     // The first publisher leaves: its tracks leave both workers' sessions,
     // and the second publisher's video still reaches everyone.
     first.leave().await;
-    super::relay::until("the first publisher's tracks stayed", Duration::from_secs(10), || {
-        [&second, &viewers[0], &viewers[1]]
-            .iter()
-            .all(|b| b.report().tracks.iter().all(|t| t.user_id.to_string() != owner.id))
-    })
+    super::relay::until(
+        "the first publisher's tracks stayed",
+        Duration::from_secs(10),
+        || {
+            [&second, &viewers[0], &viewers[1]].iter().all(|b| {
+                b.report()
+                    .tracks
+                    .iter()
+                    .all(|t| t.user_id.to_string() != owner.id)
+            })
+        },
+    )
     .await;
-    let before = viewers[0].report().received.values().map(Vec::len).sum::<usize>();
+    let before = viewers[0]
+        .report()
+        .received
+        .values()
+        .map(Vec::len)
+        .sum::<usize>();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let after = viewers[0].report().received.values().map(Vec::len).sum::<usize>();
+    let after = viewers[0]
+        .report()
+        .received
+        .values()
+        .map(Vec::len)
+        .sum::<usize>();
     assert!(after > before, "the second publisher's video still arrives");
 
     let metrics = reqwest::get(format!("http://{}/metrics", edge.addrs.http))
