@@ -68,6 +68,13 @@ pub struct SfuBenchArgs {
     /// for q, h and f in turn.
     #[arg(long)]
     simulcast: bool,
+    /// The edge's media workers; a call spreads over them past
+    /// `--spread-above` sessions on its home worker.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// `edge.spread_calls_above` for the edge.
+    #[arg(long, default_value_t = 50)]
+    spread_above: usize,
 }
 
 #[derive(Debug, Args)]
@@ -280,12 +287,14 @@ fn bench_sfu(args: &SfuBenchArgs) -> anyhow::Result<()> {
         step: std::time::Duration::from_secs(args.step_secs.max(1)),
         video_kbps: args.video_kbps.clamp(50, 20_000),
         simulcast: args.simulcast,
+        workers: args.workers.clamp(1, 64),
+        spread_above: args.spread_above.max(1),
     };
     let runtime = runtime()?;
     let report = runtime.block_on(testkit::bench::sfu::run(&options));
     let cpu = cpu_model();
     println!(
-        "cascade bench sfu: VP8 {} kbit/s ({} B frames at 30/s){} + Opus, {} s per step, {} cores ({cpu})\n",
+        "cascade bench sfu: VP8 {} kbit/s ({} B frames at 30/s){} + Opus, {} s per step, {} edge worker(s) (a call spreads past {} sessions), {} cores ({cpu})\n",
         options.video_kbps,
         report.delta_body + 11,
         if options.simulcast {
@@ -294,6 +303,8 @@ fn bench_sfu(args: &SfuBenchArgs) -> anyhow::Result<()> {
             ""
         },
         options.step.as_secs(),
+        options.workers,
+        options.spread_above,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     print!("{}", testkit::bench::sfu::markdown(&report));

@@ -41,6 +41,10 @@ pub struct SfuBenchOptions {
     /// The publisher sends simulcast (its top layer at `video_kbps`) and
     /// the subscribers ask for the layers q, h, f in turn.
     pub simulcast: bool,
+    /// The edge's media workers.
+    pub workers: usize,
+    /// Its `spread_calls_above`.
+    pub spread_above: usize,
 }
 
 /// One step of the ramp through one forwarder.
@@ -212,7 +216,11 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         &env(&[
             ("CASCADE_EDGE__NODE_ID", EDGE_ID.into()),
             ("CASCADE_EDGE__LISTEN", "127.0.0.1:0".into()),
-            ("CASCADE_EDGE__WORKERS", "1".into()),
+            ("CASCADE_EDGE__WORKERS", options.workers.to_string()),
+            (
+                "CASCADE_EDGE__SPREAD_CALLS_ABOVE",
+                options.spread_above.to_string(),
+            ),
             ("CASCADE_EDGE__CAPACITY", (max + 10).to_string()),
             (
                 "CASCADE_EDGE__MAX_PARTICIPANTS_PER_CALL",
