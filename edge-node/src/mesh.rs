@@ -449,6 +449,8 @@ struct Export {
 /// What [`Exports::packet`] found to do.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Exported {
+    /// Frames handed to another worker.
+    pub sent: usize,
     /// Frames were dropped at a full queue.
     pub dropped: usize,
     /// A video layer lost a frame and waits for a keyframe: ask the
@@ -534,6 +536,7 @@ impl Exports {
                 after_gap: e.gap & bit != 0,
             };
             if mesh.offer(e.to, frame) {
+                done.sent += 1;
                 e.gap &= !bit;
             } else {
                 done.dropped += 1;
@@ -665,6 +668,7 @@ mod tests {
         assert_eq!(
             dropped,
             Exported {
+                sent: 0,
                 dropped: 1,
                 keyframe_needed: true
             }

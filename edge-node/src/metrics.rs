@@ -48,6 +48,8 @@ pub struct EdgeMetrics {
     /// several to one destination with UDP GSO): datagrams sent over this
     /// is the batching factor.
     pub send_calls: IntCounter,
+    /// Frames of a spread call's tracks handed to another worker.
+    pub mesh_frames: IntCounter,
     /// Frames of a spread call's track that another worker's full queue
     /// refused (its subscribers then wait for a keyframe).
     pub mesh_frames_dropped: IntCounter,
@@ -191,6 +193,10 @@ impl EdgeMetrics {
             send_calls: counter(
                 "cascade_edge_send_calls_total",
                 "UDP send calls made by the media workers (one datagram each, or a GSO run of several to one destination).",
+            ),
+            mesh_frames: counter(
+                "cascade_edge_mesh_frames_total",
+                "Frames of a call spread over workers handed from one worker to another (once per frame and worker, not per subscriber).",
             ),
             mesh_frames_dropped: counter(
                 "cascade_edge_mesh_frames_dropped_total",

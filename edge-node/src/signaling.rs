@@ -70,6 +70,11 @@ pub async fn upgrade(
         },
     };
     upgrade
+        // Frames are small JSON (an SDP is a few KiB): the 128 KiB default
+        // read buffer was a quarter of the heap a participant held
+        // (heaptrack, docs/benchmarks.md).
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
         .on_upgrade(move |socket| session(socket, state, info))

@@ -316,6 +316,9 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                 Output::Export(packet) => {
                     let track = packet.track;
                     let exported = spread.exports.packet(&spread.mesh, packet);
+                    if exported.sent > 0 {
+                        metrics.mesh_frames.inc_by(exported.sent as u64);
+                    }
                     if exported.dropped > 0 {
                         metrics.mesh_frames_dropped.inc_by(exported.dropped as u64);
                     }

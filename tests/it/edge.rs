@@ -1083,6 +1083,11 @@ async fn one_call_spreads_over_two_workers_and_media_crosses_between_them() {
     };
     assert_eq!(value("cascade_edge_participants"), 3.0);
     assert_eq!(value("cascade_edge_mesh_frames_dropped_total"), 0.0);
+    // Once per frame and worker: two publishers' audio and video (three
+    // layers of one) for about 6 s cross, hundreds of frames, not one per
+    // subscriber.
+    let crossed = value("cascade_edge_mesh_frames_total");
+    assert!(crossed > 300.0, "{crossed} frames crossed between workers");
     for bot in viewers {
         bot.leave().await;
     }
