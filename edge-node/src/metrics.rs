@@ -50,6 +50,10 @@ pub struct EdgeMetrics {
     pub send_calls: IntCounter,
     /// Frames of a spread call's tracks handed to another worker.
     pub mesh_frames: IntCounter,
+    /// Steps of subscribers' video shed by overloaded workers.
+    pub overload_sheds: IntCounter,
+    /// Subscribers whose video is shed now.
+    pub shed_subscribers: IntGauge,
     /// Frames of a spread call's track that another worker's full queue
     /// refused (its subscribers then wait for a keyframe).
     pub mesh_frames_dropped: IntCounter,
@@ -194,6 +198,14 @@ impl EdgeMetrics {
                 "cascade_edge_send_calls_total",
                 "UDP send calls made by the media workers (one datagram each, or a GSO run of several to one destination).",
             ),
+            overload_sheds: counter(
+                "cascade_edge_overload_sheds_total",
+                "Steps a subscriber's video was lowered (or paused) because its media worker was busy over 90 % of a second.",
+            ),
+            shed_subscribers: gauge(
+                "cascade_edge_shed_subscribers",
+                "Subscribers whose video is lowered or paused now because their media worker is overloaded.",
+            ),
             mesh_frames: counter(
                 "cascade_edge_mesh_frames_total",
                 "Frames of a call spread over workers handed from one worker to another (once per frame and worker, not per subscriber).",
@@ -245,6 +257,8 @@ impl EdgeMetrics {
             .inc_by(after.data_refused.saturating_sub(before.data_refused));
         self.data_dropped
             .inc_by(after.data_dropped.saturating_sub(before.data_dropped));
+        self.overload_sheds
+            .inc_by(after.overload_sheds.saturating_sub(before.overload_sheds));
         for (reason, before, after) in [
             (
                 "connect_timeout",

@@ -264,6 +264,9 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
         .worker_cpu
         .with_label_values(&[worker_label.as_str()]);
     let mut cpu_seen = thread_cpu_secs().unwrap_or(0.0);
+    let mut cpu_seen_at = Instant::now();
+    // This worker's share of the shed-subscribers gauge.
+    let mut shed_mine = 0i64;
     let mut cpu_tick = tokio::time::interval(Duration::from_secs(1));
     // Whether the last pass handled an overdue timer without waiting (the
     // next one waits, so a stream of due timers cannot starve the socket).
@@ -434,9 +437,21 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                 }
                 _ = cpu_tick.tick() => {
                     if let Some(cpu) = thread_cpu_secs() {
-                        cpu_counter.inc_by((cpu - cpu_seen).max(0.0));
+                        let used = (cpu - cpu_seen).max(0.0);
+                        cpu_counter.inc_by(used);
                         cpu_seen = cpu;
+                        // The share of the last tick this thread was busy:
+                        // an overloaded worker sheds video, not queues.
+                        let now = Instant::now();
+                        let wall = now.saturating_duration_since(cpu_seen_at).as_secs_f64();
+                        cpu_seen_at = now;
+                        if wall > 0.5 {
+                            sfu.report_load(now, used / wall);
+                        }
                     }
+                    let shed = sfu.shed_subscribers() as i64;
+                    metrics.shed_subscribers.add(shed - shed_mine);
+                    shed_mine = shed;
                     metrics.media(&sfu.media_summary(), &mut layers);
                 }
                 () = &mut stop => break,
@@ -485,6 +500,7 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
     // Leave the node-wide gauges as if this worker had never been.
     metrics.media(&sfu::MediaSummary::default(), &mut layers);
     metrics.participants.sub(participants);
+    metrics.shed_subscribers.sub(shed_mine);
     metrics.tracks.sub(tracks);
     metrics.subscriptions.sub(subscriptions);
 }

@@ -139,6 +139,8 @@ impl crate::Sfu {
                         .flatten()
                 })
             };
+            // An overloaded worker sheds this subscriber's video.
+            target = crate::overload::shed_layer(target, p.shed);
             if let (Some(want), Some(now_at)) = (target, sub.current)
                 && want > now_at
             {

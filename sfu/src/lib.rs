@@ -37,6 +37,7 @@ mod dynacast;
 mod forward;
 pub mod layers;
 mod negotiation;
+pub mod overload;
 mod peer;
 mod relay;
 pub mod rewrite;
@@ -632,6 +633,9 @@ pub struct SfuStats {
     pub replaced: u64,
     /// Peers closed because the control plane revoked their session.
     pub revoked: u64,
+    /// Steps a subscriber's video was shed because the worker was
+    /// overloaded ([`overload`]).
+    pub overload_sheds: u64,
 }
 
 /// What a core's subscribers receive now (the shell's gauges).
@@ -683,6 +687,7 @@ pub struct Sfu {
     /// The latest `now` passed in (for the idle wake-up).
     last_now: Instant,
     stats: SfuStats,
+    overload: overload::Overload,
 }
 
 impl Sfu {
@@ -714,6 +719,7 @@ impl Sfu {
             next_peer: 1,
             next_track: 1,
             last_now: now,
+            overload: overload::Overload::default(),
             stats: SfuStats::default(),
         }
     }

@@ -130,6 +130,7 @@ impl crate::Sfu {
                 min_rtt: None,
                 congested_at: None,
                 last_upgrade: None,
+                shed: 0,
                 channel: None,
                 data_limiter: Default::default(),
                 subscriptions: HashMap::new(),

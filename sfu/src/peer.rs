@@ -58,6 +58,9 @@ pub(crate) struct Peer {
     /// without the estimate's say-so (upgrades outside congestion go one
     /// layer at a time).
     pub last_upgrade: Option<Instant>,
+    /// Steps its video is shed below what the allocation would choose,
+    /// because the worker is overloaded ([`crate::overload`]).
+    pub shed: u8,
     /// The data channel it receives data messages on (its first).
     pub channel: Option<str0m::channel::ChannelId>,
     /// How many data messages it may still send.

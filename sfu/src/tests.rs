@@ -2092,3 +2092,69 @@ fn a_revoked_session_is_closed_and_others_stay() {
     assert_eq!(world.sfu.tracks(), 2, "b's tracks went with it");
     assert!(world.clients[a].connected);
 }
+
+#[test]
+fn an_overloaded_worker_sheds_the_costliest_video_first_keeps_audio_and_restores_later() {
+    let mut world = World::new(SfuConfig::default());
+    world.join_with(true, true).unwrap();
+    let full = world.join(false).unwrap();
+    let small = world.join(false).unwrap();
+    world.run(Duration::from_secs(2));
+    let mid = video_mid(&world, small);
+    let peer = world.clients[small].peer;
+    world
+        .sfu
+        .set_max_layer(world.now, peer, &mid, Some("q"), None)
+        .unwrap();
+    world.run(Duration::from_secs(3));
+    let layer_now = |world: &World, c: usize| world.clients[c].received.last().map(layer_of);
+    assert_eq!(layer_now(&world, full), Some("f"));
+    assert_eq!(layer_now(&world, small), Some("q"));
+    // Moderately busy: nothing changes.
+    world.sfu.report_load(world.now, 0.75);
+    world.run(Duration::from_secs(1));
+    assert_eq!(world.sfu.shed_subscribers(), 0);
+    // Overloaded: the subscriber receiving the most video steps down, a
+    // layer at a time; the one on q is left alone.
+    world.sfu.report_load(world.now, 0.95);
+    world.run(Duration::from_secs(1));
+    assert_eq!(layer_now(&world, full), Some("h"));
+    assert_eq!(layer_now(&world, small), Some("q"));
+    world.sfu.report_load(world.now, 0.95);
+    world.run(Duration::from_secs(1));
+    assert_eq!(layer_now(&world, full), Some("q"));
+    assert_eq!(world.sfu.shed_subscribers(), 1);
+    // The small one leaves; still overloaded: the last step pauses the
+    // video, and the audio goes on.
+    world.sfu.leave(world.now, peer);
+    world.run(Duration::from_millis(200));
+    world.sfu.report_load(world.now, 0.95);
+    world.run(Duration::from_secs(1));
+    let (frames, audio) = (
+        world.clients[full].received.len(),
+        world.clients[full].audio_received,
+    );
+    world.run(Duration::from_secs(2));
+    assert_eq!(world.clients[full].received.len(), frames, "video paused");
+    // 2 s is 60 audio packets: all of them.
+    assert!(
+        world.clients[full].audio_received >= audio + 58,
+        "audio goes on ({audio} → {})",
+        world.clients[full].audio_received
+    );
+    assert_eq!(world.sfu.stats().overload_sheds, 3);
+    // Room again: nothing for the first 10 s after the last shed, then a
+    // step every 2 s, back to f.
+    world.sfu.report_load(world.now, 0.3);
+    world.run(Duration::from_secs(1));
+    assert_eq!(world.clients[full].received.len(), frames, "not yet");
+    world.run(Duration::from_secs(8));
+    for _ in 0..3 {
+        world.sfu.report_load(world.now, 0.3);
+        world.run(Duration::from_millis(2100));
+    }
+    world.run(Duration::from_secs(3));
+    assert_eq!(world.sfu.shed_subscribers(), 0);
+    assert_eq!(layer_now(&world, full), Some("f"));
+    assert_eq!(world.clients[full].corrupt, 0);
+}
