@@ -194,6 +194,10 @@ pub async fn run(options: DevOptions, shutdown: Shutdown) -> anyhow::Result<()> 
                 control_plane_url: Some(url.clone()),
                 credential: Some(control_plane::api::node_credential(&secret, &id)),
                 drain_timeout_secs: 2,
+                // One machine runs the browser, every service and any bots:
+                // its late timers are the machine's, not an edge's
+                // overload, and paused video would only puzzle.
+                shed_video_when_overloaded: false,
                 relay: Some(EdgeRelayConfig {
                     addr: (*relay_addr).into(),
                     fallback_addrs: Vec::new(),

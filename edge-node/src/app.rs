@@ -261,6 +261,7 @@ impl Service for Edge {
             max_participants_per_call: config.max_participants_per_call,
             max_participants: config.capacity as usize,
             connect_timeout: Duration::from_secs(config.connect_timeout_secs),
+            shed_when_overloaded: config.shed_video_when_overloaded,
             ..SfuConfig::default()
         };
         let mut tasks = Vec::new();

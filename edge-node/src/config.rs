@@ -44,6 +44,11 @@ pub struct EdgeConfig {
     /// every core. Media of its tracks then crosses workers once per frame
     /// and worker, not per subscriber.
     pub spread_calls_above: usize,
+    /// An overloaded media worker (busy over 90 % of a second with its
+    /// timers running late) lowers and then pauses the video of the
+    /// subscribers receiving the most, audio untouched, instead of letting
+    /// everyone's media queue up.
+    pub shed_video_when_overloaded: bool,
     /// Participants this node accepts in all.
     pub capacity: u32,
     /// Participants one call may have on this node.
@@ -84,6 +89,7 @@ impl Default for EdgeConfig {
             workers: 0,
             batch_sends: false,
             spread_calls_above: 50,
+            shed_video_when_overloaded: true,
             capacity: 500,
             max_participants_per_call: 100,
             connect_timeout_secs: 10,
@@ -108,6 +114,10 @@ impl EdgeConfig {
             workers: 1,
             heartbeat_interval_secs: 1,
             drain_timeout_secs: 3,
+            // Test machines run many edges and bots at once: late timers
+            // there are the machine's, and shedding would change what
+            // the tests assert (the core's tests cover shedding).
+            shed_video_when_overloaded: false,
             ..EdgeConfig::default()
         }
     }

@@ -265,6 +265,8 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
         .with_label_values(&[worker_label.as_str()]);
     let mut cpu_seen = thread_cpu_secs().unwrap_or(0.0);
     let mut cpu_seen_at = Instant::now();
+    // The latest a timer ran since the last load report.
+    let mut latest_lag = Duration::ZERO;
     // This worker's share of the shed-subscribers gauge.
     let mut shed_mine = 0i64;
     let mut cpu_tick = tokio::time::interval(Duration::from_secs(1));
@@ -375,9 +377,9 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
         // it up to its next millisecond tick.
         if wake <= now && !handled_overdue {
             handled_overdue = true;
-            metrics
-                .loop_lag
-                .observe(now.saturating_duration_since(wake).as_secs_f64());
+            let lag = now.saturating_duration_since(wake);
+            latest_lag = latest_lag.max(lag);
+            metrics.loop_lag.observe(lag.as_secs_f64());
             sfu.handle_timeout(now);
         } else {
             handled_overdue = false;
@@ -392,7 +394,9 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                 }
                 () = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
-                    metrics.loop_lag.observe(now.saturating_duration_since(wake).as_secs_f64());
+                    let lag = now.saturating_duration_since(wake);
+                    latest_lag = latest_lag.max(lag);
+                    metrics.loop_lag.observe(lag.as_secs_f64());
                     sfu.handle_timeout(now);
                 }
                 command = commands.recv() => match command {
@@ -446,7 +450,7 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                         let wall = now.saturating_duration_since(cpu_seen_at).as_secs_f64();
                         cpu_seen_at = now;
                         if wall > 0.5 {
-                            sfu.report_load(now, used / wall);
+                            sfu.report_load(now, used / wall, std::mem::take(&mut latest_lag));
                         }
                     }
                     let shed = sfu.shed_subscribers() as i64;

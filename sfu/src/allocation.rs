@@ -139,8 +139,17 @@ impl crate::Sfu {
                         .flatten()
                 })
             };
-            // An overloaded worker sheds this subscriber's video.
-            target = crate::overload::shed_layer(target, p.shed);
+            // An overloaded worker sheds this subscriber's video: its
+            // steps count down from the best layer it could get (probes
+            // go on, so its estimate is there when the steps come back).
+            if p.shed > 0 {
+                let best = layers::choose(sub.max_layer, &views, None, None);
+                let ceiling = crate::overload::shed_layer(best, p.shed);
+                target = match (target, ceiling) {
+                    (Some(t), Some(c)) => Some(t.min(c)),
+                    _ => None,
+                };
+            }
             if let (Some(want), Some(now_at)) = (target, sub.current)
                 && want > now_at
             {

@@ -6,10 +6,16 @@
 //! the overload lasts. Audio is never shed. Once the worker has had room
 //! for a while, they climb back a step at a time.
 //!
-//! The shell measures the load (its thread's CPU time over wall time, once
-//! a second) and reports it with [`crate::Sfu::report_load`]; the
-//! allocation applies each subscriber's shed steps below what its
-//! bandwidth and requests would choose.
+//! Overload shows as timers handled late (a queue forming): at once when
+//! the thread is also busy nearly all the time (the worker itself is
+//! saturated), or when they stay late for two reports in a row whatever
+//! the worker's own share (it does not get the CPU it needs: neighbours,
+//! a container's CPU limit). A busy worker that keeps up sheds nothing.
+//!
+//! The shell measures the load (its thread's CPU time over wall time, and
+//! the latest a timer ran, once a second) and reports it with
+//! [`crate::Sfu::report_load`]; the allocation applies each subscriber's
+//! shed steps below what its bandwidth and requests would choose.
 
 use std::time::{Duration, Instant};
 
@@ -17,14 +23,16 @@ use str0m::media::MediaKind;
 
 use crate::PeerId;
 
-/// A worker busier than this share of the time sheds.
+/// A worker busier than this share of the time sheds...
 pub const SHED_ABOVE: f64 = 0.9;
+/// ...when its timers also ran this late.
+pub const SHED_LAG: Duration = Duration::from_millis(20);
 /// Below this share, shed video comes back.
-pub const RESTORE_BELOW: f64 = 0.6;
+pub const RESTORE_BELOW: f64 = 0.7;
 /// How long after the last shed the first step back waits.
-const RESTORE_AFTER: Duration = Duration::from_secs(10);
+const RESTORE_AFTER: Duration = Duration::from_secs(5);
 /// Between steps back.
-const RESTORE_EVERY: Duration = Duration::from_secs(2);
+const RESTORE_EVERY: Duration = Duration::from_secs(1);
 /// Steps a subscriber's video can be shed: two layers down, then paused.
 pub(crate) const MAX_SHED: u8 = 3;
 /// One subscriber in this many is shed (or restored) per step, at least
@@ -36,21 +44,34 @@ const STEP_SHARE: usize = 10;
 pub(crate) struct Overload {
     last_shed: Option<Instant>,
     last_restore: Option<Instant>,
+    /// The last report's timers were late.
+    was_late: bool,
 }
 
 impl crate::Sfu {
-    /// The shell measured its worker's load: the share of the last interval
-    /// its thread was busy (0.0 to 1.0). Sheds or restores video.
-    pub fn report_load(&mut self, now: Instant, busy: f64) {
+    /// The shell measured its worker's load over the last interval: the
+    /// share of it its thread was busy (0.0 to 1.0), and how late its
+    /// latest timer ran. Sheds or restores video.
+    pub fn report_load(&mut self, now: Instant, busy: f64, lag: Duration) {
         self.last_now = now;
+        if !self.config.shed_when_overloaded {
+            return;
+        }
+        // Only a subscriber whose video is flowing costs what shedding
+        // saves (a paused one is not shed further).
         let receives_video = |p: &crate::peer::Peer| {
-            p.subscriptions.keys().any(|t| {
-                self.tracks
-                    .get(t)
-                    .is_some_and(|t| t.kind == MediaKind::Video)
+            p.subscriptions.iter().any(|(t, sub)| {
+                sub.current.is_some()
+                    && self
+                        .tracks
+                        .get(t)
+                        .is_some_and(|t| t.kind == MediaKind::Video)
             })
         };
-        let chosen: Vec<PeerId> = if busy >= SHED_ABOVE {
+        let late = lag >= SHED_LAG;
+        let shedding = late && (busy >= SHED_ABOVE || self.overload.was_late);
+        self.overload.was_late = late;
+        let chosen: Vec<PeerId> = if shedding {
             // The most video first: they cost the most packets.
             let mut costly: Vec<(u64, PeerId)> = self
                 .peers
@@ -63,6 +84,7 @@ impl crate::Sfu {
             self.overload.last_shed = Some(now);
             costly.into_iter().take(take).map(|(_, id)| id).collect()
         } else if busy <= RESTORE_BELOW
+            && !late
             && self
                 .overload
                 .last_shed
@@ -88,13 +110,12 @@ impl crate::Sfu {
         } else {
             Vec::new()
         };
-        let shedding = busy >= SHED_ABOVE;
         for peer in chosen {
             if let Some(p) = self.peers.get_mut(&peer) {
                 if shedding {
                     p.shed += 1;
                     self.stats.overload_sheds += 1;
-                    tracing::info!(peer, steps = p.shed, busy, "overloaded: video shed");
+                    tracing::info!(peer, steps = p.shed, busy, ?lag, "overloaded: video shed");
                 } else {
                     p.shed -= 1;
                     tracing::info!(
@@ -116,8 +137,8 @@ impl crate::Sfu {
     }
 }
 
-/// The layer a subscription gets after `shed` steps below `target`
-/// (`None`: paused).
+/// The highest layer a subscription may get after `shed` steps below the
+/// best it could get (`None`: paused).
 pub(crate) fn shed_layer(target: Option<usize>, shed: u8) -> Option<usize> {
     target.and_then(|layer| layer.checked_sub(usize::from(shed)))
 }

@@ -2110,17 +2110,21 @@ fn an_overloaded_worker_sheds_the_costliest_video_first_keeps_audio_and_restores
     let layer_now = |world: &World, c: usize| world.clients[c].received.last().map(layer_of);
     assert_eq!(layer_now(&world, full), Some("f"));
     assert_eq!(layer_now(&world, small), Some("q"));
-    // Moderately busy: nothing changes.
-    world.sfu.report_load(world.now, 0.75);
+    // Busy but keeping up, or late once with CPU to spare: nothing
+    // changes.
+    let (late, on_time) = (Duration::from_millis(30), Duration::from_millis(2));
+    world.sfu.report_load(world.now, 0.99, on_time);
+    world.sfu.report_load(world.now, 0.5, late);
+    world.sfu.report_load(world.now, 0.5, on_time);
     world.run(Duration::from_secs(1));
     assert_eq!(world.sfu.shed_subscribers(), 0);
     // Overloaded: the subscriber receiving the most video steps down, a
     // layer at a time; the one on q is left alone.
-    world.sfu.report_load(world.now, 0.95);
+    world.sfu.report_load(world.now, 0.95, late);
     world.run(Duration::from_secs(1));
     assert_eq!(layer_now(&world, full), Some("h"));
     assert_eq!(layer_now(&world, small), Some("q"));
-    world.sfu.report_load(world.now, 0.95);
+    world.sfu.report_load(world.now, 0.95, late);
     world.run(Duration::from_secs(1));
     assert_eq!(layer_now(&world, full), Some("q"));
     assert_eq!(world.sfu.shed_subscribers(), 1);
@@ -2128,7 +2132,7 @@ fn an_overloaded_worker_sheds_the_costliest_video_first_keeps_audio_and_restores
     // video, and the audio goes on.
     world.sfu.leave(world.now, peer);
     world.run(Duration::from_millis(200));
-    world.sfu.report_load(world.now, 0.95);
+    world.sfu.report_load(world.now, 0.95, late);
     world.run(Duration::from_secs(1));
     let (frames, audio) = (
         world.clients[full].received.len(),
@@ -2143,18 +2147,41 @@ fn an_overloaded_worker_sheds_the_costliest_video_first_keeps_audio_and_restores
         world.clients[full].audio_received
     );
     assert_eq!(world.sfu.stats().overload_sheds, 3);
-    // Room again: nothing for the first 10 s after the last shed, then a
-    // step every 2 s, back to f.
-    world.sfu.report_load(world.now, 0.3);
+    // Room again: nothing for the first 5 s after the last shed, then a
+    // step a second, back to f.
+    world.sfu.report_load(world.now, 0.3, on_time);
     world.run(Duration::from_secs(1));
     assert_eq!(world.clients[full].received.len(), frames, "not yet");
-    world.run(Duration::from_secs(8));
+    world.run(Duration::from_secs(4));
     for _ in 0..3 {
-        world.sfu.report_load(world.now, 0.3);
-        world.run(Duration::from_millis(2100));
+        world.sfu.report_load(world.now, 0.3, on_time);
+        world.run(Duration::from_millis(1100));
     }
-    world.run(Duration::from_secs(3));
     assert_eq!(world.sfu.shed_subscribers(), 0);
+    world.run(Duration::from_secs(3));
     assert_eq!(layer_now(&world, full), Some("f"));
     assert_eq!(world.clients[full].corrupt, 0);
+}
+
+#[test]
+fn a_single_layer_video_shed_for_overload_pauses_and_comes_back() {
+    let mut world = World::new(SfuConfig::default());
+    world.join(true).unwrap();
+    let viewer = world.join(false).unwrap();
+    world.run(Duration::from_secs(2));
+    let (late, on_time) = (Duration::from_millis(30), Duration::from_millis(2));
+    world.sfu.report_load(world.now, 0.95, late);
+    world.run(Duration::from_secs(1));
+    let frames = world.clients[viewer].received.len();
+    world.run(Duration::from_secs(1));
+    assert_eq!(world.clients[viewer].received.len(), frames, "paused");
+    world.run(Duration::from_secs(4));
+    world.sfu.report_load(world.now, 0.3, on_time);
+    world.run(Duration::from_secs(2));
+    assert_eq!(world.sfu.shed_subscribers(), 0);
+    assert!(
+        world.clients[viewer].received.len() > frames + 30,
+        "back ({frames} → {})",
+        world.clients[viewer].received.len()
+    );
 }

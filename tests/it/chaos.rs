@@ -87,6 +87,9 @@ impl EdgeProcess {
             .env("CASCADE_EDGE__CREDENTIAL", credential)
             .env("CASCADE_EDGE__HEARTBEAT_INTERVAL_SECS", "1")
             .env("CASCADE_EDGE__DRAIN_TIMEOUT_SECS", "5")
+            // As in EdgeConfig::for_tests: a loaded test machine's late
+            // timers must not shed the video the tests look for.
+            .env("CASCADE_EDGE__SHED_VIDEO_WHEN_OVERLOADED", "false")
             .env("CASCADE_TELEMETRY__LOG_FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
