@@ -44,10 +44,12 @@ pub struct EdgeConfig {
     /// every core. Media of its tracks then crosses workers once per frame
     /// and worker, not per subscriber.
     pub spread_calls_above: usize,
-    /// An overloaded media worker (busy over 90 % of a second with its
-    /// timers running late) lowers and then pauses the video of the
-    /// subscribers receiving the most, audio untouched, instead of letting
-    /// everyone's media queue up.
+    /// An overloaded media worker (its timers running late) lowers and
+    /// then pauses the video of the subscribers receiving the most, audio
+    /// untouched, instead of letting everyone's media queue up. Off by
+    /// default until it is measured where it helps: on a 2-core test
+    /// machine it also shed during join storms and probes kept the packet
+    /// rate up (docs/benchmarks.md, issue 19).
     pub shed_video_when_overloaded: bool,
     /// Participants this node accepts in all.
     pub capacity: u32,
@@ -89,7 +91,7 @@ impl Default for EdgeConfig {
             workers: 0,
             batch_sends: false,
             spread_calls_above: 50,
-            shed_video_when_overloaded: true,
+            shed_video_when_overloaded: false,
             capacity: 500,
             max_participants_per_call: 100,
             connect_timeout_secs: 10,

@@ -90,7 +90,8 @@ pub struct SfuConfig {
     /// A peer whose ICE and DTLS are not up this long after it joined is
     /// dropped: a session that never connects only holds a place.
     pub connect_timeout: Duration,
-    /// An overloaded worker sheds subscribers' video ([`overload`]).
+    /// An overloaded worker sheds subscribers' video ([`overload`]; off
+    /// by default, as `edge.shed_video_when_overloaded`).
     pub shed_when_overloaded: bool,
 }
 
@@ -101,7 +102,7 @@ impl Default for SfuConfig {
             max_participants: 1000,
             keyframe_throttle: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(10),
-            shed_when_overloaded: true,
+            shed_when_overloaded: false,
         }
     }
 }

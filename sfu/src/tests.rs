@@ -2095,7 +2095,10 @@ fn a_revoked_session_is_closed_and_others_stay() {
 
 #[test]
 fn an_overloaded_worker_sheds_the_costliest_video_first_keeps_audio_and_restores_later() {
-    let mut world = World::new(SfuConfig::default());
+    let mut world = World::new(SfuConfig {
+        shed_when_overloaded: true,
+        ..SfuConfig::default()
+    });
     world.join_with(true, true).unwrap();
     let full = world.join(false).unwrap();
     let small = world.join(false).unwrap();
@@ -2165,7 +2168,10 @@ fn an_overloaded_worker_sheds_the_costliest_video_first_keeps_audio_and_restores
 
 #[test]
 fn a_single_layer_video_shed_for_overload_pauses_and_comes_back() {
-    let mut world = World::new(SfuConfig::default());
+    let mut world = World::new(SfuConfig {
+        shed_when_overloaded: true,
+        ..SfuConfig::default()
+    });
     world.join(true).unwrap();
     let viewer = world.join(false).unwrap();
     world.run(Duration::from_secs(2));
@@ -2184,4 +2190,22 @@ fn a_single_layer_video_shed_for_overload_pauses_and_comes_back() {
         "back ({frames} → {})",
         world.clients[viewer].received.len()
     );
+}
+
+#[test]
+fn a_worker_not_told_to_shed_never_does() {
+    let mut world = World::new(SfuConfig::default());
+    world.join(true).unwrap();
+    let viewer = world.join(false).unwrap();
+    world.run(Duration::from_secs(2));
+    for _ in 0..3 {
+        world
+            .sfu
+            .report_load(world.now, 0.99, Duration::from_millis(100));
+        world.run(Duration::from_secs(1));
+    }
+    assert_eq!(world.sfu.shed_subscribers(), 0);
+    let frames = world.clients[viewer].received.len();
+    world.run(Duration::from_secs(1));
+    assert!(world.clients[viewer].received.len() > frames + 20);
 }
