@@ -133,6 +133,21 @@ impl Browser {
     /// Sends a DevTools command (on a page's session if given) and returns
     /// its result; events in between are skipped.
     async fn command(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        match self.try_command(session, method, params).await {
+            Ok(result) => result,
+            Err(error) => panic!("{method}: {error}"),
+        }
+    }
+
+    /// [`Browser::command`], with DevTools' error as an `Err` (a page in
+    /// the middle of navigating answers "Inspected target navigated or
+    /// closed").
+    async fn try_command(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, Value> {
         let id = self.next_id;
         self.next_id += 1;
         let mut message = json!({"id": id, "method": method, "params": params});
@@ -152,8 +167,10 @@ impl Browser {
             if let Message::Text(text) = frame {
                 let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 if value["id"] == id {
-                    assert!(value["error"].is_null(), "{method}: {}", value["error"]);
-                    return value["result"].clone();
+                    if !value["error"].is_null() {
+                        return Err(value["error"].clone());
+                    }
+                    return Ok(value["result"].clone());
                 }
                 self.note_event(&value);
             }
@@ -325,6 +342,37 @@ impl Browser {
     /// `getDisplayMedia` and other gated APIs require).
     pub async fn eval_as_user(&mut self, page: &Page, expression: &str) -> Value {
         self.evaluate(page, expression, true).await
+    }
+
+    /// Like [`Browser::eval`], but `None` where the page could not answer
+    /// (it is navigating: a reload, a redirect).
+    pub async fn try_eval(&mut self, page: &Page, expression: &str) -> Option<Value> {
+        self.try_command(
+            Some(&page.session),
+            "Runtime.evaluate",
+            json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
+        )
+        .await
+        .ok()
+        .map(|result| result["result"]["value"].clone())
+    }
+
+    /// Reloads `page` and waits until its new document has loaded.
+    pub async fn reload(&mut self, page: &Page) {
+        self.command(Some(&page.session), "Page.reload", json!({}))
+            .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let state = self.try_eval(page, "document.readyState").await;
+            if state.as_ref().and_then(Value::as_str) == Some("complete") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the page did not load again"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn evaluate(&mut self, page: &Page, expression: &str, gesture: bool) -> Value {

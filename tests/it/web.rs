@@ -25,7 +25,11 @@ pub(crate) async fn wait_for(
 ) -> Value {
     let deadline = Instant::now() + limit;
     loop {
-        let value = browser.eval(page, expression).await;
+        // A page in the middle of navigating (a reload) cannot answer yet.
+        let value = browser
+            .try_eval(page, expression)
+            .await
+            .unwrap_or(Value::Null);
         let truthy = match &value {
             Value::Null => false,
             Value::Bool(b) => *b,
@@ -952,7 +956,7 @@ async fn the_bell_counts_a_missed_call() {
         "1"
     );
     // Stored, not just live: a reload shows the same count.
-    browser.eval(&bob, "location.reload(); true").await;
+    browser.reload(&bob).await;
     wait_for(
         &mut browser,
         &bob,
