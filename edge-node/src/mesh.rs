@@ -107,6 +107,32 @@ pub struct MeshTrack {
     pub muted: bool,
 }
 
+impl MeshTrack {
+    /// A track of `call`, before [`Spread::track_added`] gives it its key
+    /// and origin.
+    pub fn new(
+        call: Uuid,
+        kind: MediaKind,
+        source: Source,
+        user: Uuid,
+        device: String,
+        layers: u8,
+    ) -> Self {
+        MeshTrack {
+            key: 0,
+            origin: 0,
+            track: 0,
+            call,
+            kind,
+            source,
+            user,
+            device,
+            layers,
+            muted: false,
+        }
+    }
+}
+
 /// One call's spread over the workers.
 #[derive(Debug, Default)]
 struct CallSpread {
@@ -194,7 +220,9 @@ impl Spread {
             *worker
         } else {
             let (max, spread_above) = (self.max_per_call, self.spread_above);
-            let load = self.load.clone();
+            let least_loaded = (0..self.load.len())
+                .min_by_key(|w| (self.load[*w], *w != home))
+                .unwrap_or(home);
             let spread = self.call(call);
             if spread.placed.iter().sum::<usize>() >= max {
                 return Err(PlaceError::CallFull(max));
@@ -202,9 +230,7 @@ impl Spread {
             if spread.placed[home] < spread_above {
                 home
             } else {
-                (0..load.len())
-                    .min_by_key(|w| (load[*w], *w != home))
-                    .unwrap_or(home)
+                least_loaded
             }
         };
         self.call(call).placed[worker] += 1;
@@ -377,6 +403,34 @@ impl Mesh {
         if let Some(tx) = self.control.get(worker) {
             let _ = tx.send(command);
         }
+    }
+
+    /// Sends a control command to each of `workers`.
+    pub fn tell_all(&self, workers: &[usize], command: &MeshCommand) {
+        for worker in workers {
+            self.tell(*worker, command.clone());
+        }
+    }
+
+    /// Worker `to` wants `layers` of `track` on worker `origin`, which it
+    /// knows as `key` (0: none of them).
+    pub fn want(&self, origin: usize, track: TrackId, to: usize, key: u32, layers: u8) {
+        self.tell(
+            origin,
+            MeshCommand::Layers {
+                track,
+                to,
+                key,
+                layers,
+            },
+        );
+    }
+
+    /// A data message for the other workers of its call than `from`.
+    pub fn share_data(&self, from: usize, data: &CallData) {
+        // The lock is let go before the sends.
+        let others = self.spread().others(data.call, from);
+        self.tell_all(&others, &MeshCommand::Data(data.clone()));
     }
 
     /// Offers a frame to a worker; false when its queue is full.
@@ -553,18 +607,8 @@ mod tests {
     use super::*;
 
     fn announce(call: Uuid) -> MeshTrack {
-        MeshTrack {
-            key: 0,
-            origin: 0,
-            track: 0,
-            call,
-            kind: MediaKind::Video,
-            source: Source::default_for(MediaKind::Video),
-            user: Uuid::nil(),
-            device: "d".into(),
-            layers: 1,
-            muted: false,
-        }
+        let camera = Source::default_for(MediaKind::Video);
+        MeshTrack::new(call, MediaKind::Video, camera, Uuid::nil(), "d".into(), 1)
     }
 
     #[test]

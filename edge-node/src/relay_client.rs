@@ -76,7 +76,7 @@ pub struct ClientStats {
 pub enum RelayEvent {
     /// A call has its first participant on `worker`.
     CallActive {
-        /// The worker the call is pinned to.
+        /// The worker the relay hears of the call from (its relay home).
         worker: usize,
         /// The call.
         call: Uuid,

@@ -1,5 +1,6 @@
 //! A media worker: the thin async shell around one [`Sfu`]. It owns a UDP
-//! socket and the calls pinned to it; signaling sessions talk to it over a
+//! socket and the sessions placed on it (a call may spread over several
+//! workers: [`crate::mesh`]); signaling sessions talk to it over a
 //! channel. Everything that decides is in the core; this only moves bytes,
 //! messages and time.
 
@@ -348,9 +349,7 @@ pub async fn run(worker: Worker, stop: impl std::future::Future<Output = ()>) {
                         false,
                         envelope.as_bytes(),
                     );
-                    for worker in spread.mesh.spread().others(data.call, index) {
-                        spread.mesh.tell(worker, MeshCommand::Data(data.clone()));
-                    }
+                    spread.mesh.share_data(index, &data);
                     relay_event(&relay, RelayEvent::Data(data));
                 }
                 Output::Event(event) => {
@@ -850,23 +849,12 @@ impl Spreading {
                     idle
                 };
                 for (origin, track, key) in idle.unsubscribe {
-                    let layers = 0;
-                    self.mesh.tell(
-                        origin,
-                        MeshCommand::Layers {
-                            track,
-                            to: index,
-                            key,
-                            layers,
-                        },
-                    );
+                    self.mesh.want(origin, track, index, key, 0);
                 }
                 for (key, track, workers) in idle.removed {
                     self.exports.forget(track);
                     self.relay_tracks.retain(|_, t| *t != track);
-                    for worker in workers {
-                        self.mesh.tell(worker, MeshCommand::Remove(key));
-                    }
+                    self.mesh.tell_all(&workers, &MeshCommand::Remove(key));
                 }
                 None
             }
@@ -880,19 +868,10 @@ impl Spreading {
                 layers,
                 ..
             } => {
-                let announce = MeshTrack {
-                    key: 0,
-                    origin: index,
+                self.publish(
                     track,
-                    call,
-                    kind,
-                    source,
-                    user,
-                    device: device.clone(),
-                    layers,
-                    muted: false,
-                };
-                self.publish(track, announce);
+                    MeshTrack::new(call, kind, source, user, device.clone(), layers),
+                );
                 Some(event)
             }
             SfuEvent::TrackEnded(track) => {
@@ -904,21 +883,15 @@ impl Spreading {
                 Some(event)
             }
             SfuEvent::RemoteLayers { key, layers } if is_mesh_key(key) => {
-                if let Some((origin, track)) = self.mesh.spread().origin(key) {
-                    self.mesh.tell(
-                        origin,
-                        MeshCommand::Layers {
-                            track,
-                            to: index,
-                            key,
-                            layers,
-                        },
-                    );
+                let origin = self.mesh.spread().origin(key);
+                if let Some((origin, track)) = origin {
+                    self.mesh.want(origin, track, index, key, layers);
                 }
                 None
             }
             SfuEvent::RemoteKeyframeRequest { key, .. } if is_mesh_key(key) => {
-                if let Some((origin, track)) = self.mesh.spread().origin(key) {
+                let origin = self.mesh.spread().origin(key);
+                if let Some((origin, track)) = origin {
                     self.mesh.tell(origin, MeshCommand::Keyframe(track));
                 }
                 None
@@ -947,43 +920,29 @@ impl Spreading {
             sfu.set_remote_muted(now, t.key, true);
         }
         let layers = ((1u16 << t.layers.clamp(1, 7)) - 1) as u8;
-        let (track, to, key) = (t.track, self.index, t.key);
-        self.mesh.tell(
-            t.origin,
-            MeshCommand::Layers {
-                track,
-                to,
-                key,
-                layers,
-            },
-        );
+        self.mesh.want(t.origin, t.track, self.index, t.key, layers);
     }
 
     /// A track of this worker (its participant's or the relay's) joined
     /// its call: the other workers of the call add it.
     fn publish(&mut self, track: sfu::TrackId, announce: MeshTrack) {
         let (announce, workers) = self.mesh.spread().track_added(self.index, track, announce);
-        for worker in workers {
-            self.mesh.tell(worker, MeshCommand::Add(announce.clone()));
-        }
+        self.mesh.tell_all(&workers, &MeshCommand::Add(announce));
     }
 
     fn unpublish(&mut self, track: sfu::TrackId) {
         self.exports.forget(track);
         let ended = self.mesh.spread().track_ended(self.index, track);
         if let Some((key, workers)) = ended {
-            for worker in workers {
-                self.mesh.tell(worker, MeshCommand::Remove(key));
-            }
+            self.mesh.tell_all(&workers, &MeshCommand::Remove(key));
         }
     }
 
     fn muted(&mut self, track: sfu::TrackId, muted: bool) {
         let changed = self.mesh.spread().track_muted(self.index, track, muted);
         if let Some((key, workers)) = changed {
-            for worker in workers {
-                self.mesh.tell(worker, MeshCommand::Muted { key, muted });
-            }
+            self.mesh
+                .tell_all(&workers, &MeshCommand::Muted { key, muted });
         }
     }
 
@@ -1037,18 +996,7 @@ impl Spreading {
                 );
                 if let (false, true, Some(id)) = (known, added, sfu.remote_track_id(key)) {
                     self.relay_tracks.insert(key, id);
-                    let announce = MeshTrack {
-                        key: 0,
-                        origin: self.index,
-                        track: id,
-                        call,
-                        kind,
-                        source,
-                        user,
-                        device,
-                        layers,
-                        muted: false,
-                    };
+                    let announce = MeshTrack::new(call, kind, source, user, device, layers);
                     self.publish(id, announce);
                 }
             }
@@ -1079,9 +1027,7 @@ impl Spreading {
                 if data.payload.len() <= sfu::MAX_DATA_MESSAGE {
                     let envelope = data_envelope(&data);
                     sfu.deliver_data(now, data.call, None, false, envelope.as_bytes());
-                    for worker in self.mesh.spread().others(data.call, self.index) {
-                        self.mesh.tell(worker, MeshCommand::Data(data.clone()));
-                    }
+                    self.mesh.share_data(self.index, &data);
                 }
             }
         }

@@ -1005,6 +1005,25 @@ fn a_local_track_the_relay_subscribed_to_comes_out_as_relay_packets() {
 }
 
 /// The mid a subscriber receives a publisher's video on.
+/// The encodings a publisher was last told to send.
+fn told_encodings(world: &World, publisher: usize) -> Option<Vec<String>> {
+    world.clients[publisher]
+        .encodings
+        .last()
+        .map(|(_, a)| a.clone())
+}
+
+/// The core's (first) video track.
+fn video_track(world: &World) -> TrackId {
+    world
+        .sfu
+        .tracks
+        .iter()
+        .find(|(_, t)| t.kind == MediaKind::Video)
+        .map(|(id, _)| *id)
+        .expect("a video track")
+}
+
 fn video_mid(world: &World, subscriber: usize) -> String {
     world.clients[subscriber]
         .track_lists
@@ -1639,12 +1658,7 @@ fn layers_nobody_needs_are_paused_at_the_publisher_and_come_back_when_asked() {
     let mut world = World::new(SfuConfig::default());
     let publisher = world.join_with(true, true).unwrap();
     world.run(Duration::from_millis(500));
-    let told = |world: &World| {
-        world.clients[publisher]
-            .encodings
-            .last()
-            .map(|(_, a)| a.clone())
-    };
+    let told = |world: &World| told_encodings(world, publisher);
     let all: Vec<String> = ["q", "h", "f"].map(String::from).to_vec();
     let low: Vec<String> = vec!["q".into()];
     assert_eq!(
@@ -1690,13 +1704,7 @@ fn layers_nobody_needs_are_paused_at_the_publisher_and_come_back_when_asked() {
     assert!(at.duration_since(grown) <= Duration::from_millis(300));
     // The relay wants every layer (another region has a large tile): all
     // of them, whatever the viewer here asks.
-    let track = world
-        .sfu
-        .tracks
-        .iter()
-        .find(|(_, t)| t.kind == MediaKind::Video)
-        .map(|(id, _)| *id)
-        .unwrap();
+    let track = video_track(&world);
     world
         .sfu
         .set_relay_subscribed(world.now, track, Some(9), 0b111);
@@ -1720,21 +1728,10 @@ fn other_workers_get_the_layers_they_want_and_the_publisher_keeps_sending_them()
     let mut world = World::new(SfuConfig::default());
     let publisher = world.join_with(true, true).unwrap();
     world.run(Duration::from_millis(500));
-    let told = |world: &World| {
-        world.clients[publisher]
-            .encodings
-            .last()
-            .map(|(_, a)| a.clone())
-    };
+    let told = |world: &World| told_encodings(world, publisher);
     assert_eq!(told(&world), Some(vec!["q".to_owned()]), "alone: q only");
     assert!(world.exported.is_empty(), "nobody else wants it");
-    let video = world
-        .sfu
-        .tracks
-        .iter()
-        .find(|(_, t)| t.kind == MediaKind::Video)
-        .map(|(id, _)| *id)
-        .unwrap();
+    let video = video_track(&world);
     // Another worker has a viewer of f: f goes to it, and the publisher
     // is told to send every layer up to it, starting with a keyframe.
     let before = world.clients[publisher].keyframe_requests;

@@ -159,18 +159,8 @@ async fn a_publisher_reaches_five_subscribers_through_a_real_edge() {
         );
     }
     // Operators see it on the edge's /metrics (promtool-clean).
-    let metrics = reqwest::get(format!("http://{}/metrics", edge.addrs.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name}"))
-    };
+    let metrics = metrics_of(&edge).await;
+    let value = |name: &str| sample(&metrics, name);
     assert_eq!(value("cascade_edge_participants"), 6.0);
     assert_eq!(value("cascade_edge_published_tracks"), 2.0);
     assert_eq!(value("cascade_edge_subscribed_tracks"), 10.0);
@@ -674,15 +664,29 @@ where
 }
 
 /// Waits until the edge's `/metrics` has `line` (a sample, value included).
+/// The edge's `/metrics` page.
+async fn metrics_of(edge: &RunningEdge) -> String {
+    reqwest::get(format!("http://{}/metrics", edge.addrs.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// One sample of a metrics page (`name{labels}` as exposed); it must be
+/// there.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
 async fn wait_metric(edge: &RunningEdge, line: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = reqwest::get(format!("http://{}/metrics", edge.addrs.http))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_of(edge).await;
         if text.lines().any(|l| l == line) {
             return;
         }
@@ -1054,33 +1058,14 @@ async fn one_call_spreads_over_two_workers_and_media_crosses_between_them() {
         },
     )
     .await;
-    let before = viewers[0]
-        .report()
-        .received
-        .values()
-        .map(Vec::len)
-        .sum::<usize>();
+    let frames = |bot: &Bot| bot.report().received.values().map(Vec::len).sum::<usize>();
+    let before = frames(&viewers[0]);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let after = viewers[0]
-        .report()
-        .received
-        .values()
-        .map(Vec::len)
-        .sum::<usize>();
+    let after = frames(&viewers[0]);
     assert!(after > before, "the second publisher's video still arrives");
 
-    let metrics = reqwest::get(format!("http://{}/metrics", edge.addrs.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name}"))
-    };
+    let metrics = metrics_of(&edge).await;
+    let value = |name: &str| sample(&metrics, name);
     assert_eq!(value("cascade_edge_participants"), 3.0);
     assert_eq!(value("cascade_edge_mesh_frames_dropped_total"), 0.0);
     // Once per frame and worker: two publishers' audio and video (three
