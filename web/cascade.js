@@ -34,6 +34,10 @@ const BACKOFF_CAP_MS = 3000;
 // Edge loss: a connection 'disconnected' this long counts as lost
 // (ICE consent keeps failing); 'failed' or a closed signaling socket at once.
 const DISCONNECTED_GRACE_MS = 1500;
+// A rejoin or migration is done when the new connection is connected, not
+// when its offer is sent; one that is not connected by then is lost too.
+// (The edge gives up on an unconnected session after 10 s.)
+const CONNECT_BOUND_MS = 8000;
 
 /** The delay before reconnect attempt `attempt` (0, 1, …). */
 export function backoff(attempt) {
@@ -487,11 +491,11 @@ export class CallSession {
       if (this.pc !== pc) return;
       const state = pc.connectionState;
       clearTimeout(this.disconnectTimer);
-      if (state === 'failed') this.lost(join.edge.id);
+      if (state === 'failed') this.lost(join);
       else if (state === 'disconnected') {
         // Consent checks are failing; give a blip a moment to pass.
         this.disconnectTimer = setTimeout(() => {
-          if (this.pc === pc && pc.connectionState === 'disconnected') this.lost(join.edge.id);
+          if (this.pc === pc && pc.connectionState === 'disconnected') this.lost(join);
         }, DISCONNECTED_GRACE_MS);
       }
       this.onState(this.rejoining ? 'reconnecting' : state);
@@ -538,16 +542,18 @@ export class CallSession {
       if (this.ws !== ws || this.left) return;
       // 4403 revoked: this device is no longer in the call (it left from
       // elsewhere, was removed, or the call ended): stop, do not rejoin.
-      // 4409 replaced: a newer socket of this session took over.
+      // 4409 replaced: a newer socket of this session took over. (4409
+      // is also a full call or node, reason `call_full`/`node_full`: that
+      // edge cannot take this session, so it counts as lost below.)
       if (e.code === 4403) {
         this.closeTransport();
         this.onState('ended');
         return;
       }
-      if (e.code === 4409) return;
+      if (e.code === 4409 && e.reason === 'replaced') return;
       // The edge went away (killed, restarted, or the network between):
       // a socket we did not close ourselves means the session is lost.
-      this.lost(join.edge.id);
+      this.lost(join);
     };
     await new Promise((resolve, reject) => {
       ws.onopen = resolve;
@@ -650,31 +656,57 @@ export class CallSession {
   /** Reconnects to a new edge (after `call.migrate`), keeping the camera. */
   async reconnect(join) {
     this.closeTransport();
+    let connected = false;
     try {
       await this.connect(join);
-    } catch (e) {
-      // The new edge is not reachable either: ask again.
-      this.lost(join.edge.id);
+      connected = await this.connected(join);
+    } catch (_) {
+      // Not reachable: below.
     }
+    // The new edge cannot be reached either (unless something newer
+    // replaced this connection meanwhile): ask again.
+    if (!connected) this.lost(join);
   }
 
-  /** The edge `edgeId` is lost: rejoin (naming it, so the control plane
-   * looks at it and places this device elsewhere) until it works, the
-   * call ends or the user leaves. One rejoin at a time. */
-  lost(edgeId) {
-    if (this.left || this.rejoining) return;
-    if (this.join && this.join.edge.id !== edgeId) return; // moved already
+  /** Whether the connection of `join` (the current one) becomes
+   * connected within CONNECT_BOUND_MS; false as soon as it is lost or
+   * replaced. */
+  async connected(join) {
+    const deadline = performance.now() + CONNECT_BOUND_MS;
+    while (this.join === join && !this.lostAgain && !this.left && performance.now() < deadline) {
+      if (this.pc && this.pc.connectionState === 'connected') return true;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return false;
+  }
+
+  /** The connection of `join` is lost: rejoin (naming its edge, so the
+   * control plane looks at it and places this device elsewhere) until a
+   * new connection is connected, the call ends or the user leaves. One
+   * rejoin at a time; a report about a connection this device has since
+   * replaced changes nothing, and one about the connection a rejoin is
+   * making makes it try again (it is not swallowed). */
+  lost(join) {
+    if (this.left || this.join !== join) return;
+    if (this.rejoining) {
+      this.lostAgain = true;
+      return;
+    }
+    let edgeId = join.edge.id;
     clearTimeout(this.disconnectTimer);
     this.lostAt = performance.now();
     this.onState('reconnecting');
     this.rejoining = (async () => {
       for (let attempt = 0; !this.left; attempt++) {
         try {
-          const join = await this.requestJoin(edgeId);
+          const placed = await this.requestJoin(edgeId);
           if (this.left) return;
           this.closeTransport();
-          await this.connect(join);
-          return;
+          // Reports from here on are about the connection being made.
+          this.lostAgain = false;
+          await this.connect(placed);
+          if (await this.connected(placed)) return;
+          throw new Error(`the edge ${placed.edge.id} did not connect`);
         } catch (e) {
           // The call is over (or this device may not be in it): stop.
           if (e instanceof ApiError && [403, 404, 409].includes(e.status)) {
@@ -688,6 +720,7 @@ export class CallSession {
       }
     })().finally(() => {
       this.rejoining = null;
+      this.lostAgain = false;
       if (this.pc) this.onState(this.pc.connectionState);
     });
   }

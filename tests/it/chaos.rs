@@ -50,6 +50,8 @@ struct EdgeProcess {
     media: u16,
     control_plane: String,
     child: Option<Child>,
+    /// Its stderr (every start appends): what a failure shows.
+    log: std::path::PathBuf,
 }
 
 impl EdgeProcess {
@@ -65,6 +67,10 @@ impl EdgeProcess {
             media: testkit::cluster::free_udp_port(),
             control_plane: control_plane.to_owned(),
             child: None,
+            log: std::env::temp_dir().join(format!(
+                "cascade-chaos-{}-{id}-{listen}.log",
+                std::process::id()
+            )),
         }
     }
 
@@ -92,7 +98,13 @@ impl EdgeProcess {
             .env("CASCADE_EDGE__SHED_VIDEO_WHEN_OVERLOADED", "false")
             .env("CASCADE_TELEMETRY__LOG_FORMAT", "json")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .expect("edge log file"),
+            );
         self.child = Some(command.spawn().expect("spawn cascade edge"));
     }
 
@@ -134,7 +146,23 @@ impl EdgeProcess {
 impl Drop for EdgeProcess {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// The last lines each edge logged, for a failure's message.
+fn edge_log_tails(edges: &[EdgeProcess]) -> String {
+    let mut out = String::new();
+    for edge in edges {
+        let text = std::fs::read_to_string(&edge.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("--- {} (last lines)\n", edge.id));
+        for line in &lines[lines.len().saturating_sub(25)..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Waits until the control plane lists every edge in `ids` as live.
@@ -179,32 +207,62 @@ async fn log_in(browser: &mut Browser, page: &Page, user: &TestUser) {
 }
 
 /// Installs `__mark()` (remember the current peer connection), `__back()`
-/// (a different connection, connected, decoding video) and `__sawNotice`
-/// (the call showed "Reconnecting…" since the mark) on a page in a call.
+/// (a different connection, connected, decoding video), `__sawNotice`
+/// (the call showed "Reconnecting…" since the mark) and `__log` (how the
+/// session's edge, rejoin, peer connection and socket changed since the
+/// mark, sampled every 20 ms: what a failure prints) on a page in a call.
 const PROBES: &str = "(() => { \
-    window.__mark = () => { window.__marked = window.cascadeState.call.session.pc; window.__sawNotice = false; return true; }; \
+    window.__log = []; let last = ''; \
+    window.__mark = () => { window.__marked = window.cascadeState.call.session.pc; window.__sawNotice = false; \
+      window.__markedAt = performance.now(); window.__log = []; last = ''; return true; }; \
     new MutationObserver(() => { if (document.querySelector('.call .call-notice')) window.__sawNotice = true; }) \
       .observe(document.body, { subtree: true, childList: true }); \
+    setInterval(() => { const c = window.cascadeState.call; if (!c) return; const s = c.session; \
+      const now = [s.join ? s.join.edge.id : 'no-join', s.join ? String(s.join.session_id).slice(0, 8) : '', \
+        s.rejoining ? 'rejoining' : '-', s.pc ? (s.pc === window.__marked ? 'old-pc:' : 'new-pc:') + s.pc.connectionState : 'no-pc', \
+        s.ws ? 'ws:' + s.ws.readyState : 'no-ws'].join(' '); \
+      if (now !== last) { last = now; window.__log.push(Math.round(performance.now() - (window.__markedAt || 0)) + ' ms ' + now); } }, 20); \
     window.__back = async () => { const c = window.cascadeState.call; if (!c) return 'ended'; \
       const s = c.session; if (!s.pc || s.pc === window.__marked) return false; \
       const st = await s.stats(); return st.state === 'connected' && st.framesDecoded > 5; }; \
     return true; })()";
 
-/// Media is back on `page`: how long after `since`.
-async fn media_back(browser: &mut Browser, page: &Page, since: Instant) -> Duration {
+/// Media is back on `page` (`who`'s, after `fault`): how long after
+/// `since`. A timeout says what the page went through.
+async fn media_back(
+    browser: &mut Browser,
+    page: &Page,
+    since: Instant,
+    who: &str,
+    fault: &str,
+    edges: &[EdgeProcess],
+) -> Duration {
     let deadline = since + MEDIA_BACK_BOUND;
     loop {
         let back = browser
             .eval(page, "window.__back ? window.__back() : false")
             .await;
-        assert_ne!(back, "ended", "the call ended on the page");
+        assert_ne!(
+            back, "ended",
+            "the call ended on {who}'s page after {fault}"
+        );
         if back == true {
             return since.elapsed();
         }
-        assert!(
-            Instant::now() < deadline,
-            "media not back within {MEDIA_BACK_BOUND:?}"
-        );
+        if Instant::now() >= deadline {
+            let seen = browser
+                .eval(
+                    page,
+                    "(async () => { const c = window.cascadeState.call; \
+                     const st = c && c.session.pc ? await c.session.stats() : null; \
+                     return { log: window.__log, stats: st }; })()",
+                )
+                .await;
+            panic!(
+                "{fault}: media not back on {who}'s page within {MEDIA_BACK_BOUND:?}: {seen:#}\n{}",
+                edge_log_tails(edges)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -326,8 +384,8 @@ async fn calls_survive_edge_kill_restart_and_drain_in_the_browser() {
             }
             _ => edge.signal("-TERM"),
         }
-        let alice_back = media_back(&mut browser, &alice_page, at).await;
-        let bob_back = media_back(&mut browser, &bob_page, at).await;
+        let alice_back = media_back(&mut browser, &alice_page, at, "alice", fault, &edges).await;
+        let bob_back = media_back(&mut browser, &bob_page, at, "bob", fault, &edges).await;
         eprintln!(
             "{fault} of {host}: media back on alice's page after {alice_back:?}, bob's after {bob_back:?}"
         );
