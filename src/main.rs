@@ -21,6 +21,21 @@ use service::lifecycle::Shutdown;
 
 use crate::config::CascadeConfig;
 
+/// Bench builds count heap allocations, so that `cascade bench sfu` can say
+/// how many the edge makes per forwarded datagram (every process of such a
+/// build exports `cascade_heap_allocations_total`). Operators' builds keep
+/// the system allocator untouched.
+#[cfg(feature = "bench")]
+#[global_allocator]
+static COUNTING_ALLOCATOR: &stats_alloc::StatsAlloc<std::alloc::System> =
+    &stats_alloc::INSTRUMENTED_SYSTEM;
+
+#[cfg(feature = "bench")]
+fn heap_allocations() -> u64 {
+    let stats = stats_alloc::INSTRUMENTED_SYSTEM.stats();
+    (stats.allocations + stats.reallocations) as u64
+}
+
 /// Exit code for configuration errors (like a usage error: the operator must
 /// fix the input, retrying will not help).
 const EXIT_BAD_CONFIG: u8 = 2;
@@ -144,6 +159,8 @@ struct ServiceArgs {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "bench")]
+    service::telemetry::count_heap_allocations_with(heap_allocations);
     let cli = Cli::parse();
     if let Command::Probe(args) = &cli.command {
         return probe(&args.url);

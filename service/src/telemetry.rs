@@ -76,6 +76,40 @@ pub fn init_tracing(config: &TelemetryConfig) {
     };
 }
 
+/// Where this process's heap allocation count comes from, when its binary
+/// counts them (bench builds install a counting allocator; see
+/// [`count_heap_allocations_with`]).
+static HEAP_ALLOCATIONS: std::sync::OnceLock<fn() -> u64> = std::sync::OnceLock::new();
+
+/// Makes every registry created after this export
+/// `cascade_heap_allocations_total`, read from `count`. For binaries that
+/// install a counting global allocator; the first call wins.
+pub fn count_heap_allocations_with(count: fn() -> u64) {
+    let _ = HEAP_ALLOCATIONS.set(count);
+}
+
+/// `cascade_heap_allocations_total`, read when scraped.
+struct HeapAllocations {
+    counter: prometheus::IntCounter,
+    count: fn() -> u64,
+}
+
+impl prometheus::core::Collector for HeapAllocations {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        prometheus::core::Collector::desc(&self.counter)
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        // Monotonic: the counter only ever moves up to the allocator's count.
+        let now = (self.count)();
+        let shown = self.counter.get();
+        if now > shown {
+            self.counter.inc_by(now - shown);
+        }
+        prometheus::core::Collector::collect(&self.counter)
+    }
+}
+
 /// A service's Prometheus registry with the metrics every service has.
 #[derive(Clone)]
 pub struct Metrics {
@@ -134,6 +168,16 @@ impl Metrics {
         metrics.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
+        if let Some(&count) = HEAP_ALLOCATIONS.get() {
+            metrics.register(Box::new(HeapAllocations {
+                counter: prometheus::IntCounter::new(
+                    "cascade_heap_allocations_total",
+                    "Heap allocations (alloc and realloc calls) since the process started; bench builds only.",
+                )
+                .expect("metric definition is static and valid"),
+                count,
+            }));
+        }
         metrics
     }
 
@@ -192,6 +236,34 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_counted_allocator_is_exported_as_a_monotonic_counter() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        fn read() -> u64 {
+            COUNT.load(Ordering::Relaxed)
+        }
+        COUNT.store(41, Ordering::Relaxed);
+        count_heap_allocations_with(read);
+        let metrics = Metrics::new("counted");
+        assert!(
+            metrics
+                .render()
+                .contains("\ncascade_heap_allocations_total 41\n")
+        );
+        COUNT.store(1000, Ordering::Relaxed);
+        assert!(
+            metrics
+                .render()
+                .contains("\ncascade_heap_allocations_total 1000\n")
+        );
+        assert!(
+            metrics
+                .render()
+                .contains("# TYPE cascade_heap_allocations_total counter")
+        );
+    }
 
     #[test]
     fn registries_are_independent_and_render_text_format() {

@@ -71,6 +71,9 @@ pub struct SfuStep {
     /// Subscribers whose video the edge shed for overload at the step's
     /// end, and the shed steps taken during it (the edge only).
     pub shed: Option<(u64, u64)>,
+    /// Heap allocations the edge made per datagram it sent (bench builds
+    /// count them; `None` for the raw forwarders or an uncounted edge).
+    pub allocations_per_datagram: Option<f64>,
     /// The forwarder's resident memory, bytes.
     pub rss: u64,
     /// This process's (the load generator's) CPU share.
@@ -132,18 +135,33 @@ fn scrape(page: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn edge_counters(http: &reqwest::Client, metrics_url: &str) -> (f64, f64, f64, f64, f64) {
+/// The edge's counters one step reads before and after.
+#[derive(Debug, Clone, Copy)]
+struct EdgeCounters {
+    datagrams: f64,
+    bytes: f64,
+    send_calls: f64,
+    sheds: f64,
+    shed_now: f64,
+    /// `None` when the edge does not count them.
+    allocations: Option<f64>,
+}
+
+async fn edge_counters(http: &reqwest::Client, metrics_url: &str) -> EdgeCounters {
     let page = match http.get(metrics_url).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     };
-    (
-        scrape(&page, "cascade_edge_datagrams_sent_total"),
-        scrape(&page, "cascade_edge_sent_bytes_total"),
-        scrape(&page, "cascade_edge_send_calls_total"),
-        scrape(&page, "cascade_edge_overload_sheds_total"),
-        scrape(&page, "cascade_edge_shed_subscribers"),
-    )
+    EdgeCounters {
+        datagrams: scrape(&page, "cascade_edge_datagrams_sent_total"),
+        bytes: scrape(&page, "cascade_edge_sent_bytes_total"),
+        send_calls: scrape(&page, "cascade_edge_send_calls_total"),
+        sheds: scrape(&page, "cascade_edge_overload_sheds_total"),
+        shed_now: scrape(&page, "cascade_edge_shed_subscribers"),
+        allocations: page
+            .contains("\ncascade_heap_allocations_total ")
+            .then(|| scrape(&page, "cascade_heap_allocations_total")),
+    }
 }
 
 /// Runs the benchmark.
@@ -342,8 +360,7 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
             .map(|b| u64::from(b.report().audio_packets))
             .sum();
         let sent_before = publisher.report().frames_sent;
-        let (datagrams_before, bytes_before, calls_before, sheds_before, _) =
-            edge_counters(&http, &metrics_url).await;
+        let before = edge_counters(&http, &metrics_url).await;
         let (_, edge_cpu_before) = proc_stat(edge.pid());
         let (_, own_cpu_before) = proc_stat(std::process::id());
         probe.start();
@@ -353,15 +370,14 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         let elapsed = began.elapsed();
         let (rss, edge_cpu_after) = proc_stat(edge.pid());
         let (_, own_cpu_after) = proc_stat(std::process::id());
-        let (datagrams_after, bytes_after, calls_after, sheds_after, shed_now) =
-            edge_counters(&http, &metrics_url).await;
+        let after = edge_counters(&http, &metrics_url).await;
         let audio_after: u64 = active
             .iter()
             .map(|b| u64::from(b.report().audio_packets))
             .sum();
         let sent = publisher.report().frames_sent - sent_before;
         let frames_after: usize = active.iter().map(|b| b.report().video_frames()).sum();
-        let datagrams = datagrams_after - datagrams_before;
+        let datagrams = after.datagrams - before.datagrams;
         let secs = elapsed.as_secs_f64();
         edge_steps.push(SfuStep {
             path: if options.simulcast {
@@ -371,8 +387,8 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
             },
             subscribers: n,
             sent_per_sec: datagrams / secs,
-            mean_datagram_bytes: (bytes_after - bytes_before) / datagrams.max(1.0),
-            datagrams_per_send: datagrams / (calls_after - calls_before).max(1.0),
+            mean_datagram_bytes: (after.bytes - before.bytes) / datagrams.max(1.0),
+            datagrams_per_send: datagrams / (after.send_calls - before.send_calls).max(1.0),
             cpu_share: (edge_cpu_after - edge_cpu_before) / secs,
             latency: Measurement::from_samples(
                 &format!("edge, {n} subscribers"),
@@ -386,7 +402,11 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
             audio_delivered: Some(
                 (audio_after - audio_before) as f64 / (f64::from(sent) * n as f64).max(1.0),
             ),
-            shed: Some((shed_now as u64, (sheds_after - sheds_before) as u64)),
+            shed: Some((after.shed_now as u64, (after.sheds - before.sheds) as u64)),
+            allocations_per_datagram: after
+                .allocations
+                .zip(before.allocations)
+                .map(|(a, b)| (a - b) / datagrams.max(1.0)),
             rss,
             loadgen_cpu_share: (own_cpu_after - own_cpu_before) / secs,
         });
@@ -690,6 +710,7 @@ async fn raw_step(n: usize, frame_bytes: usize, step: Duration, batched: bool) -
         // separable, so report the process's.
         audio_delivered: None,
         shed: None,
+        allocations_per_datagram: None,
         rss,
         loadgen_cpu_share: ((own_after - own_before) - forwarder_cpu) / secs,
     }
@@ -710,8 +731,8 @@ pub fn markdown(report: &SfuBenchReport) -> String {
         ms(report.direct_udp.p99),
     );
     out.push_str(
-        "| path | subscribers | datagrams out/s | mean bytes | datagrams per send | forwarder CPU | datagrams/s per core | edge ÷ raw per core | edge ÷ raw GSO per core | frame p50 ms | p99 ms | added p50 ms | added p99 ms | delivered | audio delivered | video shed (now, steps) | RSS MiB | load generator CPU |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| path | subscribers | datagrams out/s | mean bytes | datagrams per send | forwarder CPU | datagrams/s per core | edge ÷ raw per core | edge ÷ raw GSO per core | frame p50 ms | p99 ms | added p50 ms | added p99 ms | delivered | audio delivered | video shed (now, steps) | heap allocations per datagram | RSS MiB | load generator CPU |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let ratio = |edge: &SfuStep, raw: Option<&SfuStep>| match raw {
         Some(raw) if raw.per_core() > 0.0 => format!("{:.3}", edge.per_core() / raw.per_core()),
@@ -731,7 +752,7 @@ pub fn markdown(report: &SfuBenchReport) -> String {
         ];
         for (step, base, to_raw, to_batched) in rows.into_iter().flatten() {
             out.push_str(&format!(
-                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.1} % | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} % | {} | {} | {:.1} | {:.0} % |\n",
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.1} % | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} % | {} | {} | {} | {:.1} | {:.0} % |\n",
                 step.path,
                 step.subscribers,
                 step.sent_per_sec,
@@ -750,6 +771,8 @@ pub fn markdown(report: &SfuBenchReport) -> String {
                     .map_or_else(String::new, |a| format!("{:.1} %", a * 100.0)),
                 step.shed
                     .map_or_else(String::new, |(now, steps)| format!("{now}, {steps}")),
+                step.allocations_per_datagram
+                    .map_or_else(String::new, |a| format!("{a:.2}")),
                 step.rss as f64 / 1048576.0,
                 step.loadgen_cpu_share * 100.0,
             ));
