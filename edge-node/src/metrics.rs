@@ -24,6 +24,7 @@ pub struct EdgeMetrics {
     dropped: IntCounter,
     forged_alerts: IntCounter,
     forwarded: IntCounter,
+    session_timeouts: IntCounter,
     keyframe_requests: IntCounter,
     keyframe_requests_received: IntCounter,
     nacks_received: IntCounter,
@@ -154,6 +155,10 @@ impl EdgeMetrics {
                 "cascade_edge_forwarded_media_total",
                 "RTP packets written to subscribers.",
             ),
+            session_timeouts: counter(
+                "cascade_edge_session_timeouts_total",
+                "Timeouts handed to participant sessions; str0m's pacer releases at most one packet per timeout.",
+            ),
             keyframe_requests: counter(
                 "cascade_edge_keyframe_requests_total",
                 "Keyframe requests (PLI) sent to publishers.",
@@ -233,6 +238,11 @@ impl EdgeMetrics {
             .inc_by(after.forged_alerts.saturating_sub(before.forged_alerts));
         self.forwarded
             .inc_by(after.forwarded.saturating_sub(before.forwarded));
+        self.session_timeouts.inc_by(
+            after
+                .session_timeouts
+                .saturating_sub(before.session_timeouts),
+        );
         self.keyframe_requests.inc_by(
             after
                 .keyframe_requests

@@ -612,6 +612,11 @@ pub struct SfuStats {
     pub forged_alerts: u64,
     /// RTP packets forwarded (one per subscriber).
     pub forwarded: u64,
+    /// Timeouts handed to sessions (`Rtc::handle_input(Timeout)`): each
+    /// runs the whole session's timers (ICE, DTLS, SCTP, BWE, feedback),
+    /// and str0m's pacer releases at most one packet per timeout, so this
+    /// over `datagrams_out` is the per-packet timer cost.
+    pub session_timeouts: u64,
     /// Keyframe requests sent upstream.
     pub keyframe_requests: u64,
     /// Keyframe requests (PLI/FIR) subscribers sent.
@@ -893,6 +898,7 @@ impl Sfu {
             }
         }
         for peer in due {
+            self.stats.session_timeouts += 1;
             if let Some(p) = self.peers.get_mut(&peer)
                 && p.rtc.handle_input(Input::Timeout(now)).is_err()
             {
@@ -986,6 +992,7 @@ impl Sfu {
                 let Some(p) = self.peers.get_mut(&peer) else {
                     break;
                 };
+                self.stats.session_timeouts += 1;
                 if p.rtc.handle_input(Input::Timeout(at)).is_err() {
                     p.rtc.disconnect();
                 }

@@ -74,6 +74,9 @@ pub struct SfuStep {
     /// Heap allocations the edge made per datagram it sent (bench builds
     /// count them; `None` for the raw forwarders or an uncounted edge).
     pub allocations_per_datagram: Option<f64>,
+    /// Timeouts the edge handed its sessions per datagram it sent (`None`
+    /// for the raw forwarders).
+    pub timeouts_per_datagram: Option<f64>,
     /// The forwarder's resident memory, bytes.
     pub rss: u64,
     /// This process's (the load generator's) CPU share.
@@ -143,6 +146,7 @@ struct EdgeCounters {
     send_calls: f64,
     sheds: f64,
     shed_now: f64,
+    session_timeouts: f64,
     /// `None` when the edge does not count them.
     allocations: Option<f64>,
 }
@@ -158,6 +162,7 @@ async fn edge_counters(http: &reqwest::Client, metrics_url: &str) -> EdgeCounter
         send_calls: scrape(&page, "cascade_edge_send_calls_total"),
         sheds: scrape(&page, "cascade_edge_overload_sheds_total"),
         shed_now: scrape(&page, "cascade_edge_shed_subscribers"),
+        session_timeouts: scrape(&page, "cascade_edge_session_timeouts_total"),
         allocations: page
             .contains("\ncascade_heap_allocations_total ")
             .then(|| scrape(&page, "cascade_heap_allocations_total")),
@@ -407,6 +412,9 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
                 .allocations
                 .zip(before.allocations)
                 .map(|(a, b)| (a - b) / datagrams.max(1.0)),
+            timeouts_per_datagram: Some(
+                (after.session_timeouts - before.session_timeouts) / datagrams.max(1.0),
+            ),
             rss,
             loadgen_cpu_share: (own_cpu_after - own_cpu_before) / secs,
         });
@@ -711,6 +719,7 @@ async fn raw_step(n: usize, frame_bytes: usize, step: Duration, batched: bool) -
         audio_delivered: None,
         shed: None,
         allocations_per_datagram: None,
+        timeouts_per_datagram: None,
         rss,
         loadgen_cpu_share: ((own_after - own_before) - forwarder_cpu) / secs,
     }
@@ -731,8 +740,8 @@ pub fn markdown(report: &SfuBenchReport) -> String {
         ms(report.direct_udp.p99),
     );
     out.push_str(
-        "| path | subscribers | datagrams out/s | mean bytes | datagrams per send | forwarder CPU | datagrams/s per core | edge ÷ raw per core | edge ÷ raw GSO per core | frame p50 ms | p99 ms | added p50 ms | added p99 ms | delivered | audio delivered | video shed (now, steps) | heap allocations per datagram | RSS MiB | load generator CPU |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| path | subscribers | datagrams out/s | mean bytes | datagrams per send | forwarder CPU | datagrams/s per core | edge ÷ raw per core | edge ÷ raw GSO per core | frame p50 ms | p99 ms | added p50 ms | added p99 ms | delivered | audio delivered | video shed (now, steps) | heap allocations per datagram | session timeouts per datagram | RSS MiB | load generator CPU |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let ratio = |edge: &SfuStep, raw: Option<&SfuStep>| match raw {
         Some(raw) if raw.per_core() > 0.0 => format!("{:.3}", edge.per_core() / raw.per_core()),
@@ -752,7 +761,7 @@ pub fn markdown(report: &SfuBenchReport) -> String {
         ];
         for (step, base, to_raw, to_batched) in rows.into_iter().flatten() {
             out.push_str(&format!(
-                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.1} % | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} % | {} | {} | {} | {:.1} | {:.0} % |\n",
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.1} % | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} % | {} | {} | {} | {} | {:.1} | {:.0} % |\n",
                 step.path,
                 step.subscribers,
                 step.sent_per_sec,
@@ -773,6 +782,8 @@ pub fn markdown(report: &SfuBenchReport) -> String {
                     .map_or_else(String::new, |(now, steps)| format!("{now}, {steps}")),
                 step.allocations_per_datagram
                     .map_or_else(String::new, |a| format!("{a:.2}")),
+                step.timeouts_per_datagram
+                    .map_or_else(String::new, |t| format!("{t:.2}")),
                 step.rss as f64 / 1048576.0,
                 step.loadgen_cpu_share * 100.0,
             ));
