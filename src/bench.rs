@@ -75,6 +75,14 @@ pub struct SfuBenchArgs {
     /// `edge.spread_calls_above` for the edge.
     #[arg(long, default_value_t = 50)]
     spread_above: usize,
+    /// Calls on the edge; the subscribers of a step are dealt over them
+    /// (subscriber i joins call i % calls).
+    #[arg(long, default_value_t = 1)]
+    calls: usize,
+    /// Publishers in each call (each sends `--video-kbps` of video and
+    /// Opus); a subscriber receives every publisher of its call.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
 }
 
 #[derive(Debug, Args)]
@@ -289,12 +297,16 @@ fn bench_sfu(args: &SfuBenchArgs) -> anyhow::Result<()> {
         simulcast: args.simulcast,
         workers: args.workers.clamp(1, 64),
         spread_above: args.spread_above.max(1),
+        calls: args.calls.clamp(1, 1000),
+        publishers: args.publishers.clamp(1, 16),
     };
     let runtime = runtime()?;
     let report = runtime.block_on(testkit::bench::sfu::run(&options));
     let cpu = cpu_model();
     println!(
-        "cascade bench sfu: VP8 {} kbit/s ({} B frames at 30/s){} + Opus, {} s per step, {} edge worker(s) (a call spreads past {} sessions), {} cores ({cpu})\n",
+        "cascade bench sfu: {} call(s) × {} publisher(s) of VP8 {} kbit/s ({} B frames at 30/s){} + Opus, subscribers dealt over the calls, {} s per step, {} edge worker(s) (a call spreads past {} sessions), {} cores ({cpu})\n",
+        options.calls,
+        options.publishers,
         options.video_kbps,
         report.delta_body + 11,
         if options.simulcast {

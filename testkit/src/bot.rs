@@ -49,6 +49,45 @@ pub struct BotOptions {
     /// A publisher opens a data channel too (a subscriber always does: its
     /// offer needs something in it).
     pub data_channel: bool,
+    /// How a publisher numbers the video frames it sends.
+    pub numbering: FrameNumbering,
+}
+
+/// A publisher's video frame number: `offset + counter × stride` (the
+/// counter counts its frames from 0). Publishers that share a
+/// [`LatencyProbe`] take disjoint numbers (offset = their index, stride a
+/// power of two at least their count, so the probe's slots keep them
+/// apart); the frame's RTP time still follows the counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameNumbering {
+    /// This publisher's first number.
+    pub offset: u32,
+    /// The step between its numbers.
+    pub stride: u32,
+}
+
+impl Default for FrameNumbering {
+    fn default() -> Self {
+        FrameNumbering {
+            offset: 0,
+            stride: 1,
+        }
+    }
+}
+
+impl FrameNumbering {
+    /// Publisher `index` of `count` sharing one probe.
+    pub fn shared(index: usize, count: usize) -> Self {
+        let stride = count.max(1).next_power_of_two().min(4096) as u32;
+        FrameNumbering {
+            offset: index as u32 % stride,
+            stride,
+        }
+    }
+
+    fn number(self, counter: u32) -> u32 {
+        self.offset.wrapping_add(counter.wrapping_mul(self.stride))
+    }
 }
 
 impl BotOptions {
@@ -63,6 +102,7 @@ impl BotOptions {
             via: None,
             audio_level: None,
             data_channel: false,
+            numbering: FrameNumbering::default(),
         }
     }
 }
@@ -174,6 +214,11 @@ impl BotReport {
     /// Intact video frames received on the first video track.
     pub fn video_frames(&self) -> usize {
         self.received.values().next().map_or(0, Vec::len)
+    }
+
+    /// Intact video frames received on every track together.
+    pub fn all_video_frames(&self) -> usize {
+        self.received.values().map(Vec::len).sum()
     }
 }
 
@@ -293,6 +338,7 @@ impl State {
     /// Writes one video frame (then the caller drains: str0m wants its
     /// output drained after every write).
     fn send_video(&mut self, counter: u32, now: Instant) {
+        let number = self.options.numbering.number(counter);
         let Some(video) = self.video else {
             return;
         };
@@ -304,7 +350,7 @@ impl State {
             self.options.delta_body
         };
         if let Some(probe) = &self.options.probe {
-            probe.sent(counter, now);
+            probe.sent(number, now);
         }
         let time = MediaTime::from_90khz(u64::from(counter) * 3000);
         let Some(pt) = vp8 else {
@@ -313,12 +359,12 @@ impl State {
         if self.options.simulcast {
             for (rid, share) in SIMULCAST_LAYERS {
                 if let Some(w) = self.rtc.writer(video) {
-                    let frame = vp8_frame_sized(counter, keyframe, (body / share).max(100));
+                    let frame = vp8_frame_sized(number, keyframe, (body / share).max(100));
                     let _ = w.rid(rid.into()).write(pt, now, time, frame);
                 }
             }
         } else if let Some(w) = self.rtc.writer(video) {
-            let _ = w.write(pt, now, time, vp8_frame_sized(counter, keyframe, body));
+            let _ = w.write(pt, now, time, vp8_frame_sized(number, keyframe, body));
         }
         // str0m packetizes on its next timeout: now, not at the timer.
         let _ = self.rtc.handle_input(Input::Timeout(now));

@@ -1,6 +1,10 @@
 //! `cascade bench sfu`: one publisher (VP8 at a set bitrate + Opus) to N
 //! subscribers through a real edge, ramped, side by side with the same load
-//! through a raw UDP forwarder in the same run.
+//! through a raw UDP forwarder in the same run. With `calls` and
+//! `publishers`, the step's N subscribers are dealt over that many calls,
+//! each with that many publishers, and every subscriber receives all of its
+//! call's (the raw forwarders keep the one-publisher shape: their rows
+//! compare the cost per datagram, not the same packet rate).
 //!
 //! - The control plane and the edge run as child processes (this binary),
 //!   so the edge's CPU time and memory are its own (read from `/proc`). The
@@ -26,7 +30,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::{ChildService, Measurement, cpu_secs, proc_stat};
-use crate::bot::{Bot, BotOptions, LatencyProbe};
+use crate::bot::{Bot, BotOptions, FrameNumbering, LatencyProbe};
 use crate::client::{ApiClient, TestUser};
 
 /// What to run.
@@ -45,6 +49,12 @@ pub struct SfuBenchOptions {
     pub workers: usize,
     /// Its `spread_calls_above`.
     pub spread_above: usize,
+    /// Calls the subscribers are spread over (subscriber i in call i %
+    /// calls).
+    pub calls: usize,
+    /// Publishers in each call; every subscriber receives all of its
+    /// call's.
+    pub publishers: usize,
 }
 
 /// One step of the ramp through one forwarder.
@@ -113,6 +123,8 @@ pub struct SfuBenchReport {
     pub edge_idle_rss: u64,
     /// Frame body bytes used (delta frames).
     pub delta_body: usize,
+    /// Publishers on the edge in every step (all calls together).
+    pub publishers: usize,
 }
 
 const SECRET: &str = "bench-cluster-secret";
@@ -193,6 +205,7 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         via: None,
         audio_level: None,
         data_channel: false,
+        numbering: FrameNumbering::default(),
     };
 
     // Baseline: the same bots, directly connected.
@@ -213,7 +226,9 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
     publisher.leave().await;
     subscriber.leave().await;
 
-    // The cluster.
+    // The cluster. A call holds its publishers and its share of the
+    // subscribers.
+    let call_size = options.publishers.max(1) + max.div_ceil(options.calls.max(1));
     let scratch = std::env::temp_dir().join(format!("cascade-bench-sfu-{}", std::process::id()));
     let control_plane = ChildService::spawn(
         "control-plane",
@@ -227,7 +242,7 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
             ("CASCADE_CONTROL_PLANE__CLUSTER__SECRET", SECRET.into()),
             (
                 "CASCADE_CONTROL_PLANE__LIMITS__MAX_GROUP_MEMBERS",
-                (max + 1).to_string(),
+                (call_size + 1).to_string(),
             ),
             (
                 "CASCADE_CONTROL_PLANE__AUTH__ARGON2_MEMORY_KIB",
@@ -254,10 +269,13 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
                 "CASCADE_EDGE__SPREAD_CALLS_ABOVE",
                 options.spread_above.to_string(),
             ),
-            ("CASCADE_EDGE__CAPACITY", (max + 10).to_string()),
+            (
+                "CASCADE_EDGE__CAPACITY",
+                (max + options.calls.max(1) * options.publishers.max(1) + 10).to_string(),
+            ),
             (
                 "CASCADE_EDGE__MAX_PARTICIPANTS_PER_CALL",
-                (max + 1).to_string(),
+                (call_size + 1).to_string(),
             ),
             (
                 "CASCADE_EDGE__CONTROL_PLANE_URL",
@@ -291,26 +309,38 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
     let metrics_url = format!("http://{}/metrics", edge.addr);
     let (edge_idle_rss, _) = proc_stat(edge.pid());
 
-    let mut users: Vec<TestUser> = Vec::new();
-    for i in 0..=max {
-        users.push(api.register(&format!("bench{i:04}")).await);
+    // The calls: each a group of its publishers and its share of the
+    // subscribers (subscriber i is in call i % calls).
+    let calls = options.calls.max(1);
+    let per_call = options.publishers.max(1);
+    let publisher_count = calls * per_call;
+    let max_in_call = max.div_ceil(calls);
+    let mut call_ids = Vec::new();
+    let mut members: Vec<Vec<TestUser>> = Vec::new();
+    for c in 0..calls {
+        let mut users: Vec<TestUser> = Vec::new();
+        for i in 0..per_call + max_in_call {
+            users.push(api.register(&format!("bench{c:03}x{i:04}")).await);
+        }
+        let others: Vec<&TestUser> = users.iter().skip(1).collect();
+        let group = api.group(&users[0], &format!("bench {c}"), &others).await;
+        let call = api
+            .post(
+                "/v1/calls",
+                &users[0],
+                json!({"conversation_id": group, "kind": "video"}),
+            )
+            .await
+            .expect(201)
+            .body["id"]
+            .as_str()
+            .expect("call id")
+            .to_owned();
+        call_ids.push(call);
+        members.push(users);
     }
-    let others: Vec<&TestUser> = users.iter().skip(1).collect();
-    let group = api.group(&users[0], "bench", &others).await;
-    let call = api
-        .post(
-            "/v1/calls",
-            &users[0],
-            json!({"conversation_id": group, "kind": "video"}),
-        )
-        .await
-        .expect(201)
-        .body["id"]
-        .as_str()
-        .expect("call id")
-        .to_owned();
-    let join = |user: TestUser| {
-        let (api, call) = (api.clone(), call.clone());
+    let join = |call: usize, user: TestUser| {
+        let (api, call) = (api.clone(), call_ids[call].clone());
         async move {
             api.post(
                 &format!("/v1/calls/{call}/join"),
@@ -323,27 +353,47 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         }
     };
 
+    // One probe for every publisher: their frame numbers are disjoint.
     let probe = LatencyProbe::new();
-    let publisher_options = BotOptions {
-        simulcast: options.simulcast,
-        ..bot_options(&probe, true)
+    let mut publishers: Vec<(usize, Bot)> = Vec::new();
+    for (c, users) in members.iter().enumerate() {
+        for (k, user) in users.iter().take(per_call).enumerate() {
+            let index = c * per_call + k;
+            let publisher_options = BotOptions {
+                simulcast: options.simulcast,
+                numbering: FrameNumbering::shared(index, publisher_count),
+                ..bot_options(&probe, true)
+            };
+            let bot = Bot::join_with(&join(c, user.clone()).await, publisher_options)
+                .await
+                .expect("a publisher joins");
+            publishers.push((c, bot));
+        }
+    }
+    // Frames the publishers of each call have sent so far.
+    let sent_by_call = |publishers: &[(usize, Bot)]| {
+        let mut sent = vec![0u64; calls];
+        for (c, bot) in publishers {
+            sent[*c] += u64::from(bot.report().frames_sent);
+        }
+        sent
     };
-    let publisher = Bot::join_with(&join(users[0].clone()).await, publisher_options)
-        .await
-        .expect("the publisher joins");
-    let mut subscribers: Vec<Bot> = Vec::new();
+    let mut subscribers: Vec<(usize, Bot)> = Vec::new();
     let http = reqwest::Client::new();
     let mut edge_steps = Vec::new();
     for &n in &options.subscribers {
         while subscribers.len() < n {
-            let joined = join(users[subscribers.len() + 1].clone()).await;
-            subscribers.push(
+            let i = subscribers.len();
+            let (c, seat) = (i % calls, per_call + i / calls);
+            let joined = join(c, members[c][seat].clone()).await;
+            subscribers.push((
+                c,
                 Bot::join_with(&joined, bot_options(&probe, false))
                     .await
                     .expect("a subscriber joins"),
-            );
+            ));
         }
-        let active: Vec<&Bot> = subscribers.iter().take(n).collect();
+        let active: Vec<&Bot> = subscribers.iter().take(n).map(|(_, b)| b).collect();
         if !wait_for_frames(&active, Duration::from_secs(20)).await {
             // Past capacity some subscribers may never get video: the
             // step is measured anyway (its delivery says so).
@@ -358,13 +408,18 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         }
         // Let the keyframes the joins asked for pass.
         tokio::time::sleep(Duration::from_secs(1)).await;
+        // Subscribers per call in this step.
+        let mut audience = vec![0u64; calls];
+        for (c, _) in subscribers.iter().take(n) {
+            audience[*c] += 1;
+        }
 
-        let frames_before: usize = active.iter().map(|b| b.report().video_frames()).sum();
+        let frames_before: usize = active.iter().map(|b| b.report().all_video_frames()).sum();
         let audio_before: u64 = active
             .iter()
             .map(|b| u64::from(b.report().audio_packets))
             .sum();
-        let sent_before = publisher.report().frames_sent;
+        let sent_before = sent_by_call(&publishers);
         let before = edge_counters(&http, &metrics_url).await;
         let (_, edge_cpu_before) = proc_stat(edge.pid());
         let (_, own_cpu_before) = proc_stat(std::process::id());
@@ -380,8 +435,13 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
             .iter()
             .map(|b| u64::from(b.report().audio_packets))
             .sum();
-        let sent = publisher.report().frames_sent - sent_before;
-        let frames_after: usize = active.iter().map(|b| b.report().video_frames()).sum();
+        let sent_after = sent_by_call(&publishers);
+        // What the subscribers should have got: each of their call's
+        // publishers' frames (one audio packet goes with each frame).
+        let expected: u64 = (0..calls)
+            .map(|c| (sent_after[c] - sent_before[c]) * audience[c])
+            .sum();
+        let frames_after: usize = active.iter().map(|b| b.report().all_video_frames()).sum();
         let datagrams = after.datagrams - before.datagrams;
         let secs = elapsed.as_secs_f64();
         edge_steps.push(SfuStep {
@@ -401,12 +461,8 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
                 0,
                 elapsed,
             ),
-            delivered: (frames_after - frames_before) as f64
-                / (f64::from(sent) * n as f64).max(1.0),
-            // One audio packet per frame.
-            audio_delivered: Some(
-                (audio_after - audio_before) as f64 / (f64::from(sent) * n as f64).max(1.0),
-            ),
+            delivered: (frames_after - frames_before) as f64 / (expected as f64).max(1.0),
+            audio_delivered: Some((audio_after - audio_before) as f64 / (expected as f64).max(1.0)),
             shed: Some((after.shed_now as u64, (after.sheds - before.sheds) as u64)),
             allocations_per_datagram: after
                 .allocations
@@ -419,10 +475,12 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
             loadgen_cpu_share: (own_cpu_after - own_cpu_before) / secs,
         });
     }
-    for bot in subscribers {
+    for (_, bot) in subscribers {
         bot.leave().await;
     }
-    publisher.leave().await;
+    for (_, bot) in publishers {
+        bot.leave().await;
+    }
     drop(edge);
     drop(control_plane);
     let _ = std::fs::remove_dir_all(&scratch);
@@ -445,6 +503,7 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         raw_batched,
         edge_idle_rss,
         delta_body,
+        publishers: options.calls.max(1) * options.publishers.max(1),
     }
 }
 
@@ -790,7 +849,7 @@ pub fn markdown(report: &SfuBenchReport) -> String {
         }
     }
     if let (Some(first), Some(last)) = (report.edge.first(), report.edge.last()) {
-        let participants = |s: &SfuStep| s.subscribers as f64 + 1.0;
+        let participants = |s: &SfuStep| (s.subscribers + report.publishers) as f64;
         let slope = if last.subscribers > first.subscribers {
             (last.rss as f64 - first.rss as f64) / (participants(last) - participants(first))
         } else {
