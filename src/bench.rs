@@ -83,6 +83,11 @@ pub struct SfuBenchArgs {
     /// Opus); a subscriber receives every publisher of its call.
     #[arg(long, default_value_t = 1)]
     publishers: usize,
+    /// Pin the edge to the first `--workers` CPUs and the bots and control
+    /// plane to the rest (needs more CPUs than workers), so neither takes
+    /// the other's cores.
+    #[arg(long)]
+    pin_cpus: bool,
 }
 
 #[derive(Debug, Args)]
@@ -299,7 +304,15 @@ fn bench_sfu(args: &SfuBenchArgs) -> anyhow::Result<()> {
         spread_above: args.spread_above.max(1),
         calls: args.calls.clamp(1, 1000),
         publishers: args.publishers.clamp(1, 16),
+        pin_cpus: args.pin_cpus,
     };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if options.pin_cpus && cpus <= options.workers {
+        anyhow::bail!(
+            "--pin-cpus needs more CPUs ({cpus}) than edge workers ({})",
+            options.workers
+        );
+    }
     let runtime = runtime()?;
     let report = runtime.block_on(testkit::bench::sfu::run(&options));
     let cpu = cpu_model();

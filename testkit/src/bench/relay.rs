@@ -438,7 +438,7 @@ fn step(
 }
 
 async fn raw_step(options: &RelayBenchOptions, rate: u64) -> RelayStep {
-    let forwarder = RawForwarder::spawn(false);
+    let forwarder = RawForwarder::spawn(false, None);
     let clock = Clock::new();
     let mut receivers = Vec::new();
     for _ in 0..options.subscribers {

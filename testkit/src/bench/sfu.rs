@@ -55,6 +55,10 @@ pub struct SfuBenchOptions {
     /// Publishers in each call; every subscriber receives all of its
     /// call's.
     pub publishers: usize,
+    /// Pins the edge to CPUs `0..workers` and the load generator and
+    /// control plane to the others, so that neither takes the other's
+    /// cores (it needs more CPUs than workers).
+    pub pin_cpus: bool,
 }
 
 /// One step of the ramp through one forwarder.
@@ -138,6 +142,19 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.clone()))
         .collect()
+}
+
+/// Sets the CPU affinity of every thread of process `pid` (threads it
+/// starts later inherit it) with util-linux's `taskset`.
+fn pin(pid: u32, cpus: &str) {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "taskset -a -p -c {cpus} {pid} failed (is util-linux installed?)"
+    );
 }
 
 /// Reads one counter from a Prometheus text page.
@@ -305,6 +322,20 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         }
         assert!(Instant::now() < deadline, "the edge never registered");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // With pinning, the raw forwarders' thread takes the edge's CPUs.
+    let mut pinned = None;
+    if options.pin_cpus {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let edge_cpus = format!("0-{}", options.workers.max(1) - 1);
+        let other_cpus = format!("{}-{}", options.workers.max(1), cpus.saturating_sub(1));
+        pin(edge.pid(), &edge_cpus);
+        pin(control_plane.pid(), &other_cpus);
+        pin(std::process::id(), &other_cpus);
+        eprintln!(
+            "pinned: the edge (and the raw forwarders) to CPUs {edge_cpus}, the load generator and control plane to {other_cpus}"
+        );
+        pinned = Some(edge_cpus);
     }
     let metrics_url = format!("http://{}/metrics", edge.addr);
     let (edge_idle_rss, _) = proc_stat(edge.pid());
@@ -491,8 +522,8 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
     let mut raw = Vec::new();
     let mut raw_batched = Vec::new();
     for &n in &options.subscribers {
-        raw.push(raw_step(n, frame_bytes, options.step, false).await);
-        raw_batched.push(raw_step(n, frame_bytes, options.step, true).await);
+        raw.push(raw_step(n, frame_bytes, options.step, false, pinned.as_deref()).await);
+        raw_batched.push(raw_step(n, frame_bytes, options.step, true, pinned.as_deref()).await);
     }
 
     SfuBenchReport {
@@ -611,7 +642,8 @@ pub(super) struct RawForwarder {
 pub(super) const RAW_SUBSCRIBE: u8 = 0xff;
 
 impl RawForwarder {
-    pub(super) fn spawn(batched: bool) -> RawForwarder {
+    /// `pinned`: the CPUs its thread runs on.
+    pub(super) fn spawn(batched: bool, pinned: Option<String>) -> RawForwarder {
         let socket = StdUdpSocket::bind("127.0.0.1:0").expect("bind the raw forwarder");
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
@@ -628,6 +660,14 @@ impl RawForwarder {
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let _ = tid_tx.send(format!("/proc/{me}/stat"));
+            if let (Some(cpus), Some(tid)) = (&pinned, me.rsplit('/').next()) {
+                let pinned_ok = std::process::Command::new("taskset")
+                    .args(["-p", "-c", cpus, tid])
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(pinned_ok, "taskset -p -c {cpus} {tid} failed");
+            }
             let mut subscribers: Vec<SocketAddr> = Vec::new();
             let mut buf = vec![0u8; 2048];
             let gso = batched
@@ -708,8 +748,14 @@ impl Drop for RawForwarder {
     }
 }
 
-async fn raw_step(n: usize, frame_bytes: usize, step: Duration, batched: bool) -> SfuStep {
-    let forwarder = RawForwarder::spawn(batched);
+async fn raw_step(
+    n: usize,
+    frame_bytes: usize,
+    step: Duration,
+    batched: bool,
+    pinned: Option<&str>,
+) -> SfuStep {
+    let forwarder = RawForwarder::spawn(batched, pinned.map(str::to_owned));
     let probe = LatencyProbe::new();
     let frames = Arc::new(AtomicU64::new(0));
     let mut receivers = Vec::new();
