@@ -546,8 +546,7 @@ export class CallSession {
       // is also a full call or node, reason `call_full`/`node_full`: that
       // edge cannot take this session, so it counts as lost below.)
       if (e.code === 4403) {
-        this.closeTransport();
-        this.onState('ended');
+        this.revoked(join);
         return;
       }
       if (e.code === 4409 && e.reason === 'replaced') return;
@@ -651,6 +650,30 @@ export class CallSession {
       if (msg.code === 'revoked' || msg.code === 'replaced') return;
       this.onError(new Error(`${msg.code}: ${msg.message}`));
     }
+  }
+
+  /** The edge revoked the session of `join` (4403). Usually this device
+   * left the call, was removed, or the call ended. But the old edge also
+   * revokes a session the control plane moved to another edge, and that
+   * may reach the page before its `call.migrate` does. The call's state
+   * tells which: a device still in the call rejoins instead of ending. */
+  async revoked(join) {
+    let stillIn = false;
+    try {
+      const call = await this.client.api('GET', `/v1/calls/${this.callId}`);
+      const me = this.client.me && this.client.me.id;
+      stillIn = call.state !== 'ended'
+        && (call.participants || []).some((p) => p.user_id === me && p.device_id === this.client.deviceId);
+    } catch (_) {
+      // Cannot tell: the edge's word stands.
+    }
+    if (this.left || this.join !== join) return; // moved meanwhile
+    if (stillIn) {
+      this.lost(join);
+      return;
+    }
+    this.closeTransport();
+    this.onState('ended');
   }
 
   /** Reconnects to a new edge (after `call.migrate`), keeping the camera. */
