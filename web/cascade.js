@@ -540,8 +540,8 @@ export class CallSession {
     };
     ws.onclose = (e) => {
       if (this.ws !== ws || this.left) return;
-      // 4403 revoked: this device is no longer in the call (it left from
-      // elsewhere, was removed, or the call ended): stop, do not rejoin.
+      // 4403 revoked: this device left the call from elsewhere, was
+      // removed, the call ended, or the session moved (`revoked` asks).
       // 4409 replaced: a newer socket of this session took over. (4409
       // is also a full call or node, reason `call_full`/`node_full`: that
       // edge cannot take this session, so it counts as lost below.)

@@ -144,16 +144,22 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Sets the CPU affinity of every thread of process `pid` (threads it
-/// starts later inherit it) with util-linux's `taskset`.
-fn pin(pid: u32, cpus: &str) {
+/// Sets the CPU affinity of `id` with util-linux's `taskset`: a process
+/// and all its threads, or one thread (a thread id). Threads started later
+/// inherit it.
+fn pin(id: &str, cpus: &str, whole_process: bool) {
+    let mut args = vec!["-p", "-c", cpus, id];
+    if whole_process {
+        args.insert(0, "-a");
+    }
     let status = std::process::Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .args(&args)
         .stdout(std::process::Stdio::null())
         .status();
     assert!(
         status.is_ok_and(|s| s.success()),
-        "taskset -a -p -c {cpus} {pid} failed (is util-linux installed?)"
+        "taskset {} failed (is util-linux installed?)",
+        args.join(" ")
     );
 }
 
@@ -243,9 +249,14 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
     publisher.leave().await;
     subscriber.leave().await;
 
-    // The cluster. A call holds its publishers and its share of the
-    // subscribers.
-    let call_size = options.publishers.max(1) + max.div_ceil(options.calls.max(1));
+    // The calls' shape: each holds its publishers and its share of the
+    // subscribers (subscriber i is in call i % calls).
+    let calls = options.calls.max(1);
+    let per_call = options.publishers.max(1);
+    let publisher_count = calls * per_call;
+    let call_size = per_call + max.div_ceil(calls);
+
+    // The cluster.
     let scratch = std::env::temp_dir().join(format!("cascade-bench-sfu-{}", std::process::id()));
     let control_plane = ChildService::spawn(
         "control-plane",
@@ -288,7 +299,7 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
             ),
             (
                 "CASCADE_EDGE__CAPACITY",
-                (max + options.calls.max(1) * options.publishers.max(1) + 10).to_string(),
+                (max + publisher_count + 10).to_string(),
             ),
             (
                 "CASCADE_EDGE__MAX_PARTICIPANTS_PER_CALL",
@@ -329,9 +340,9 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let edge_cpus = format!("0-{}", options.workers.max(1) - 1);
         let other_cpus = format!("{}-{}", options.workers.max(1), cpus.saturating_sub(1));
-        pin(edge.pid(), &edge_cpus);
-        pin(control_plane.pid(), &other_cpus);
-        pin(std::process::id(), &other_cpus);
+        pin(&edge.pid().to_string(), &edge_cpus, true);
+        pin(&control_plane.pid().to_string(), &other_cpus, true);
+        pin(&std::process::id().to_string(), &other_cpus, true);
         eprintln!(
             "pinned: the edge (and the raw forwarders) to CPUs {edge_cpus}, the load generator and control plane to {other_cpus}"
         );
@@ -340,17 +351,12 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
     let metrics_url = format!("http://{}/metrics", edge.addr);
     let (edge_idle_rss, _) = proc_stat(edge.pid());
 
-    // The calls: each a group of its publishers and its share of the
-    // subscribers (subscriber i is in call i % calls).
-    let calls = options.calls.max(1);
-    let per_call = options.publishers.max(1);
-    let publisher_count = calls * per_call;
-    let max_in_call = max.div_ceil(calls);
+    // The calls, each a group.
     let mut call_ids = Vec::new();
     let mut members: Vec<Vec<TestUser>> = Vec::new();
     for c in 0..calls {
         let mut users: Vec<TestUser> = Vec::new();
-        for i in 0..per_call + max_in_call {
+        for i in 0..call_size {
             users.push(api.register(&format!("bench{c:03}x{i:04}")).await);
         }
         let others: Vec<&TestUser> = users.iter().skip(1).collect();
@@ -534,7 +540,7 @@ pub async fn run(options: &SfuBenchOptions) -> SfuBenchReport {
         raw_batched,
         edge_idle_rss,
         delta_body,
-        publishers: options.calls.max(1) * options.publishers.max(1),
+        publishers: publisher_count,
     }
 }
 
@@ -661,12 +667,7 @@ impl RawForwarder {
                 .unwrap_or_default();
             let _ = tid_tx.send(format!("/proc/{me}/stat"));
             if let (Some(cpus), Some(tid)) = (&pinned, me.rsplit('/').next()) {
-                let pinned_ok = std::process::Command::new("taskset")
-                    .args(["-p", "-c", cpus, tid])
-                    .stdout(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                assert!(pinned_ok, "taskset -p -c {cpus} {tid} failed");
+                pin(tid, cpus, false);
             }
             let mut subscribers: Vec<SocketAddr> = Vec::new();
             let mut buf = vec![0u8; 2048];
